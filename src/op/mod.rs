@@ -1,0 +1,198 @@
+//! Operations, described in plain Rust and independent of any backend.
+//!
+//! An [`Op`] owns everything the kernel will touch while it runs (its buffer, its
+//! socket address, its timeout) and is handed to
+//! [`CompletionPort::submit`](crate::CompletionPort::submit). Each backend
+//! translates it in its own file (`sys/uring` today). Handles are borrowed only to
+//! read their descriptor number: as with IOCP, the caller keeps the handle open
+//! until the operation's completion has been dequeued.
+//!
+//! ```
+//! use ringport::Op;
+//! use std::time::Duration;
+//! let op = Op::timeout(Duration::from_millis(5));
+//! assert_eq!(op.kind(), ringport::OpKind::Timeout);
+//! ```
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use socket2::SockAddr;
+
+/// The kind of an operation, as reported in its [`Completion`](crate::Completion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OpKind {
+    /// A packet from `post`.
+    Post,
+    /// No operation: completes at once with `Ok(0)`.
+    Nop,
+    /// Read at an offset.
+    Read,
+    /// Write at an offset.
+    Write,
+    /// Receive from a socket.
+    Recv,
+    /// Send on a socket.
+    Send,
+    /// Accept a connection.
+    Accept,
+    /// Connect a socket.
+    Connect,
+    /// Close a descriptor.
+    Close,
+    /// Flush a file to storage.
+    Fsync,
+    /// A timer.
+    Timeout,
+}
+
+/// The backend-agnostic body of an operation.
+#[derive(Debug)]
+pub(crate) enum OpBody {
+    Nop,
+    Read { fd: RawFd, buf: Vec<u8>, offset: u64 },
+    Write { fd: RawFd, buf: Vec<u8>, pos: usize, offset: u64 },
+    Recv { fd: RawFd, buf: Vec<u8>, flags: i32 },
+    Send { fd: RawFd, buf: Vec<u8>, pos: usize, flags: i32 },
+    Accept { fd: RawFd },
+    Connect { fd: RawFd, addr: Box<SockAddr> },
+    Close { fd: OwnedFd },
+    Fsync { fd: RawFd, datasync: bool },
+    Timeout { after: Duration },
+}
+
+/// An operation to submit to a [`CompletionPort`](crate::CompletionPort).
+#[derive(Debug)]
+pub struct Op {
+    pub(crate) body: OpBody,
+    pub(crate) key: Option<u64>,
+}
+
+impl Op {
+    fn new(body: OpBody) -> Op {
+        Op { body, key: None }
+    }
+
+    /// Does nothing; completes with `Ok(0)`. Useful to measure the port itself.
+    pub fn nop() -> Op {
+        Op::new(OpBody::Nop)
+    }
+
+    /// Reads from `file` at `offset` into `buf`'s whole capacity; the completion's
+    /// buffer then holds exactly the bytes read (its old contents are replaced).
+    pub fn read_at(file: &impl AsFd, buf: Vec<u8>, offset: u64) -> Op {
+        Op::new(OpBody::Read { fd: raw(file), buf, offset })
+    }
+
+    /// Writes all of `buf` to `file` at `offset`. A short write completes with the
+    /// count written; resubmit the rest with [`Op::write_at_from`].
+    pub fn write_at(file: &impl AsFd, buf: Vec<u8>, offset: u64) -> Op {
+        Op::write_at_from(file, buf, 0, offset)
+    }
+
+    /// Writes `buf[pos..]` to `file` at `offset`.
+    pub fn write_at_from(file: &impl AsFd, buf: Vec<u8>, pos: usize, offset: u64) -> Op {
+        let pos = pos.min(buf.len());
+        Op::new(OpBody::Write { fd: raw(file), buf, pos, offset })
+    }
+
+    /// Receives from a connected socket into `buf`'s whole capacity; the completion's
+    /// buffer holds exactly the bytes received. `Ok(0)` means the peer closed its side.
+    pub fn recv(socket: &impl AsFd, buf: Vec<u8>) -> Op {
+        Op::new(OpBody::Recv { fd: raw(socket), buf, flags: 0 })
+    }
+
+    /// Sends all of `buf` on a connected socket (a short send completes with the count
+    /// sent; resubmit the rest with [`Op::send_from`]). `MSG_NOSIGNAL` is always set: a
+    /// closed peer gives `EPIPE`, never a `SIGPIPE`.
+    pub fn send(socket: &impl AsFd, buf: Vec<u8>) -> Op {
+        Op::send_from(socket, buf, 0)
+    }
+
+    /// Sends `buf[pos..]` on a connected socket.
+    pub fn send_from(socket: &impl AsFd, buf: Vec<u8>, pos: usize) -> Op {
+        let pos = pos.min(buf.len());
+        Op::new(OpBody::Send { fd: raw(socket), buf, pos, flags: libc::MSG_NOSIGNAL })
+    }
+
+    /// Accepts one connection on a listening socket. The accepted socket (close-on-exec)
+    /// comes back with [`Completion::take_fd`](crate::Completion::take_fd).
+    pub fn accept(listener: &impl AsFd) -> Op {
+        Op::new(OpBody::Accept { fd: raw(listener) })
+    }
+
+    /// Connects `socket` to `addr`.
+    pub fn connect(socket: &impl AsFd, addr: impl Into<SockAddr>) -> Op {
+        Op::new(OpBody::Connect { fd: raw(socket), addr: Box::new(addr.into()) })
+    }
+
+    /// Closes a descriptor, taking ownership of it. Its association with the port
+    /// ends when this operation is submitted.
+    pub fn close(fd: OwnedFd) -> Op {
+        Op::new(OpBody::Close { fd })
+    }
+
+    /// Flushes a file's data and metadata to storage (`fsync`).
+    pub fn fsync(file: &impl AsFd) -> Op {
+        Op::new(OpBody::Fsync { fd: raw(file), datasync: false })
+    }
+
+    /// Flushes a file's data to storage (`fdatasync`).
+    pub fn fdatasync(file: &impl AsFd) -> Op {
+        Op::new(OpBody::Fsync { fd: raw(file), datasync: true })
+    }
+
+    /// A timer: completes with `Ok(0)` after `after`, or with `ECANCELED` if cancelled.
+    pub fn timeout(after: Duration) -> Op {
+        Op::new(OpBody::Timeout { after })
+    }
+
+    /// Sets the completion key for an operation on no handle (`nop`, `timeout`).
+    /// For operations on a handle the associated key is used and this is ignored.
+    pub fn key(mut self, key: u64) -> Op {
+        self.key = Some(key);
+        self
+    }
+
+    /// The kind of this operation.
+    pub fn kind(&self) -> OpKind {
+        self.body.kind()
+    }
+
+    /// The descriptor this operation runs on, if any (the one whose key it reports).
+    pub(crate) fn fd(&self) -> Option<RawFd> {
+        match &self.body {
+            OpBody::Nop | OpBody::Timeout { .. } => None,
+            OpBody::Read { fd, .. }
+            | OpBody::Write { fd, .. }
+            | OpBody::Recv { fd, .. }
+            | OpBody::Send { fd, .. }
+            | OpBody::Accept { fd }
+            | OpBody::Connect { fd, .. }
+            | OpBody::Fsync { fd, .. } => Some(*fd),
+            OpBody::Close { fd } => Some(fd.as_raw_fd()),
+        }
+    }
+}
+
+impl OpBody {
+    pub(crate) fn kind(&self) -> OpKind {
+        match self {
+            OpBody::Nop => OpKind::Nop,
+            OpBody::Read { .. } => OpKind::Read,
+            OpBody::Write { .. } => OpKind::Write,
+            OpBody::Recv { .. } => OpKind::Recv,
+            OpBody::Send { .. } => OpKind::Send,
+            OpBody::Accept { .. } => OpKind::Accept,
+            OpBody::Connect { .. } => OpKind::Connect,
+            OpBody::Close { .. } => OpKind::Close,
+            OpBody::Fsync { .. } => OpKind::Fsync,
+            OpBody::Timeout { .. } => OpKind::Timeout,
+        }
+    }
+}
+
+fn raw(h: &impl AsFd) -> RawFd {
+    h.as_fd().as_raw_fd()
+}

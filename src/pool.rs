@@ -1,0 +1,197 @@
+//! The IOCP worker pool: threads that drain a port under its scheduling rules.
+//!
+//! The rules themselves (concurrency limit, LIFO wake, FIFO completions) live in
+//! the port's scheduler core (`sched.rs`), exactly as IOCP keeps them in the
+//! kernel's port object; this module adds what IOCP's thread pool adds: a set of
+//! worker threads (default 2 × CPUs), panic isolation, and the stall detector —
+//! a monitor thread that counts a handler running longer than a threshold
+//! (default 10 ms) while completions wait as blocked, so another waiter runs.
+//!
+//! ```
+//! use ringport::{CompletionPort, Pool};
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use std::sync::Arc;
+//!
+//! let port = CompletionPort::new()?;
+//! let seen = Arc::new(AtomicUsize::new(0));
+//! let s = seen.clone();
+//! let pool = Pool::builder().spawn(&port, move |_port, c| {
+//!     s.fetch_add(c.user_data as usize, Ordering::Relaxed);
+//! })?;
+//! for i in 1..=10 { port.post(0, i, 0)?; }
+//! while seen.load(Ordering::Relaxed) < 55 { std::thread::yield_now(); }
+//! pool.shutdown();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crate::completion::Completion;
+use crate::error::Error;
+use crate::port::{num_cpus, set_defer_submit, CompletionPort};
+
+/// Configures a [`Pool`].
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    threads: usize,
+    stall_threshold: Option<Duration>,
+    name: String,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder { threads: 0, stall_threshold: Some(Duration::from_millis(10)), name: "ringport".into() }
+    }
+}
+
+impl PoolBuilder {
+    /// Worker threads; 0 (the default) means 2 × CPUs, IOCP's classic advice.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+
+    /// How long one handler may run, while completions wait, before the stall
+    /// detector counts its thread as blocked (default 10 ms). `None` turns it off.
+    pub fn stall_threshold(mut self, t: Option<Duration>) -> Self {
+        self.stall_threshold = t;
+        self
+    }
+
+    /// Thread name prefix (default "ringport").
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Starts the workers. Each loops `port.get(None)` → `handler(&port, completion)`
+    /// until the port is closed. A handler that panics is caught and counted; its
+    /// thread keeps serving.
+    pub fn spawn<F>(self, port: &CompletionPort, handler: F) -> io::Result<Pool>
+    where
+        F: Fn(&CompletionPort, Completion) + Send + Sync + 'static,
+    {
+        let n = if self.threads == 0 { 2 * num_cpus() } else { self.threads };
+        let handler = Arc::new(handler);
+        let shared = Arc::new(Shared { panics: AtomicU64::new(0), stop: AtomicBool::new(false) });
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let wport = port.clone();
+            let handler = handler.clone();
+            let shared = shared.clone();
+            let t = thread::Builder::new().name(format!("{}-{i}", self.name)).spawn(move || {
+                set_defer_submit(true);
+                worker(&wport, &*handler, &shared);
+                set_defer_submit(false);
+            });
+            match t {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    port.close();
+                    for w in workers {
+                        let _ = w.join();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let monitor = match self.stall_threshold {
+            None => None,
+            Some(threshold) => {
+                let port = port.clone();
+                let shared = shared.clone();
+                Some(thread::Builder::new().name(format!("{}-stall", self.name)).spawn(move || {
+                    let tick = (threshold / 2).max(Duration::from_millis(1));
+                    while !shared.stop.load(Ordering::Acquire) && !port.is_closed() {
+                        thread::park_timeout(tick);
+                        port.stall_scan(threshold);
+                    }
+                })?)
+            }
+        };
+        Ok(Pool { port: port.clone(), workers, monitor, shared })
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    panics: AtomicU64,
+    stop: AtomicBool,
+}
+
+fn worker(port: &CompletionPort, handler: &(dyn Fn(&CompletionPort, Completion) + Sync), shared: &Shared) {
+    loop {
+        match port.get(None) {
+            Ok(c) => {
+                if catch_unwind(AssertUnwindSafe(|| handler(port, c))).is_err() {
+                    shared.panics.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("a completion handler panicked; the worker keeps serving");
+                }
+            }
+            Err(Error::Closed) => return,
+            Err(e) => {
+                tracing::error!("worker get failed: {e}");
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// A running pool of workers draining one port.
+#[derive(Debug)]
+pub struct Pool {
+    port: CompletionPort,
+    workers: Vec<JoinHandle<()>>,
+    monitor: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    /// A builder with the defaults (2 × CPUs threads, 10 ms stall threshold).
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The port this pool drains.
+    pub fn port(&self) -> &CompletionPort {
+        &self.port
+    }
+
+    /// Worker threads in the pool.
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Handlers that panicked so far.
+    pub fn panics(&self) -> u64 {
+        self.shared.panics.load(Ordering::Relaxed)
+    }
+
+    /// Closes the port and waits for every worker to finish its current handler.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.port.close();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        if let Some(m) = self.monitor.take() {
+            m.thread().unpark();
+            let _ = m.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

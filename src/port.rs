@@ -1,0 +1,465 @@
+//! `CompletionPort`: IOCP's port on Linux (SPEC §1).
+//!
+//! A port is a backend (which talks to the kernel) plus the scheduler core in
+//! `sched.rs` (which decides which thread gets which completion). Any thread may
+//! submit; any thread may dequeue; at most `concurrency` threads are counted as
+//! running handlers at once.
+//!
+//! ```
+//! use ringport::{CompletionPort, Op};
+//! use std::time::Duration;
+//!
+//! let port = CompletionPort::builder().concurrency(1).build()?;
+//! port.post(7, 42, 3)?;
+//! port.submit(Op::nop().key(8), 43)?;
+//! let a = port.get(Some(Duration::from_secs(5)))?;
+//! assert_eq!((a.key, a.user_data, a.result.as_ref().ok().copied()), (7, 42, Some(3)));
+//! let b = port.get(Some(Duration::from_secs(5)))?;
+//! assert_eq!((b.key, b.user_data), (8, 43));
+//! # Ok::<(), ringport::Error>(())
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use crate::completion::{Completion, OpId};
+use crate::error::{Error, Result};
+use crate::op::{Op, OpBody};
+use crate::sched::{Next, Sched, SchedStats, SlotId};
+use crate::sys::{Backend, BackendChoice, BackendKind, Config};
+use crate::sync::lock;
+
+static NEXT_PORT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Builds a [`CompletionPort`] (IOCP's `CreateIoCompletionPort`).
+#[derive(Debug, Clone)]
+pub struct Builder {
+    concurrency: usize,
+    max_in_flight: usize,
+    entries: u32,
+    backend: Option<BackendChoice>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder { concurrency: 0, max_in_flight: 4096, entries: 256, backend: None }
+    }
+}
+
+impl Builder {
+    /// At most `n` threads run handlers at once. 0 (the default) means the number of CPUs.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Caps the operations outstanding at once (default 4096). `try_submit` past it
+    /// returns [`Error::QueueFull`]; `submit` waits for room. The backend may lower
+    /// the cap to what its completion queue can hold without overflowing.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Submission ring entries (default 256; rounded up to a power of two). More
+    /// operations than this may be in flight: the ring is refilled as it drains.
+    pub fn ring_entries(mut self, n: u32) -> Self {
+        self.entries = n.max(2);
+        self
+    }
+
+    /// Forces a backend; by default `RINGPORT_BACKEND` decides, else `Auto`.
+    pub fn backend(mut self, choice: BackendChoice) -> Self {
+        self.backend = Some(choice);
+        self
+    }
+
+    /// Creates the port.
+    pub fn build(self) -> Result<CompletionPort> {
+        let choice = match self.backend {
+            Some(c) => c,
+            None => BackendChoice::from_env()?,
+        };
+        let cfg = Config { entries: self.entries, max_in_flight: self.max_in_flight };
+        let (backend, reason) = Backend::build(choice, cfg)?;
+        let concurrency = if self.concurrency == 0 { num_cpus() } else { self.concurrency };
+        tracing::debug!(backend = %backend.kind(), %reason, concurrency, "completion port created");
+        Ok(CompletionPort {
+            inner: Arc::new(PortInner {
+                id: NEXT_PORT_ID.fetch_add(1, Ordering::Relaxed),
+                sched: Sched::new(concurrency),
+                backend,
+                reason,
+                assoc: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// The number of CPUs this process may run on.
+pub fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A completion port. Cloning gives another handle to the same port.
+#[derive(Debug, Clone)]
+pub struct CompletionPort {
+    inner: Arc<PortInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct PortInner {
+    id: u64,
+    sched: Sched<Completion>,
+    backend: Backend,
+    reason: String,
+    /// Descriptor → completion key (IOCP's association).
+    assoc: Mutex<HashMap<RawFd, u64>>,
+    closed: AtomicBool,
+}
+
+/// Statistics of a port, for tests and `ringport info`.
+#[derive(Debug, Clone, Copy)]
+pub struct PortStats {
+    /// Scheduler counters: running threads, peak, stalls, handoffs, queued.
+    pub sched: SchedStats,
+    /// Operations submitted and not yet reaped from the kernel.
+    pub in_flight: usize,
+}
+
+impl CompletionPort {
+    /// A builder with the defaults (concurrency = CPUs, 4096 in flight, 256 entries).
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// A port with the defaults.
+    pub fn new() -> Result<CompletionPort> {
+        Builder::default().build()
+    }
+
+    /// The backend this port runs on.
+    pub fn backend(&self) -> BackendKind {
+        self.inner.backend.kind()
+    }
+
+    /// Why that backend was chosen.
+    pub fn backend_reason(&self) -> &str {
+        &self.inner.reason
+    }
+
+    /// The concurrency value N.
+    pub fn concurrency(&self) -> usize {
+        self.inner.sched.max()
+    }
+
+    /// Associates a handle with this port: every completion of an operation on it
+    /// carries `key`. The association lasts until the handle is closed through
+    /// [`Op::close`] or [`disassociate`](Self::disassociate) is called.
+    pub fn associate(&self, handle: &impl AsFd, key: u64) -> Result<()> {
+        let fd = handle.as_fd().as_raw_fd();
+        let mut map = lock(&self.inner.assoc);
+        if map.contains_key(&fd) {
+            return Err(Error::AlreadyAssociated(fd));
+        }
+        map.insert(fd, key);
+        Ok(())
+    }
+
+    /// Ends a handle's association (call it before closing the handle yourself, so a
+    /// later descriptor with the same number is not mistaken for it).
+    pub fn disassociate(&self, handle: &impl AsFd) -> Result<()> {
+        let fd = handle.as_fd().as_raw_fd();
+        match lock(&self.inner.assoc).remove(&fd) {
+            Some(_) => Ok(()),
+            None => Err(Error::Unassociated(fd)),
+        }
+    }
+
+    fn key_for(&self, op: &Op) -> Result<u64> {
+        match op.fd() {
+            None => Ok(op.key.unwrap_or(0)),
+            Some(fd) => {
+                let mut map = lock(&self.inner.assoc);
+                let key = *map.get(&fd).ok_or(Error::Unassociated(fd))?;
+                if let OpBody::Close { .. } = op.body {
+                    map.remove(&fd);
+                }
+                Ok(key)
+            }
+        }
+    }
+
+    /// Starts an operation (IOCP's overlapped call). Never blocks unless
+    /// `max_in_flight` operations are outstanding, in which case it waits for room
+    /// (reaping completions into the port's queue meanwhile, so it cannot deadlock).
+    /// The completion comes back through `get` with `user_data`.
+    pub fn submit(&self, op: Op, user_data: u64) -> Result<OpId> {
+        let key = self.key_for(&op)?;
+        let mut op = op;
+        loop {
+            match self.submit_inner(op, key, user_data) {
+                Err((Error::QueueFull, Some(back))) => {
+                    op = back;
+                    self.reap_for_room();
+                }
+                Err((e, _)) => return Err(e),
+                Ok(id) => return Ok(id),
+            }
+        }
+    }
+
+    /// Like [`submit`](Self::submit), but returns [`Error::QueueFull`] at once when
+    /// `max_in_flight` operations are outstanding.
+    pub fn try_submit(&self, op: Op, user_data: u64) -> Result<OpId> {
+        let key = self.key_for(&op)?;
+        self.submit_inner(op, key, user_data).map_err(|(e, _)| e)
+    }
+
+    fn submit_inner(
+        &self,
+        op: Op,
+        key: u64,
+        user_data: u64,
+    ) -> std::result::Result<OpId, (Error, Option<Op>)> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err((Error::Closed, None));
+        }
+        // Pool threads batch: their next `get` submits everything at once.
+        let flush = !DEFER_SUBMIT.with(Cell::get);
+        self.inner.backend.submit(op, key, user_data, flush)
+    }
+
+    /// The cap on operations in flight, as the backend applied it.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.backend.max_in_flight()
+    }
+
+    /// Waits briefly in the kernel for completions, queueing them in the port.
+    fn reap_for_room(&self) {
+        let mut got = Vec::new();
+        if let Err(e) = self.inner.backend.poll(Some(Duration::from_millis(1)), &mut got) {
+            tracing::error!("reaping while waiting for room: {e}");
+        }
+        for c in got {
+            if self.inner.sched.push(c) {
+                self.inner.backend.notify();
+            }
+        }
+    }
+
+    /// Queues a user packet (IOCP's `PostQueuedCompletionStatus`); it is dequeued
+    /// like any completion, with `result = Ok(bytes)`.
+    pub fn post(&self, key: u64, user_data: u64, bytes: usize) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if self.inner.sched.push(Completion::packet(key, user_data, bytes)) {
+            self.inner.backend.notify();
+        }
+        Ok(())
+    }
+
+    /// Asks for an operation to stop (IOCP's `CancelIoEx`). The operation's
+    /// completion still arrives: failed with `ECANCELED` if the cancel won, or with
+    /// its real result if it had already finished. `NotFound` if it is not in flight.
+    pub fn cancel(&self, id: OpId) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        self.inner.backend.cancel(id)
+    }
+
+    /// Dequeues one completion (IOCP's `GetQueuedCompletionStatus`). `None` waits
+    /// forever; `Some(Duration::ZERO)` only looks.
+    ///
+    /// The calling thread counts as running a handler from the moment this returns
+    /// a completion until it calls `get` (or `get_many`) again; while `concurrency`
+    /// threads are running, further callers wait even if completions are queued.
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Completion> {
+        let mut out = Vec::with_capacity(1);
+        self.dequeue(&mut out, 1, timeout)?;
+        Ok(out.pop().expect("dequeue returned one completion"))
+    }
+
+    /// Dequeues up to `max` completions into `out` (IOCP's
+    /// `GetQueuedCompletionStatusEx`): returns as soon as at least one is available.
+    /// Each entry carries its own result; the count is returned.
+    pub fn get_many(&self, out: &mut Vec<Completion>, max: usize, timeout: Option<Duration>) -> Result<usize> {
+        self.dequeue(out, max.max(1), timeout)
+    }
+
+    fn dequeue(&self, out: &mut Vec<Completion>, limit: usize, timeout: Option<Duration>) -> Result<usize> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let slot = self.slot();
+        let inner = &self.inner;
+        loop {
+            // Anything a pool handler submitted without flushing must reach the
+            // kernel before this thread can go to sleep on the scheduler.
+            if inner.backend.has_unflushed() {
+                inner.backend.flush();
+            }
+            let (next, wake) = inner.sched.dequeue(slot, out, limit, deadline);
+            if wake {
+                inner.backend.notify();
+            }
+            match next {
+                Next::Got(n) => return Ok(n),
+                Next::Closed => return Err(Error::Closed),
+                Next::Timeout => return Err(Error::Timeout),
+                Next::Poll => {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    let mut batch = Vec::new();
+                    if let Err(e) = inner.backend.poll(left, &mut batch) {
+                        tracing::error!("backend poll failed: {e}");
+                    }
+                    let (got, wake) = inner.sched.poll_done(slot, batch, out, limit);
+                    if wake {
+                        inner.backend.notify();
+                    }
+                    match got {
+                        Some(Next::Got(n)) => return Ok(n),
+                        Some(Next::Closed) => return Err(Error::Closed),
+                        _ => {}
+                    }
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                        return Err(Error::Timeout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the port (IOCP's `CloseHandle` on the port): every waiting thread
+    /// wakes with [`Error::Closed`]; queued completions are dropped; operations in
+    /// flight are cancelled, and this call returns only when the kernel has released
+    /// all of them (so their buffers are freed safely). Idempotent.
+    pub fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (dropped, wake) = self.inner.sched.close();
+        if wake {
+            self.inner.backend.notify();
+        }
+        drop(dropped);
+        self.inner.backend.shutdown();
+    }
+
+    /// True once `close` has been called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Current statistics.
+    pub fn stats(&self) -> PortStats {
+        PortStats { sched: self.inner.sched.stats(), in_flight: self.inner.backend.in_flight() }
+    }
+
+    /// Runs the stall detector once (the pool's monitor thread calls this).
+    pub(crate) fn stall_scan(&self, threshold: Duration) -> usize {
+        let (n, wake) = self.inner.sched.stall_scan(Instant::now(), threshold);
+        if wake {
+            self.inner.backend.notify();
+        }
+        if self.inner.backend.has_unflushed() {
+            self.inner.backend.flush();
+        }
+        n
+    }
+
+    /// This thread's scheduler slot on this port, registering it on first use.
+    fn slot(&self) -> SlotId {
+        THREAD_SLOTS.with(|regs| {
+            let mut regs = regs.borrow_mut();
+            if let Some(r) = regs.0.iter().find(|r| r.port_id == self.inner.id) {
+                return r.slot;
+            }
+            regs.0.retain(|r| r.port.strong_count() > 0);
+            let slot = self.inner.sched.register();
+            regs.0.push(Registration { port_id: self.inner.id, port: Arc::downgrade(&self.inner), slot });
+            slot
+        })
+    }
+}
+
+impl Drop for PortInner {
+    fn drop(&mut self) {
+        let (dropped, _) = self.sched.close();
+        drop(dropped);
+        self.backend.shutdown();
+    }
+}
+
+/// One thread's registration with one port.
+struct Registration {
+    port_id: u64,
+    port: Weak<PortInner>,
+    slot: SlotId,
+}
+
+/// A thread's registrations; on thread exit each is released (a thread that exits
+/// while counted as running gives its slot back).
+struct Registrations(Vec<Registration>);
+
+impl Drop for Registrations {
+    fn drop(&mut self) {
+        for r in self.0.drain(..) {
+            if let Some(port) = r.port.upgrade() {
+                if port.sched.unregister(r.slot) {
+                    port.backend.notify();
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static THREAD_SLOTS: RefCell<Registrations> = const { RefCell::new(Registrations(Vec::new())) };
+    /// Set on pool worker threads: their submissions are batched until their next
+    /// `get`, which they are certain to make.
+    static DEFER_SUBMIT: Cell<bool> = const { Cell::new(false) };
+}
+
+pub(crate) fn set_defer_submit(on: bool) {
+    DEFER_SUBMIT.with(|d| d.set(on));
+}
+
+/// Runs `f`, telling every port this thread is running on that it is about to
+/// block: its concurrency slot is released for the duration, so another waiting
+/// thread may run (IOCP's kernel does this by itself when a thread blocks; Linux
+/// gives no such signal, so say it). When `f` returns the thread counts as running
+/// again, even if that briefly puts more than N threads to work.
+///
+/// ```
+/// let v = ringport::blocking(|| std::fs::read_to_string("/proc/self/stat").map(|s| s.len()));
+/// assert!(v.unwrap() > 0);
+/// ```
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    let ports: Vec<(Arc<PortInner>, SlotId)> = THREAD_SLOTS.with(|regs| {
+        regs.borrow().0.iter().filter_map(|r| r.port.upgrade().map(|p| (p, r.slot))).collect()
+    });
+    for (port, slot) in &ports {
+        if port.backend.has_unflushed() {
+            port.backend.flush();
+        }
+        if port.sched.block_begin(*slot) {
+            port.backend.notify();
+        }
+    }
+    struct End<'a>(&'a [(Arc<PortInner>, SlotId)]);
+    impl Drop for End<'_> {
+        fn drop(&mut self) {
+            for (port, slot) in self.0 {
+                port.sched.block_end(*slot);
+            }
+        }
+    }
+    let _end = End(&ports);
+    f()
+}

@@ -1,0 +1,560 @@
+//! The IOCP scheduler core: the running count, the LIFO stack of idle threads and
+//! the FIFO queue of completions (SPEC §2). It knows nothing of kernels: the port
+//! feeds it completions and asks it, for each thread calling `get`, whether that
+//! thread takes a completion, waits, or goes to poll the backend.
+//!
+//! # The state and its invariants (all under one mutex)
+//!
+//! * `running` = the number of slots whose `run` is `Running`. It may exceed `max`
+//!   only transiently, when a thread returns from `blocking` (as IOCP allows);
+//!   no new completion is handed out while `running >= max`.
+//! * `queue` holds completions nobody has taken yet, oldest first.
+//! * `waiters` holds the ids of idle threads waiting on their condvar, most recently
+//!   idle last (the top). A slot is on the stack iff its handoff is `None` and it is
+//!   blocked in `dequeue`.
+//! * `polling` is true while exactly one idle thread (not on the stack) owns the
+//!   right to wait in the backend for kernel completions. Whenever the queue is
+//!   empty and some thread is idle, somebody polls: `dispatch` hands the role to the
+//!   top waiter if the poller leaves.
+//! * Handing out: a completion is handed to the top waiter (LIFO) only while
+//!   `running < max`; the giver increments `running` on the taker's behalf, so the
+//!   count never lags the handoff.
+//!
+//! The poller itself is woken by the backend (a kernel completion, or
+//! `Backend::notify`). `dispatch` returns `true` when the poller must be notified:
+//! completions are queued, a slot is free, and no waiter is left to take them.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::sync::{lock, Arc, Condvar, Mutex};
+
+/// A thread's registration with one scheduler.
+pub(crate) type SlotId = usize;
+
+/// What a registered thread is doing, as the port sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Run {
+    /// Not counted: waiting, polling, or not using the port.
+    Idle,
+    /// Counted as running since the instant it dequeued.
+    Running(Instant),
+    /// Inside `ringport::blocking`: not counted.
+    Blocking,
+    /// Caught by the stall detector: not counted until it comes back.
+    Stalled,
+}
+
+#[derive(Debug)]
+enum Handoff<T> {
+    None,
+    Item(T),
+    Poll,
+}
+
+#[derive(Debug)]
+struct Slot<T> {
+    run: Run,
+    handoff: Handoff<T>,
+    cv: Arc<Condvar>,
+}
+
+/// Counters a test or `ringport info` can read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedStats {
+    /// Threads counted as running now.
+    pub running: usize,
+    /// The most threads ever counted as running at once.
+    pub peak_running: usize,
+    /// Threads the stall detector counted as blocked.
+    pub stalls: u64,
+    /// Completions handed directly to a waiting thread.
+    pub handoffs: u64,
+    /// Completions queued and not yet taken.
+    pub queued: usize,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    queue: VecDeque<T>,
+    running: usize,
+    max: usize,
+    waiters: Vec<SlotId>,
+    slots: Vec<Option<Slot<T>>>,
+    free_slots: Vec<SlotId>,
+    polling: bool,
+    poller_notified: bool,
+    closed: bool,
+    stats: SchedStats,
+}
+
+/// What `dequeue` tells the calling thread to do.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// `n` completions were appended to the output; the thread is now running.
+    Got(usize),
+    /// The thread holds the poll role: wait in the backend, then call `poll_done`.
+    Poll,
+    /// The port is closed.
+    Closed,
+    /// The deadline passed with nothing to take.
+    Timeout,
+}
+
+/// The scheduler core, generic over the completion type so loom can check it alone.
+#[derive(Debug)]
+pub(crate) struct Sched<T> {
+    state: Mutex<State<T>>,
+}
+
+impl<T> Sched<T> {
+    pub(crate) fn new(max: usize) -> Self {
+        Sched {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                running: 0,
+                max: max.max(1),
+                waiters: Vec::new(),
+                slots: Vec::new(),
+                free_slots: Vec::new(),
+                polling: false,
+                poller_notified: false,
+                closed: false,
+                stats: SchedStats::default(),
+            }),
+        }
+    }
+
+    /// Registers a thread; it starts idle.
+    pub(crate) fn register(&self) -> SlotId {
+        let mut st = lock(&self.state);
+        let slot = Slot { run: Run::Idle, handoff: Handoff::None, cv: Arc::new(Condvar::new()) };
+        match st.free_slots.pop() {
+            Some(id) => {
+                st.slots[id] = Some(slot);
+                id
+            }
+            None => {
+                st.slots.push(Some(slot));
+                st.slots.len() - 1
+            }
+        }
+    }
+
+    /// Forgets a thread (it exited): its running slot, if counted, is released.
+    /// Returns true if the backend's poller must be notified.
+    pub(crate) fn unregister(&self, id: SlotId) -> bool {
+        let mut st = lock(&self.state);
+        st.release(id);
+        st.slots[id] = None;
+        st.free_slots.push(id);
+        st.dispatch()
+    }
+
+    /// Dequeues up to `limit` completions into `out` (IOCP's GQCS / GQCSEx).
+    ///
+    /// First releases the caller's running slot if it was counted (a thread counts as
+    /// running from its dequeue until it calls `get` again). The second value is
+    /// true if the backend's poller must be notified.
+    pub(crate) fn dequeue(
+        &self,
+        id: SlotId,
+        out: &mut Vec<T>,
+        limit: usize,
+        deadline: Option<Instant>,
+    ) -> (Next, bool) {
+        let mut st = lock(&self.state);
+        // The caller takes first (IOCP's KeRemoveQueue checks the queue before it
+        // wakes anyone): releasing our own slot must not hand our next packet away.
+        st.release(id);
+        let mut wake = false;
+        loop {
+            if st.closed {
+                return (Next::Closed, wake);
+            }
+            if st.running < st.max && !st.queue.is_empty() {
+                let n = st.take(id, out, limit);
+                return (Next::Got(n), wake);
+            }
+            if st.queue.is_empty() && !st.polling {
+                st.polling = true;
+                st.poller_notified = false;
+                return (Next::Poll, wake);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| d <= now) {
+                wake |= st.dispatch();
+                return (Next::Timeout, wake);
+            }
+            // Wait on our own condvar, on top of the LIFO stack.
+            let cv = st.slot(id).cv.clone();
+            st.waiters.push(id);
+            loop {
+                st = match deadline {
+                    None => cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0
+                    }
+                };
+                match std::mem::replace(&mut st.slot_mut(id).handoff, Handoff::None) {
+                    Handoff::Item(t) => {
+                        // The giver counted us as running already.
+                        out.push(t);
+                        let more = st.drain_more(out, limit.saturating_sub(1));
+                        st.slot_mut(id).run = Run::Running(Instant::now());
+                        return (Next::Got(1 + more), wake);
+                    }
+                    Handoff::Poll => return (Next::Poll, wake),
+                    Handoff::None => {}
+                }
+                if st.closed {
+                    st.waiters.retain(|&w| w != id);
+                    return (Next::Closed, wake);
+                }
+                if deadline.is_some_and(|d| d <= Instant::now()) {
+                    st.waiters.retain(|&w| w != id);
+                    // Leaving the stack may leave the queue with nobody polling.
+                    wake |= st.dispatch();
+                    return (Next::Timeout, wake);
+                }
+            }
+        }
+    }
+
+    /// The poller is back from the backend with `items`. It gets first pick (it is
+    /// awake already, so no handoff is needed); the rest go to waiters, newest first.
+    /// Returns what the poller should do next, and whether to notify a poller.
+    pub(crate) fn poll_done(
+        &self,
+        id: SlotId,
+        items: impl IntoIterator<Item = T>,
+        out: &mut Vec<T>,
+        limit: usize,
+    ) -> (Option<Next>, bool) {
+        let mut st = lock(&self.state);
+        st.polling = false;
+        st.poller_notified = false;
+        st.queue.extend(items);
+        if st.closed {
+            return (Some(Next::Closed), false);
+        }
+        let got = if st.running < st.max && !st.queue.is_empty() {
+            Some(Next::Got(st.take(id, out, limit)))
+        } else {
+            None
+        };
+        let wake = st.dispatch();
+        (got, wake)
+    }
+
+    /// Queues a completion (a posted packet, or one reaped outside the poller).
+    pub(crate) fn push(&self, item: T) -> bool {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return false;
+        }
+        st.queue.push_back(item);
+        st.dispatch()
+    }
+
+    /// The thread is about to block (`ringport::blocking`): its slot is released.
+    pub(crate) fn block_begin(&self, id: SlotId) -> bool {
+        let mut st = lock(&self.state);
+        match st.slot(id).run {
+            Run::Running(_) => {
+                st.running -= 1;
+                st.slot_mut(id).run = Run::Blocking;
+                st.dispatch()
+            }
+            Run::Stalled => {
+                st.slot_mut(id).run = Run::Blocking;
+                false
+            }
+            Run::Idle | Run::Blocking => false,
+        }
+    }
+
+    /// The thread is back from blocking: counted as running again, unconditionally
+    /// (running may exceed `max` for a while, as in IOCP).
+    pub(crate) fn block_end(&self, id: SlotId) {
+        let mut st = lock(&self.state);
+        if st.slot(id).run == Run::Blocking {
+            st.running += 1;
+            st.stats.peak_running = st.stats.peak_running.max(st.running);
+            st.slot_mut(id).run = Run::Running(Instant::now());
+        }
+    }
+
+    /// The stall detector: while completions wait, a thread that has been running one
+    /// handler for `threshold` or longer is counted as blocked and its slot released.
+    /// Returns the number caught now and whether to notify the poller.
+    pub(crate) fn stall_scan(&self, now: Instant, threshold: Duration) -> (usize, bool) {
+        let mut st = lock(&self.state);
+        if st.queue.is_empty() {
+            return (0, false);
+        }
+        let mut caught = 0;
+        for slot in st.slots.iter_mut().flatten() {
+            if let Run::Running(since) = slot.run {
+                if now.saturating_duration_since(since) >= threshold {
+                    slot.run = Run::Stalled;
+                    caught += 1;
+                }
+            }
+        }
+        st.running -= caught;
+        st.stats.stalls += caught as u64;
+        (caught, if caught > 0 { st.dispatch() } else { false })
+    }
+
+    /// Closes: every waiter wakes with `Closed`; queued completions are returned so
+    /// the caller drops them outside the lock. Returns them and whether a poller
+    /// must be woken.
+    pub(crate) fn close(&self) -> (Vec<T>, bool) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        for id in std::mem::take(&mut st.waiters) {
+            st.slot(id).cv.notify_one();
+        }
+        let polling = st.polling;
+        (st.queue.drain(..).collect(), polling)
+    }
+
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
+    pub(crate) fn stats(&self) -> SchedStats {
+        let st = lock(&self.state);
+        SchedStats { running: st.running, queued: st.queue.len(), ..st.stats }
+    }
+
+    /// The concurrency value N.
+    pub(crate) fn max(&self) -> usize {
+        lock(&self.state).max
+    }
+}
+
+impl<T> State<T> {
+    fn slot(&self, id: SlotId) -> &Slot<T> {
+        self.slots[id].as_ref().expect("registered slot")
+    }
+
+    fn slot_mut(&mut self, id: SlotId) -> &mut Slot<T> {
+        self.slots[id].as_mut().expect("registered slot")
+    }
+
+    /// The caller called `get` again: it stops counting as running.
+    fn release(&mut self, id: SlotId) {
+        let slot = self.slot_mut(id);
+        let was = std::mem::replace(&mut slot.run, Run::Idle);
+        if let Run::Running(_) = was {
+            self.running -= 1;
+        }
+    }
+
+    /// Takes up to `limit` queued items for `id`, which becomes running.
+    fn take(&mut self, id: SlotId, out: &mut Vec<T>, limit: usize) -> usize {
+        let n = self.drain_more(out, limit.max(1));
+        self.running += 1;
+        self.stats.peak_running = self.stats.peak_running.max(self.running);
+        self.slot_mut(id).run = Run::Running(Instant::now());
+        n
+    }
+
+    fn drain_more(&mut self, out: &mut Vec<T>, limit: usize) -> usize {
+        let n = limit.min(self.queue.len());
+        out.extend(self.queue.drain(..n));
+        n
+    }
+
+    /// Hands queued completions to waiters (newest first) while slots are free, gives
+    /// the poll role to the newest waiter if nobody polls, and says whether the
+    /// poller must be notified because completions wait with no waiter to take them.
+    fn dispatch(&mut self) -> bool {
+        if self.closed {
+            return false;
+        }
+        while self.running < self.max && !self.queue.is_empty() {
+            let Some(id) = self.waiters.pop() else { break };
+            let item = self.queue.pop_front().expect("queue is not empty");
+            self.running += 1;
+            self.stats.peak_running = self.stats.peak_running.max(self.running);
+            self.stats.handoffs += 1;
+            let slot = self.slot_mut(id);
+            slot.handoff = Handoff::Item(item);
+            slot.cv.notify_one();
+        }
+        if self.queue.is_empty() && !self.polling {
+            if let Some(id) = self.waiters.pop() {
+                self.polling = true;
+                self.poller_notified = false;
+                let slot = self.slot_mut(id);
+                slot.handoff = Handoff::Poll;
+                slot.cv.notify_one();
+            }
+        }
+        if self.polling
+            && !self.poller_notified
+            && !self.queue.is_empty()
+            && self.running < self.max
+        {
+            self.poller_notified = true;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_and_concurrency_limit() {
+        let s: Sched<u32> = Sched::new(1);
+        let a = s.register();
+        let b = s.register();
+        s.push(1);
+        s.push(2);
+        let mut out = Vec::new();
+        assert_eq!(s.dequeue(a, &mut out, 1, None).0, Next::Got(1));
+        assert_eq!(out, [1]);
+        // a is running and N = 1: b must not get the second completion.
+        let soon = Some(Instant::now() + Duration::from_millis(10));
+        assert_eq!(s.dequeue(b, &mut out, 1, soon).0, Next::Timeout);
+        // a comes back: it takes the next one, in order.
+        assert_eq!(s.dequeue(a, &mut out, 1, None).0, Next::Got(1));
+        assert_eq!(out, [1, 2]);
+        assert_eq!(s.stats().peak_running, 1);
+    }
+
+    #[test]
+    fn blocking_releases_the_slot() {
+        let s: Sched<u32> = Sched::new(1);
+        let a = s.register();
+        let b = s.register();
+        s.push(1);
+        s.push(2);
+        let mut out = Vec::new();
+        s.dequeue(a, &mut out, 1, None);
+        s.block_begin(a);
+        assert_eq!(s.dequeue(b, &mut out, 1, None).0, Next::Got(1));
+        s.block_end(a);
+        assert_eq!(s.stats().running, 2, "returning from blocking oversubscribes");
+    }
+
+    #[test]
+    fn stall_detector_releases_when_work_waits() {
+        let s: Sched<u32> = Sched::new(1);
+        let a = s.register();
+        s.push(1);
+        let mut out = Vec::new();
+        s.dequeue(a, &mut out, 1, None);
+        assert_eq!(s.stall_scan(Instant::now() + Duration::from_secs(1), Duration::from_millis(10)).0, 0,
+            "nothing waits: no stall");
+        s.push(2);
+        assert_eq!(s.stall_scan(Instant::now() + Duration::from_secs(1), Duration::from_millis(10)).0, 1);
+        assert_eq!(s.stats().running, 0);
+        // Coming back does not decrement twice.
+        let b = s.register();
+        assert_eq!(s.dequeue(b, &mut out, 1, None).0, Next::Got(1));
+        assert_eq!(s.dequeue(a, &mut out, 1, Some(Instant::now())).0, Next::Poll);
+        assert_eq!(s.stats().running, 1);
+    }
+
+    #[test]
+    fn poller_role_is_unique() {
+        let s: Sched<u32> = Sched::new(2);
+        let a = s.register();
+        let b = s.register();
+        let mut out = Vec::new();
+        assert_eq!(s.dequeue(a, &mut out, 1, None).0, Next::Poll);
+        let soon = Some(Instant::now() + Duration::from_millis(5));
+        assert_eq!(s.dequeue(b, &mut out, 1, soon).0, Next::Timeout);
+        let (next, _) = s.poll_done(a, [7, 8], &mut out, 1);
+        assert_eq!(next, Some(Next::Got(1)));
+        assert_eq!(out, [7]);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::thread;
+
+    /// Two threads dequeue while a third posts: every item is taken exactly once, in
+    /// FIFO order per taker, and running never exceeds N = 1.
+    #[test]
+    fn loom_post_and_dequeue() {
+        loom::model(|| {
+            let s: Arc<Sched<u32>> = Arc::new(Sched::new(1));
+            let mut handles = Vec::new();
+            for _ in 0..2 {
+                let s = s.clone();
+                handles.push(thread::spawn(move || {
+                    let id = s.register();
+                    let mut out = Vec::new();
+                    loop {
+                        match s.dequeue(id, &mut out, 1, None).0 {
+                            Next::Got(_) => {
+                                assert!(s.stats().running <= 1);
+                            }
+                            Next::Poll => {
+                                // No kernel here: the poller comes back empty-handed
+                                // unless the port was closed meanwhile.
+                                if let (Some(Next::Got(_)), _) = s.poll_done(id, [], &mut out, 1) {
+                                    assert!(s.stats().running <= 1);
+                                }
+                                if s.is_closed() {
+                                    break;
+                                }
+                                thread::yield_now();
+                            }
+                            Next::Closed | Next::Timeout => break,
+                        }
+                    }
+                    s.unregister(id);
+                    out
+                }));
+            }
+            s.push(1);
+            s.push(2);
+            // Wait until both items were taken, then close.
+            while s.stats().queued > 0 {
+                thread::yield_now();
+            }
+            s.close();
+            let mut all: Vec<u32> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+            all.sort();
+            assert_eq!(all, [1, 2]);
+        });
+    }
+
+    /// A thread in `blocking` releases its slot to a waiter.
+    #[test]
+    fn loom_blocking_hands_off() {
+        loom::model(|| {
+            let s: Arc<Sched<u32>> = Arc::new(Sched::new(1));
+            let a = s.register();
+            s.push(1);
+            s.push(2);
+            let mut out = Vec::new();
+            assert_eq!(s.dequeue(a, &mut out, 1, None).0, Next::Got(1));
+            let s2 = s.clone();
+            let t = thread::spawn(move || {
+                let b = s2.register();
+                let mut out = Vec::new();
+                let r = s2.dequeue(b, &mut out, 1, None).0;
+                (r, out)
+            });
+            s.block_begin(a);
+            let (r, got) = t.join().unwrap();
+            assert_eq!(r, Next::Got(1));
+            assert_eq!(got, [2]);
+            s.block_end(a);
+        });
+    }
+}

@@ -1,0 +1,439 @@
+//! The io_uring backend: one ring shared by every thread of the port.
+//!
+//! # How many threads share one ring
+//!
+//! IOCP lets any thread submit and any thread dequeue; io_uring rings are built
+//! for one thread. This backend shares one ring (see `docs/design.md` for the
+//! designs measured and why this one won):
+//!
+//! * **Submission** — any thread pushes SQEs under `inner`'s mutex. The mutex also
+//!   guards the table of operations in flight and every access to the CQ ring.
+//!   Submitting to the kernel (`io_uring_enter`) happens outside the mutex: the
+//!   kernel consumes SQEs under its own lock, and only published entries (the tail
+//!   is written with release ordering when the `SubmissionQueue` is dropped) are
+//!   ever visible to it.
+//! * **Reaping** — the scheduler sends one idle thread at a time to `poll`; it waits
+//!   in `io_uring_enter(GETEVENTS)` without holding the mutex, then reaps the CQ
+//!   under it. A submitter waiting for room may reap too; both are serialised by
+//!   the mutex, so every CQE is consumed exactly once.
+//! * **No task-run flags.** `SINGLE_ISSUER`/`DEFER_TASKRUN` need one submitting and
+//!   reaping thread, and `COOP_TASKRUN` lets a request's task work wait until its
+//!   submitting thread next enters the kernel — which a thread asleep on the
+//!   scheduler's condvar may never do. The default notification (a signal-style
+//!   wake of the submitter) is the only mode that is correct with any thread
+//!   submitting and any thread waiting.
+//!
+//! # Operation records
+//!
+//! Every operation in flight has a record in `Inner::ops`, indexed by the low 32
+//! bits of its `user_data` (the `OpId`); the high bits are a generation so a stale
+//! id cannot match a newer operation. The record owns the buffer and any
+//! auxiliary data the SQE points to. Buffers are heap allocations whose address
+//! does not change when the record (or the table) moves; auxiliary data is boxed
+//! for the same reason. A record is removed only when its CQE is reaped, which is
+//! the kernel's promise that it no longer touches that memory.
+
+mod probe;
+
+pub(crate) use probe::probe;
+
+use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::time::Duration;
+
+use io_uring::{opcode, squeue, types, IoUring};
+use socket2::SockAddr;
+
+use crate::completion::{Completion, OpId};
+use crate::error::{Error, Result};
+use crate::op::{Op, OpBody, OpKind};
+use crate::sync::{lock, Mutex};
+
+use super::{Config, SubmitResult};
+
+/// `user_data` of the NOPs `notify` submits; their CQEs are swallowed.
+const WAKE_TAG: u64 = u64::MAX;
+/// `user_data` of internal cancel requests; their CQEs are swallowed.
+const CANCEL_TAG: u64 = u64::MAX - 1;
+/// Generations stay below this so no `OpId` can equal a tag.
+const GEN_MASK: u32 = 0x7fff_ffff;
+
+/// What an SQE points into, kept alive with the record.
+#[derive(Debug)]
+enum Aux {
+    None,
+    Addr(#[allow(dead_code)] Box<SockAddr>),
+    Time(#[allow(dead_code)] Box<types::Timespec>),
+}
+
+#[derive(Debug)]
+struct Record {
+    kind: OpKind,
+    key: u64,
+    user_data: u64,
+    buf: Option<Vec<u8>>,
+    _aux: Aux,
+}
+
+#[derive(Debug)]
+struct Entry {
+    gen: u32,
+    rec: Option<Record>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ops: Vec<Entry>,
+    free: Vec<u32>,
+    in_flight: usize,
+    closed: bool,
+}
+
+/// The io_uring driver. See the module docs for its threading rules.
+pub(crate) struct Driver {
+    ring: IoUring,
+    inner: Mutex<Inner>,
+    max_in_flight: usize,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("uring::Driver")
+            .field("sq_entries", &self.ring.params().sq_entries())
+            .field("cq_entries", &self.ring.params().cq_entries())
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+impl Driver {
+    pub(crate) fn new(cfg: Config) -> io::Result<Driver> {
+        let entries = cfg.entries.clamp(2, 32768).next_power_of_two();
+        // The CQ must hold every operation in flight plus internal CQEs (wakes and
+        // cancels), so it can never overflow: size it to twice max_in_flight.
+        let cq = (cfg.max_in_flight.max(1) * 2).next_power_of_two().max(entries as usize * 2);
+        let cq = cq.min(65536) as u32;
+        let ring = IoUring::builder().setup_cqsize(cq).setup_clamp().build(entries)?;
+        if !ring.params().is_feature_nodrop() || !ring.params().is_feature_ext_arg() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "kernel lacks IORING_FEAT_NODROP or IORING_FEAT_EXT_ARG (needs Linux 5.11+)",
+            ));
+        }
+        let cq_entries = ring.params().cq_entries() as usize;
+        let max_in_flight = cfg.max_in_flight.clamp(1, cq_entries / 2);
+        let d = Driver {
+            ring,
+            inner: Mutex::new(Inner { ops: Vec::new(), free: Vec::new(), in_flight: 0, closed: false }),
+            max_in_flight,
+        };
+        // A full round trip proves the ring works (some sandboxes let setup succeed
+        // and then fail every submission).
+        d.probe_nop()?;
+        Ok(d)
+    }
+
+    fn probe_nop(&self) -> io::Result<()> {
+        let id = self.submit(Op::nop(), 0, 0, true).map_err(|(e, _)| io::Error::from(e))?;
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            self.poll(Some(Duration::from_millis(10)), &mut out)?;
+            if out.iter().any(|c| c.op_id() == Some(id)) {
+                return Ok(());
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::TimedOut, "io_uring NOP probe never completed"))
+    }
+
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.inner).in_flight
+    }
+
+    /// Starts `op`. On `QueueFull` the op is handed back untouched.
+    pub(crate) fn submit(&self, op: Op, key: u64, user_data: u64, flush: bool) -> SubmitResult {
+        {
+            let mut inner = lock(&self.inner);
+            if inner.closed {
+                return Err((Error::Closed, None));
+            }
+            if inner.in_flight >= self.max_in_flight {
+                return Err((Error::QueueFull, Some(op)));
+            }
+            let (index, gen) = match inner.free.pop() {
+                Some(i) => (i, inner.ops[i as usize].gen),
+                None => {
+                    inner.ops.push(Entry { gen: 1, rec: None });
+                    ((inner.ops.len() - 1) as u32, 1)
+                }
+            };
+            let id = OpId((u64::from(gen) << 32) | u64::from(index));
+            let kind = op.kind();
+            let (sqe, buf, aux) = build_sqe(op.body);
+            let sqe = sqe.user_data(id.0);
+            inner.ops[index as usize].rec =
+                Some(Record { kind, key, user_data, buf, _aux: aux });
+            inner.in_flight += 1;
+            self.push_locked(&sqe);
+            drop(inner);
+            if flush {
+                self.flush();
+            }
+            Ok(id)
+        }
+    }
+
+    /// Pushes an SQE; the caller holds `inner`. If the SQ is full, submits first.
+    fn push_locked(&self, sqe: &squeue::Entry) {
+        loop {
+            // SAFETY: the `inner` mutex is held by our caller, and every
+            // SubmissionQueue in this driver is created under it, so no other exists.
+            let mut sq = unsafe { self.ring.submission_shared() };
+            // SAFETY: every pointer in `sqe` points into the record that was just
+            // stored in `inner.ops` (a heap buffer or a boxed aux value) and stays
+            // valid until its CQE is reaped; the record is only removed then.
+            if unsafe { sq.push(sqe) }.is_ok() {
+                return;
+            }
+            drop(sq);
+            // SQ full: hand what is there to the kernel and retry.
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
+                    tracing::error!("io_uring_enter failed while the SQ was full: {e}");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn has_unflushed(&self) -> bool {
+        let inner = lock(&self.inner);
+        // SAFETY: the inner mutex is held; SubmissionQueues are only created under it.
+        let n = unsafe { self.ring.submission_shared() }.len();
+        drop(inner);
+        n > 0
+    }
+
+    /// Submits every pushed SQE (one `io_uring_enter`, only if there are any).
+    pub(crate) fn flush(&self) {
+        if self.has_unflushed() {
+            if let Err(e) = self.ring.submit() {
+                tracing::debug!("io_uring submit: {e}");
+            }
+        }
+    }
+
+    pub(crate) fn notify(&self) {
+        let inner = lock(&self.inner);
+        self.push_locked(&opcode::Nop::new().build().user_data(WAKE_TAG));
+        drop(inner);
+        let _ = self.ring.submit();
+    }
+
+    pub(crate) fn cancel(&self, id: OpId) -> Result<()> {
+        let inner = lock(&self.inner);
+        if !inner.is_live(id) {
+            return Err(Error::NotFound);
+        }
+        self.push_locked(&opcode::AsyncCancel::new(id.0).build().user_data(CANCEL_TAG));
+        drop(inner);
+        let _ = self.ring.submit();
+        Ok(())
+    }
+
+    /// Waits for completions (see the contract in `sys/mod.rs`).
+    pub(crate) fn poll(&self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        if self.reap(out) > 0 {
+            // Completions were there already; still hand pending SQEs over.
+            self.flush();
+            return Ok(());
+        }
+        let res = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(t) if t.is_zero() => self.ring.submit(),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        match res {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(e) => return Err(e),
+        }
+        self.reap(out);
+        Ok(())
+    }
+
+    /// Moves every available CQE into `out`. Returns how many completions it added.
+    fn reap(&self, out: &mut Vec<Completion>) -> usize {
+        let before = out.len();
+        let mut inner = lock(&self.inner);
+        // SAFETY: the inner mutex is held, and CompletionQueues are only created
+        // under it, so no other exists.
+        let cq = unsafe { self.ring.completion_shared() };
+        for cqe in cq {
+            let ud = cqe.user_data();
+            if ud == WAKE_TAG || ud == CANCEL_TAG {
+                continue;
+            }
+            if let Some(c) = inner.complete(OpId(ud), cqe.result()) {
+                out.push(c);
+            }
+        }
+        out.len() - before
+    }
+
+    /// Refuses new work, cancels everything in flight and waits until the kernel
+    /// has released it all. Completions reaped here are dropped.
+    pub(crate) fn shutdown(&self) {
+        {
+            let mut inner = lock(&self.inner);
+            inner.closed = true;
+            let live: Vec<u64> = inner
+                .ops
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.rec.is_some())
+                .map(|(i, e)| (u64::from(e.gen) << 32) | i as u64)
+                .collect();
+            for ud in live {
+                self.push_locked(&opcode::AsyncCancel::new(ud).build().user_data(CANCEL_TAG));
+            }
+        }
+        let mut sink = Vec::new();
+        loop {
+            sink.clear();
+            self.reap(&mut sink);
+            if lock(&self.inner).in_flight == 0 {
+                break;
+            }
+            let ts = types::Timespec::from(Duration::from_millis(50));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
+                if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) {
+                    tracing::error!("io_uring_enter during shutdown: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The ring's memory and the records' buffers must outlive every request.
+        if lock(&self.inner).in_flight > 0 {
+            self.shutdown();
+        }
+    }
+}
+
+impl Inner {
+    fn is_live(&self, id: OpId) -> bool {
+        let index = (id.0 & 0xffff_ffff) as usize;
+        let gen = (id.0 >> 32) as u32;
+        self.ops.get(index).is_some_and(|e| e.gen == gen && e.rec.is_some())
+    }
+
+    /// Removes the record of `id` and builds its completion.
+    fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
+        if !self.is_live(id) {
+            tracing::error!("CQE for unknown operation {:#x}", id.0);
+            return None;
+        }
+        let index = (id.0 & 0xffff_ffff) as usize;
+        let entry = &mut self.ops[index];
+        let rec = entry.rec.take().expect("live record");
+        entry.gen = (entry.gen + 1) & GEN_MASK;
+        if entry.gen == 0 {
+            entry.gen = 1;
+        }
+        self.free.push(index as u32);
+        self.in_flight -= 1;
+        let mut buf = rec.buf;
+        let mut res = res;
+        match rec.kind {
+            OpKind::Read | OpKind::Recv if res >= 0 => {
+                if let Some(b) = buf.as_mut() {
+                    // SAFETY: the kernel wrote `res` bytes at the start of the
+                    // buffer, and `res <= capacity` because that was the length
+                    // we gave it.
+                    unsafe { b.set_len(res as usize) };
+                }
+            }
+            OpKind::Timeout if res == -libc::ETIME => res = 0,
+            _ => {}
+        }
+        let mut c = Completion::from_raw(id, rec.kind, rec.key, rec.user_data, res, buf.take());
+        if rec.kind == OpKind::Accept && res >= 0 {
+            // SAFETY: a successful accept's result is a new descriptor that nobody
+            // else owns.
+            c.fd = Some(unsafe { OwnedFd::from_raw_fd(res) });
+        }
+        Some(c)
+    }
+}
+
+/// Translates an operation into an SQE, returning what the SQE points into.
+fn build_sqe(body: OpBody) -> (squeue::Entry, Option<Vec<u8>>, Aux) {
+    use types::Fd;
+    match body {
+        OpBody::Nop => (opcode::Nop::new().build(), None, Aux::None),
+        OpBody::Read { fd, mut buf, offset } => {
+            let len = buf.capacity().min(u32::MAX as usize) as u32;
+            let sqe = opcode::Read::new(Fd(fd), buf.as_mut_ptr(), len).offset(offset).build();
+            (sqe, Some(buf), Aux::None)
+        }
+        OpBody::Write { fd, buf, pos, offset } => {
+            let len = (buf.len() - pos).min(u32::MAX as usize) as u32;
+            // SAFETY: pos <= buf.len() (clamped when the op was built).
+            let ptr = unsafe { buf.as_ptr().add(pos) };
+            let sqe = opcode::Write::new(Fd(fd), ptr, len).offset(offset).build();
+            (sqe, Some(buf), Aux::None)
+        }
+        OpBody::Recv { fd, mut buf, flags } => {
+            let len = buf.capacity().min(u32::MAX as usize) as u32;
+            let sqe = opcode::Recv::new(Fd(fd), buf.as_mut_ptr(), len).flags(flags).build();
+            (sqe, Some(buf), Aux::None)
+        }
+        OpBody::Send { fd, buf, pos, flags } => {
+            let len = (buf.len() - pos).min(u32::MAX as usize) as u32;
+            // SAFETY: pos <= buf.len() (clamped when the op was built).
+            let ptr = unsafe { buf.as_ptr().add(pos) };
+            let sqe = opcode::Send::new(Fd(fd), ptr, len).flags(flags).build();
+            (sqe, Some(buf), Aux::None)
+        }
+        OpBody::Accept { fd } => {
+            let sqe = opcode::Accept::new(Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build();
+            (sqe, None, Aux::None)
+        }
+        OpBody::Connect { fd, addr } => {
+            let sqe = opcode::Connect::new(Fd(fd), addr.as_ptr().cast::<libc::sockaddr>(), addr.len())
+                .build();
+            (sqe, None, Aux::Addr(addr))
+        }
+        OpBody::Close { fd } => {
+            // The kernel closes it; ownership ends here.
+            let sqe = opcode::Close::new(Fd(fd.into_raw_fd())).build();
+            (sqe, None, Aux::None)
+        }
+        OpBody::Fsync { fd, datasync } => {
+            let mut op = opcode::Fsync::new(Fd(fd));
+            if datasync {
+                op = op.flags(types::FsyncFlags::DATASYNC);
+            }
+            (op.build(), None, Aux::None)
+        }
+        OpBody::Timeout { after } => {
+            let ts = Box::new(types::Timespec::from(after));
+            let sqe = opcode::Timeout::new(&*ts as *const types::Timespec).build();
+            (sqe, None, Aux::Time(ts))
+        }
+    }
+}
