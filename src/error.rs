@@ -41,7 +41,10 @@ impl fmt::Display for Error {
                 write!(f, "file descriptor {fd} is not associated with this port")
             }
             Error::AlreadyAssociated(fd) => {
-                write!(f, "file descriptor {fd} is already associated with this port")
+                write!(
+                    f,
+                    "file descriptor {fd} is already associated with this port"
+                )
             }
             Error::Unsupported(why) => write!(f, "unsupported: {why}"),
             Error::Io(e) => write!(f, "{e}"),

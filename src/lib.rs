@@ -65,14 +65,15 @@ pub use completion::{Completion, OpId};
 pub use error::{Error, Result};
 pub use op::{Op, OpKind};
 pub use pool::{Pool, PoolBuilder};
-pub use port::{blocking, num_cpus, Builder, CompletionPort, PortStats};
+pub use port::{batch_submissions, blocking, num_cpus, Builder, CompletionPort, PortStats};
 pub use sched::SchedStats;
 pub use sys::{BackendChoice, BackendKind};
 
 /// What `ringport info` reports about io_uring on this machine.
 pub mod info {
     /// Setup features and opcodes found by probing io_uring, or why probing failed.
-    pub fn uring_probe() -> std::io::Result<(Vec<(&'static str, bool)>, Vec<(&'static str, bool)>)> {
+    pub fn uring_probe() -> std::io::Result<(Vec<(&'static str, bool)>, Vec<(&'static str, bool)>)>
+    {
         crate::sys::uring::probe().map(|p| (p.features, p.ops))
     }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use crate::completion::Completion;
 use crate::error::Error;
-use crate::port::{num_cpus, set_defer_submit, CompletionPort};
+use crate::port::{batch_submissions, num_cpus, CompletionPort};
 
 /// Configures a [`Pool`].
 #[derive(Debug, Clone)]
@@ -45,7 +45,11 @@ pub struct PoolBuilder {
 
 impl Default for PoolBuilder {
     fn default() -> Self {
-        PoolBuilder { threads: 0, stall_threshold: Some(Duration::from_millis(10)), name: "ringport".into() }
+        PoolBuilder {
+            threads: 0,
+            stall_threshold: Some(Duration::from_millis(10)),
+            name: "ringport".into(),
+        }
     }
 }
 
@@ -76,19 +80,28 @@ impl PoolBuilder {
     where
         F: Fn(&CompletionPort, Completion) + Send + Sync + 'static,
     {
-        let n = if self.threads == 0 { 2 * num_cpus() } else { self.threads };
+        let n = if self.threads == 0 {
+            2 * num_cpus()
+        } else {
+            self.threads
+        };
         let handler = Arc::new(handler);
-        let shared = Arc::new(Shared { panics: AtomicU64::new(0), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            panics: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
             let wport = port.clone();
             let handler = handler.clone();
             let shared = shared.clone();
-            let t = thread::Builder::new().name(format!("{}-{i}", self.name)).spawn(move || {
-                set_defer_submit(true);
-                worker(&wport, &*handler, &shared);
-                set_defer_submit(false);
-            });
+            let t = thread::Builder::new()
+                .name(format!("{}-{i}", self.name))
+                .spawn(move || {
+                    batch_submissions(true);
+                    worker(&wport, &*handler, &shared);
+                    batch_submissions(false);
+                });
             match t {
                 Ok(h) => workers.push(h),
                 Err(e) => {
@@ -105,16 +118,25 @@ impl PoolBuilder {
             Some(threshold) => {
                 let port = port.clone();
                 let shared = shared.clone();
-                Some(thread::Builder::new().name(format!("{}-stall", self.name)).spawn(move || {
-                    let tick = (threshold / 2).max(Duration::from_millis(1));
-                    while !shared.stop.load(Ordering::Acquire) && !port.is_closed() {
-                        thread::park_timeout(tick);
-                        port.stall_scan(threshold);
-                    }
-                })?)
+                Some(
+                    thread::Builder::new()
+                        .name(format!("{}-stall", self.name))
+                        .spawn(move || {
+                            let tick = (threshold / 2).max(Duration::from_millis(1));
+                            while !shared.stop.load(Ordering::Acquire) && !port.is_closed() {
+                                thread::park_timeout(tick);
+                                port.stall_scan(threshold);
+                            }
+                        })?,
+                )
             }
         };
-        Ok(Pool { port: port.clone(), workers, monitor, shared })
+        Ok(Pool {
+            port: port.clone(),
+            workers,
+            monitor,
+            shared,
+        })
     }
 }
 
@@ -124,7 +146,11 @@ struct Shared {
     stop: AtomicBool,
 }
 
-fn worker(port: &CompletionPort, handler: &(dyn Fn(&CompletionPort, Completion) + Sync), shared: &Shared) {
+fn worker(
+    port: &CompletionPort,
+    handler: &(dyn Fn(&CompletionPort, Completion) + Sync),
+    shared: &Shared,
+) {
     loop {
         match port.get(None) {
             Ok(c) => {

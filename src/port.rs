@@ -30,8 +30,8 @@ use crate::completion::{Completion, OpId};
 use crate::error::{Error, Result};
 use crate::op::{Op, OpBody};
 use crate::sched::{Next, Sched, SchedStats, SlotId};
-use crate::sys::{Backend, BackendChoice, BackendKind, Config};
 use crate::sync::lock;
+use crate::sys::{Backend, BackendChoice, BackendKind, Config};
 
 static NEXT_PORT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -46,7 +46,12 @@ pub struct Builder {
 
 impl Default for Builder {
     fn default() -> Self {
-        Builder { concurrency: 0, max_in_flight: 4096, entries: 256, backend: None }
+        Builder {
+            concurrency: 0,
+            max_in_flight: 4096,
+            entries: 256,
+            backend: None,
+        }
     }
 }
 
@@ -84,9 +89,16 @@ impl Builder {
             Some(c) => c,
             None => BackendChoice::from_env()?,
         };
-        let cfg = Config { entries: self.entries, max_in_flight: self.max_in_flight };
+        let cfg = Config {
+            entries: self.entries,
+            max_in_flight: self.max_in_flight,
+        };
         let (backend, reason) = Backend::build(choice, cfg)?;
-        let concurrency = if self.concurrency == 0 { num_cpus() } else { self.concurrency };
+        let concurrency = if self.concurrency == 0 {
+            num_cpus()
+        } else {
+            self.concurrency
+        };
         tracing::debug!(backend = %backend.kind(), %reason, concurrency, "completion port created");
         Ok(CompletionPort {
             inner: Arc::new(PortInner {
@@ -243,7 +255,11 @@ impl CompletionPort {
     /// Waits briefly in the kernel for completions, queueing them in the port.
     fn reap_for_room(&self) {
         let mut got = Vec::new();
-        if let Err(e) = self.inner.backend.poll(Some(Duration::from_millis(1)), &mut got) {
+        if let Err(e) = self
+            .inner
+            .backend
+            .poll(Some(Duration::from_millis(1)), &mut got)
+        {
             tracing::error!("reaping while waiting for room: {e}");
         }
         for c in got {
@@ -259,7 +275,11 @@ impl CompletionPort {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if self.inner.sched.push(Completion::packet(key, user_data, bytes)) {
+        if self
+            .inner
+            .sched
+            .push(Completion::packet(key, user_data, bytes))
+        {
             self.inner.backend.notify();
         }
         Ok(())
@@ -290,25 +310,51 @@ impl CompletionPort {
     /// Dequeues up to `max` completions into `out` (IOCP's
     /// `GetQueuedCompletionStatusEx`): returns as soon as at least one is available.
     /// Each entry carries its own result; the count is returned.
-    pub fn get_many(&self, out: &mut Vec<Completion>, max: usize, timeout: Option<Duration>) -> Result<usize> {
+    pub fn get_many(
+        &self,
+        out: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
         self.dequeue(out, max.max(1), timeout)
     }
 
-    fn dequeue(&self, out: &mut Vec<Completion>, limit: usize, timeout: Option<Duration>) -> Result<usize> {
+    fn dequeue(
+        &self,
+        out: &mut Vec<Completion>,
+        limit: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let slot = self.slot();
         let inner = &self.inner;
         loop {
-            // Anything a pool handler submitted without flushing must reach the
-            // kernel before this thread can go to sleep on the scheduler.
-            if inner.backend.has_unflushed() {
-                inner.backend.flush();
-            }
-            let (next, wake) = inner.sched.dequeue(slot, out, limit, deadline);
+            // Submissions a batching thread held back must reach the kernel before
+            // this thread may sleep on the scheduler (a thread polling hands them
+            // over in the same system call as its wait).
+            let may_sleep = !inner.backend.has_unflushed();
+            let (next, wake) = inner.sched.dequeue(slot, out, limit, deadline, may_sleep);
             if wake {
                 inner.backend.notify();
             }
             match next {
+                Next::WouldSleep => {
+                    // Hand our submissions over and take whatever is ready now,
+                    // rather than sleeping while they complete.
+                    let mut batch = Vec::new();
+                    if let Err(e) = inner.backend.poll(Some(Duration::ZERO), &mut batch) {
+                        tracing::error!("backend flush failed: {e}");
+                    }
+                    let (got, wake) = inner.sched.offer(slot, false, batch, out, limit);
+                    if wake {
+                        inner.backend.notify();
+                    }
+                    match got {
+                        Some(Next::Got(n)) => return Ok(n),
+                        Some(Next::Closed) => return Err(Error::Closed),
+                        _ => {}
+                    }
+                }
                 Next::Got(n) => return Ok(n),
                 Next::Closed => return Err(Error::Closed),
                 Next::Timeout => return Err(Error::Timeout),
@@ -358,7 +404,10 @@ impl CompletionPort {
 
     /// Current statistics.
     pub fn stats(&self) -> PortStats {
-        PortStats { sched: self.inner.sched.stats(), in_flight: self.inner.backend.in_flight() }
+        PortStats {
+            sched: self.inner.sched.stats(),
+            in_flight: self.inner.backend.in_flight(),
+        }
     }
 
     /// Runs the stall detector once (the pool's monitor thread calls this).
@@ -382,7 +431,11 @@ impl CompletionPort {
             }
             regs.0.retain(|r| r.port.strong_count() > 0);
             let slot = self.inner.sched.register();
-            regs.0.push(Registration { port_id: self.inner.id, port: Arc::downgrade(&self.inner), slot });
+            regs.0.push(Registration {
+                port_id: self.inner.id,
+                port: Arc::downgrade(&self.inner),
+                slot,
+            });
             slot
         })
     }
@@ -426,7 +479,14 @@ thread_local! {
     static DEFER_SUBMIT: Cell<bool> = const { Cell::new(false) };
 }
 
-pub(crate) fn set_defer_submit(on: bool) {
+/// Turns submission batching on or off for the calling thread.
+///
+/// With batching on, operations this thread submits are handed to the kernel at
+/// its next `get`, `get_many` or [`blocking`] call (or by the pool's monitor),
+/// together, in one system call, instead of one system call each. Pool workers
+/// have it on. Turn it on only on a thread that is certain to call `get` again
+/// soon; otherwise its operations may wait until another thread enters the port.
+pub fn batch_submissions(on: bool) {
     DEFER_SUBMIT.with(|d| d.set(on));
 }
 
@@ -442,7 +502,11 @@ pub(crate) fn set_defer_submit(on: bool) {
 /// ```
 pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
     let ports: Vec<(Arc<PortInner>, SlotId)> = THREAD_SLOTS.with(|regs| {
-        regs.borrow().0.iter().filter_map(|r| r.port.upgrade().map(|p| (p, r.slot))).collect()
+        regs.borrow()
+            .0
+            .iter()
+            .filter_map(|r| r.port.upgrade().map(|p| (p, r.slot)))
+            .collect()
     });
     for (port, slot) in &ports {
         if port.backend.has_unflushed() {

@@ -27,7 +27,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::sync::{lock, Arc, Condvar, Mutex};
+use crate::sync::model::{lock, Arc, Condvar, Mutex};
 
 /// A thread's registration with one scheduler.
 pub(crate) type SlotId = usize;
@@ -99,6 +99,9 @@ pub(crate) enum Next {
     Closed,
     /// The deadline passed with nothing to take.
     Timeout,
+    /// The thread would have to sleep but said it may not (it holds unsubmitted
+    /// work): it should flush and call again.
+    WouldSleep,
 }
 
 /// The scheduler core, generic over the completion type so loom can check it alone.
@@ -128,7 +131,11 @@ impl<T> Sched<T> {
     /// Registers a thread; it starts idle.
     pub(crate) fn register(&self) -> SlotId {
         let mut st = lock(&self.state);
-        let slot = Slot { run: Run::Idle, handoff: Handoff::None, cv: Arc::new(Condvar::new()) };
+        let slot = Slot {
+            run: Run::Idle,
+            handoff: Handoff::None,
+            cv: Arc::new(Condvar::new()),
+        };
         match st.free_slots.pop() {
             Some(id) => {
                 st.slots[id] = Some(slot);
@@ -162,6 +169,7 @@ impl<T> Sched<T> {
         out: &mut Vec<T>,
         limit: usize,
         deadline: Option<Instant>,
+        may_sleep: bool,
     ) -> (Next, bool) {
         let mut st = lock(&self.state);
         // The caller takes first (IOCP's KeRemoveQueue checks the queue before it
@@ -186,6 +194,9 @@ impl<T> Sched<T> {
                 wake |= st.dispatch();
                 return (Next::Timeout, wake);
             }
+            if !may_sleep {
+                return (Next::WouldSleep, wake);
+            }
             // Wait on our own condvar, on top of the LIFO stack.
             let cv = st.slot(id).cv.clone();
             st.waiters.push(id);
@@ -194,7 +205,9 @@ impl<T> Sched<T> {
                     None => cv.wait(st).unwrap_or_else(|p| p.into_inner()),
                     Some(d) => {
                         let left = d.saturating_duration_since(Instant::now());
-                        cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0
+                        cv.wait_timeout(st, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
                     }
                 };
                 match std::mem::replace(&mut st.slot_mut(id).handoff, Handoff::None) {
@@ -232,13 +245,29 @@ impl<T> Sched<T> {
         out: &mut Vec<T>,
         limit: usize,
     ) -> (Option<Next>, bool) {
+        self.offer(id, true, items, out, limit)
+    }
+
+    /// Like `poll_done`, for a thread that reaped completions without holding the
+    /// poll role (it flushed its own submissions instead of sleeping): it gets
+    /// first pick of what it reaped, and the rest is dispatched.
+    pub(crate) fn offer(
+        &self,
+        id: SlotId,
+        was_poller: bool,
+        items: impl IntoIterator<Item = T>,
+        out: &mut Vec<T>,
+        limit: usize,
+    ) -> (Option<Next>, bool) {
         let mut st = lock(&self.state);
-        st.polling = false;
-        st.poller_notified = false;
-        st.queue.extend(items);
+        if was_poller {
+            st.polling = false;
+            st.poller_notified = false;
+        }
         if st.closed {
             return (Some(Next::Closed), false);
         }
+        st.queue.extend(items);
         let got = if st.running < st.max && !st.queue.is_empty() {
             Some(Next::Got(st.take(id, out, limit)))
         } else {
@@ -328,7 +357,11 @@ impl<T> Sched<T> {
 
     pub(crate) fn stats(&self) -> SchedStats {
         let st = lock(&self.state);
-        SchedStats { running: st.running, queued: st.queue.len(), ..st.stats }
+        SchedStats {
+            running: st.running,
+            queued: st.queue.len(),
+            ..st.stats
+        }
     }
 
     /// The concurrency value N.
@@ -420,13 +453,13 @@ mod tests {
         s.push(1);
         s.push(2);
         let mut out = Vec::new();
-        assert_eq!(s.dequeue(a, &mut out, 1, None).0, Next::Got(1));
+        assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
         assert_eq!(out, [1]);
         // a is running and N = 1: b must not get the second completion.
         let soon = Some(Instant::now() + Duration::from_millis(10));
-        assert_eq!(s.dequeue(b, &mut out, 1, soon).0, Next::Timeout);
+        assert_eq!(s.dequeue(b, &mut out, 1, soon, true).0, Next::Timeout);
         // a comes back: it takes the next one, in order.
-        assert_eq!(s.dequeue(a, &mut out, 1, None).0, Next::Got(1));
+        assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
         assert_eq!(out, [1, 2]);
         assert_eq!(s.stats().peak_running, 1);
     }
@@ -439,11 +472,15 @@ mod tests {
         s.push(1);
         s.push(2);
         let mut out = Vec::new();
-        s.dequeue(a, &mut out, 1, None);
+        s.dequeue(a, &mut out, 1, None, true);
         s.block_begin(a);
-        assert_eq!(s.dequeue(b, &mut out, 1, None).0, Next::Got(1));
+        assert_eq!(s.dequeue(b, &mut out, 1, None, true).0, Next::Got(1));
         s.block_end(a);
-        assert_eq!(s.stats().running, 2, "returning from blocking oversubscribes");
+        assert_eq!(
+            s.stats().running,
+            2,
+            "returning from blocking oversubscribes"
+        );
     }
 
     #[test]
@@ -452,16 +489,33 @@ mod tests {
         let a = s.register();
         s.push(1);
         let mut out = Vec::new();
-        s.dequeue(a, &mut out, 1, None);
-        assert_eq!(s.stall_scan(Instant::now() + Duration::from_secs(1), Duration::from_millis(10)).0, 0,
-            "nothing waits: no stall");
+        s.dequeue(a, &mut out, 1, None, true);
+        assert_eq!(
+            s.stall_scan(
+                Instant::now() + Duration::from_secs(1),
+                Duration::from_millis(10)
+            )
+            .0,
+            0,
+            "nothing waits: no stall"
+        );
         s.push(2);
-        assert_eq!(s.stall_scan(Instant::now() + Duration::from_secs(1), Duration::from_millis(10)).0, 1);
+        assert_eq!(
+            s.stall_scan(
+                Instant::now() + Duration::from_secs(1),
+                Duration::from_millis(10)
+            )
+            .0,
+            1
+        );
         assert_eq!(s.stats().running, 0);
         // Coming back does not decrement twice.
         let b = s.register();
-        assert_eq!(s.dequeue(b, &mut out, 1, None).0, Next::Got(1));
-        assert_eq!(s.dequeue(a, &mut out, 1, Some(Instant::now())).0, Next::Poll);
+        assert_eq!(s.dequeue(b, &mut out, 1, None, true).0, Next::Got(1));
+        assert_eq!(
+            s.dequeue(a, &mut out, 1, Some(Instant::now()), true).0,
+            Next::Poll
+        );
         assert_eq!(s.stats().running, 1);
     }
 
@@ -471,9 +525,9 @@ mod tests {
         let a = s.register();
         let b = s.register();
         let mut out = Vec::new();
-        assert_eq!(s.dequeue(a, &mut out, 1, None).0, Next::Poll);
+        assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Poll);
         let soon = Some(Instant::now() + Duration::from_millis(5));
-        assert_eq!(s.dequeue(b, &mut out, 1, soon).0, Next::Timeout);
+        assert_eq!(s.dequeue(b, &mut out, 1, soon, true).0, Next::Timeout);
         let (next, _) = s.poll_done(a, [7, 8], &mut out, 1);
         assert_eq!(next, Some(Next::Got(1)));
         assert_eq!(out, [7]);
@@ -498,7 +552,7 @@ mod loom_tests {
                     let id = s.register();
                     let mut out = Vec::new();
                     loop {
-                        match s.dequeue(id, &mut out, 1, None).0 {
+                        match s.dequeue(id, &mut out, 1, None, true).0 {
                             Next::Got(_) => {
                                 assert!(s.stats().running <= 1);
                             }
@@ -513,7 +567,7 @@ mod loom_tests {
                                 }
                                 thread::yield_now();
                             }
-                            Next::Closed | Next::Timeout => break,
+                            Next::Closed | Next::Timeout | Next::WouldSleep => break,
                         }
                     }
                     s.unregister(id);
@@ -527,7 +581,10 @@ mod loom_tests {
                 thread::yield_now();
             }
             s.close();
-            let mut all: Vec<u32> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+            let mut all: Vec<u32> = handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect();
             all.sort();
             assert_eq!(all, [1, 2]);
         });
@@ -542,12 +599,12 @@ mod loom_tests {
             s.push(1);
             s.push(2);
             let mut out = Vec::new();
-            assert_eq!(s.dequeue(a, &mut out, 1, None).0, Next::Got(1));
+            assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
             let s2 = s.clone();
             let t = thread::spawn(move || {
                 let b = s2.register();
                 let mut out = Vec::new();
-                let r = s2.dequeue(b, &mut out, 1, None).0;
+                let r = s2.dequeue(b, &mut out, 1, None, true).0;
                 (r, out)
             });
             s.block_begin(a);

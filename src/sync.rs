@@ -1,13 +1,27 @@
-//! Synchronisation primitives, swapped for loom's under `cfg(loom)` so the
-//! scheduler core can be model-checked (`RUSTFLAGS="--cfg loom" cargo test --lib sched`).
+//! Synchronisation helpers. The scheduler core uses the `model` primitives, which
+//! are loom's under `cfg(loom)` so it can be model-checked
+//! (`RUSTFLAGS="--cfg loom" cargo test --lib loom_`); everything else uses std's.
 
-#[cfg(loom)]
-pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
-#[cfg(not(loom))]
-pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
-/// Locks a mutex, ignoring poisoning: the scheduler's state is only mutated by
-/// code that cannot panic half-way (handlers run outside the lock).
+/// The primitives the scheduler core is model-checked with.
+pub(crate) mod model {
+    #[cfg(loom)]
+    pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+    #[cfg(not(loom))]
+    pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+    /// Locks a model mutex, ignoring poisoning (see [`super::lock`]).
+    pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        match m.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: state behind ringport's mutexes is only
+/// mutated by code that cannot panic half-way (user handlers run outside them).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,

@@ -51,15 +51,45 @@ pub enum OpKind {
 #[derive(Debug)]
 pub(crate) enum OpBody {
     Nop,
-    Read { fd: RawFd, buf: Vec<u8>, offset: u64 },
-    Write { fd: RawFd, buf: Vec<u8>, pos: usize, offset: u64 },
-    Recv { fd: RawFd, buf: Vec<u8>, flags: i32 },
-    Send { fd: RawFd, buf: Vec<u8>, pos: usize, flags: i32 },
-    Accept { fd: RawFd },
-    Connect { fd: RawFd, addr: Box<SockAddr> },
-    Close { fd: OwnedFd },
-    Fsync { fd: RawFd, datasync: bool },
-    Timeout { after: Duration },
+    Read {
+        fd: RawFd,
+        buf: Vec<u8>,
+        offset: u64,
+    },
+    Write {
+        fd: RawFd,
+        buf: Vec<u8>,
+        pos: usize,
+        offset: u64,
+    },
+    Recv {
+        fd: RawFd,
+        buf: Vec<u8>,
+        flags: i32,
+    },
+    Send {
+        fd: RawFd,
+        buf: Vec<u8>,
+        pos: usize,
+        flags: i32,
+    },
+    Accept {
+        fd: RawFd,
+    },
+    Connect {
+        fd: RawFd,
+        addr: Box<SockAddr>,
+    },
+    Close {
+        fd: OwnedFd,
+    },
+    Fsync {
+        fd: RawFd,
+        datasync: bool,
+    },
+    Timeout {
+        after: Duration,
+    },
 }
 
 /// An operation to submit to a [`CompletionPort`](crate::CompletionPort).
@@ -82,7 +112,11 @@ impl Op {
     /// Reads from `file` at `offset` into `buf`'s whole capacity; the completion's
     /// buffer then holds exactly the bytes read (its old contents are replaced).
     pub fn read_at(file: &impl AsFd, buf: Vec<u8>, offset: u64) -> Op {
-        Op::new(OpBody::Read { fd: raw(file), buf, offset })
+        Op::new(OpBody::Read {
+            fd: raw(file),
+            buf,
+            offset,
+        })
     }
 
     /// Writes all of `buf` to `file` at `offset`. A short write completes with the
@@ -94,13 +128,22 @@ impl Op {
     /// Writes `buf[pos..]` to `file` at `offset`.
     pub fn write_at_from(file: &impl AsFd, buf: Vec<u8>, pos: usize, offset: u64) -> Op {
         let pos = pos.min(buf.len());
-        Op::new(OpBody::Write { fd: raw(file), buf, pos, offset })
+        Op::new(OpBody::Write {
+            fd: raw(file),
+            buf,
+            pos,
+            offset,
+        })
     }
 
     /// Receives from a connected socket into `buf`'s whole capacity; the completion's
     /// buffer holds exactly the bytes received. `Ok(0)` means the peer closed its side.
     pub fn recv(socket: &impl AsFd, buf: Vec<u8>) -> Op {
-        Op::new(OpBody::Recv { fd: raw(socket), buf, flags: 0 })
+        Op::new(OpBody::Recv {
+            fd: raw(socket),
+            buf,
+            flags: 0,
+        })
     }
 
     /// Sends all of `buf` on a connected socket (a short send completes with the count
@@ -113,7 +156,12 @@ impl Op {
     /// Sends `buf[pos..]` on a connected socket.
     pub fn send_from(socket: &impl AsFd, buf: Vec<u8>, pos: usize) -> Op {
         let pos = pos.min(buf.len());
-        Op::new(OpBody::Send { fd: raw(socket), buf, pos, flags: libc::MSG_NOSIGNAL })
+        Op::new(OpBody::Send {
+            fd: raw(socket),
+            buf,
+            pos,
+            flags: libc::MSG_NOSIGNAL,
+        })
     }
 
     /// Accepts one connection on a listening socket. The accepted socket (close-on-exec)
@@ -124,7 +172,10 @@ impl Op {
 
     /// Connects `socket` to `addr`.
     pub fn connect(socket: &impl AsFd, addr: impl Into<SockAddr>) -> Op {
-        Op::new(OpBody::Connect { fd: raw(socket), addr: Box::new(addr.into()) })
+        Op::new(OpBody::Connect {
+            fd: raw(socket),
+            addr: Box::new(addr.into()),
+        })
     }
 
     /// Closes a descriptor, taking ownership of it. Its association with the port
@@ -135,12 +186,18 @@ impl Op {
 
     /// Flushes a file's data and metadata to storage (`fsync`).
     pub fn fsync(file: &impl AsFd) -> Op {
-        Op::new(OpBody::Fsync { fd: raw(file), datasync: false })
+        Op::new(OpBody::Fsync {
+            fd: raw(file),
+            datasync: false,
+        })
     }
 
     /// Flushes a file's data to storage (`fdatasync`).
     pub fn fdatasync(file: &impl AsFd) -> Op {
-        Op::new(OpBody::Fsync { fd: raw(file), datasync: true })
+        Op::new(OpBody::Fsync {
+            fd: raw(file),
+            datasync: true,
+        })
     }
 
     /// A timer: completes with `Ok(0)` after `after`, or with `ECANCELED` if cancelled.

@@ -119,7 +119,12 @@ impl Backend {
     pub(crate) fn build(choice: BackendChoice, cfg: Config) -> Result<(Backend, String)> {
         match choice {
             BackendChoice::Uring => uring::Driver::new(cfg)
-                .map(|d| (Backend::Uring(d), "forced (builder or RINGPORT_BACKEND=uring)".into()))
+                .map(|d| {
+                    (
+                        Backend::Uring(d),
+                        "forced (builder or RINGPORT_BACKEND=uring)".into(),
+                    )
+                })
                 .map_err(|e| Error::Unsupported(format!("io_uring is unavailable here: {e}"))),
             BackendChoice::Epoll => Err(Error::Unsupported(
                 "the epoll backend is not built yet (issue 4)".into(),
@@ -148,7 +153,11 @@ impl Backend {
         }
     }
 
-    pub(crate) fn poll(&self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+    pub(crate) fn poll(
+        &self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion>,
+    ) -> io::Result<()> {
         match self {
             Backend::Uring(d) => d.poll(timeout, out),
         }

@@ -47,7 +47,9 @@ use socket2::SockAddr;
 use crate::completion::{Completion, OpId};
 use crate::error::{Error, Result};
 use crate::op::{Op, OpBody, OpKind};
-use crate::sync::{lock, Mutex};
+use std::sync::Mutex;
+
+use crate::sync::lock;
 
 use super::{Config, SubmitResult};
 
@@ -111,9 +113,14 @@ impl Driver {
         let entries = cfg.entries.clamp(2, 32768).next_power_of_two();
         // The CQ must hold every operation in flight plus internal CQEs (wakes and
         // cancels), so it can never overflow: size it to twice max_in_flight.
-        let cq = (cfg.max_in_flight.max(1) * 2).next_power_of_two().max(entries as usize * 2);
+        let cq = (cfg.max_in_flight.max(1) * 2)
+            .next_power_of_two()
+            .max(entries as usize * 2);
         let cq = cq.min(65536) as u32;
-        let ring = IoUring::builder().setup_cqsize(cq).setup_clamp().build(entries)?;
+        let ring = IoUring::builder()
+            .setup_cqsize(cq)
+            .setup_clamp()
+            .build(entries)?;
         if !ring.params().is_feature_nodrop() || !ring.params().is_feature_ext_arg() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -124,7 +131,12 @@ impl Driver {
         let max_in_flight = cfg.max_in_flight.clamp(1, cq_entries / 2);
         let d = Driver {
             ring,
-            inner: Mutex::new(Inner { ops: Vec::new(), free: Vec::new(), in_flight: 0, closed: false }),
+            inner: Mutex::new(Inner {
+                ops: Vec::new(),
+                free: Vec::new(),
+                in_flight: 0,
+                closed: false,
+            }),
             max_in_flight,
         };
         // A full round trip proves the ring works (some sandboxes let setup succeed
@@ -134,7 +146,9 @@ impl Driver {
     }
 
     fn probe_nop(&self) -> io::Result<()> {
-        let id = self.submit(Op::nop(), 0, 0, true).map_err(|(e, _)| io::Error::from(e))?;
+        let id = self
+            .submit(Op::nop(), 0, 0, true)
+            .map_err(|(e, _)| io::Error::from(e))?;
         let mut out = Vec::new();
         for _ in 0..100 {
             self.poll(Some(Duration::from_millis(10)), &mut out)?;
@@ -142,7 +156,10 @@ impl Driver {
                 return Ok(());
             }
         }
-        Err(io::Error::new(io::ErrorKind::TimedOut, "io_uring NOP probe never completed"))
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "io_uring NOP probe never completed",
+        ))
     }
 
     pub(crate) fn max_in_flight(&self) -> usize {
@@ -174,8 +191,13 @@ impl Driver {
             let kind = op.kind();
             let (sqe, buf, aux) = build_sqe(op.body);
             let sqe = sqe.user_data(id.0);
-            inner.ops[index as usize].rec =
-                Some(Record { kind, key, user_data, buf, _aux: aux });
+            inner.ops[index as usize].rec = Some(Record {
+                kind,
+                key,
+                user_data,
+                buf,
+                _aux: aux,
+            });
             inner.in_flight += 1;
             self.push_locked(&sqe);
             drop(inner);
@@ -244,7 +266,11 @@ impl Driver {
     }
 
     /// Waits for completions (see the contract in `sys/mod.rs`).
-    pub(crate) fn poll(&self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+    pub(crate) fn poll(
+        &self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion>,
+    ) -> io::Result<()> {
         if self.reap(out) > 0 {
             // Completions were there already; still hand pending SQEs over.
             self.flush();
@@ -261,7 +287,11 @@ impl Driver {
         };
         match res {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
             Err(e) => return Err(e),
         }
         self.reap(out);
@@ -314,7 +344,10 @@ impl Driver {
             let ts = types::Timespec::from(Duration::from_millis(50));
             let args = types::SubmitArgs::new().timespec(&ts);
             if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
-                if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) {
                     tracing::error!("io_uring_enter during shutdown: {e}");
                     break;
                 }
@@ -336,7 +369,9 @@ impl Inner {
     fn is_live(&self, id: OpId) -> bool {
         let index = (id.0 & 0xffff_ffff) as usize;
         let gen = (id.0 >> 32) as u32;
-        self.ops.get(index).is_some_and(|e| e.gen == gen && e.rec.is_some())
+        self.ops
+            .get(index)
+            .is_some_and(|e| e.gen == gen && e.rec.is_some())
     }
 
     /// Removes the record of `id` and builds its completion.
@@ -383,12 +418,23 @@ fn build_sqe(body: OpBody) -> (squeue::Entry, Option<Vec<u8>>, Aux) {
     use types::Fd;
     match body {
         OpBody::Nop => (opcode::Nop::new().build(), None, Aux::None),
-        OpBody::Read { fd, mut buf, offset } => {
+        OpBody::Read {
+            fd,
+            mut buf,
+            offset,
+        } => {
             let len = buf.capacity().min(u32::MAX as usize) as u32;
-            let sqe = opcode::Read::new(Fd(fd), buf.as_mut_ptr(), len).offset(offset).build();
+            let sqe = opcode::Read::new(Fd(fd), buf.as_mut_ptr(), len)
+                .offset(offset)
+                .build();
             (sqe, Some(buf), Aux::None)
         }
-        OpBody::Write { fd, buf, pos, offset } => {
+        OpBody::Write {
+            fd,
+            buf,
+            pos,
+            offset,
+        } => {
             let len = (buf.len() - pos).min(u32::MAX as usize) as u32;
             // SAFETY: pos <= buf.len() (clamped when the op was built).
             let ptr = unsafe { buf.as_ptr().add(pos) };
@@ -397,10 +443,17 @@ fn build_sqe(body: OpBody) -> (squeue::Entry, Option<Vec<u8>>, Aux) {
         }
         OpBody::Recv { fd, mut buf, flags } => {
             let len = buf.capacity().min(u32::MAX as usize) as u32;
-            let sqe = opcode::Recv::new(Fd(fd), buf.as_mut_ptr(), len).flags(flags).build();
+            let sqe = opcode::Recv::new(Fd(fd), buf.as_mut_ptr(), len)
+                .flags(flags)
+                .build();
             (sqe, Some(buf), Aux::None)
         }
-        OpBody::Send { fd, buf, pos, flags } => {
+        OpBody::Send {
+            fd,
+            buf,
+            pos,
+            flags,
+        } => {
             let len = (buf.len() - pos).min(u32::MAX as usize) as u32;
             // SAFETY: pos <= buf.len() (clamped when the op was built).
             let ptr = unsafe { buf.as_ptr().add(pos) };
@@ -414,8 +467,9 @@ fn build_sqe(body: OpBody) -> (squeue::Entry, Option<Vec<u8>>, Aux) {
             (sqe, None, Aux::None)
         }
         OpBody::Connect { fd, addr } => {
-            let sqe = opcode::Connect::new(Fd(fd), addr.as_ptr().cast::<libc::sockaddr>(), addr.len())
-                .build();
+            let sqe =
+                opcode::Connect::new(Fd(fd), addr.as_ptr().cast::<libc::sockaddr>(), addr.len())
+                    .build();
             (sqe, None, Aux::Addr(addr))
         }
         OpBody::Close { fd } => {

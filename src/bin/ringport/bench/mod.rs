@@ -1,0 +1,48 @@
+//! `ringport bench …`: measurements.
+
+mod designs;
+mod nop;
+
+use clap::Subcommand;
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// NOP round trips through the port (1 and 2 threads) beside a raw io_uring loop.
+    Nop(nop::NopArgs),
+}
+
+pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
+    match cmd {
+        BenchCommand::Nop(args) => nop::run(&args),
+    }
+}
+
+/// CPU time and context switches of this process, from getrusage.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub cpu_s: f64,
+    pub csw: i64,
+}
+
+pub fn usage() -> Usage {
+    // SAFETY: getrusage writes a plain struct we own; RUSAGE_SELF covers all threads.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Usage {
+        cpu_s: tv(ru.ru_utime) + tv(ru.ru_stime),
+        csw: ru.ru_nvcsw + ru.ru_nivcsw,
+    }
+}
+
+/// Syscalls made by this process so far, from /proc/self/task/*/... is not exposed by
+/// Linux; we count io_uring_enter calls ourselves where we can, and use `strace -c`
+/// externally otherwise (see BENCHMARKS.md).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}

@@ -1,0 +1,64 @@
+//! `ringport info`: the backend in use and why, the kernel, io_uring's features.
+
+use clap::Args;
+use ringport::{BackendChoice, CompletionPort};
+
+/// Flags of `ringport info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Backend to try: auto, uring or epoll (default: RINGPORT_BACKEND, else auto).
+    #[arg(long)]
+    backend: Option<BackendChoice>,
+}
+
+pub fn run(args: &InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let cpus = ringport::num_cpus();
+    println!("kernel:       {}", kernel_version());
+    println!("cpus:         {cpus}");
+    println!("pool default: {} threads, concurrency {cpus}", 2 * cpus);
+    match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        Ok(v) => println!("io_uring_disabled sysctl: {}", v.trim()),
+        Err(_) => println!("io_uring_disabled sysctl: absent (kernel older than 6.6)"),
+    }
+    let mut builder = CompletionPort::builder();
+    if let Some(b) = args.backend {
+        builder = builder.backend(b);
+    }
+    match builder.build() {
+        Ok(port) => {
+            println!(
+                "backend:      {} ({})",
+                port.backend(),
+                port.backend_reason()
+            );
+            println!("max in flight: {}", port.max_in_flight());
+        }
+        Err(e) => println!("backend:      none: {e}"),
+    }
+    match ringport::info::uring_probe() {
+        Ok((features, ops)) => {
+            println!("io_uring features:");
+            print_flags(&features);
+            println!("io_uring ops:");
+            print_flags(&ops);
+        }
+        Err(e) => println!("io_uring probe failed: {e}"),
+    }
+    Ok(())
+}
+
+fn print_flags(list: &[(&str, bool)]) {
+    for chunk in list.chunks(4) {
+        let line: Vec<String> = chunk
+            .iter()
+            .map(|(n, ok)| format!("{:<18}", format!("{n}:{}", if *ok { "yes" } else { "no" })))
+            .collect();
+        println!("  {}", line.join(" "));
+    }
+}
+
+fn kernel_version() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
