@@ -1,7 +1,9 @@
 //! The `ringport` program: raw flags → resolved config → one module per command.
 
 mod bench;
+mod echo;
 mod info;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -19,6 +21,8 @@ struct Cli {
 enum Command {
     /// Show the backend this machine gets and why, the kernel, and io_uring's features.
     Info(info::InfoArgs),
+    /// A TCP echo server on the port and its pool.
+    Echo(echo::EchoArgs),
     /// Load generators and micro-benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
+        Command::Echo(args) => echo::run(&args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {

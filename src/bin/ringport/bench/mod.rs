@@ -1,6 +1,7 @@
 //! `ringport bench …`: measurements.
 
 mod designs;
+mod echo;
 mod nop;
 
 use clap::Subcommand;
@@ -10,11 +11,14 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// NOP round trips through the port (1 and 2 threads) beside a raw io_uring loop.
     Nop(nop::NopArgs),
+    /// Closed-loop ping-pong load against an echo server.
+    Echo(echo::EchoBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
         BenchCommand::Nop(args) => nop::run(&args),
+        BenchCommand::Echo(args) => echo::run(&args),
     }
 }
 

@@ -1,0 +1,214 @@
+//! `ringport echo`: a TCP echo server on the completion port and its pool.
+//!
+//! Every connection has exactly one operation in flight (a recv, or the send of
+//! what that recv returned), so two handlers never work on the same connection at
+//! once and no per-connection lock is needed. The descriptor number travels in
+//! each operation's `user_data`; the descriptor itself is owned by the connection
+//! table until its last operation has completed.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use ringport::{BackendChoice, Completion, CompletionPort, Op, Pool};
+
+use crate::signals;
+
+/// Flags of `ringport echo`.
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Worker threads (0 = 2 × CPUs).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Handlers running at once (0 = CPUs).
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
+    /// Backend: auto, uring or epoll.
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
+    /// Burn this many microseconds of CPU before echoing a message whose first byte is '!'.
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
+    /// Receive buffer per connection, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    buf_size: usize,
+    /// Accepts kept outstanding on the listener.
+    #[arg(long, default_value_t = 16)]
+    accepts: usize,
+}
+
+const ACCEPT: u64 = 1;
+const RECV: u64 = 2;
+const SEND: u64 = 3;
+const LISTENER_KEY: u64 = u64::MAX;
+
+/// `user_data`: kind (4 bits) | position already sent (28 bits) | descriptor (32 bits).
+fn ud(kind: u64, pos: usize, fd: RawFd) -> u64 {
+    (kind << 60) | ((pos as u64 & 0x0fff_ffff) << 32) | (fd as u32 as u64)
+}
+
+fn ud_parts(ud: u64) -> (u64, usize, RawFd) {
+    (ud >> 60, ((ud >> 32) & 0x0fff_ffff) as usize, (ud & 0xffff_ffff) as u32 as RawFd)
+}
+
+struct Server {
+    listener: TcpListener,
+    /// Open connections, indexed by descriptor number. A descriptor stays here
+    /// (open) until the completion of its connection's last operation.
+    conns: Mutex<Vec<Option<OwnedFd>>>,
+    spin: Duration,
+    buf_size: usize,
+    stopping: AtomicBool,
+    accepted: AtomicU64,
+    closed: AtomicU64,
+}
+
+pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.buf_size == 0 || args.buf_size > 0x0fff_ffff {
+        return Err("--buf-size must be between 1 and 268435455".into());
+    }
+    signals::block()?;
+    let port = CompletionPort::builder()
+        .backend(args.backend)
+        .concurrency(args.concurrency)
+        .build()?;
+    let listener = TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener.local_addr()?;
+    port.associate(&listener, LISTENER_KEY)?;
+    let server = Arc::new(Server {
+        listener,
+        conns: Mutex::new(Vec::new()),
+        spin: Duration::from_micros(args.spin_us),
+        buf_size: args.buf_size,
+        stopping: AtomicBool::new(false),
+        accepted: AtomicU64::new(0),
+        closed: AtomicU64::new(0),
+    });
+    let s = server.clone();
+    let pool = Pool::builder()
+        .threads(args.threads)
+        .name("echo")
+        .spawn(&port, move |port, c| s.handle(port, c))?;
+    for _ in 0..args.accepts.max(1) {
+        port.submit(Op::accept(&server.listener), ud(ACCEPT, 0, 0))?;
+    }
+    let (tx, rx) = mpsc::channel();
+    signals::on_shutdown(move |sig| {
+        let _ = tx.send(sig);
+    })?;
+    println!("listening on {local} (backend {}, {} threads, concurrency {})", port.backend(), pool.threads(), port.concurrency());
+    let sig = rx.recv()?;
+    server.stopping.store(true, Ordering::Release);
+    pool.shutdown();
+    let open = server.conns.lock().unwrap().iter().filter(|c| c.is_some()).count();
+    eprintln!(
+        "echo: signal {sig}: stopped; {} connections accepted, {} closed by peers, {open} closed at shutdown",
+        server.accepted.load(Ordering::Relaxed),
+        server.closed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+impl Server {
+    fn handle(&self, port: &CompletionPort, mut c: Completion) {
+        let (kind, pos, fd) = ud_parts(c.user_data);
+        match kind {
+            ACCEPT => self.on_accept(port, &mut c),
+            RECV => match (&c.result, c.buf.take()) {
+                (Ok(n), Some(buf)) if *n > 0 => {
+                    if !self.spin.is_zero() && buf.first() == Some(&b'!') {
+                        spin(self.spin);
+                    }
+                    self.submit(port, fd, |s| Op::send(&s, buf), ud(SEND, 0, fd));
+                }
+                _ => self.close(port, fd),
+            },
+            SEND => match (&c.result, c.buf.take()) {
+                (Ok(n), Some(mut buf)) => {
+                    let sent = pos + n;
+                    if sent < buf.len() {
+                        self.submit(port, fd, |s| Op::send_from(&s, buf, sent), ud(SEND, sent, fd));
+                    } else {
+                        buf.clear();
+                        self.submit(port, fd, |s| Op::recv(&s, buf), ud(RECV, 0, fd));
+                    }
+                }
+                _ => self.close(port, fd),
+            },
+            _ => tracing::error!("unexpected completion {c:?}"),
+        }
+    }
+
+    fn on_accept(&self, port: &CompletionPort, c: &mut Completion) {
+        match (c.take_fd(), &c.result) {
+            (Some(fd), _) => {
+                let raw = fd.as_raw_fd();
+                let sock = socket2::SockRef::from(&fd);
+                let _ = sock.set_tcp_nodelay(true);
+                if let Err(e) = port.associate(&fd, raw as u64) {
+                    tracing::error!("associate accepted socket: {e}");
+                    return self.resubmit_accept(port);
+                }
+                {
+                    let mut conns = self.conns.lock().unwrap();
+                    let i = raw as usize;
+                    if conns.len() <= i {
+                        conns.resize_with(i + 1, || None);
+                    }
+                    conns[i] = Some(fd);
+                }
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                let buf = Vec::with_capacity(self.buf_size);
+                self.submit(port, raw, |s| Op::recv(&s, buf), ud(RECV, 0, raw));
+            }
+            (None, Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // Out of descriptors: back off instead of spinning on the error.
+                tracing::warn!("accept: {e}; backing off 10 ms");
+                ringport::blocking(|| std::thread::sleep(Duration::from_millis(10)));
+            }
+            (None, Err(e)) if e.raw_os_error() == Some(libc::ECANCELED) => return,
+            (None, Err(e)) => tracing::debug!("accept: {e}"),
+            (None, Ok(_)) => {}
+        }
+        self.resubmit_accept(port);
+    }
+
+    fn resubmit_accept(&self, port: &CompletionPort) {
+        if !self.stopping.load(Ordering::Acquire) {
+            let _ = port.submit(Op::accept(&self.listener), ud(ACCEPT, 0, 0));
+        }
+    }
+
+    /// Submits an op on connection `fd`; on failure (port closing) closes it.
+    fn submit(&self, port: &CompletionPort, fd: RawFd, op: impl FnOnce(BorrowedFd<'_>) -> Op, user_data: u64) {
+        // SAFETY: `fd` is owned by `self.conns` and is only removed (closed) by
+        // `close`, which runs when this connection's one operation has completed —
+        // i.e. not while we are building its next one.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if port.submit(op(borrowed), user_data).is_err() {
+            self.close(port, fd);
+        }
+    }
+
+    fn close(&self, port: &CompletionPort, fd: RawFd) {
+        let owned = self.conns.lock().unwrap().get_mut(fd as usize).and_then(Option::take);
+        if let Some(owned) = owned {
+            let _ = port.disassociate(&owned);
+            self.closed.fetch_add(1, Ordering::Relaxed);
+            drop(owned);
+        }
+    }
+}
+
+fn spin(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
