@@ -71,9 +71,11 @@ pub use sys::{BackendChoice, BackendKind};
 
 /// What `ringport info` reports about io_uring on this machine.
 pub mod info {
+    /// Names with a yes/no each, as `ringport info` prints them.
+    pub type Flags = Vec<(&'static str, bool)>;
+
     /// Setup features and opcodes found by probing io_uring, or why probing failed.
-    pub fn uring_probe() -> std::io::Result<(Vec<(&'static str, bool)>, Vec<(&'static str, bool)>)>
-    {
+    pub fn uring_probe() -> std::io::Result<(Flags, Flags)> {
         crate::sys::uring::probe().map(|p| (p.features, p.ops))
     }
 }

@@ -122,10 +122,21 @@ impl PoolBuilder {
                     thread::Builder::new()
                         .name(format!("{}-stall", self.name))
                         .spawn(move || {
-                            let tick = (threshold / 2).max(Duration::from_millis(1));
+                            // Tick at half the threshold while handlers run; back
+                            // off (up to 4 × the threshold) while the port is idle,
+                            // so an idle server does not wake 200 times a second.
+                            let busy = (threshold / 2).max(Duration::from_millis(1));
+                            let idle_max = (threshold * 4).max(busy);
+                            let mut tick = busy;
                             while !shared.stop.load(Ordering::Acquire) && !port.is_closed() {
                                 thread::park_timeout(tick);
                                 port.stall_scan(threshold);
+                                let st = port.stats().sched;
+                                tick = if st.running == 0 && st.queued == 0 {
+                                    (tick * 2).min(idle_max)
+                                } else {
+                                    busy
+                                };
                             }
                         })?,
                 )

@@ -258,7 +258,7 @@ impl CompletionPort {
         if let Err(e) = self
             .inner
             .backend
-            .poll(Some(Duration::from_millis(1)), &mut got)
+            .poll(Some(Duration::from_millis(1)), &mut got, false)
         {
             tracing::error!("reaping while waiting for room: {e}");
         }
@@ -342,7 +342,7 @@ impl CompletionPort {
                     // Hand our submissions over and take whatever is ready now,
                     // rather than sleeping while they complete.
                     let mut batch = Vec::new();
-                    if let Err(e) = inner.backend.poll(Some(Duration::ZERO), &mut batch) {
+                    if let Err(e) = inner.backend.poll(Some(Duration::ZERO), &mut batch, false) {
                         tracing::error!("backend flush failed: {e}");
                     }
                     let (got, wake) = inner.sched.offer(slot, false, batch, out, limit);
@@ -361,7 +361,7 @@ impl CompletionPort {
                 Next::Poll => {
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     let mut batch = Vec::new();
-                    if let Err(e) = inner.backend.poll(left, &mut batch) {
+                    if let Err(e) = inner.backend.poll(left, &mut batch, true) {
                         tracing::error!("backend poll failed: {e}");
                     }
                     let (got, wake) = inner.sched.poll_done(slot, batch, out, limit);

@@ -12,8 +12,12 @@
 //! * `waiters` holds the ids of idle threads waiting on their condvar, most recently
 //!   idle last (the top). A slot is on the stack iff its handoff is `None` and it is
 //!   blocked in `dequeue`.
-//! * `polling` is true while exactly one idle thread (not on the stack) owns the
-//!   right to wait in the backend for kernel completions. Whenever the queue is
+//! * `poller` names the one idle thread (not on the stack) that owns the right
+//!   to wait in the backend for kernel completions. A thread that comes back
+//!   with submissions it has not handed to the kernel yet takes the role over
+//!   (it submits and waits in one system call, and on io_uring the kernel work
+//!   for its own requests then runs in its own wait); the deposed poller keeps
+//!   waiting until the next completion wakes it, then retires to the stack. Whenever the queue is
 //!   empty and some thread is idle, somebody polls: `dispatch` hands the role to the
 //!   top waiter if the poller leaves.
 //! * Handing out: a completion is handed to the top waiter (LIFO) only while
@@ -72,6 +76,8 @@ pub struct SchedStats {
     pub handoffs: u64,
     /// Completions queued and not yet taken.
     pub queued: usize,
+    /// Times a thread with fresh submissions took the poll role over.
+    pub poll_steals: u64,
 }
 
 #[derive(Debug)]
@@ -82,7 +88,7 @@ struct State<T> {
     waiters: Vec<SlotId>,
     slots: Vec<Option<Slot<T>>>,
     free_slots: Vec<SlotId>,
-    polling: bool,
+    poller: Option<SlotId>,
     poller_notified: bool,
     closed: bool,
     stats: SchedStats,
@@ -120,7 +126,7 @@ impl<T> Sched<T> {
                 waiters: Vec::new(),
                 slots: Vec::new(),
                 free_slots: Vec::new(),
-                polling: false,
+                poller: None,
                 poller_notified: false,
                 closed: false,
                 stats: SchedStats::default(),
@@ -176,7 +182,7 @@ impl<T> Sched<T> {
         // wakes anyone): releasing our own slot must not hand our next packet away.
         st.release(id);
         let mut wake = false;
-        loop {
+        {
             if st.closed {
                 return (Next::Closed, wake);
             }
@@ -184,8 +190,11 @@ impl<T> Sched<T> {
                 let n = st.take(id, out, limit);
                 return (Next::Got(n), wake);
             }
-            if st.queue.is_empty() && !st.polling {
-                st.polling = true;
+            if st.queue.is_empty() && (st.poller.is_none() || !may_sleep) {
+                if st.poller.is_some() {
+                    st.stats.poll_steals += 1;
+                }
+                st.poller = Some(id);
                 st.poller_notified = false;
                 return (Next::Poll, wake);
             }
@@ -260,8 +269,9 @@ impl<T> Sched<T> {
         limit: usize,
     ) -> (Option<Next>, bool) {
         let mut st = lock(&self.state);
-        if was_poller {
-            st.polling = false;
+        // A deposed poller (another thread took the role over) leaves it alone.
+        if was_poller && st.poller == Some(id) {
+            st.poller = None;
             st.poller_notified = false;
         }
         if st.closed {
@@ -346,7 +356,7 @@ impl<T> Sched<T> {
         for id in std::mem::take(&mut st.waiters) {
             st.slot(id).cv.notify_one();
         }
-        let polling = st.polling;
+        let polling = st.poller.is_some();
         (st.queue.drain(..).collect(), polling)
     }
 
@@ -420,16 +430,16 @@ impl<T> State<T> {
             slot.handoff = Handoff::Item(item);
             slot.cv.notify_one();
         }
-        if self.queue.is_empty() && !self.polling {
+        if self.queue.is_empty() && self.poller.is_none() {
             if let Some(id) = self.waiters.pop() {
-                self.polling = true;
+                self.poller = Some(id);
                 self.poller_notified = false;
                 let slot = self.slot_mut(id);
                 slot.handoff = Handoff::Poll;
                 slot.cv.notify_one();
             }
         }
-        if self.polling
+        if self.poller.is_some()
             && !self.poller_notified
             && !self.queue.is_empty()
             && self.running < self.max
@@ -584,7 +594,10 @@ mod loom_tests {
         loom::model(|| {
             let log = Arc::new(Mutex::new(Vec::new()));
             let s: Arc<Sched<Item>> = Arc::new(Sched::new(1));
-            let k = Arc::new(FakeKernel { st: Mutex::new((Vec::new(), false)), cv: Condvar::new() });
+            let k = Arc::new(FakeKernel {
+                st: Mutex::new((Vec::new(), false)),
+                cv: Condvar::new(),
+            });
             let mut handles = Vec::new();
             for _ in 0..2 {
                 let (s, k) = (s.clone(), k.clone());

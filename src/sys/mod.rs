@@ -15,9 +15,11 @@
 //!   With `flush = false` the backend may hold the operation back until the next
 //!   `poll` or `flush` from any thread (batching); the port only asks for that on
 //!   pool threads, which are certain to come back.
-//! * **`poll(timeout, out)`** waits until at least one completion is available (or
-//!   the timeout passes, or `notify` is called) and appends every available
-//!   completion to `out`. Completions are produced exactly once each; at most one
+//! * **`poll(timeout, out, poller)`** waits until at least one completion is
+//!   available (or the timeout passes, or `notify` is called) and appends every
+//!   available completion to `out`. A wake-up from `notify` must never be lost:
+//!   a reaper that is not the poller (`poller = false`) and swallows one gives it
+//!   back. Completions are produced exactly once each; at most one
 //!   thread is sent to `poll` by the scheduler, but a backend must tolerate
 //!   `submit` and `cancel` from other threads meanwhile, and a second reaper (a
 //!   submitter waiting for room).
@@ -157,9 +159,10 @@ impl Backend {
         &self,
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
+        poller: bool,
     ) -> io::Result<()> {
         match self {
-            Backend::Uring(d) => d.poll(timeout, out),
+            Backend::Uring(d) => d.poll(timeout, out, poller),
         }
     }
 

@@ -54,7 +54,11 @@ fn ud(kind: u64, pos: usize, fd: RawFd) -> u64 {
 }
 
 fn ud_parts(ud: u64) -> (u64, usize, RawFd) {
-    (ud >> 60, ((ud >> 32) & 0x0fff_ffff) as usize, (ud & 0xffff_ffff) as u32 as RawFd)
+    (
+        ud >> 60,
+        ((ud >> 32) & 0x0fff_ffff) as usize,
+        (ud & 0xffff_ffff) as u32 as RawFd,
+    )
 }
 
 struct Server {
@@ -78,7 +82,8 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         .backend(args.backend)
         .concurrency(args.concurrency)
         .build()?;
-    let listener = TcpListener::bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = TcpListener::bind(args.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr()?;
     port.associate(&listener, LISTENER_KEY)?;
     let server = Arc::new(Server {
@@ -102,11 +107,22 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     signals::on_shutdown(move |sig| {
         let _ = tx.send(sig);
     })?;
-    println!("listening on {local} (backend {}, {} threads, concurrency {})", port.backend(), pool.threads(), port.concurrency());
+    println!(
+        "listening on {local} (backend {}, {} threads, concurrency {})",
+        port.backend(),
+        pool.threads(),
+        port.concurrency()
+    );
     let sig = rx.recv()?;
     server.stopping.store(true, Ordering::Release);
     pool.shutdown();
-    let open = server.conns.lock().unwrap().iter().filter(|c| c.is_some()).count();
+    let open = server
+        .conns
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.is_some())
+        .count();
     eprintln!(
         "echo: signal {sig}: stopped; {} connections accepted, {} closed by peers, {open} closed at shutdown",
         server.accepted.load(Ordering::Relaxed),
@@ -133,7 +149,12 @@ impl Server {
                 (Ok(n), Some(mut buf)) => {
                     let sent = pos + n;
                     if sent < buf.len() {
-                        self.submit(port, fd, |s| Op::send_from(&s, buf, sent), ud(SEND, sent, fd));
+                        self.submit(
+                            port,
+                            fd,
+                            |s| Op::send_from(&s, buf, sent),
+                            ud(SEND, sent, fd),
+                        );
                     } else {
                         buf.clear();
                         self.submit(port, fd, |s| Op::recv(&s, buf), ud(RECV, 0, fd));
@@ -186,7 +207,13 @@ impl Server {
     }
 
     /// Submits an op on connection `fd`; on failure (port closing) closes it.
-    fn submit(&self, port: &CompletionPort, fd: RawFd, op: impl FnOnce(BorrowedFd<'_>) -> Op, user_data: u64) {
+    fn submit(
+        &self,
+        port: &CompletionPort,
+        fd: RawFd,
+        op: impl FnOnce(BorrowedFd<'_>) -> Op,
+        user_data: u64,
+    ) {
         // SAFETY: `fd` is owned by `self.conns` and is only removed (closed) by
         // `close`, which runs when this connection's one operation has completed —
         // i.e. not while we are building its next one.
@@ -197,7 +224,12 @@ impl Server {
     }
 
     fn close(&self, port: &CompletionPort, fd: RawFd) {
-        let owned = self.conns.lock().unwrap().get_mut(fd as usize).and_then(Option::take);
+        let owned = self
+            .conns
+            .lock()
+            .unwrap()
+            .get_mut(fd as usize)
+            .and_then(Option::take);
         if let Some(owned) = owned {
             let _ = port.disassociate(&owned);
             self.closed.fetch_add(1, Ordering::Relaxed);

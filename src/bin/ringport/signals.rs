@@ -29,14 +29,16 @@ pub fn block() -> io::Result<()> {
 
 /// Spawns a thread that waits for SIGINT or SIGTERM and then calls `on_signal`.
 pub fn on_shutdown(on_signal: impl FnOnce(i32) + Send + 'static) -> io::Result<()> {
-    thread::Builder::new().name("signals".into()).spawn(move || {
-        let s = set();
-        let mut sig: libc::c_int = 0;
-        // SAFETY: sigwait reads a valid sigset and writes the signal number.
-        let rc = unsafe { libc::sigwait(&s, &mut sig) };
-        if rc == 0 {
-            on_signal(sig);
-        }
-    })?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let s = set();
+            let mut sig: libc::c_int = 0;
+            // SAFETY: sigwait reads a valid sigset and writes the signal number.
+            let rc = unsafe { libc::sigwait(&s, &mut sig) };
+            if rc == 0 {
+                on_signal(sig);
+            }
+        })?;
     Ok(())
 }

@@ -151,7 +151,7 @@ impl Driver {
             .map_err(|(e, _)| io::Error::from(e))?;
         let mut out = Vec::new();
         for _ in 0..100 {
-            self.poll(Some(Duration::from_millis(10)), &mut out)?;
+            self.poll(Some(Duration::from_millis(10)), &mut out, true)?;
             if out.iter().any(|c| c.op_id() == Some(id)) {
                 return Ok(());
             }
@@ -265,16 +265,21 @@ impl Driver {
         Ok(())
     }
 
-    /// Waits for completions (see the contract in `sys/mod.rs`).
+    /// Waits for completions (see the contract in `sys/mod.rs`). Only the port's
+    /// poller passes `poller = true`; any other thread that reaps (to make room, or
+    /// instead of sleeping) may consume a wake-up meant for the poller, and then
+    /// posts it again so the poller cannot sleep through it.
     pub(crate) fn poll(
         &self,
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
+        poller: bool,
     ) -> io::Result<()> {
-        if self.reap(out) > 0 {
-            // Completions were there already; still hand pending SQEs over.
+        let (n, woken) = self.reap(out);
+        if n > 0 || (woken && poller) {
+            // Something is there already; still hand pending SQEs over.
             self.flush();
-            return Ok(());
+            return self.repost(woken && !poller);
         }
         let res = match timeout {
             None => self.ring.submit_and_wait(1),
@@ -294,27 +299,40 @@ impl Driver {
                 ) => {}
             Err(e) => return Err(e),
         }
-        self.reap(out);
+        let (_, woken2) = self.reap(out);
+        self.repost((woken || woken2) && !poller)
+    }
+
+    fn repost(&self, consumed_wake: bool) -> io::Result<()> {
+        if consumed_wake {
+            self.notify();
+        }
         Ok(())
     }
 
-    /// Moves every available CQE into `out`. Returns how many completions it added.
-    fn reap(&self, out: &mut Vec<Completion>) -> usize {
+    /// Moves every available CQE into `out`. Returns how many completions it added
+    /// and whether it consumed a wake-up from `notify`.
+    fn reap(&self, out: &mut Vec<Completion>) -> (usize, bool) {
         let before = out.len();
+        let mut woken = false;
         let mut inner = lock(&self.inner);
         // SAFETY: the inner mutex is held, and CompletionQueues are only created
         // under it, so no other exists.
         let cq = unsafe { self.ring.completion_shared() };
         for cqe in cq {
             let ud = cqe.user_data();
-            if ud == WAKE_TAG || ud == CANCEL_TAG {
+            if ud == WAKE_TAG {
+                woken = true;
+                continue;
+            }
+            if ud == CANCEL_TAG {
                 continue;
             }
             if let Some(c) = inner.complete(OpId(ud), cqe.result()) {
                 out.push(c);
             }
         }
-        out.len() - before
+        (out.len() - before, woken)
     }
 
     /// Refuses new work, cancels everything in flight and waits until the kernel
@@ -335,9 +353,10 @@ impl Driver {
             }
         }
         let mut sink = Vec::new();
+        let mut woken = false;
         loop {
             sink.clear();
-            self.reap(&mut sink);
+            woken |= self.reap(&mut sink).1;
             if lock(&self.inner).in_flight == 0 {
                 break;
             }
@@ -352,6 +371,11 @@ impl Driver {
                     break;
                 }
             }
+        }
+        // A poller may still be on its way into the kernel: give back the wake-up
+        // this loop swallowed.
+        if woken {
+            self.notify();
         }
     }
 }

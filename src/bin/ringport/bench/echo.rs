@@ -57,8 +57,15 @@ struct Tally {
 
 impl Tally {
     fn new() -> Tally {
-        let h = || Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
-        Tally { messages: 0, errors: 0, mismatches: 0, all: h(), light: h() }
+        let h =
+            || Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
+        Tally {
+            messages: 0,
+            errors: 0,
+            mismatches: 0,
+            all: h(),
+            light: h(),
+        }
     }
     fn merge(&mut self, o: &Tally) {
         self.messages += o.messages;
@@ -91,7 +98,10 @@ pub fn run(args: &EchoBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         ProgressBar::hidden()
     } else {
         let b = ProgressBar::new((args.duration * 10.0) as u64);
-        b.set_style(ProgressStyle::with_template("{spinner} {elapsed:>3} [{bar:30}] {msg}").expect("template"));
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>3} [{bar:30}] {msg}")
+                .expect("template"),
+        );
         b
     };
     let t0 = Instant::now();
@@ -102,15 +112,20 @@ pub fn run(args: &EchoBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     for t in 0..threads {
         let mine: Vec<TcpStream> = socks.by_ref().take(per).collect();
         let (size, heavy, prog) = (args.size, args.heavy_every, progress.clone());
-        handles.push(thread::Builder::new().name(format!("bench-{t}")).spawn(move || {
-            client(mine, size, heavy, deadline, &prog, t as u64)
-        })?);
+        handles.push(
+            thread::Builder::new()
+                .name(format!("bench-{t}"))
+                .spawn(move || client(mine, size, heavy, deadline, &prog, t as u64))?,
+        );
     }
     while handles.iter().any(|h| !h.is_finished()) {
         thread::sleep(Duration::from_millis(100));
         let el = t0.elapsed().as_secs_f64();
         bar.set_position(((el.min(args.duration)) * 10.0) as u64);
-        bar.set_message(format!("{:.0} msg/s", progress.load(Ordering::Relaxed) as f64 / el));
+        bar.set_message(format!(
+            "{:.0} msg/s",
+            progress.load(Ordering::Relaxed) as f64 / el
+        ));
     }
     bar.finish_and_clear();
     let elapsed = t0.elapsed().as_secs_f64().min(args.duration).max(1e-9);
@@ -121,7 +136,11 @@ pub fn run(args: &EchoBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     report(args, &total, elapsed);
     if total.mismatches > 0 {
-        return Err(format!("{} echoed messages did not match what was sent", total.mismatches).into());
+        return Err(format!(
+            "{} echoed messages did not match what was sent",
+            total.mismatches
+        )
+        .into());
     }
     if total.messages == 0 {
         return Err("no message completed a round trip".into());
@@ -132,7 +151,13 @@ pub fn run(args: &EchoBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 fn report(args: &EchoBenchArgs, t: &Tally, secs: f64) {
     let rate = t.messages as f64 / secs;
     let mib = rate * args.size as f64 / (1024.0 * 1024.0);
-    let q = |h: &Histogram<u64>, p: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(p) as f64 / 1000.0 };
+    let q = |h: &Histogram<u64>, p: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(p) as f64 / 1000.0
+        }
+    };
     if args.json {
         println!(
             "{{\"target\":\"{}\",\"conns\":{},\"size\":{},\"duration_s\":{:.3},\"messages\":{},\"msgs_per_s\":{:.1},\"mib_per_s\":{:.3},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"light_p50_us\":{:.1},\"light_p99_us\":{:.1},\"light_p999_us\":{:.1},\"errors\":{},\"mismatches\":{}}}",
@@ -143,14 +168,33 @@ fn report(args: &EchoBenchArgs, t: &Tally, secs: f64) {
         );
         return;
     }
-    println!("target {}  conns {}  size {} B  {:.1} s", args.target, args.conns, args.size, secs);
+    println!(
+        "target {}  conns {}  size {} B  {:.1} s",
+        args.target, args.conns, args.size, secs
+    );
     println!("{:<14} {:>14}", "messages/s", format!("{rate:.0}"));
     println!("{:<14} {:>14}", "MiB/s", format!("{mib:.2}"));
-    println!("{:<14} {:>14}", "latency p50", format!("{:.1} µs", q(&t.all, 0.5)));
-    println!("{:<14} {:>14}", "latency p99", format!("{:.1} µs", q(&t.all, 0.99)));
-    println!("{:<14} {:>14}", "latency p99.9", format!("{:.1} µs", q(&t.all, 0.999)));
+    println!(
+        "{:<14} {:>14}",
+        "latency p50",
+        format!("{:.1} µs", q(&t.all, 0.5))
+    );
+    println!(
+        "{:<14} {:>14}",
+        "latency p99",
+        format!("{:.1} µs", q(&t.all, 0.99))
+    );
+    println!(
+        "{:<14} {:>14}",
+        "latency p99.9",
+        format!("{:.1} µs", q(&t.all, 0.999))
+    );
     if args.heavy_every > 0 {
-        println!("{:<14} {:>14}", "light p99", format!("{:.1} µs", q(&t.light, 0.99)));
+        println!(
+            "{:<14} {:>14}",
+            "light p99",
+            format!("{:.1} µs", q(&t.light, 0.99))
+        );
     }
     println!("{:<14} {:>14}", "errors", t.errors);
     println!("{:<14} {:>14}", "mismatches", t.mismatches);
@@ -190,9 +234,16 @@ fn client(
         .setup_defer_taskrun()
         .setup_cqsize(entries * 2)
         .build(entries)
-        .or_else(|_| IoUring::builder().setup_coop_taskrun().setup_cqsize(entries * 2).build(entries))?;
+        .or_else(|_| {
+            IoUring::builder()
+                .setup_coop_taskrun()
+                .setup_cqsize(entries * 2)
+                .build(entries)
+        })?;
     // A pattern to draw payloads from; each message takes a different window.
-    let pattern: Vec<u8> = (0..size + 251).map(|i| (i as u64 * 31 + seed * 7 + 1) as u8).collect();
+    let pattern: Vec<u8> = (0..size + 251)
+        .map(|i| (i as u64 * 31 + seed * 7 + 1) as u8)
+        .collect();
     let mut conns: Vec<Conn> = socks
         .into_iter()
         .map(|sock| Conn {
@@ -207,11 +258,10 @@ fn client(
         .collect();
     let mut tally = Tally::new();
     let mut seq: u64 = 0;
-    let mut live = 0usize;
-    for i in 0..n {
-        start_message(&mut ring, &mut conns[i], i, &pattern, &mut seq, heavy_every);
-        live += 1;
+    for (i, c) in conns.iter_mut().enumerate() {
+        start_message(&mut ring, c, i, &pattern, &mut seq, heavy_every);
     }
+    let mut live = n;
     // A server that stops answering must not hang the generator: 5 s after the
     // deadline every socket is shut down, which completes whatever is in flight.
     let hard_stop = deadline + Duration::from_secs(5);
@@ -226,12 +276,22 @@ fn client(
             }
         }
         let ts = types::Timespec::from(Duration::from_millis(100));
-        match ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts)) {
+        match ring
+            .submitter()
+            .submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
+        {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
             Err(e) => return Err(e),
         }
-        let cqes: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let cqes: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         now = Instant::now();
         for (ud, res) in cqes {
             let i = (ud >> 1) as usize;
@@ -289,13 +349,26 @@ fn client(
     Ok(tally)
 }
 
-fn start_message(ring: &mut IoUring, c: &mut Conn, i: usize, pattern: &[u8], seq: &mut u64, heavy_every: u64) {
+fn start_message(
+    ring: &mut IoUring,
+    c: &mut Conn,
+    i: usize,
+    pattern: &[u8],
+    seq: &mut u64,
+    heavy_every: u64,
+) {
     *seq += 1;
     let off = (*seq as usize * 7 + i) % 251;
     let len = c.sbuf.len();
     c.sbuf.copy_from_slice(&pattern[off..off + len]);
     c.heavy = heavy_every > 0 && *seq % heavy_every == 0;
-    c.sbuf[0] = if c.heavy { b'!' } else if c.sbuf[0] == b'!' { b'?' } else { c.sbuf[0] };
+    c.sbuf[0] = if c.heavy {
+        b'!'
+    } else if c.sbuf[0] == b'!' {
+        b'?'
+    } else {
+        c.sbuf[0]
+    };
     c.pos = 0;
     c.state = State::Sending;
     c.start = Instant::now();
@@ -304,18 +377,26 @@ fn start_message(ring: &mut IoUring, c: &mut Conn, i: usize, pattern: &[u8], seq
 
 fn push_send(ring: &mut IoUring, c: &mut Conn, i: usize) {
     let rest = &c.sbuf[c.pos..];
-    let sqe = opcode::Send::new(types::Fd(c.sock.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data((i as u64) << 1);
+    let sqe = opcode::Send::new(
+        types::Fd(c.sock.as_raw_fd()),
+        rest.as_ptr(),
+        rest.len() as u32,
+    )
+    .flags(libc::MSG_NOSIGNAL)
+    .build()
+    .user_data((i as u64) << 1);
     push(ring, &sqe);
 }
 
 fn push_recv(ring: &mut IoUring, c: &mut Conn, i: usize) {
     let rest = &mut c.rbuf[c.pos..];
-    let sqe = opcode::Recv::new(types::Fd(c.sock.as_raw_fd()), rest.as_mut_ptr(), rest.len() as u32)
-        .build()
-        .user_data(((i as u64) << 1) | RECV_BIT);
+    let sqe = opcode::Recv::new(
+        types::Fd(c.sock.as_raw_fd()),
+        rest.as_mut_ptr(),
+        rest.len() as u32,
+    )
+    .build()
+    .user_data(((i as u64) << 1) | RECV_BIT);
     push(ring, &sqe);
 }
 

@@ -59,10 +59,7 @@ pub fn run(args: &NopArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut variants: Vec<Variant> = vec![
         ("raw io_uring loop, 1 thread", Box::new(raw_loop)),
-        (
-            "port, 1 thread (get + submit)",
-            Box::new(|a| port_thread(a)),
-        ),
+        ("port, 1 thread (get + submit)", Box::new(port_thread)),
         ("port + pool, 1 thread", Box::new(|a| port_pool(a, 1))),
         ("port + pool, 2 threads", Box::new(|a| port_pool(a, 2))),
         (

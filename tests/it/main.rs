@@ -1,0 +1,17 @@
+//! Integration tests for ringport: one binary, every test run on every backend
+//! (`<test>::uring` and `<test>::epoll`). A backend this machine cannot build is
+//! reported on stderr as `skipped: ...` and the test returns.
+//!
+//! Real sockets on 127.0.0.1 and real (unlinked) temp files; no timing assertions,
+//! and every wait is bounded (`common::T`) so a bug fails instead of hanging.
+
+#[macro_use]
+mod common;
+
+mod cancel;
+mod close;
+mod ops;
+mod order;
+mod outcomes;
+mod pool;
+mod queue;
