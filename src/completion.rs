@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 
 use crate::op::OpKind;
 
@@ -60,15 +60,39 @@ impl Completion {
         }
     }
 
-    /// A completion for an operation, from the raw kernel result (`res < 0` is `-errno`).
+    /// A completion for an operation, from the raw kernel result (`res < 0` is
+    /// `-errno`), with the per-kind finishing every backend shares: a read's
+    /// buffer gets the length read, a fired timer is success, an accepted
+    /// descriptor becomes owned by the completion.
     pub(crate) fn from_raw(
         op: OpId,
         kind: OpKind,
         key: u64,
         user_data: u64,
         res: i32,
-        buf: Option<Vec<u8>>,
+        mut buf: Option<Vec<u8>>,
     ) -> Self {
+        let mut res = res;
+        match kind {
+            OpKind::Read | OpKind::Recv if res >= 0 => {
+                if let Some(b) = buf.as_mut() {
+                    debug_assert!(res as usize <= b.capacity());
+                    // SAFETY: the kernel wrote `res` bytes at the start of the
+                    // buffer, and `res <= capacity` because the capacity was the
+                    // length the backend gave it.
+                    unsafe { b.set_len(res as usize) };
+                }
+            }
+            OpKind::Timeout if res == -libc::ETIME => res = 0,
+            _ => {}
+        }
+        let fd = if kind == OpKind::Accept && res >= 0 {
+            // SAFETY: a successful accept's result is a new descriptor that
+            // nobody else owns.
+            Some(unsafe { OwnedFd::from_raw_fd(res) })
+        } else {
+            None
+        };
         Completion {
             key,
             user_data,
@@ -76,7 +100,7 @@ impl Completion {
             buf,
             op: Some(op),
             kind,
-            fd: None,
+            fd,
         }
     }
 

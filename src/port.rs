@@ -179,6 +179,7 @@ impl CompletionPort {
         if map.contains_key(&fd) {
             return Err(Error::AlreadyAssociated(fd));
         }
+        self.inner.backend.associate(fd)?;
         map.insert(fd, key);
         Ok(())
     }
@@ -188,7 +189,10 @@ impl CompletionPort {
     pub fn disassociate(&self, handle: &impl AsFd) -> Result<()> {
         let fd = handle.as_fd().as_raw_fd();
         match lock(&self.inner.assoc).remove(&fd) {
-            Some(_) => Ok(()),
+            Some(_) => {
+                self.inner.backend.disassociate(fd);
+                Ok(())
+            }
             None => Err(Error::Unassociated(fd)),
         }
     }
@@ -243,8 +247,18 @@ impl CompletionPort {
             return Err((Error::Closed, None));
         }
         // Pool threads batch: their next `get` submits everything at once.
-        let flush = !DEFER_SUBMIT.with(Cell::get);
-        self.inner.backend.submit(op, key, user_data, flush)
+        let batching = DEFER_SUBMIT.with(Cell::get);
+        let (id, done) = self.inner.backend.submit(op, key, user_data, !batching)?;
+        if let Some(c) = done {
+            // The operation finished at once (epoll tried it inline). Its packet is
+            // queued like any other; a batching thread keeps it for its own next
+            // `get` instead of waking another thread, just as its io_uring
+            // submissions wait for that `get`.
+            if self.inner.sched.push_with(c, !batching) {
+                self.inner.backend.notify();
+            }
+        }
+        Ok(id)
     }
 
     /// The cap on operations in flight, as the backend applied it.
@@ -292,7 +306,12 @@ impl CompletionPort {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        self.inner.backend.cancel(id)
+        if let Some(c) = self.inner.backend.cancel(id)? {
+            if self.inner.sched.push(c) {
+                self.inner.backend.notify();
+            }
+        }
+        Ok(())
     }
 
     /// Dequeues one completion (IOCP's `GetQueuedCompletionStatus`). `None` waits

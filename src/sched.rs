@@ -289,12 +289,19 @@ impl<T> Sched<T> {
 
     /// Queues a completion (a posted packet, or one reaped outside the poller).
     pub(crate) fn push(&self, item: T) -> bool {
+        self.push_with(item, true)
+    }
+
+    /// Queues a completion; with `dispatch = false` nobody is woken for it (the
+    /// caller is a running thread that takes it at its next dequeue; the stall
+    /// detector hands it on if that thread stalls).
+    pub(crate) fn push_with(&self, item: T, dispatch: bool) -> bool {
         let mut st = lock(&self.state);
         if st.closed {
             return false;
         }
         st.queue.push_back(item);
-        st.dispatch()
+        dispatch && st.dispatch()
     }
 
     /// The thread is about to block (`ringport::blocking`): its slot is released.

@@ -40,6 +40,8 @@ use crate::completion::{Completion, OpId};
 use crate::error::{Error, Result};
 use crate::op::Op;
 
+pub(crate) mod epoll;
+mod table;
 pub(crate) mod uring;
 
 /// Which backend drives a port.
@@ -100,8 +102,10 @@ impl BackendChoice {
     }
 }
 
-/// The result of `submit`: on `QueueFull` the operation is handed back unchanged.
-pub(crate) type SubmitResult = std::result::Result<OpId, (Error, Option<Op>)>;
+/// The result of `submit`: the id, and the completion if the operation finished
+/// at once (the port queues it); on `QueueFull` the operation is handed back
+/// unchanged.
+pub(crate) type SubmitResult = std::result::Result<(OpId, Option<Completion>), (Error, Option<Op>)>;
 
 /// Sizes a backend is built with.
 #[derive(Debug, Clone, Copy)]
@@ -112,8 +116,41 @@ pub(crate) struct Config {
 
 /// The backend a port runs on.
 #[derive(Debug)]
+// One port has one backend for its whole life, so the size difference between
+// the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
     Uring(uring::Driver),
+    Epoll(epoll::Driver),
+}
+
+/// Whether an io_uring setup error means "not available here" (fall back) rather
+/// than a transient failure (report it).
+fn falls_back(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::EPERM | libc::EACCES | libc::EINVAL | libc::EOPNOTSUPP)
+    ) || matches!(
+        e.kind(),
+        io::ErrorKind::Unsupported | io::ErrorKind::TimedOut
+    )
+}
+
+/// Explains an io_uring refusal, naming the sysctl when it is the cause.
+fn uring_refusal(e: &io::Error) -> String {
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    match (e.raw_os_error(), sysctl) {
+        (Some(libc::EPERM), 2) => format!("{e}; kernel.io_uring_disabled = 2"),
+        (Some(libc::EPERM), 1) => {
+            format!("{e}; kernel.io_uring_disabled = 1 and this process is not allowed")
+        }
+        (Some(libc::EPERM), _) => format!("{e}; blocked, e.g. by a seccomp profile"),
+        (Some(libc::ENOSYS), _) => format!("{e}; the kernel has no io_uring"),
+        _ => e.to_string(),
+    }
 }
 
 impl Backend {
@@ -128,17 +165,29 @@ impl Backend {
                     )
                 })
                 .map_err(|e| Error::Unsupported(format!("io_uring is unavailable here: {e}"))),
-            BackendChoice::Epoll => Err(Error::Unsupported(
-                "the epoll backend is not built yet (issue 4)".into(),
-            )),
+            BackendChoice::Epoll => epoll::Driver::new(cfg)
+                .map(|d| {
+                    (
+                        Backend::Epoll(d),
+                        "forced (builder or RINGPORT_BACKEND=epoll)".into(),
+                    )
+                })
+                .map_err(Error::Io),
             BackendChoice::Auto => match uring::Driver::new(cfg) {
                 Ok(d) => Ok((Backend::Uring(d), "auto: io_uring probe succeeded".into())),
-                Err(e) => {
-                    tracing::warn!("io_uring unavailable ({e}); no fallback backend is built yet");
-                    Err(Error::Unsupported(format!(
-                        "io_uring is unavailable ({e}) and the epoll fallback is not built yet"
-                    )))
+                Err(e) if falls_back(&e) => {
+                    let why = format!(
+                        "auto: io_uring unavailable ({}), using epoll",
+                        uring_refusal(&e)
+                    );
+                    static LOGGED: std::sync::Once = std::sync::Once::new();
+                    LOGGED.call_once(|| tracing::warn!("{why}"));
+                    let d = epoll::Driver::new(cfg).map_err(Error::Io)?;
+                    Ok((Backend::Epoll(d), why))
                 }
+                // Resource exhaustion (ENOMEM, EMFILE, ...) is not a missing feature:
+                // report it rather than silently change backends.
+                Err(e) => Err(Error::Io(e)),
             },
         }
     }
@@ -146,12 +195,14 @@ impl Backend {
     pub(crate) fn kind(&self) -> BackendKind {
         match self {
             Backend::Uring(_) => BackendKind::Uring,
+            Backend::Epoll(_) => BackendKind::Epoll,
         }
     }
 
     pub(crate) fn submit(&self, op: Op, key: u64, user_data: u64, flush: bool) -> SubmitResult {
         match self {
             Backend::Uring(d) => d.submit(op, key, user_data, flush),
+            Backend::Epoll(d) => d.submit(op, key, user_data, flush),
         }
     }
 
@@ -163,48 +214,71 @@ impl Backend {
     ) -> io::Result<()> {
         match self {
             Backend::Uring(d) => d.poll(timeout, out, poller),
+            Backend::Epoll(d) => d.poll(timeout, out, poller),
         }
     }
 
     pub(crate) fn flush(&self) {
         match self {
             Backend::Uring(d) => d.flush(),
+            Backend::Epoll(_) => {}
         }
     }
 
     pub(crate) fn has_unflushed(&self) -> bool {
         match self {
             Backend::Uring(d) => d.has_unflushed(),
+            Backend::Epoll(_) => false,
         }
     }
 
     pub(crate) fn notify(&self) {
         match self {
             Backend::Uring(d) => d.notify(),
+            Backend::Epoll(d) => d.notify(),
         }
     }
 
-    pub(crate) fn cancel(&self, id: OpId) -> Result<()> {
+    pub(crate) fn cancel(&self, id: OpId) -> Result<Option<Completion>> {
         match self {
             Backend::Uring(d) => d.cancel(id),
+            Backend::Epoll(d) => d.cancel(id),
         }
     }
 
     pub(crate) fn shutdown(&self) {
         match self {
             Backend::Uring(d) => d.shutdown(),
+            Backend::Epoll(d) => d.shutdown(),
         }
     }
 
     pub(crate) fn in_flight(&self) -> usize {
         match self {
             Backend::Uring(d) => d.in_flight(),
+            Backend::Epoll(d) => d.in_flight(),
+        }
+    }
+
+    /// A handle was associated with the port.
+    pub(crate) fn associate(&self, fd: std::os::fd::RawFd) -> Result<()> {
+        match self {
+            Backend::Uring(_) => Ok(()),
+            Backend::Epoll(d) => d.associate(fd),
+        }
+    }
+
+    /// A handle's association ended.
+    pub(crate) fn disassociate(&self, fd: std::os::fd::RawFd) {
+        if let Backend::Epoll(d) = self {
+            d.disassociate(fd);
         }
     }
 
     pub(crate) fn max_in_flight(&self) -> usize {
         match self {
             Backend::Uring(d) => d.max_in_flight(),
+            Backend::Epoll(d) => d.max_in_flight(),
         }
     }
 }

@@ -38,7 +38,7 @@ mod probe;
 pub(crate) use probe::probe;
 
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -51,14 +51,13 @@ use std::sync::Mutex;
 
 use crate::sync::lock;
 
+use super::table::OpTable;
 use super::{Config, SubmitResult};
 
 /// `user_data` of the NOPs `notify` submits; their CQEs are swallowed.
 const WAKE_TAG: u64 = u64::MAX;
 /// `user_data` of internal cancel requests; their CQEs are swallowed.
 const CANCEL_TAG: u64 = u64::MAX - 1;
-/// Generations stay below this so no `OpId` can equal a tag.
-const GEN_MASK: u32 = 0x7fff_ffff;
 
 /// What an SQE points into, kept alive with the record.
 #[derive(Debug)]
@@ -78,16 +77,8 @@ struct Record {
 }
 
 #[derive(Debug)]
-struct Entry {
-    gen: u32,
-    rec: Option<Record>,
-}
-
-#[derive(Debug)]
 struct Inner {
-    ops: Vec<Entry>,
-    free: Vec<u32>,
-    in_flight: usize,
+    ops: OpTable<Record>,
     closed: bool,
 }
 
@@ -132,13 +123,12 @@ impl Driver {
         let d = Driver {
             ring,
             inner: Mutex::new(Inner {
-                ops: Vec::new(),
-                free: Vec::new(),
-                in_flight: 0,
+                ops: OpTable::new(),
                 closed: false,
             }),
             max_in_flight,
         };
+        check_required_ops(&d.ring)?;
         // A full round trip proves the ring works (some sandboxes let setup succeed
         // and then fail every submission).
         d.probe_nop()?;
@@ -148,7 +138,8 @@ impl Driver {
     fn probe_nop(&self) -> io::Result<()> {
         let id = self
             .submit(Op::nop(), 0, 0, true)
-            .map_err(|(e, _)| io::Error::from(e))?;
+            .map_err(|(e, _)| io::Error::from(e))?
+            .0;
         let mut out = Vec::new();
         for _ in 0..100 {
             self.poll(Some(Duration::from_millis(10)), &mut out, true)?;
@@ -167,7 +158,7 @@ impl Driver {
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        lock(&self.inner).in_flight
+        lock(&self.inner).ops.len()
     }
 
     /// Starts `op`. On `QueueFull` the op is handed back untouched.
@@ -177,34 +168,24 @@ impl Driver {
             if inner.closed {
                 return Err((Error::Closed, None));
             }
-            if inner.in_flight >= self.max_in_flight {
+            if inner.ops.len() >= self.max_in_flight {
                 return Err((Error::QueueFull, Some(op)));
             }
-            let (index, gen) = match inner.free.pop() {
-                Some(i) => (i, inner.ops[i as usize].gen),
-                None => {
-                    inner.ops.push(Entry { gen: 1, rec: None });
-                    ((inner.ops.len() - 1) as u32, 1)
-                }
-            };
-            let id = OpId((u64::from(gen) << 32) | u64::from(index));
             let kind = op.kind();
             let (sqe, buf, aux) = build_sqe(op.body);
-            let sqe = sqe.user_data(id.0);
-            inner.ops[index as usize].rec = Some(Record {
+            let id = inner.ops.insert(Record {
                 kind,
                 key,
                 user_data,
                 buf,
                 _aux: aux,
             });
-            inner.in_flight += 1;
-            self.push_locked(&sqe);
+            self.push_locked(&sqe.user_data(id.0));
             drop(inner);
             if flush {
                 self.flush();
             }
-            Ok(id)
+            Ok((id, None))
         }
     }
 
@@ -254,15 +235,15 @@ impl Driver {
         let _ = self.ring.submit();
     }
 
-    pub(crate) fn cancel(&self, id: OpId) -> Result<()> {
+    pub(crate) fn cancel(&self, id: OpId) -> Result<Option<Completion>> {
         let inner = lock(&self.inner);
-        if !inner.is_live(id) {
+        if inner.ops.get(id).is_none() {
             return Err(Error::NotFound);
         }
         self.push_locked(&opcode::AsyncCancel::new(id.0).build().user_data(CANCEL_TAG));
         drop(inner);
         let _ = self.ring.submit();
-        Ok(())
+        Ok(None)
     }
 
     /// Waits for completions (see the contract in `sys/mod.rs`). Only the port's
@@ -341,15 +322,8 @@ impl Driver {
         {
             let mut inner = lock(&self.inner);
             inner.closed = true;
-            let live: Vec<u64> = inner
-                .ops
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| e.rec.is_some())
-                .map(|(i, e)| (u64::from(e.gen) << 32) | i as u64)
-                .collect();
-            for ud in live {
-                self.push_locked(&opcode::AsyncCancel::new(ud).build().user_data(CANCEL_TAG));
+            for id in inner.ops.ids() {
+                self.push_locked(&opcode::AsyncCancel::new(id.0).build().user_data(CANCEL_TAG));
             }
         }
         let mut sink = Vec::new();
@@ -357,7 +331,7 @@ impl Driver {
         loop {
             sink.clear();
             woken |= self.reap(&mut sink).1;
-            if lock(&self.inner).in_flight == 0 {
+            if lock(&self.inner).ops.len() == 0 {
                 break;
             }
             let ts = types::Timespec::from(Duration::from_millis(50));
@@ -383,58 +357,56 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         // The ring's memory and the records' buffers must outlive every request.
-        if lock(&self.inner).in_flight > 0 {
+        if lock(&self.inner).ops.len() > 0 {
             self.shutdown();
         }
     }
 }
 
 impl Inner {
-    fn is_live(&self, id: OpId) -> bool {
-        let index = (id.0 & 0xffff_ffff) as usize;
-        let gen = (id.0 >> 32) as u32;
-        self.ops
-            .get(index)
-            .is_some_and(|e| e.gen == gen && e.rec.is_some())
-    }
-
     /// Removes the record of `id` and builds its completion.
     fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
-        if !self.is_live(id) {
+        let Some(rec) = self.ops.remove(id) else {
             tracing::error!("CQE for unknown operation {:#x}", id.0);
             return None;
-        }
-        let index = (id.0 & 0xffff_ffff) as usize;
-        let entry = &mut self.ops[index];
-        let rec = entry.rec.take().expect("live record");
-        entry.gen = (entry.gen + 1) & GEN_MASK;
-        if entry.gen == 0 {
-            entry.gen = 1;
-        }
-        self.free.push(index as u32);
-        self.in_flight -= 1;
-        let mut buf = rec.buf;
-        let mut res = res;
-        match rec.kind {
-            OpKind::Read | OpKind::Recv if res >= 0 => {
-                if let Some(b) = buf.as_mut() {
-                    // SAFETY: the kernel wrote `res` bytes at the start of the
-                    // buffer, and `res <= capacity` because that was the length
-                    // we gave it.
-                    unsafe { b.set_len(res as usize) };
-                }
-            }
-            OpKind::Timeout if res == -libc::ETIME => res = 0,
-            _ => {}
-        }
-        let mut c = Completion::from_raw(id, rec.kind, rec.key, rec.user_data, res, buf.take());
-        if rec.kind == OpKind::Accept && res >= 0 {
-            // SAFETY: a successful accept's result is a new descriptor that nobody
-            // else owns.
-            c.fd = Some(unsafe { OwnedFd::from_raw_fd(res) });
-        }
-        Some(c)
+        };
+        Some(Completion::from_raw(
+            id,
+            rec.kind,
+            rec.key,
+            rec.user_data,
+            res,
+            rec.buf,
+        ))
     }
+}
+
+/// Fails if the kernel lacks an opcode ringport needs (then `auto` falls back).
+fn check_required_ops(ring: &IoUring) -> io::Result<()> {
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    let required = [
+        ("NOP", opcode::Nop::CODE),
+        ("READ", opcode::Read::CODE),
+        ("WRITE", opcode::Write::CODE),
+        ("FSYNC", opcode::Fsync::CODE),
+        ("RECV", opcode::Recv::CODE),
+        ("SEND", opcode::Send::CODE),
+        ("ACCEPT", opcode::Accept::CODE),
+        ("CONNECT", opcode::Connect::CODE),
+        ("CLOSE", opcode::Close::CODE),
+        ("TIMEOUT", opcode::Timeout::CODE),
+        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+    ];
+    for (name, code) in required {
+        if !probe.is_supported(code) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("the kernel's io_uring lacks IORING_OP_{name}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Translates an operation into an SQE, returning what the SQE points into.

@@ -1,0 +1,176 @@
+//! Blocking worker threads for file operations on the epoll backend (epoll cannot
+//! wait on regular files). Workers start on demand, up to a fixed number; each
+//! runs one `pread`/`pwrite`/`fsync` at a time and hands the result to the
+//! driver, which queues the completion and wakes the poller.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+
+use crate::completion::OpId;
+use crate::op::OpBody;
+use crate::sync::lock;
+
+use super::Shared;
+
+#[derive(Debug, Default)]
+struct State {
+    jobs: VecDeque<(OpId, OpBody)>,
+    threads: usize,
+    idle: usize,
+    stop: bool,
+}
+
+#[derive(Debug)]
+struct Pool {
+    st: Mutex<State>,
+    cv: Condvar,
+}
+
+/// The file workers of one epoll driver.
+#[derive(Debug)]
+pub(crate) struct Workers {
+    pool: Arc<Pool>,
+    shared: Arc<Shared>,
+    max: usize,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Workers {
+    pub(crate) fn new(shared: Arc<Shared>, max: usize) -> Workers {
+        let pool = Arc::new(Pool {
+            st: Mutex::new(State::default()),
+            cv: Condvar::new(),
+        });
+        Workers {
+            pool,
+            shared,
+            max,
+            handles: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Queues a file operation; starts a worker if none is idle.
+    pub(crate) fn push(&self, id: OpId, body: OpBody) {
+        let mut st = lock(&self.pool.st);
+        if st.stop {
+            drop(st);
+            self.shared.file_done(id, -libc::ECANCELED, body);
+            return;
+        }
+        st.jobs.push_back((id, body));
+        if st.idle == 0 && st.threads < self.max {
+            st.threads += 1;
+            let (pool, shared) = (self.pool.clone(), self.shared.clone());
+            match thread::Builder::new()
+                .name("ringport-file".into())
+                .spawn(move || work(&pool, &shared))
+            {
+                Ok(h) => lock(&self.handles).push(h),
+                Err(e) => {
+                    st.threads -= 1;
+                    tracing::error!("cannot start a file worker: {e}");
+                }
+            }
+        }
+        drop(st);
+        self.pool.cv.notify_one();
+    }
+
+    /// Takes back a queued (not yet started) operation's body.
+    pub(crate) fn try_cancel(&self, id: OpId) -> Option<OpBody> {
+        let mut st = lock(&self.pool.st);
+        let i = st.jobs.iter().position(|(j, _)| *j == id)?;
+        st.jobs.remove(i).map(|(_, b)| b)
+    }
+
+    /// Cancels queued jobs (completing them with `ECANCELED`), lets running ones
+    /// finish, and joins the workers.
+    pub(crate) fn shutdown(&self) {
+        let jobs: Vec<(OpId, OpBody)> = {
+            let mut st = lock(&self.pool.st);
+            st.stop = true;
+            st.jobs.drain(..).collect()
+        };
+        for (id, body) in jobs {
+            self.shared.file_done(id, -libc::ECANCELED, body);
+        }
+        self.pool.cv.notify_all();
+        for h in lock(&self.handles).drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn work(pool: &Pool, shared: &Shared) {
+    loop {
+        let (id, mut body) = {
+            let mut st = lock(&pool.st);
+            loop {
+                if let Some(job) = st.jobs.pop_front() {
+                    break job;
+                }
+                if st.stop {
+                    return;
+                }
+                st.idle += 1;
+                st = pool.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.idle -= 1;
+            }
+        };
+        let res = run(&mut body);
+        shared.file_done(id, res, body);
+    }
+}
+
+/// Runs one file operation to completion; returns the raw result.
+fn run(body: &mut OpBody) -> i32 {
+    loop {
+        let rc: isize = match body {
+            OpBody::Read { fd, buf, offset } => {
+                // SAFETY: the kernel writes at most `capacity` bytes into the
+                // buffer's allocation, which this job owns.
+                unsafe {
+                    libc::pread(
+                        *fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.capacity(),
+                        *offset as libc::off_t,
+                    )
+                }
+            }
+            OpBody::Write {
+                fd,
+                buf,
+                pos,
+                offset,
+            } => {
+                let rest = &buf[*pos..];
+                // SAFETY: reads `rest.len()` initialised bytes this job owns.
+                unsafe {
+                    libc::pwrite(
+                        *fd,
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        *offset as libc::off_t,
+                    )
+                }
+            }
+            OpBody::Fsync { fd, datasync } => {
+                let sync = if *datasync { libc::fdatasync } else { libc::fsync };
+                // SAFETY: a plain syscall on a descriptor; no memory is passed.
+                (unsafe { sync(*fd) }) as isize
+            }
+            _ => return -libc::EINVAL,
+        };
+        if rc >= 0 {
+            return rc.min(i32::MAX as isize) as i32;
+        }
+        let e = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        if e != libc::EINTR {
+            return -e;
+        }
+    }
+}

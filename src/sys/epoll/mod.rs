@@ -1,0 +1,732 @@
+//! The epoll backend: completions emulated on readiness, for where io_uring is
+//! forbidden (container seccomp profiles, `kernel.io_uring_disabled`, old kernels).
+//!
+//! # How a completion port is emulated on readiness
+//!
+//! This is the mirror image of smol-rs/polling's IOCP module, which emulates
+//! readiness on completions. Here every operation is attempted **at once**, as a
+//! non-blocking system call, in the thread that submits it:
+//!
+//! * If it finishes (data was there, the send fitted, a connection was waiting),
+//!   its completion is queued in the port straight away — no epoll call at all.
+//!   This is the common case under load, and it is why the epoll backend makes
+//!   fewer system calls per message than a readiness loop that waits first.
+//! * If it would block (`EAGAIN`), the operation waits in its socket's read or
+//!   write queue. Sockets are registered with the epoll instance once, when they
+//!   are associated with the port (edge-triggered, for input and output, and set
+//!   non-blocking — like IOCP's requirement that handles be opened overlapped).
+//!   When the port's poller sees readiness, it retries the queued operations in
+//!   order until one would block again, and queues their completions.
+//!   The try-then-queue step and the retry step hold the socket's queue lock, so
+//!   an edge that arrives between a failed attempt and its queueing is never lost.
+//! * Regular files cannot be waited on with epoll (`EPERM`), so reads, writes and
+//!   fsyncs run on a few blocking worker threads (`files.rs`), which queue their
+//!   completions and wake the poller through an eventfd.
+//! * Timers are kept in a sorted set; the poller's `epoll_wait` timeout is
+//!   shortened to the next one.
+//!
+//! # What it costs
+//!
+//! An operation that has to wait costs one failed system call more than on
+//! io_uring, and its completion costs the poller an `epoll_wait` wake-up plus the
+//! retried call. File I/O costs a thread handoff each way. Cancel, close,
+//! `post`, `max_in_flight`, timeouts and the scheduling rules are the port's and
+//! behave exactly as on io_uring: a cancel of a queued operation always wins
+//! (it is removed from its queue and completes with `ECANCELED`); a cancel of an
+//! operation that has already been attempted successfully, or of a file
+//! operation already running on a worker, loses and the real result arrives.
+//! Difference: closing a socket through `Op::close` (or `disassociate`) cancels
+//! the operations still queued on it, which io_uring would leave pending.
+
+mod files;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::completion::{Completion, OpId};
+use crate::error::Error;
+use crate::op::{Op, OpBody, OpKind};
+use crate::sync::lock;
+
+use super::table::OpTable;
+use super::{Config, SubmitResult};
+
+/// epoll token of the eventfd that wakes the poller.
+const WAKE_TOKEN: u64 = u64::MAX;
+
+/// Where an operation in flight is waiting.
+#[derive(Debug)]
+enum Wait {
+    /// In the read or write queue of this socket.
+    Fd(RawFd),
+    /// In the timer set, due at this instant.
+    Timer(Instant),
+    /// On a file worker (queued or running).
+    File,
+}
+
+#[derive(Debug)]
+struct Record {
+    kind: OpKind,
+    key: u64,
+    user_data: u64,
+    wait: Wait,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ops: OpTable<Record>,
+    timers: BTreeSet<(Instant, u64)>,
+    /// Completions produced off the poller (file workers, closes): the next
+    /// `poll` hands them out.
+    done: Vec<Completion>,
+    closed: bool,
+}
+
+/// An operation waiting for readiness, with everything it owns.
+#[derive(Debug)]
+struct Pending {
+    id: OpId,
+    body: OpBody,
+    /// A connect that returned `EINPROGRESS`: the next writability ends it.
+    connecting: bool,
+}
+
+#[derive(Debug, Default)]
+struct Queues {
+    read: VecDeque<Pending>,
+    write: VecDeque<Pending>,
+    /// Set when the socket is disassociated: an operation that reaches the queue
+    /// afterwards (it raced with the close) is cancelled at once.
+    dead: bool,
+}
+
+/// A registered socket's waiting operations. Lock order: a socket's queues, then
+/// `Inner`; never the other way round.
+#[derive(Debug, Default)]
+struct FdQueue {
+    q: Mutex<Queues>,
+}
+
+/// State shared with the file workers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    epfd: OwnedFd,
+    wake: OwnedFd,
+    inner: Mutex<Inner>,
+    fds: Mutex<HashMap<RawFd, Arc<FdQueue>>>,
+}
+
+/// The epoll driver. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    shared: Arc<Shared>,
+    files: files::Workers,
+    max_in_flight: usize,
+}
+
+/// Result of one non-blocking attempt: `None` if it would block, else the raw
+/// result (`>= 0`, or `-errno`).
+type Attempt = Option<i32>;
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Turns a syscall's return value into an attempt. `EINTR` is retried by the caller.
+fn attempt(rc: isize) -> Result<Attempt, ()> {
+    if rc >= 0 {
+        return Ok(Some(rc.min(i32::MAX as isize) as i32));
+    }
+    match errno() {
+        libc::EINTR => Err(()),
+        libc::EAGAIN | libc::EINPROGRESS | libc::EALREADY => Ok(None),
+        e => Ok(Some(-e)),
+    }
+}
+
+impl Driver {
+    pub(crate) fn new(cfg: Config) -> io::Result<Driver> {
+        // SAFETY: epoll_create1 returns a new descriptor or -1.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: WAKE_TOKEN,
+        };
+        // SAFETY: both descriptors are open; `ev` is a valid event.
+        if unsafe {
+            libc::epoll_ctl(
+                epfd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                wake.as_raw_fd(),
+                &mut ev,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let shared = Arc::new(Shared {
+            epfd,
+            wake,
+            inner: Mutex::new(Inner {
+                ops: OpTable::new(),
+                timers: BTreeSet::new(),
+                done: Vec::new(),
+                closed: false,
+            }),
+            fds: Mutex::new(HashMap::new()),
+        });
+        let workers = (2 * crate::port::num_cpus()).clamp(2, 16);
+        Ok(Driver {
+            files: files::Workers::new(shared.clone(), workers),
+            shared,
+            max_in_flight: cfg.max_in_flight.max(1),
+        })
+    }
+
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.shared.inner).ops.len()
+    }
+
+    /// Registers a socket (sets it non-blocking; edge-triggered in and out).
+    /// Other descriptors (files) are not registered: their operations go to the
+    /// file workers.
+    pub(crate) fn associate(&self, fd: RawFd) -> crate::Result<()> {
+        // SAFETY: fstat writes into a stat struct we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; a bad fd gives EBADF.
+        if unsafe { libc::fstat(fd, &mut st) } < 0 {
+            return Err(Error::Io(io::Error::last_os_error()));
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Ok(());
+        }
+        // SAFETY: fcntl on an open descriptor.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(Error::Io(io::Error::last_os_error()));
+        }
+        lock(&self.shared.fds).insert(fd, Arc::new(FdQueue::default()));
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: both descriptors are open; `ev` is a valid event.
+        if unsafe {
+            libc::epoll_ctl(
+                self.shared.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd,
+                &mut ev,
+            )
+        } < 0
+        {
+            let e = io::Error::last_os_error();
+            lock(&self.shared.fds).remove(&fd);
+            return Err(Error::Io(e));
+        }
+        Ok(())
+    }
+
+    /// Unregisters a socket; operations still queued on it complete with `ECANCELED`.
+    pub(crate) fn disassociate(&self, fd: RawFd) {
+        let Some(q) = lock(&self.shared.fds).remove(&fd) else {
+            return;
+        };
+        // SAFETY: removing a descriptor from our epoll set; errors (already closed) are harmless.
+        unsafe {
+            libc::epoll_ctl(
+                self.shared.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+        let pending: Vec<Pending> = {
+            let mut g = lock(&q.q);
+            let g = &mut *g;
+            g.dead = true;
+            g.read.drain(..).chain(g.write.drain(..)).collect()
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let mut inner = lock(&self.shared.inner);
+        for p in pending {
+            if let Some(c) = finish(&mut inner, p.id, -libc::ECANCELED, p.body) {
+                inner.done.push(c);
+            }
+        }
+        drop(inner);
+        self.notify();
+    }
+
+    /// Takes a slot for a new operation, or says why not.
+    fn admit(
+        &self,
+        op: Op,
+        key: u64,
+        user_data: u64,
+        wait: impl FnOnce() -> Wait,
+    ) -> Result<(OpId, Op), (Error, Option<Op>)> {
+        let mut inner = lock(&self.shared.inner);
+        if inner.closed {
+            return Err((Error::Closed, None));
+        }
+        if inner.ops.len() >= self.max_in_flight {
+            return Err((Error::QueueFull, Some(op)));
+        }
+        let id = inner.ops.insert(Record {
+            kind: op.kind(),
+            key,
+            user_data,
+            wait: wait(),
+        });
+        if let Wait::Timer(at) = inner.ops.get(id).map(|r| &r.wait).expect("just inserted") {
+            let at = *at;
+            inner.timers.insert((at, id.0));
+        }
+        Ok((id, op))
+    }
+
+    /// Completes an operation that finished during `submit`.
+    fn done_now(&self, id: OpId, res: i32, body: OpBody) -> SubmitResult {
+        let c = finish(&mut lock(&self.shared.inner), id, res, body);
+        Ok((id, c))
+    }
+
+    pub(crate) fn submit(&self, op: Op, key: u64, user_data: u64, _flush: bool) -> SubmitResult {
+        match &op.body {
+            OpBody::Nop => {
+                let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
+                self.done_now(id, 0, op.body)
+            }
+            OpBody::Timeout { after } => {
+                let at = Instant::now() + *after;
+                let (id, _) = self.admit(op, key, user_data, || Wait::Timer(at))?;
+                // The poller may be sleeping with a later deadline.
+                self.notify();
+                Ok((id, None))
+            }
+            OpBody::Read { .. } | OpBody::Write { .. } | OpBody::Fsync { .. } => {
+                let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
+                self.files.push(id, op.body);
+                Ok((id, None))
+            }
+            OpBody::Close { fd } => {
+                let raw = fd.as_raw_fd();
+                let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
+                self.disassociate(raw);
+                let OpBody::Close { fd } = op.body else {
+                    unreachable!()
+                };
+                // SAFETY: we own `fd`; after this call nobody refers to it.
+                let rc = unsafe { libc::close(fd.into_raw_fd()) };
+                let res = if rc < 0 { -errno() } else { 0 };
+                self.done_now(id, res, OpBody::Nop)
+            }
+            OpBody::Recv { fd, .. }
+            | OpBody::Send { fd, .. }
+            | OpBody::Accept { fd }
+            | OpBody::Connect { fd, .. } => {
+                let fd = *fd;
+                let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
+                let q = lock(&self.shared.fds).get(&fd).cloned();
+                let mut p = Pending {
+                    id,
+                    body: op.body,
+                    connecting: false,
+                };
+                let Some(q) = q else {
+                    // Not a registered socket: one attempt, whatever it gives.
+                    let res = try_op(&mut p).unwrap_or(-libc::EAGAIN);
+                    return self.done_now(id, res, p.body);
+                };
+                let mut g = lock(&q.q);
+                if g.dead {
+                    drop(g);
+                    return self.done_now(id, -libc::ECANCELED, p.body);
+                }
+                let is_read = matches!(p.body, OpBody::Recv { .. } | OpBody::Accept { .. });
+                let queue = if is_read { &mut g.read } else { &mut g.write };
+                if queue.is_empty() {
+                    if let Some(res) = try_op(&mut p) {
+                        drop(g);
+                        return self.done_now(id, res, p.body);
+                    }
+                }
+                queue.push_back(p);
+                Ok((id, None))
+            }
+        }
+    }
+
+    /// Cancels a queued operation. As on io_uring, an operation that could already
+    /// have finished loses the race and reports its real result: a timer already
+    /// due has fired, and a socket operation first in its queue is attempted once
+    /// more (if its data arrived but no thread has polled yet, it completes).
+    pub(crate) fn cancel(&self, id: OpId) -> crate::Result<Option<Completion>> {
+        let mut inner = lock(&self.shared.inner);
+        let wait = match inner.ops.get(id) {
+            None => return Err(Error::NotFound),
+            Some(r) => match r.wait {
+                Wait::Fd(fd) => Some(fd),
+                Wait::Timer(at) => {
+                    inner.timers.remove(&(at, id.0));
+                    let res = if at <= Instant::now() {
+                        0
+                    } else {
+                        -libc::ECANCELED
+                    };
+                    return Ok(finish(&mut inner, id, res, OpBody::Nop));
+                }
+                Wait::File => None,
+            },
+        };
+        drop(inner);
+        let taken = match wait {
+            Some(fd) => {
+                let Some(q) = lock(&self.shared.fds).get(&fd).cloned() else {
+                    return Ok(None);
+                };
+                let mut g = lock(&q.q);
+                let g = &mut *g;
+                let mut found = None;
+                for queue in [&mut g.read, &mut g.write] {
+                    if let Some(i) = queue.iter().position(|p| p.id == id) {
+                        let mut p = queue.remove(i).expect("position is in range");
+                        let res = if i == 0 {
+                            try_op(&mut p).unwrap_or(-libc::ECANCELED)
+                        } else {
+                            -libc::ECANCELED
+                        };
+                        found = Some((p.body, res));
+                        break;
+                    }
+                }
+                found
+            }
+            None => self.files.try_cancel(id).map(|b| (b, -libc::ECANCELED)),
+        };
+        // Not found in its queue: it has already been attempted and completed (or is
+        // running on a file worker). The cancel lost the race; its completion comes.
+        Ok(taken.and_then(|(b, res)| finish(&mut lock(&self.shared.inner), id, res, b)))
+    }
+
+    pub(crate) fn notify(&self) {
+        self.shared.notify();
+    }
+
+    /// Waits for readiness, timers, or worker completions (see `sys/mod.rs`).
+    pub(crate) fn poll(
+        &self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion>,
+        _poller: bool,
+    ) -> io::Result<()> {
+        let before = out.len();
+        self.collect(out);
+        if out.len() > before {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let next_timer = lock(&self.shared.inner)
+            .timers
+            .first()
+            .map(|(at, _)| at.saturating_duration_since(now));
+        let wait = match (timeout, next_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let ms: i32 = match wait {
+            None => -1,
+            // Round up so a timer is never polled for just before it is due.
+            Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+        };
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        // SAFETY: epfd is open; `events` is a writable array of 64 entries.
+        let n =
+            unsafe { libc::epoll_wait(self.shared.epfd.as_raw_fd(), events.as_mut_ptr(), 64, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+        for ev in events.iter().take(n.max(0) as usize) {
+            let (bits, token) = (ev.events, ev.u64);
+            if token == WAKE_TOKEN {
+                let mut buf = 0u64;
+                // SAFETY: reads 8 bytes into a u64 we own from our eventfd.
+                unsafe {
+                    libc::read(
+                        self.shared.wake.as_raw_fd(),
+                        (&mut buf as *mut u64).cast(),
+                        8,
+                    )
+                };
+                continue;
+            }
+            let Some(q) = lock(&self.shared.fds).get(&(token as RawFd)).cloned() else {
+                continue;
+            };
+            let readable = bits
+                & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32
+                != 0;
+            let writable = bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+            self.retry(&q, readable, writable, out);
+        }
+        self.collect(out);
+        Ok(())
+    }
+
+    /// Retries a socket's queued operations after readiness, in order, until one
+    /// would block.
+    fn retry(&self, q: &FdQueue, readable: bool, writable: bool, out: &mut Vec<Completion>) {
+        let mut g = lock(&q.q);
+        let g = &mut *g;
+        let mut finished = Vec::new();
+        for (ready, queue) in [(readable, &mut g.read), (writable, &mut g.write)] {
+            if !ready {
+                continue;
+            }
+            while let Some(front) = queue.front_mut() {
+                match try_op(front) {
+                    None => break,
+                    Some(res) => {
+                        let p = queue.pop_front().expect("front exists");
+                        finished.push((p, res));
+                    }
+                }
+            }
+        }
+        if finished.is_empty() {
+            return;
+        }
+        let mut inner = lock(&self.shared.inner);
+        for (p, res) in finished {
+            out.extend(finish(&mut inner, p.id, res, p.body));
+        }
+    }
+
+    /// Moves worker completions and due timers into `out`.
+    fn collect(&self, out: &mut Vec<Completion>) {
+        let mut inner = lock(&self.shared.inner);
+        out.append(&mut inner.done);
+        let now = Instant::now();
+        while let Some(&(at, raw)) = inner.timers.first() {
+            if at > now {
+                break;
+            }
+            inner.timers.pop_first();
+            out.extend(finish(&mut inner, OpId(raw), 0, OpBody::Nop));
+        }
+    }
+
+    /// Refuses new work, cancels everything queued, waits for running file
+    /// operations, and drops every completion.
+    pub(crate) fn shutdown(&self) {
+        lock(&self.shared.inner).closed = true;
+        let fds: Vec<RawFd> = lock(&self.shared.fds).keys().copied().collect();
+        for fd in fds {
+            self.disassociate(fd);
+        }
+        self.files.shutdown();
+        let mut inner = lock(&self.shared.inner);
+        let timers: Vec<(Instant, u64)> = std::mem::take(&mut inner.timers).into_iter().collect();
+        for (_, raw) in timers {
+            inner.ops.remove(OpId(raw));
+        }
+        inner.done.clear();
+        // A submit that was admitted just before `closed` was set finishes on its
+        // own (its socket queue is dead, the file workers refuse it); wait for it.
+        let t0 = Instant::now();
+        while inner.ops.len() > 0 && t0.elapsed() < Duration::from_secs(5) {
+            drop(inner);
+            std::thread::sleep(Duration::from_millis(1));
+            inner = lock(&self.shared.inner);
+            inner.done.clear();
+        }
+        if inner.ops.len() > 0 {
+            tracing::error!(
+                "epoll shutdown: {} operations never finished",
+                inner.ops.len()
+            );
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Shared {
+    fn notify(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a u64 we own to our eventfd (non-blocking;
+        // a full counter just means a wake-up is already pending).
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// A file worker finished an operation.
+    fn file_done(&self, id: OpId, res: i32, body: OpBody) {
+        let mut inner = lock(&self.inner);
+        if let Some(c) = finish(&mut inner, id, res, body) {
+            inner.done.push(c);
+        }
+        drop(inner);
+        self.notify();
+    }
+}
+
+/// Removes an operation's record and builds its completion, with the buffer
+/// taken back from its body.
+fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Completion> {
+    let rec = inner.ops.remove(id)?;
+    Some(Completion::from_raw(
+        id,
+        rec.kind,
+        rec.key,
+        rec.user_data,
+        res,
+        body.into_buf(),
+    ))
+}
+
+/// One non-blocking attempt at a socket operation.
+fn try_op(p: &mut Pending) -> Attempt {
+    loop {
+        let r = match &mut p.body {
+            OpBody::Recv { fd, buf, flags } => {
+                // SAFETY: the kernel writes at most `capacity` bytes into the
+                // buffer's allocation, which we own.
+                attempt(unsafe {
+                    libc::recv(
+                        *fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.capacity(),
+                        *flags | libc::MSG_DONTWAIT,
+                    )
+                })
+            }
+            OpBody::Send {
+                fd,
+                buf,
+                pos,
+                flags,
+            } => {
+                let rest = &buf[*pos..];
+                // SAFETY: reads `rest.len()` initialised bytes we own.
+                attempt(unsafe {
+                    libc::send(
+                        *fd,
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        *flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                })
+            }
+            OpBody::Accept { fd } => {
+                // SAFETY: accept4 with no address buffers.
+                attempt(unsafe {
+                    libc::accept4(
+                        *fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_CLOEXEC,
+                    )
+                } as isize)
+            }
+            OpBody::Connect { fd, addr } => {
+                if p.connecting {
+                    let mut err: libc::c_int = 0;
+                    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                    // SAFETY: getsockopt writes an int into `err`.
+                    let rc = unsafe {
+                        libc::getsockopt(
+                            *fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_ERROR,
+                            (&mut err as *mut libc::c_int).cast(),
+                            &mut len,
+                        )
+                    };
+                    if rc < 0 {
+                        return Some(-errno());
+                    }
+                    if err != 0 {
+                        return Some(-err);
+                    }
+                    // No error yet: connected only if the socket has a peer
+                    // (writability can be reported before the handshake ends).
+                    // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
+                    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+                    let mut sl = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                    // SAFETY: getpeername writes at most `sl` bytes into `ss`.
+                    let rc = unsafe {
+                        libc::getpeername(
+                            *fd,
+                            (&mut ss as *mut libc::sockaddr_storage).cast(),
+                            &mut sl,
+                        )
+                    };
+                    return if rc == 0 {
+                        Some(0)
+                    } else if errno() == libc::ENOTCONN {
+                        None
+                    } else {
+                        Some(-errno())
+                    };
+                }
+                // SAFETY: `addr` is a valid socket address of `addr.len()` bytes.
+                let rc = unsafe { libc::connect(*fd, addr.as_ptr().cast(), addr.len()) };
+                if rc < 0 && matches!(errno(), libc::EINPROGRESS | libc::EAGAIN | libc::EALREADY) {
+                    p.connecting = true;
+                    return None;
+                }
+                attempt(rc as isize)
+            }
+            _ => Ok(Some(-libc::EINVAL)),
+        };
+        if let Ok(a) = r {
+            return a;
+        }
+    }
+}
+
+impl OpBody {
+    /// The buffer an operation owned, to hand back in its completion.
+    pub(crate) fn into_buf(self) -> Option<Vec<u8>> {
+        match self {
+            OpBody::Read { buf, .. }
+            | OpBody::Write { buf, .. }
+            | OpBody::Recv { buf, .. }
+            | OpBody::Send { buf, .. } => Some(buf),
+            _ => None,
+        }
+    }
+}
