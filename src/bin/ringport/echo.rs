@@ -29,9 +29,9 @@ pub struct EchoArgs {
     /// Handlers running at once (0 = CPUs).
     #[arg(long, default_value_t = 0)]
     concurrency: usize,
-    /// Backend: auto, uring or epoll.
-    #[arg(long, default_value = "auto")]
-    backend: BackendChoice,
+    /// Backend: auto, uring or epoll (default: RINGPORT_BACKEND, else auto).
+    #[arg(long)]
+    backend: Option<BackendChoice>,
     /// Burn this many microseconds of CPU before echoing a message whose first byte is '!'.
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
@@ -78,10 +78,11 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--buf-size must be between 1 and 268435455".into());
     }
     signals::block()?;
-    let port = CompletionPort::builder()
-        .backend(args.backend)
-        .concurrency(args.concurrency)
-        .build()?;
+    let mut builder = CompletionPort::builder().concurrency(args.concurrency);
+    if let Some(b) = args.backend {
+        builder = builder.backend(b);
+    }
+    let port = builder.build()?;
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr()?;

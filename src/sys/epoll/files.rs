@@ -157,7 +157,11 @@ fn run(body: &mut OpBody) -> i32 {
                 }
             }
             OpBody::Fsync { fd, datasync } => {
-                let sync = if *datasync { libc::fdatasync } else { libc::fsync };
+                let sync = if *datasync {
+                    libc::fdatasync
+                } else {
+                    libc::fsync
+                };
                 // SAFETY: a plain syscall on a descriptor; no memory is passed.
                 (unsafe { sync(*fd) }) as isize
             }
