@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::op::{Op, OpBody};
 use crate::sched::{Next, Sched, SchedStats, SlotId};
 use crate::sync::lock;
-use crate::sys::{Backend, BackendChoice, BackendKind, Config};
+use crate::sys::{Backend, BackendChoice, BackendKind, Config, PollMode};
 
 static NEXT_PORT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -103,7 +103,7 @@ impl Builder {
         Ok(CompletionPort {
             inner: Arc::new(PortInner {
                 id: NEXT_PORT_ID.fetch_add(1, Ordering::Relaxed),
-                sched: Sched::new(concurrency),
+                sched: Sched::with_backup(concurrency, backend.supports_backup()),
                 backend,
                 reason,
                 assoc: Mutex::new(HashMap::new()),
@@ -249,6 +249,9 @@ impl CompletionPort {
         // Pool threads batch: their next `get` submits everything at once.
         let batching = DEFER_SUBMIT.with(Cell::get);
         let (id, done) = self.inner.backend.submit(op, key, user_data, !batching)?;
+        if batching && self.inner.backend.has_unflushed() {
+            HOLDING.with(|h| h.set(true));
+        }
         if let Some(c) = done {
             // The operation finished at once (epoll tried it inline). Its packet is
             // queued like any other; a batching thread keeps it for its own next
@@ -269,10 +272,10 @@ impl CompletionPort {
     /// Waits briefly in the kernel for completions, queueing them in the port.
     fn reap_for_room(&self) {
         let mut got = Vec::new();
-        if let Err(e) = self
-            .inner
-            .backend
-            .poll(Some(Duration::from_millis(1)), &mut got, false)
+        if let Err(e) =
+            self.inner
+                .backend
+                .poll(Some(Duration::from_millis(1)), &mut got, PollMode::Other)
         {
             tracing::error!("reaping while waiting for room: {e}");
         }
@@ -351,7 +354,9 @@ impl CompletionPort {
             // Submissions a batching thread held back must reach the kernel before
             // this thread may sleep on the scheduler (a thread polling hands them
             // over in the same system call as its wait).
-            let may_sleep = !inner.backend.has_unflushed();
+            // Only this thread's own held-back submissions matter: another thread's
+            // are its own to hand over when it comes back.
+            let may_sleep = !HOLDING.with(Cell::get);
             let (next, wake) = inner.sched.dequeue(slot, out, limit, deadline, may_sleep);
             if wake {
                 inner.backend.notify();
@@ -360,8 +365,13 @@ impl CompletionPort {
                 Next::WouldSleep => {
                     // Hand our submissions over and take whatever is ready now,
                     // rather than sleeping while they complete.
+                    HOLDING.with(|h| h.set(false));
                     let mut batch = Vec::new();
-                    if let Err(e) = inner.backend.poll(Some(Duration::ZERO), &mut batch, false) {
+                    if let Err(e) =
+                        inner
+                            .backend
+                            .poll(Some(Duration::ZERO), &mut batch, PollMode::Other)
+                    {
                         tracing::error!("backend flush failed: {e}");
                     }
                     let (got, wake) = inner.sched.offer(slot, false, batch, out, limit);
@@ -377,11 +387,29 @@ impl CompletionPort {
                 Next::Got(n) => return Ok(n),
                 Next::Closed => return Err(Error::Closed),
                 Next::Timeout => return Err(Error::Timeout),
-                Next::Poll => {
-                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                role @ (Next::Poll | Next::Backup) => {
+                    let mode = if role == Next::Poll {
+                        PollMode::Poller
+                    } else {
+                        PollMode::Backup
+                    };
+                    // The wait hands this thread's submissions over too.
+                    HOLDING.with(|h| h.set(false));
                     let mut batch = Vec::new();
-                    if let Err(e) = inner.backend.poll(left, &mut batch, true) {
-                        tracing::error!("backend poll failed: {e}");
+                    loop {
+                        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        if let Err(e) = inner.backend.poll(left, &mut batch, mode) {
+                            tracing::error!("backend poll failed: {e}");
+                            break;
+                        }
+                        // Woken with nothing to do (a stale wake-up): keep the role and
+                        // wait again, rather than reshuffling roles between threads.
+                        if !batch.is_empty()
+                            || deadline.is_some_and(|d| d <= Instant::now())
+                            || !inner.sched.idle_wake(slot)
+                        {
+                            break;
+                        }
                     }
                     let (got, wake) = inner.sched.poll_done(slot, batch, out, limit);
                     if wake {
@@ -496,6 +524,8 @@ thread_local! {
     /// Set on pool worker threads: their submissions are batched until their next
     /// `get`, which they are certain to make.
     static DEFER_SUBMIT: Cell<bool> = const { Cell::new(false) };
+    /// This thread holds submissions it has not handed to the kernel yet.
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Turns submission batching on or off for the calling thread.
@@ -527,6 +557,7 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
             .filter_map(|r| r.port.upgrade().map(|p| (p, r.slot)))
             .collect()
     });
+    HOLDING.with(|h| h.set(false));
     for (port, slot) in &ports {
         if port.backend.has_unflushed() {
             port.backend.flush();

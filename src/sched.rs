@@ -17,7 +17,13 @@
 //!   with submissions it has not handed to the kernel yet takes the role over
 //!   (it submits and waits in one system call, and on io_uring the kernel work
 //!   for its own requests then runs in its own wait); the deposed poller keeps
-//!   waiting until the next completion wakes it, then retires to the stack. Whenever the queue is
+//!   waiting until the next completion wakes it, then retires to the stack.
+//! * `backup` names at most one more idle thread waiting in the backend, but only
+//!   for completions that pile up (two at once, or one left waiting for a short
+//!   while: see `Backend::poll`'s `Backup` mode). While the poller runs a handler,
+//!   the backup covers for it without being woken by every completion — so with
+//!   little load one thread does all the work and nobody else wakes, and with a
+//!   long handler the completions behind it are still taken at once. Whenever the queue is
 //!   empty and some thread is idle, somebody polls: `dispatch` hands the role to the
 //!   top waiter if the poller leaves.
 //! * Handing out: a completion is handed to the top waiter (LIFO) only while
@@ -90,6 +96,10 @@ struct State<T> {
     free_slots: Vec<SlotId>,
     poller: Option<SlotId>,
     poller_notified: bool,
+    backup: Option<SlotId>,
+    /// Whether the backend can hold a backup poller (it needs a wait that ignores
+    /// a lone completion for a while; io_uring's min-wait does that).
+    backup_enabled: bool,
     closed: bool,
     stats: SchedStats,
 }
@@ -101,6 +111,9 @@ pub(crate) enum Next {
     Got(usize),
     /// The thread holds the poll role: wait in the backend, then call `poll_done`.
     Poll,
+    /// The thread holds the backup role: wait in the backend for completions that
+    /// pile up, then call `poll_done`.
+    Backup,
     /// The port is closed.
     Closed,
     /// The deadline passed with nothing to take.
@@ -117,7 +130,13 @@ pub(crate) struct Sched<T> {
 }
 
 impl<T> Sched<T> {
+    #[cfg(any(test, loom))]
     pub(crate) fn new(max: usize) -> Self {
+        Self::with_backup(max, false)
+    }
+
+    /// A scheduler whose idle threads may also hold the backup role.
+    pub(crate) fn with_backup(max: usize, backup_enabled: bool) -> Self {
         Sched {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -128,6 +147,8 @@ impl<T> Sched<T> {
                 free_slots: Vec::new(),
                 poller: None,
                 poller_notified: false,
+                backup: None,
+                backup_enabled,
                 closed: false,
                 stats: SchedStats::default(),
             }),
@@ -197,6 +218,10 @@ impl<T> Sched<T> {
                 st.poller = Some(id);
                 st.poller_notified = false;
                 return (Next::Poll, wake);
+            }
+            if st.queue.is_empty() && st.backup_enabled && st.backup.is_none() {
+                st.backup = Some(id);
+                return (Next::Backup, wake);
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| d <= now) {
@@ -274,6 +299,10 @@ impl<T> Sched<T> {
             st.poller = None;
             st.poller_notified = false;
         }
+        if was_poller && st.backup == Some(id) {
+            st.backup = None;
+            st.poller_notified = false;
+        }
         if st.closed {
             return (Some(Next::Closed), false);
         }
@@ -285,6 +314,13 @@ impl<T> Sched<T> {
         };
         let wake = st.dispatch();
         (got, wake)
+    }
+
+    /// Whether a poller (or backup) woken with nothing may simply wait again: it
+    /// still holds its role, nothing is queued, and the port is open.
+    pub(crate) fn idle_wake(&self, id: SlotId) -> bool {
+        let st = lock(&self.state);
+        !st.closed && st.queue.is_empty() && (st.poller == Some(id) || st.backup == Some(id))
     }
 
     /// Queues a completion (a posted packet, or one reaped outside the poller).
@@ -437,7 +473,12 @@ impl<T> State<T> {
             slot.handoff = Handoff::Item(item);
             slot.cv.notify_one();
         }
-        if self.queue.is_empty() && self.poller.is_none() {
+        // Somebody must wait for the kernel when the queue is empty — unless a
+        // running thread will come back to do it and a backup covers meanwhile.
+        if self.queue.is_empty()
+            && self.poller.is_none()
+            && (self.running == 0 || self.backup.is_none())
+        {
             if let Some(id) = self.waiters.pop() {
                 self.poller = Some(id);
                 self.poller_notified = false;
@@ -446,7 +487,7 @@ impl<T> State<T> {
                 slot.cv.notify_one();
             }
         }
-        if self.poller.is_some()
+        if (self.poller.is_some() || self.backup.is_some())
             && !self.poller_notified
             && !self.queue.is_empty()
             && self.running < self.max
@@ -537,17 +578,21 @@ mod tests {
     }
 
     #[test]
-    fn poller_role_is_unique() {
-        let s: Sched<u32> = Sched::new(2);
+    fn poller_and_backup_roles_are_unique() {
+        let s: Sched<u32> = Sched::with_backup(2, true);
         let a = s.register();
         let b = s.register();
+        let c = s.register();
         let mut out = Vec::new();
         assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Poll);
+        assert_eq!(s.dequeue(b, &mut out, 1, None, true).0, Next::Backup);
         let soon = Some(Instant::now() + Duration::from_millis(5));
-        assert_eq!(s.dequeue(b, &mut out, 1, soon, true).0, Next::Timeout);
+        assert_eq!(s.dequeue(c, &mut out, 1, soon, true).0, Next::Timeout);
         let (next, _) = s.poll_done(a, [7, 8], &mut out, 1);
         assert_eq!(next, Some(Next::Got(1)));
         assert_eq!(out, [7]);
+        // With a backup waiting, the poller leaving does not wake anyone else.
+        assert_eq!(s.stats().queued, 1);
     }
 }
 

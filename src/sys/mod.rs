@@ -15,11 +15,14 @@
 //!   With `flush = false` the backend may hold the operation back until the next
 //!   `poll` or `flush` from any thread (batching); the port only asks for that on
 //!   pool threads, which are certain to come back.
-//! * **`poll(timeout, out, poller)`** waits until at least one completion is
+//! * **`poll(timeout, out, mode)`** waits until at least one completion is
 //!   available (or the timeout passes, or `notify` is called) and appends every
-//!   available completion to `out`. A wake-up from `notify` must never be lost:
-//!   a reaper that is not the poller (`poller = false`) and swallows one gives it
-//!   back. Completions are produced exactly once each; at most one
+//!   available completion to `out`. In `Backup` mode it may wait longer: until
+//!   completions pile up (more than one), or one has waited a short while — the
+//!   backup covers for a poller that is busy running a handler, and should not
+//!   wake for completions that poller will take itself. A wake-up from `notify`
+//!   must never be lost: it wakes the poller and the backup, and a reaper in
+//!   `Other` mode that swallows one gives it back. Completions are produced exactly once each; at most one
 //!   thread is sent to `poll` by the scheduler, but a backend must tolerate
 //!   `submit` and `cancel` from other threads meanwhile, and a second reaper (a
 //!   submitter waiting for room).
@@ -106,6 +109,17 @@ impl BackendChoice {
 /// at once (the port queues it); on `QueueFull` the operation is handed back
 /// unchanged.
 pub(crate) type SubmitResult = std::result::Result<(OpId, Option<Completion>), (Error, Option<Op>)>;
+
+/// Who is calling `poll` (see the contract above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PollMode {
+    /// The port's poller: return as soon as anything is there.
+    Poller,
+    /// The port's backup poller: return when completions pile up.
+    Backup,
+    /// Any other thread that reaps (to make room, or instead of sleeping).
+    Other,
+}
 
 /// Sizes a backend is built with.
 #[derive(Debug, Clone, Copy)]
@@ -210,11 +224,11 @@ impl Backend {
         &self,
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
-        poller: bool,
+        mode: PollMode,
     ) -> io::Result<()> {
         match self {
-            Backend::Uring(d) => d.poll(timeout, out, poller),
-            Backend::Epoll(d) => d.poll(timeout, out, poller),
+            Backend::Uring(d) => d.poll(timeout, out, mode),
+            Backend::Epoll(d) => d.poll(timeout, out, mode),
         }
     }
 
@@ -257,6 +271,14 @@ impl Backend {
         match self {
             Backend::Uring(d) => d.in_flight(),
             Backend::Epoll(d) => d.in_flight(),
+        }
+    }
+
+    /// Whether `poll` can serve a backup poller (see `PollMode::Backup`).
+    pub(crate) fn supports_backup(&self) -> bool {
+        match self {
+            Backend::Uring(d) => d.supports_backup(),
+            Backend::Epoll(_) => false,
         }
     }
 

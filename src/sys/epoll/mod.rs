@@ -52,7 +52,7 @@ use crate::op::{Op, OpBody, OpKind};
 use crate::sync::lock;
 
 use super::table::OpTable;
-use super::{Config, SubmitResult};
+use super::{Config, PollMode, SubmitResult};
 
 /// epoll token of the eventfd that wakes the poller.
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -444,7 +444,7 @@ impl Driver {
         &self,
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
-        _poller: bool,
+        _mode: PollMode,
     ) -> io::Result<()> {
         let before = out.len();
         self.collect(out);

@@ -52,10 +52,13 @@ use std::sync::Mutex;
 use crate::sync::lock;
 
 use super::table::OpTable;
-use super::{Config, SubmitResult};
+use super::{Config, PollMode, SubmitResult};
 
 /// `user_data` of the NOPs `notify` submits; their CQEs are swallowed.
 const WAKE_TAG: u64 = u64::MAX;
+/// How long one completion may wait before the backup poller takes it while
+/// the poller is busy running a handler.
+const BACKUP_MIN_WAIT_US: u32 = 50;
 /// `user_data` of internal cancel requests; their CQEs are swallowed.
 const CANCEL_TAG: u64 = u64::MAX - 1;
 
@@ -142,7 +145,7 @@ impl Driver {
             .0;
         let mut out = Vec::new();
         for _ in 0..100 {
-            self.poll(Some(Duration::from_millis(10)), &mut out, true)?;
+            self.poll(Some(Duration::from_millis(10)), &mut out, PollMode::Poller)?;
             if out.iter().any(|c| c.op_id() == Some(id)) {
                 return Ok(());
             }
@@ -151,6 +154,11 @@ impl Driver {
             io::ErrorKind::TimedOut,
             "io_uring NOP probe never completed",
         ))
+    }
+
+    /// A backup poller needs IORING_FEAT_MIN_TIMEOUT (6.12).
+    pub(crate) fn supports_backup(&self) -> bool {
+        self.ring.params().is_feature_min_timeout()
     }
 
     pub(crate) fn max_in_flight(&self) -> usize {
@@ -228,8 +236,11 @@ impl Driver {
         }
     }
 
+    /// Wakes the poller and the backup: two NOPs, because the backup waits for
+    /// two completions.
     pub(crate) fn notify(&self) {
         let inner = lock(&self.inner);
+        self.push_locked(&opcode::Nop::new().build().user_data(WAKE_TAG));
         self.push_locked(&opcode::Nop::new().build().user_data(WAKE_TAG));
         drop(inner);
         let _ = self.ring.submit();
@@ -254,21 +265,36 @@ impl Driver {
         &self,
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
-        poller: bool,
+        mode: PollMode,
     ) -> io::Result<()> {
+        let waker = mode != PollMode::Other;
         let (n, woken) = self.reap(out);
-        if n > 0 || (woken && poller) {
+        if n > 0 || (woken && waker) {
             // Something is there already; still hand pending SQEs over.
             self.flush();
-            return self.repost(woken && !poller);
+            return self.repost(woken && !waker);
         }
+        // The backup waits for two completions, or for one that has waited
+        // BACKUP_MIN_WAIT (IORING_FEAT_MIN_TIMEOUT, 6.12); on older kernels it
+        // waits like the poller.
+        let backup = mode == PollMode::Backup && self.ring.params().is_feature_min_timeout();
+        let want = if backup { 2 } else { 1 };
         let res = match timeout {
-            None => self.ring.submit_and_wait(1),
             Some(t) if t.is_zero() => self.ring.submit(),
-            Some(t) => {
-                let ts = types::Timespec::from(t);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+            None if !backup => self.ring.submit_and_wait(1),
+            _ => {
+                let ts = timeout.map(types::Timespec::from);
+                let mut args = types::SubmitArgs::new();
+                if backup {
+                    args = args.min_wait_usec(BACKUP_MIN_WAIT_US);
+                }
+                match &ts {
+                    Some(ts) => self
+                        .ring
+                        .submitter()
+                        .submit_with_args(want, &args.timespec(ts)),
+                    None => self.ring.submitter().submit_with_args(want, &args),
+                }
             }
         };
         match res {
@@ -281,7 +307,7 @@ impl Driver {
             Err(e) => return Err(e),
         }
         let (_, woken2) = self.reap(out);
-        self.repost((woken || woken2) && !poller)
+        self.repost((woken || woken2) && !waker)
     }
 
     fn repost(&self, consumed_wake: bool) -> io::Result<()> {
@@ -336,6 +362,7 @@ impl Driver {
             }
             let ts = types::Timespec::from(Duration::from_millis(50));
             let args = types::SubmitArgs::new().timespec(&ts);
+            // (shutdown waits like a poller)
             if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
                 if !matches!(
                     e.raw_os_error(),
@@ -485,5 +512,57 @@ fn build_sqe(body: OpBody) -> (squeue::Entry, Option<Vec<u8>>, Aux) {
             let sqe = opcode::Timeout::new(&*ts as *const types::Timespec).build();
             (sqe, None, Aux::Time(ts))
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The backup poller waits for two completions, but a single one is not left
+    /// behind: it is taken once it has waited a short while (or at the timeout on
+    /// kernels without IORING_FEAT_MIN_TIMEOUT).
+    #[test]
+    fn backup_takes_a_lone_completion() {
+        let d = Driver::new(Config {
+            entries: 8,
+            max_in_flight: 8,
+        })
+        .expect("io_uring");
+        let (id, _) = d
+            .submit(Op::timeout(Duration::from_millis(5)), 0, 0, true)
+            .unwrap();
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            d.poll(Some(Duration::from_millis(200)), &mut out, PollMode::Backup)
+                .unwrap();
+            if !out.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].op_id(), Some(id));
+        assert_eq!(out[0].result.as_ref().ok(), Some(&0));
+    }
+
+    /// `notify` wakes a backup waiting with no timeout at all.
+    #[test]
+    fn notify_wakes_a_backup() {
+        let d = std::sync::Arc::new(
+            Driver::new(Config {
+                entries: 8,
+                max_in_flight: 8,
+            })
+            .expect("io_uring"),
+        );
+        let d2 = d.clone();
+        let t = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            d2.poll(None, &mut out, PollMode::Backup).unwrap();
+            out.len()
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        d.notify();
+        assert_eq!(t.join().unwrap(), 0, "woken with nothing to hand out");
     }
 }
