@@ -402,14 +402,21 @@ impl CompletionPort {
                             tracing::error!("backend poll failed: {e}");
                             break;
                         }
-                        // Woken with nothing to do (a stale wake-up): keep the role and
-                        // wait again, rather than reshuffling roles between threads.
+                        // Woken with nothing to do and nothing changed: a stale
+                        // wake-up. Keep the role and wait again, rather than
+                        // reshuffling roles between threads.
                         if !batch.is_empty()
                             || deadline.is_some_and(|d| d <= Instant::now())
                             || !inner.sched.idle_wake(slot)
                         {
                             break;
                         }
+                    }
+                    // The close wake-up may have been consumed here (with completions
+                    // or without) while the other thread in the backend still sleeps:
+                    // pass it on, or that thread never learns of the close.
+                    if inner.sched.is_closed() && inner.sched.other_waiter(slot) {
+                        inner.backend.notify();
                     }
                     let (got, wake) = inner.sched.poll_done(slot, batch, out, limit);
                     if wake {

@@ -323,6 +323,13 @@ impl<T> Sched<T> {
         !st.closed && st.queue.is_empty() && (st.poller == Some(id) || st.backup == Some(id))
     }
 
+    /// Whether a thread other than `id` holds the poller or backup role (and so may
+    /// be waiting in the backend for a wake-up that `id` consumed).
+    pub(crate) fn other_waiter(&self, id: SlotId) -> bool {
+        let st = lock(&self.state);
+        st.poller.is_some_and(|p| p != id) || st.backup.is_some_and(|b| b != id)
+    }
+
     /// Queues a completion (a posted packet, or one reaped outside the poller).
     pub(crate) fn push(&self, item: T) -> bool {
         self.push_with(item, true)
@@ -399,11 +406,10 @@ impl<T> Sched<T> {
         for id in std::mem::take(&mut st.waiters) {
             st.slot(id).cv.notify_one();
         }
-        let polling = st.poller.is_some();
-        (st.queue.drain(..).collect(), polling)
+        let waiting = st.poller.is_some() || st.backup.is_some();
+        (st.queue.drain(..).collect(), waiting)
     }
 
-    #[cfg_attr(not(loom), allow(dead_code))]
     pub(crate) fn is_closed(&self) -> bool {
         lock(&self.state).closed
     }
@@ -643,9 +649,19 @@ mod loom_tests {
     /// running count never exceeds N = 1, and nobody deadlocks.
     #[test]
     fn loom_poll_post_close() {
-        loom::model(|| {
+        poll_post_close(false);
+    }
+
+    /// The same with the backup role: one worker may wait as backup.
+    #[test]
+    fn loom_poll_post_close_with_backup() {
+        poll_post_close(true);
+    }
+
+    fn poll_post_close(backup: bool) {
+        loom::model(move || {
             let log = Arc::new(Mutex::new(Vec::new()));
-            let s: Arc<Sched<Item>> = Arc::new(Sched::new(1));
+            let s: Arc<Sched<Item>> = Arc::new(Sched::with_backup(1, backup));
             let k = Arc::new(FakeKernel {
                 st: Mutex::new((Vec::new(), false)),
                 cv: Condvar::new(),
@@ -663,8 +679,16 @@ mod loom_tests {
                         }
                         match next {
                             Next::Got(_) => assert!(s.stats().running <= 1),
-                            Next::Poll => {
-                                let items = k.poll();
+                            Next::Poll | Next::Backup => {
+                                let mut items = k.poll();
+                                // As the port does: a stale wake-up keeps the role;
+                                // a meaningful one is passed on to the other waiter.
+                                while items.is_empty() && s.idle_wake(id) {
+                                    items = k.poll();
+                                }
+                                if s.is_closed() && s.other_waiter(id) {
+                                    k.notify();
+                                }
                                 let (got, wake) = s.poll_done(id, items, &mut out, 1);
                                 if wake {
                                     k.notify();
