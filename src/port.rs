@@ -103,7 +103,7 @@ impl Builder {
         Ok(CompletionPort {
             inner: Arc::new(PortInner {
                 id: NEXT_PORT_ID.fetch_add(1, Ordering::Relaxed),
-                sched: Sched::with_backup(concurrency, backend.supports_backup()),
+                sched: Sched::with_backup(concurrency, false),
                 backend,
                 reason,
                 assoc: Mutex::new(HashMap::new()),

@@ -19,11 +19,13 @@
 //!   for its own requests then runs in its own wait); the deposed poller keeps
 //!   waiting until the next completion wakes it, then retires to the stack.
 //! * `backup` names at most one more idle thread waiting in the backend, but only
-//!   for completions that pile up (two at once, or one left waiting for a short
-//!   while: see `Backend::poll`'s `Backup` mode). While the poller runs a handler,
-//!   the backup covers for it without being woken by every completion — so with
-//!   little load one thread does all the work and nobody else wakes, and with a
-//!   long handler the completions behind it are still taken at once. Whenever the queue is
+//!   for completions that pile up (see `Backend::poll`'s `Backup` mode). While
+//!   the poller runs a handler, the backup covers for it without being woken by
+//!   every completion, and with a long handler the completions behind it are
+//!   still taken. It is switched off for now (see docs/design.md: io_uring
+//!   counts completions posted since a wait began, not ones left unreaped, so a
+//!   backup still wakes for every other completion, and a completion was seen to
+//!   stall with it on); the scheduler and its loom model keep it. Whenever the queue is
 //!   empty and some thread is idle, somebody polls: `dispatch` hands the role to the
 //!   top waiter if the poller leaves.
 //! * Handing out: a completion is handed to the top waiter (LIFO) only while

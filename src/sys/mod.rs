@@ -18,9 +18,10 @@
 //! * **`poll(timeout, out, mode)`** waits until at least one completion is
 //!   available (or the timeout passes, or `notify` is called) and appends every
 //!   available completion to `out`. In `Backup` mode it may wait longer: until
-//!   completions pile up (more than one), or one has waited a short while — the
-//!   backup covers for a poller that is busy running a handler, and should not
-//!   wake for completions that poller will take itself. A wake-up from `notify`
+//!   completions pile up (more than one) — the backup covers for a poller that
+//!   is busy running a handler, and should not wake for the completion that
+//!   poller will take itself; the pool's monitor wakes it for a lone completion
+//!   that waits too long. A wake-up from `notify`
 //!   must never be lost: it wakes the poller and the backup, and a reaper in
 //!   `Other` mode that swallows one gives it back. Completions are produced exactly once each; at most one
 //!   thread is sent to `poll` by the scheduler, but a backend must tolerate
@@ -271,14 +272,6 @@ impl Backend {
         match self {
             Backend::Uring(d) => d.in_flight(),
             Backend::Epoll(d) => d.in_flight(),
-        }
-    }
-
-    /// Whether `poll` can serve a backup poller (see `PollMode::Backup`).
-    pub(crate) fn supports_backup(&self) -> bool {
-        match self {
-            Backend::Uring(d) => d.supports_backup(),
-            Backend::Epoll(_) => false,
         }
     }
 

@@ -10,6 +10,8 @@ mod common;
 
 mod cancel;
 mod close;
+mod echo;
+mod fallback;
 mod ops;
 mod order;
 mod outcomes;
