@@ -35,6 +35,10 @@ use crate::completion::Completion;
 use crate::error::Error;
 use crate::port::{batch_submissions, num_cpus, CompletionPort};
 
+/// How long a handler may run while no thread waits for the kernel before the
+/// monitor sends an idle thread to poll (lazy poll-role hand-off).
+const POLL_HANDOFF: Duration = Duration::from_millis(1);
+
 /// Configures a [`Pool`].
 #[derive(Debug, Clone)]
 pub struct PoolBuilder {
@@ -116,21 +120,28 @@ impl PoolBuilder {
         let monitor = match self.stall_threshold {
             None => None,
             Some(threshold) => {
+                // With a monitor to hand the poll role over when a handler runs
+                // long, idle threads need not be woken for it after every
+                // completion (see `sched.rs`, lazy poll hand-off).
+                port.set_lazy_poll(true);
                 let port = port.clone();
                 let shared = shared.clone();
                 Some(
                     thread::Builder::new()
                         .name(format!("{}-stall", self.name))
                         .spawn(move || {
-                            // Tick at half the threshold while handlers run; back
-                            // off (up to 4 × the threshold) while the port is idle,
-                            // so an idle server does not wake 200 times a second.
-                            let busy = (threshold / 2).max(Duration::from_millis(1));
+                            // Tick at the poll hand-off delay (or half the stall
+                            // threshold, if shorter) while handlers run; back off (up
+                            // to 4 × the threshold) while the port is idle, so an idle
+                            // server does not wake a thousand times a second.
+                            let busy = (threshold / 2)
+                                .min(POLL_HANDOFF)
+                                .max(Duration::from_micros(100));
                             let idle_max = (threshold * 4).max(busy);
                             let mut tick = busy;
                             while !shared.stop.load(Ordering::Acquire) && !port.is_closed() {
                                 thread::park_timeout(tick);
-                                port.stall_scan(threshold);
+                                port.stall_scan(threshold, POLL_HANDOFF);
                                 let st = port.stats().sched;
                                 tick = if st.running == 0 && st.queued == 0 {
                                     (tick * 2).min(idle_max)

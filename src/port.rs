@@ -464,9 +464,19 @@ impl CompletionPort {
         }
     }
 
-    /// Runs the stall detector once (the pool's monitor thread calls this).
-    pub(crate) fn stall_scan(&self, threshold: Duration) -> usize {
-        let (n, wake) = self.inner.sched.stall_scan(Instant::now(), threshold);
+    /// Lazy poll-role handoff (see `sched.rs`): only a pool turns it on, because
+    /// its monitor is what hands the role over when a handler runs long.
+    pub(crate) fn set_lazy_poll(&self, on: bool) {
+        self.inner.sched.set_lazy_poll(on);
+    }
+
+    /// Runs the stall detector once (the pool's monitor thread calls this), and
+    /// sends an idle thread to poll if nobody has for `poll_delay` while a
+    /// handler runs.
+    pub(crate) fn stall_scan(&self, threshold: Duration, poll_delay: Duration) -> usize {
+        let now = Instant::now();
+        self.inner.sched.poll_scan(now, poll_delay);
+        let (n, wake) = self.inner.sched.stall_scan(now, threshold);
         if wake {
             self.inner.backend.notify();
         }

@@ -102,6 +102,11 @@ struct State<T> {
     /// Whether the backend can hold a backup poller (it needs a wait that ignores
     /// a lone completion for a while; io_uring's min-wait does that).
     backup_enabled: bool,
+    /// Lazy poll-role handoff (pools only): while a thread runs a handler it will
+    /// come back and poll, so the role is not handed to a sleeping thread at once
+    /// (a wake-up per completion); the pool's monitor hands it over if the
+    /// handler runs long (`poll_scan`).
+    lazy_poll: bool,
     closed: bool,
     stats: SchedStats,
 }
@@ -151,6 +156,7 @@ impl<T> Sched<T> {
                 poller_notified: false,
                 backup: None,
                 backup_enabled,
+                lazy_poll: false,
                 closed: false,
                 stats: SchedStats::default(),
             }),
@@ -399,6 +405,34 @@ impl<T> Sched<T> {
         (caught, if caught > 0 { st.dispatch() } else { false })
     }
 
+    /// Turns lazy poll-role handoff on (see `State::lazy_poll`).
+    pub(crate) fn set_lazy_poll(&self, on: bool) {
+        lock(&self.state).lazy_poll = on;
+    }
+
+    /// The monitor's half of lazy handoff: if nobody polls while a thread has run
+    /// one handler for `delay` or longer, the newest idle thread takes the poll
+    /// role, so completions behind a long handler do not wait for it.
+    pub(crate) fn poll_scan(&self, now: Instant, delay: Duration) -> bool {
+        let mut st = lock(&self.state);
+        if st.closed || st.poller.is_some() || st.waiters.is_empty() {
+            return false;
+        }
+        let long = st.slots.iter().flatten().any(|s| {
+            matches!(s.run, Run::Running(since) if now.saturating_duration_since(since) >= delay)
+        });
+        if !long {
+            return false;
+        }
+        let id = st.waiters.pop().expect("waiters is not empty");
+        st.poller = Some(id);
+        st.poller_notified = false;
+        let slot = st.slot_mut(id);
+        slot.handoff = Handoff::Poll;
+        slot.cv.notify_one();
+        true
+    }
+
     /// Closes: every waiter wakes with `Closed`; queued completions are returned so
     /// the caller drops them outside the lock. Returns them and whether a poller
     /// must be woken.
@@ -485,7 +519,7 @@ impl<T> State<T> {
         // running thread will come back to do it and a backup covers meanwhile.
         if self.queue.is_empty()
             && self.poller.is_none()
-            && (self.running == 0 || self.backup.is_none())
+            && (self.running == 0 || (self.backup.is_none() && !self.lazy_poll))
         {
             if let Some(id) = self.waiters.pop() {
                 self.poller = Some(id);
@@ -583,6 +617,44 @@ mod tests {
             Next::Poll
         );
         assert_eq!(s.stats().running, 1);
+    }
+
+    #[test]
+    fn lazy_poll_handoff_waits_for_a_long_handler() {
+        let s: Sched<u32> = Sched::new(2);
+        s.set_lazy_poll(true);
+        let a = s.register();
+        let mut out = Vec::new();
+        assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Poll);
+        let sc = std::sync::Arc::new(s);
+        let s2 = sc.clone();
+        let b = std::thread::spawn(move || {
+            let b = s2.register();
+            let mut out = Vec::new();
+            s2.dequeue(
+                b,
+                &mut out,
+                1,
+                Some(Instant::now() + Duration::from_secs(10)),
+                true,
+            )
+            .0
+        });
+        while lock(&sc.state).waiters.is_empty() {
+            std::thread::yield_now();
+        }
+        // The poller takes a completion and runs: nobody else is sent to poll...
+        let (next, _) = sc.poll_done(a, [1], &mut out, 1);
+        assert_eq!(next, Some(Next::Got(1)));
+        assert_eq!(lock(&sc.state).poller, None);
+        assert_eq!(lock(&sc.state).waiters.len(), 1);
+        // ...until its handler has run long: then the idle thread polls.
+        assert!(!sc.poll_scan(Instant::now(), Duration::from_secs(60)));
+        assert!(sc.poll_scan(
+            Instant::now() + Duration::from_secs(1),
+            Duration::from_millis(1)
+        ));
+        assert_eq!(b.join().unwrap(), Next::Poll);
     }
 
     #[test]
