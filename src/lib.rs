@@ -1,7 +1,7 @@
 //! # ringport — the I/O Completion Port model for Linux
 //!
-//! ringport brings Windows' IOCP to Linux, on io_uring (an epoll fallback is
-//! planned for where io_uring is forbidden). Three layers, each usable alone:
+//! ringport brings Windows' IOCP to Linux, on io_uring, with an epoll fallback
+//! for where io_uring is forbidden. Three layers, each usable alone:
 //!
 //! 1. **The port** — [`CompletionPort`]: [`submit`](CompletionPort::submit) an
 //!    operation (it owns its buffer), later [`get`](CompletionPort::get) its
@@ -27,7 +27,7 @@
 //! | backend | status |
 //! |---|---|
 //! | io_uring | one shared ring; see `docs/design.md` |
-//! | epoll | not built yet |
+//! | epoll | completions emulated on readiness; files on worker threads |
 //!
 //! ```
 //! use ringport::{CompletionPort, Op};

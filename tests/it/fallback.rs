@@ -68,13 +68,47 @@ fn ringport_without_io_uring(args: &[&str], env_backend: Option<&str>) -> Comman
     cmd
 }
 
+/// Stops the child on drop: SIGTERM, then SIGKILL if it has not exited within
+/// the suite's bound, so a stuck server fails the test instead of hanging it.
 struct Kill(Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + crate::common::T;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
         let _ = self.0.wait();
+        if !std::thread::panicking() {
+            panic!(
+                "ringport did not exit within {:?} of SIGTERM",
+                crate::common::T
+            );
+        }
+    }
+}
+
+/// Runs a command to completion, killing it if it takes longer than the bound.
+fn output_bounded(mut cmd: Command) -> std::process::Output {
+    let child = cmd.spawn().expect("spawn ringport");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(crate::common::T) {
+        Ok(out) => out.expect("wait for ringport"),
+        Err(_) => {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("ringport did not finish within {:?}", crate::common::T);
+        }
     }
 }
 
@@ -131,9 +165,10 @@ fn info_names_the_fallback_and_its_reason() {
 
 #[test]
 fn forcing_io_uring_where_it_is_blocked_is_a_clear_error() {
-    let out = ringport_without_io_uring(&["echo", "--listen", "127.0.0.1:0"], Some("uring"))
-        .output()
-        .expect("run ringport echo");
+    let out = output_bounded(ringport_without_io_uring(
+        &["echo", "--listen", "127.0.0.1:0"],
+        Some("uring"),
+    ));
     assert!(
         !out.status.success(),
         "forcing io_uring must not silently fall back"

@@ -444,7 +444,7 @@ impl Driver {
         &self,
         timeout: Option<Duration>,
         out: &mut Vec<Completion>,
-        _mode: PollMode,
+        mode: PollMode,
     ) -> io::Result<()> {
         let before = out.len();
         self.collect(out);
@@ -487,6 +487,11 @@ impl Driver {
                         8,
                     )
                 };
+                // A reaper that is not the poller must not swallow the poller's
+                // wake-up: give it back.
+                if mode == PollMode::Other {
+                    self.notify();
+                }
                 continue;
             }
             let Some(q) = lock(&self.shared.fds).get(&(token as RawFd)).cloned() else {
