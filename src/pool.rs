@@ -37,7 +37,7 @@ use crate::port::{batch_submissions, num_cpus, CompletionPort};
 
 /// How long a handler may run while no thread waits for the kernel before the
 /// monitor sends an idle thread to poll (lazy poll-role hand-off).
-const POLL_HANDOFF: Duration = Duration::from_millis(1);
+const POLL_HANDOFF: Duration = Duration::from_micros(250);
 
 /// Configures a [`Pool`].
 #[derive(Debug, Clone)]
@@ -130,20 +130,22 @@ impl PoolBuilder {
                     thread::Builder::new()
                         .name(format!("{}-stall", self.name))
                         .spawn(move || {
-                            // Tick at the poll hand-off delay (or half the stall
-                            // threshold, if shorter) while handlers run; back off (up
-                            // to 4 × the threshold) while the port is idle, so an idle
-                            // server does not wake a thousand times a second.
-                            let busy = (threshold / 2)
-                                .min(POLL_HANDOFF)
-                                .max(Duration::from_micros(100));
+                            // Tick fast (half the poll hand-off delay) only while the
+                            // poll role is vacant behind a running handler; at half
+                            // the stall threshold while handlers run otherwise; and
+                            // back off (up to 4 × the threshold) while the port is
+                            // idle, so an idle server hardly wakes at all.
+                            let fast = (POLL_HANDOFF / 2).max(Duration::from_micros(50));
+                            let busy = (threshold / 2).max(fast);
                             let idle_max = (threshold * 4).max(busy);
                             let mut tick = busy;
                             while !shared.stop.load(Ordering::Acquire) && !port.is_closed() {
                                 thread::park_timeout(tick);
-                                port.stall_scan(threshold, POLL_HANDOFF);
+                                let watch = port.stall_scan(threshold, POLL_HANDOFF);
                                 let st = port.stats().sched;
-                                tick = if st.running == 0 && st.queued == 0 {
+                                tick = if watch {
+                                    fast
+                                } else if st.running == 0 && st.queued == 0 {
                                     (tick * 2).min(idle_max)
                                 } else {
                                     busy

@@ -472,18 +472,19 @@ impl CompletionPort {
 
     /// Runs the stall detector once (the pool's monitor thread calls this), and
     /// sends an idle thread to poll if nobody has for `poll_delay` while a
-    /// handler runs.
-    pub(crate) fn stall_scan(&self, threshold: Duration, poll_delay: Duration) -> usize {
+    /// handler runs. Returns whether the poll role is vacant behind a running
+    /// handler (the monitor then looks again soon).
+    pub(crate) fn stall_scan(&self, threshold: Duration, poll_delay: Duration) -> bool {
         let now = Instant::now();
-        self.inner.sched.poll_scan(now, poll_delay);
-        let (n, wake) = self.inner.sched.stall_scan(now, threshold);
+        let watch = self.inner.sched.poll_scan(now, poll_delay);
+        let (_, wake) = self.inner.sched.stall_scan(now, threshold);
         if wake {
             self.inner.backend.notify();
         }
         if self.inner.backend.has_unflushed() {
             self.inner.backend.flush();
         }
-        n
+        watch
     }
 
     /// This thread's scheduler slot on this port, registering it on first use.

@@ -412,17 +412,24 @@ impl<T> Sched<T> {
 
     /// The monitor's half of lazy handoff: if nobody polls while a thread has run
     /// one handler for `delay` or longer, the newest idle thread takes the poll
-    /// role, so completions behind a long handler do not wait for it.
+    /// role, so completions behind a long handler do not wait for it. Returns
+    /// whether the role is (still) vacant behind a running handler, i.e. whether
+    /// the monitor should look again soon.
     pub(crate) fn poll_scan(&self, now: Instant, delay: Duration) -> bool {
         let mut st = lock(&self.state);
-        if st.closed || st.poller.is_some() || st.waiters.is_empty() {
+        if !st.lazy_poll
+            || st.closed
+            || st.poller.is_some()
+            || st.waiters.is_empty()
+            || st.running == 0
+        {
             return false;
         }
         let long = st.slots.iter().flatten().any(|s| {
             matches!(s.run, Run::Running(since) if now.saturating_duration_since(since) >= delay)
         });
         if !long {
-            return false;
+            return true;
         }
         let id = st.waiters.pop().expect("waiters is not empty");
         st.poller = Some(id);
@@ -430,7 +437,7 @@ impl<T> Sched<T> {
         let slot = st.slot_mut(id);
         slot.handoff = Handoff::Poll;
         slot.cv.notify_one();
-        true
+        false
     }
 
     /// Closes: every waiter wakes with `Closed`; queued completions are returned so
@@ -649,12 +656,16 @@ mod tests {
         assert_eq!(lock(&sc.state).poller, None);
         assert_eq!(lock(&sc.state).waiters.len(), 1);
         // ...until its handler has run long: then the idle thread polls.
-        assert!(!sc.poll_scan(Instant::now(), Duration::from_secs(60)));
-        assert!(sc.poll_scan(
+        assert!(
+            sc.poll_scan(Instant::now(), Duration::from_secs(60)),
+            "vacant: watch it"
+        );
+        assert!(!sc.poll_scan(
             Instant::now() + Duration::from_secs(1),
             Duration::from_millis(1)
         ));
         assert_eq!(b.join().unwrap(), Next::Poll);
+        assert_eq!(lock(&sc.state).poller, Some(1), "the idle thread polls");
     }
 
     #[test]
