@@ -417,11 +417,14 @@ impl<T> Sched<T> {
     /// the monitor should look again soon.
     pub(crate) fn poll_scan(&self, now: Instant, delay: Duration) -> bool {
         let mut st = lock(&self.state);
+        // Completions already queued are the stall detector's business: polling
+        // would not get them taken sooner.
         if !st.lazy_poll
             || st.closed
             || st.poller.is_some()
             || st.waiters.is_empty()
             || st.running == 0
+            || !st.queue.is_empty()
         {
             return false;
         }
