@@ -249,7 +249,7 @@ impl CompletionPort {
         // Pool threads batch: their next `get` submits everything at once.
         let batching = DEFER_SUBMIT.with(Cell::get);
         let (id, done) = self.inner.backend.submit(op, key, user_data, !batching)?;
-        if batching && self.inner.backend.has_unflushed() {
+        if batching && done.is_none() && self.inner.backend.defers_submission() {
             HOLDING.with(|h| h.set(true));
         }
         if let Some(c) = done {

@@ -275,6 +275,12 @@ impl Backend {
         }
     }
 
+    /// Whether `submit(.., flush = false)` leaves the operation for a later
+    /// `poll` or `flush` to hand to the kernel.
+    pub(crate) fn defers_submission(&self) -> bool {
+        matches!(self, Backend::Uring(_))
+    }
+
     /// A handle was associated with the port.
     pub(crate) fn associate(&self, fd: std::os::fd::RawFd) -> Result<()> {
         match self {
