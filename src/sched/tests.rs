@@ -1,0 +1,137 @@
+//! Unit tests of the scheduler core.
+
+use super::*;
+
+#[test]
+fn fifo_and_concurrency_limit() {
+    let s: Sched<u32> = Sched::new(1);
+    let a = s.register();
+    let b = s.register();
+    s.push(1);
+    s.push(2);
+    let mut out = Vec::new();
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
+    assert_eq!(out, [1]);
+    // a is running and N = 1: b must not get the second completion.
+    let soon = Some(Instant::now() + Duration::from_millis(10));
+    assert_eq!(s.dequeue(b, &mut out, 1, soon, true).0, Next::Timeout);
+    // a comes back: it takes the next one, in order.
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
+    assert_eq!(out, [1, 2]);
+    assert_eq!(s.stats().peak_running, 1);
+}
+
+#[test]
+fn blocking_releases_the_slot() {
+    let s: Sched<u32> = Sched::new(1);
+    let a = s.register();
+    let b = s.register();
+    s.push(1);
+    s.push(2);
+    let mut out = Vec::new();
+    s.dequeue(a, &mut out, 1, None, true);
+    s.block_begin(a);
+    assert_eq!(s.dequeue(b, &mut out, 1, None, true).0, Next::Got(1));
+    s.block_end(a);
+    assert_eq!(
+        s.stats().running,
+        2,
+        "returning from blocking oversubscribes"
+    );
+}
+
+#[test]
+fn stall_detector_releases_when_work_waits() {
+    let s: Sched<u32> = Sched::new(1);
+    let a = s.register();
+    s.push(1);
+    let mut out = Vec::new();
+    s.dequeue(a, &mut out, 1, None, true);
+    assert_eq!(
+        s.stall_scan(
+            Instant::now() + Duration::from_secs(1),
+            Duration::from_millis(10)
+        )
+        .0,
+        0,
+        "nothing waits: no stall"
+    );
+    s.push(2);
+    assert_eq!(
+        s.stall_scan(
+            Instant::now() + Duration::from_secs(1),
+            Duration::from_millis(10)
+        )
+        .0,
+        1
+    );
+    assert_eq!(s.stats().running, 0);
+    // Coming back does not decrement twice.
+    let b = s.register();
+    assert_eq!(s.dequeue(b, &mut out, 1, None, true).0, Next::Got(1));
+    assert_eq!(
+        s.dequeue(a, &mut out, 1, Some(Instant::now()), true).0,
+        Next::Poll
+    );
+    assert_eq!(s.stats().running, 1);
+}
+
+#[test]
+fn lazy_poll_handoff_waits_for_a_long_handler() {
+    let s: Sched<u32> = Sched::new(2);
+    s.set_lazy_poll(true);
+    let a = s.register();
+    let mut out = Vec::new();
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Poll);
+    let sc = std::sync::Arc::new(s);
+    let s2 = sc.clone();
+    let b = std::thread::spawn(move || {
+        let b = s2.register();
+        let mut out = Vec::new();
+        s2.dequeue(
+            b,
+            &mut out,
+            1,
+            Some(Instant::now() + Duration::from_secs(10)),
+            true,
+        )
+        .0
+    });
+    while lock(&sc.state).waiters.is_empty() {
+        std::thread::yield_now();
+    }
+    // The poller takes a completion and runs: nobody else is sent to poll...
+    let (next, _) = sc.poll_done(a, [1], &mut out, 1);
+    assert_eq!(next, Some(Next::Got(1)));
+    assert_eq!(lock(&sc.state).poller, None);
+    assert_eq!(lock(&sc.state).waiters.len(), 1);
+    // ...until its handler has run long: then the idle thread polls.
+    assert!(
+        sc.poll_scan(Instant::now(), Duration::from_secs(60)),
+        "vacant: watch it"
+    );
+    assert!(!sc.poll_scan(
+        Instant::now() + Duration::from_secs(1),
+        Duration::from_millis(1)
+    ));
+    assert_eq!(b.join().unwrap(), Next::Poll);
+    assert_eq!(lock(&sc.state).poller, Some(1), "the idle thread polls");
+}
+
+#[test]
+fn poller_and_backup_roles_are_unique() {
+    let s: Sched<u32> = Sched::with_backup(2, true);
+    let a = s.register();
+    let b = s.register();
+    let c = s.register();
+    let mut out = Vec::new();
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Poll);
+    assert_eq!(s.dequeue(b, &mut out, 1, None, true).0, Next::Backup);
+    let soon = Some(Instant::now() + Duration::from_millis(5));
+    assert_eq!(s.dequeue(c, &mut out, 1, soon, true).0, Next::Timeout);
+    let (next, _) = s.poll_done(a, [7, 8], &mut out, 1);
+    assert_eq!(next, Some(Next::Got(1)));
+    assert_eq!(out, [7]);
+    // With a backup waiting, the poller leaving does not wake anyone else.
+    assert_eq!(s.stats().queued, 1);
+}
