@@ -102,6 +102,13 @@ struct Queues {
     /// Set when the socket is disassociated: an operation that reaches the queue
     /// afterwards (it raced with the close) is cancelled at once.
     dead: bool,
+    /// An attempt in that direction said `EAGAIN` and no readiness edge has come
+    /// since: a new operation goes straight to its queue instead of making a
+    /// system call that would only say `EAGAIN` again (typically the receive
+    /// re-armed right after a send). Only the poller clears it, on an edge, under
+    /// this same lock — so no edge can be missed.
+    read_blocked: bool,
+    write_blocked: bool,
 }
 
 /// A registered socket's waiting operations. Lock order: a socket's queues, then
@@ -370,11 +377,18 @@ impl Driver {
                     return self.done_now(id, -libc::ECANCELED, p.body);
                 }
                 let is_read = matches!(p.body, OpBody::Recv { .. } | OpBody::Accept { .. });
-                let queue = if is_read { &mut g.read } else { &mut g.write };
-                if queue.is_empty() {
-                    if let Some(res) = try_op(&mut p) {
-                        drop(g);
-                        return self.done_now(id, res, p.body);
+                // A connect must be started by its own system call.
+                let must_try = matches!(p.body, OpBody::Connect { .. });
+                let g = &mut *g;
+                let (queue, blocked) = if is_read {
+                    (&mut g.read, &mut g.read_blocked)
+                } else {
+                    (&mut g.write, &mut g.write_blocked)
+                };
+                if queue.is_empty() && (!*blocked || must_try) {
+                    match try_op(&mut p) {
+                        Some(res) => return self.done_now(id, res, p.body),
+                        None => *blocked = true,
                     }
                 }
                 queue.push_back(p);
@@ -513,13 +527,20 @@ impl Driver {
         let mut g = lock(&q.q);
         let g = &mut *g;
         let mut finished = Vec::new();
-        for (ready, queue) in [(readable, &mut g.read), (writable, &mut g.write)] {
+        for (ready, queue, blocked) in [
+            (readable, &mut g.read, &mut g.read_blocked),
+            (writable, &mut g.write, &mut g.write_blocked),
+        ] {
             if !ready {
                 continue;
             }
+            *blocked = false;
             while let Some(front) = queue.front_mut() {
                 match try_op(front) {
-                    None => break,
+                    None => {
+                        *blocked = true;
+                        break;
+                    }
                     Some(res) => {
                         let p = queue.pop_front().expect("front exists");
                         finished.push((p, res));
