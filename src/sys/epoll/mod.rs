@@ -387,7 +387,10 @@ impl Driver {
                 };
                 if queue.is_empty() && (!*blocked || must_try) {
                     match try_op(&mut p) {
-                        Some(res) => return self.done_now(id, res, p.body),
+                        Some(res) => {
+                            *blocked |= drained(&p.body, res);
+                            return self.done_now(id, res, p.body);
+                        }
                         None => *blocked = true,
                     }
                 }
@@ -543,6 +546,7 @@ impl Driver {
                     }
                     Some(res) => {
                         let p = queue.pop_front().expect("front exists");
+                        *blocked |= drained(&p.body, res);
                         finished.push((p, res));
                     }
                 }
@@ -641,6 +645,16 @@ fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Complet
         res,
         body.into_buf(),
     ))
+}
+
+/// Whether a receive's result shows the socket was drained when it ran (fewer
+/// bytes than asked for, but not end-of-file): the next receive would say
+/// `EAGAIN` until new data arrives — and new data brings a new edge.
+fn drained(body: &OpBody, res: i32) -> bool {
+    match body {
+        OpBody::Recv { buf, .. } => res > 0 && (res as usize) < buf.capacity(),
+        _ => false,
+    }
 }
 
 /// One non-blocking attempt at a socket operation.
