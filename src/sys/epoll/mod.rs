@@ -11,6 +11,10 @@
 //!   its completion is queued in the port straight away — no epoll call at all.
 //!   This is the common case under load, and it is why the epoll backend makes
 //!   fewer system calls per message than a readiness loop that waits first.
+//!   (It skips the attempt when the last one in the same direction said `EAGAIN`,
+//!   or a receive came back short, and no readiness edge has arrived since: that
+//!   call could only say `EAGAIN` again. This saves the receive re-armed right
+//!   after each send one system call per message.)
 //! * If it would block (`EAGAIN`), the operation waits in its socket's read or
 //!   write queue. Sockets are registered with the epoll instance once, when they
 //!   are associated with the port (edge-triggered, for input and output, and set
