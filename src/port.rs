@@ -374,14 +374,9 @@ impl CompletionPort {
                     {
                         tracing::error!("backend flush failed: {e}");
                     }
-                    let (got, wake) = inner.sched.offer(slot, false, batch, out, limit);
-                    if wake {
-                        inner.backend.notify();
-                    }
-                    match got {
-                        Some(Next::Got(n)) => return Ok(n),
-                        Some(Next::Closed) => return Err(Error::Closed),
-                        _ => {}
+                    let offered = inner.sched.offer(slot, false, batch, out, limit);
+                    if let Some(r) = self.after_offer(offered) {
+                        return r;
                     }
                 }
                 Next::Got(n) => return Ok(n),
@@ -418,20 +413,28 @@ impl CompletionPort {
                     if inner.sched.is_closed() && inner.sched.other_waiter(slot) {
                         inner.backend.notify();
                     }
-                    let (got, wake) = inner.sched.poll_done(slot, batch, out, limit);
-                    if wake {
-                        inner.backend.notify();
-                    }
-                    match got {
-                        Some(Next::Got(n)) => return Ok(n),
-                        Some(Next::Closed) => return Err(Error::Closed),
-                        _ => {}
+                    let offered = inner.sched.poll_done(slot, batch, out, limit);
+                    if let Some(r) = self.after_offer(offered) {
+                        return r;
                     }
                     if deadline.is_some_and(|d| d <= Instant::now()) {
                         return Err(Error::Timeout);
                     }
                 }
             }
+        }
+    }
+
+    /// After reaped completions were offered to the scheduler: wakes the poller if
+    /// asked, and says whether this thread's `get` is over.
+    fn after_offer(&self, (got, wake): (Option<Next>, bool)) -> Option<Result<usize>> {
+        if wake {
+            self.inner.backend.notify();
+        }
+        match got {
+            Some(Next::Got(n)) => Some(Ok(n)),
+            Some(Next::Closed) => Some(Err(Error::Closed)),
+            _ => None,
         }
     }
 
