@@ -22,7 +22,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,7 @@ impl Builder {
                 reason,
                 assoc: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                in_backend: AtomicUsize::new(0),
             }),
         })
     }
@@ -133,6 +134,13 @@ pub(crate) struct PortInner {
     /// Descriptor → completion key (IOCP's association).
     assoc: Mutex<HashMap<RawFd, u64>>,
     closed: AtomicBool,
+    /// Threads inside the backend's wait (the poller, and pollers whose role was
+    /// taken over and who have not woken yet). `close` wakes them by count, not
+    /// by role: a deposed poller holds no role but still sleeps in the kernel.
+    /// Incremented before a thread checks `closed` and `close` sets `closed`
+    /// before it reads this (both SeqCst), so either the thread sees the close or
+    /// the close sees the thread.
+    in_backend: AtomicUsize,
 }
 
 /// Statistics of a port, for tests and `ringport info`.
@@ -391,7 +399,11 @@ impl CompletionPort {
                     // The wait hands this thread's submissions over too.
                     HOLDING.with(|h| h.set(false));
                     let mut batch = Vec::new();
+                    inner.in_backend.fetch_add(1, Ordering::SeqCst);
                     loop {
+                        if inner.closed.load(Ordering::SeqCst) {
+                            break;
+                        }
                         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                         if let Err(e) = inner.backend.poll(left, &mut batch, mode) {
                             tracing::error!("backend poll failed: {e}");
@@ -408,9 +420,10 @@ impl CompletionPort {
                         }
                     }
                     // The close wake-up may have been consumed here (with completions
-                    // or without) while the other thread in the backend still sleeps:
+                    // or without) while another thread in the backend still sleeps:
                     // pass it on, or that thread never learns of the close.
-                    if inner.sched.is_closed() && inner.sched.other_waiter(slot) {
+                    let others = inner.in_backend.fetch_sub(1, Ordering::SeqCst) - 1;
+                    if others > 0 && inner.closed.load(Ordering::SeqCst) {
                         inner.backend.notify();
                     }
                     let offered = inner.sched.poll_done(slot, batch, out, limit);
@@ -443,11 +456,11 @@ impl CompletionPort {
     /// flight are cancelled, and this call returns only when the kernel has released
     /// all of them (so their buffers are freed safely). Idempotent.
     pub fn close(&self) {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
             return;
         }
         let (dropped, wake) = self.inner.sched.close();
-        if wake {
+        if wake || self.inner.in_backend.load(Ordering::SeqCst) > 0 {
             self.inner.backend.notify();
         }
         drop(dropped);

@@ -333,6 +333,7 @@ impl<T> Sched<T> {
 
     /// Whether a thread other than `id` holds the poller or backup role (and so may
     /// be waiting in the backend for a wake-up that `id` consumed).
+    #[cfg(loom)]
     pub(crate) fn other_waiter(&self, id: SlotId) -> bool {
         let st = lock(&self.state);
         st.poller.is_some_and(|p| p != id) || st.backup.is_some_and(|b| b != id)
@@ -456,6 +457,7 @@ impl<T> Sched<T> {
         (st.queue.drain(..).collect(), waiting)
     }
 
+    #[cfg(loom)]
     pub(crate) fn is_closed(&self) -> bool {
         lock(&self.state).closed
     }
