@@ -11,10 +11,11 @@
 //!   its completion is queued in the port straight away — no epoll call at all.
 //!   This is the common case under load, and it is why the epoll backend makes
 //!   fewer system calls per message than a readiness loop that waits first.
-//!   (It skips the attempt when the last one in the same direction said `EAGAIN`,
-//!   or a receive came back short, and no readiness edge has arrived since: that
-//!   call could only say `EAGAIN` again. This saves the receive re-armed right
-//!   after each send one system call per message.)
+//!   (It skips the attempt when the last one in the same direction said `EAGAIN`
+//!   and no readiness edge has arrived since: that call could only say `EAGAIN`
+//!   again. A short receive is *not* taken as "drained": the peer's FIN may
+//!   already be in, with no further edge to come — the half-close test caught
+//!   that.)
 //! * If it would block (`EAGAIN`), the operation waits in its socket's read or
 //!   write queue. Sockets are registered with the epoll instance once, when they
 //!   are associated with the port (edge-triggered, for input and output, and set
@@ -391,10 +392,7 @@ impl Driver {
                 };
                 if queue.is_empty() && (!*blocked || must_try) {
                     match try_op(&mut p) {
-                        Some(res) => {
-                            *blocked |= drained(&p.body, res);
-                            return self.done_now(id, res, p.body);
-                        }
+                        Some(res) => return self.done_now(id, res, p.body),
                         None => *blocked = true,
                     }
                 }
@@ -550,7 +548,6 @@ impl Driver {
                     }
                     Some(res) => {
                         let p = queue.pop_front().expect("front exists");
-                        *blocked |= drained(&p.body, res);
                         finished.push((p, res));
                     }
                 }
@@ -649,16 +646,6 @@ fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Complet
         res,
         body.into_buf(),
     ))
-}
-
-/// Whether a receive's result shows the socket was drained when it ran (fewer
-/// bytes than asked for, but not end-of-file): the next receive would say
-/// `EAGAIN` until new data arrives — and new data brings a new edge.
-fn drained(body: &OpBody, res: i32) -> bool {
-    match body {
-        OpBody::Recv { buf, .. } => res > 0 && (res as usize) < buf.capacity(),
-        _ => false,
-    }
 }
 
 /// One non-blocking attempt at a socket operation.
