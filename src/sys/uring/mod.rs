@@ -61,10 +61,13 @@ const CANCEL_TAG: u64 = u64::MAX - 1;
 
 /// What an SQE points into, kept alive with the record.
 #[derive(Debug)]
+// The boxes are never read: they exist so the kernel's pointer stays valid until
+// the record is dropped at reap time.
+#[allow(dead_code)]
 enum Aux {
     None,
-    Addr(#[allow(dead_code)] Box<SockAddr>),
-    Time(#[allow(dead_code)] Box<types::Timespec>),
+    Addr(Box<SockAddr>),
+    Time(Box<types::Timespec>),
 }
 
 #[derive(Debug)]
