@@ -1,9 +1,12 @@
 //! `Completion`: one dequeued packet, and the single place where a raw kernel
-//! result (`res >= 0` or `-errno`) becomes an `io::Result`.
+//! result (`res >= 0` or `-errno`) becomes an `io::Result` — and where a socket
+//! address the kernel wrote becomes a [`SockAddr`].
 
 use std::fmt;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
+
+use socket2::{socklen_t, SockAddr, SockAddrStorage};
 
 use crate::op::OpKind;
 
@@ -32,6 +35,9 @@ impl OpId {
 ///   operation fails with `ECANCELED` (see [`Completion::is_cancelled`]).
 /// * `buf`: the buffer the operation owned, handed back. For reads it holds exactly the
 ///   bytes read (`len() == n`); for writes it is returned as given.
+///
+/// A `recv_from` also carries the sender's address ([`Completion::take_addr`]), and
+/// an `accept` the accepted socket ([`Completion::take_fd`]).
 pub struct Completion {
     /// The completion key of the handle (or of the posted packet).
     pub key: u64,
@@ -44,6 +50,9 @@ pub struct Completion {
     pub(crate) op: Option<OpId>,
     pub(crate) kind: OpKind,
     pub(crate) fd: Option<OwnedFd>,
+    /// A successful `recv_from`'s sender. Boxed: every completion would otherwise
+    /// carry 132 bytes that only this one kind uses.
+    addr: Option<Box<SockAddr>>,
 }
 
 impl Completion {
@@ -57,13 +66,20 @@ impl Completion {
             op: None,
             kind: OpKind::Post,
             fd: None,
+            addr: None,
         }
     }
 
     /// A completion for an operation, from the raw kernel result (`res < 0` is
     /// `-errno`), with the per-kind finishing every backend shares: a read's
     /// buffer gets the length read, a fired timer is success, an accepted
-    /// descriptor becomes owned by the completion.
+    /// descriptor becomes owned by the completion, a received datagram keeps its
+    /// sender's address (`addr`, built by [`raw_addr`]; dropped unless this is a
+    /// successful `recv_from`, so a backend may pass whatever its storage held).
+    ///
+    /// A truncated datagram (`MSG_TRUNC` in `recvmsg`'s returned flags) needs
+    /// nothing here: without `MSG_TRUNC` in the *request* flags, which ringport
+    /// never sets, `res` is the count that fitted, not the datagram's length.
     pub(crate) fn from_raw(
         op: OpId,
         kind: OpKind,
@@ -71,10 +87,11 @@ impl Completion {
         user_data: u64,
         res: i32,
         mut buf: Option<Vec<u8>>,
+        addr: Option<Box<SockAddr>>,
     ) -> Self {
         let mut res = res;
         match kind {
-            OpKind::Read | OpKind::Recv if res >= 0 => {
+            OpKind::Read | OpKind::Recv | OpKind::RecvFrom if res >= 0 => {
                 if let Some(b) = buf.as_mut() {
                     debug_assert!(res as usize <= b.capacity());
                     // SAFETY: the kernel wrote `res` bytes at the start of the
@@ -93,6 +110,11 @@ impl Completion {
         } else {
             None
         };
+        let addr = if kind == OpKind::RecvFrom && res >= 0 {
+            addr
+        } else {
+            None
+        };
         Completion {
             key,
             user_data,
@@ -101,6 +123,7 @@ impl Completion {
             op: Some(op),
             kind,
             fd,
+            addr,
         }
     }
 
@@ -130,6 +153,34 @@ impl Completion {
     pub fn take_fd(&mut self) -> Option<OwnedFd> {
         self.fd.take()
     }
+
+    /// For a successful [`recv_from`](crate::Op::recv_from): the address the
+    /// datagram came from (`as_socket()` for UDP, `as_pathname()` for a Unix
+    /// socket bound to a path). `None` for every other operation, for a failed
+    /// or cancelled one, and once taken; also when the kernel reports no source
+    /// address: a datagram from an unbound Unix socket, or a receive on a stream
+    /// socket.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ringport::{CompletionPort, Op};
+    /// use std::net::UdpSocket;
+    /// let port = CompletionPort::new()?;
+    /// let (a, b) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// port.associate(&b, 1)?;
+    /// port.submit(Op::recv_from(&b, Vec::with_capacity(64)), 0)?;
+    /// a.send_to(b"hi", b.local_addr()?)?;
+    /// let mut c = port.get(Some(std::time::Duration::from_secs(10)))?;
+    /// let from = c.take_addr().and_then(|s| s.as_socket());
+    /// assert!(c.take_addr().is_none(), "the address can be taken once");
+    /// assert_eq!(c.result?, 2);
+    /// assert_eq!(from, Some(a.local_addr()?));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn take_addr(&mut self) -> Option<SockAddr> {
+        self.addr.take().map(|a| *a)
+    }
 }
 
 impl fmt::Debug for Completion {
@@ -141,6 +192,7 @@ impl fmt::Debug for Completion {
             .field("result", &self.result)
             .field("buf_len", &self.buf.as_ref().map(Vec::len))
             .field("fd", &self.fd)
+            .field("addr", &self.addr)
             .finish()
     }
 }
@@ -155,6 +207,23 @@ pub(crate) fn raw_result(res: i32) -> io::Result<usize> {
     }
 }
 
+/// A socket address the kernel wrote into `storage` (zeroed beforehand) and
+/// whose length it reported in `len` (`recvfrom`'s `addrlen`, `recvmsg`'s
+/// `msg_namelen`). `None` if the socket reported none (`len == 0`).
+pub(crate) fn raw_addr(storage: SockAddrStorage, len: socklen_t) -> Option<Box<SockAddr>> {
+    if len == 0 {
+        return None;
+    }
+    // The kernel reports the address's full length even when it had to cut it
+    // to fit; never claim more bytes than the storage has.
+    let len = len.min(storage.size_of());
+    // SAFETY: the kernel wrote an address of family `ss_family` and length `len`
+    // at the start of `storage` (a `sockaddr_storage`, large enough for every
+    // family), and the rest of it is still zeroed, so the family, the length and
+    // the bytes agree — `SockAddr::new`'s requirement.
+    Some(Box::new(unsafe { SockAddr::new(storage, len) }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +234,30 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET));
         assert_eq!(raw_result(17).unwrap(), 17);
         assert_eq!(raw_result(0).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_empty_address_is_none_and_a_long_one_is_clamped() {
+        assert!(raw_addr(SockAddrStorage::zeroed(), 0).is_none());
+        let storage = SockAddrStorage::zeroed();
+        let size = storage.size_of();
+        let a = raw_addr(storage, size + 100).unwrap();
+        assert_eq!(a.len(), size);
+    }
+
+    #[test]
+    fn only_a_successful_recv_from_keeps_its_address() {
+        let sender: std::net::SocketAddr = ([127, 0, 0, 1], 9).into();
+        let complete = |kind, res, buf| {
+            let addr = Some(Box::new(SockAddr::from(sender)));
+            Completion::from_raw(OpId(1), kind, 0, 0, res, Some(buf), addr)
+        };
+        let mut ok = complete(OpKind::RecvFrom, 3, vec![1, 2, 3]);
+        assert_eq!(ok.take_addr().and_then(|a| a.as_socket()), Some(sender));
+        assert!(ok.take_addr().is_none(), "taken once");
+        let mut failed = complete(OpKind::RecvFrom, -libc::ECANCELED, Vec::new());
+        assert!(failed.take_addr().is_none());
+        let mut recv = complete(OpKind::Recv, 0, Vec::new());
+        assert!(recv.take_addr().is_none());
     }
 }

@@ -11,7 +11,10 @@
 //!    at most N handlers run at once, completions are handed out FIFO, the most
 //!    recently idle thread is woken first, [`blocking`] releases a slot, and a
 //!    stall detector catches handlers that block without saying so.
-//! 3. **The async face** — planned.
+//! 3. **The async face** — [`Runtime`]: `async` Rust on the pool. Tasks are
+//!    completion packets ([`spawn`]); [`net`], [`fs`] and [`time`] submit
+//!    operations that take and return owned buffers; streams also implement the
+//!    `futures-io` traits.
 //!
 //! | IOCP | ringport |
 //! |---|---|
@@ -54,18 +57,23 @@
 
 mod completion;
 mod error;
+pub mod fs;
+pub mod net;
 pub mod op;
 mod pool;
 mod port;
+pub mod rt;
 mod sched;
 mod sync;
 mod sys;
+pub mod time;
 
 pub use completion::{Completion, OpId};
 pub use error::{Error, Result};
 pub use op::{Op, OpKind};
 pub use pool::{Pool, PoolBuilder};
 pub use port::{batch_submissions, blocking, num_cpus, Builder, CompletionPort, PortStats};
+pub use rt::{spawn, spawn_blocking, yield_now, Handle, JoinError, JoinHandle, Runtime};
 pub use sched::SchedStats;
 pub use sys::{BackendChoice, BackendKind};
 

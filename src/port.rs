@@ -245,6 +245,20 @@ impl CompletionPort {
         self.submit_inner(op, key, user_data).map_err(|(e, _)| e)
     }
 
+    /// Like `try_submit`, but hands the operation back on `QueueFull` (and on any
+    /// refusal that leaves it intact), so the caller can retry it later.
+    pub(crate) fn try_submit_keep(
+        &self,
+        op: Op,
+        user_data: u64,
+    ) -> std::result::Result<OpId, (Error, Option<Op>)> {
+        let key = match self.key_for(&op) {
+            Ok(k) => k,
+            Err(e) => return Err((e, Some(op))),
+        };
+        self.submit_inner(op, key, user_data)
+    }
+
     fn submit_inner(
         &self,
         op: Op,

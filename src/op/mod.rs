@@ -35,6 +35,10 @@ pub enum OpKind {
     Recv,
     /// Send on a socket.
     Send,
+    /// Receive one datagram and its sender's address.
+    RecvFrom,
+    /// Send one datagram to an address.
+    SendTo,
     /// Accept a connection.
     Accept,
     /// Connect a socket.
@@ -71,6 +75,20 @@ pub(crate) enum OpBody {
         fd: RawFd,
         buf: Vec<u8>,
         pos: usize,
+        flags: i32,
+    },
+    RecvFrom {
+        fd: RawFd,
+        buf: Vec<u8>,
+        flags: i32,
+        /// The sender's address, for a backend that receives in place (epoll)
+        /// to carry to the completion; `None` until then.
+        from: Option<Box<SockAddr>>,
+    },
+    SendTo {
+        fd: RawFd,
+        buf: Vec<u8>,
+        addr: Box<SockAddr>,
         flags: i32,
     },
     Accept {
@@ -164,6 +182,56 @@ impl Op {
         })
     }
 
+    /// Receives one datagram into `buf`'s whole capacity, and the address it came
+    /// from: the completion's buffer holds exactly the bytes received and
+    /// [`Completion::take_addr`](crate::Completion::take_addr) gives the sender.
+    ///
+    /// A datagram longer than the buffer's capacity is truncated, as by
+    /// `recvfrom(2)`: the result is the number of bytes that fitted (the
+    /// capacity), and the rest of that datagram is discarded. Size the buffer for
+    /// the largest datagram expected (65,507 bytes for UDP over IPv4). `Ok(0)` is
+    /// an empty datagram, not end of stream.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ringport::{CompletionPort, Op};
+    /// let port = CompletionPort::new()?;
+    /// let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// port.associate(&socket, 1)?;
+    /// port.submit(Op::recv_from(&socket, Vec::with_capacity(1500)), 0)?;
+    /// let mut c = port.get(None)?;
+    /// let from = c.take_addr().and_then(|a| a.as_socket());
+    /// let n = c.result?;
+    /// println!("{n} bytes from {from:?}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn recv_from(socket: &impl AsFd, buf: Vec<u8>) -> Op {
+        Op::new(OpBody::RecvFrom {
+            fd: raw(socket),
+            buf,
+            flags: 0,
+            from: None,
+        })
+    }
+
+    /// Sends all of `buf` as one datagram to `addr`, from an unconnected (or a
+    /// connected) datagram socket; the completion's result is the datagram's
+    /// length and its buffer is handed back unchanged. A datagram is sent whole
+    /// or not at all (`EMSGSIZE` if it is too long). `MSG_NOSIGNAL` is always set.
+    ///
+    /// A successful send says nothing about delivery: UDP to a port where nothing
+    /// listens succeeds, and only a connected socket hears of the refusal later
+    /// (`ECONNREFUSED` from a following receive or send).
+    pub fn send_to(socket: &impl AsFd, buf: Vec<u8>, addr: impl Into<SockAddr>) -> Op {
+        Op::new(OpBody::SendTo {
+            fd: raw(socket),
+            buf,
+            addr: Box::new(addr.into()),
+            flags: libc::MSG_NOSIGNAL,
+        })
+    }
+
     /// Accepts one connection on a listening socket. The accepted socket (close-on-exec)
     /// comes back with [`Completion::take_fd`](crate::Completion::take_fd).
     pub fn accept(listener: &impl AsFd) -> Op {
@@ -225,6 +293,8 @@ impl Op {
             | OpBody::Write { fd, .. }
             | OpBody::Recv { fd, .. }
             | OpBody::Send { fd, .. }
+            | OpBody::RecvFrom { fd, .. }
+            | OpBody::SendTo { fd, .. }
             | OpBody::Accept { fd }
             | OpBody::Connect { fd, .. }
             | OpBody::Fsync { fd, .. } => Some(*fd),
@@ -241,6 +311,8 @@ impl OpBody {
             OpBody::Write { .. } => OpKind::Write,
             OpBody::Recv { .. } => OpKind::Recv,
             OpBody::Send { .. } => OpKind::Send,
+            OpBody::RecvFrom { .. } => OpKind::RecvFrom,
+            OpBody::SendTo { .. } => OpKind::SendTo,
             OpBody::Accept { .. } => OpKind::Accept,
             OpBody::Connect { .. } => OpKind::Connect,
             OpBody::Close { .. } => OpKind::Close,

@@ -10,8 +10,10 @@ mod common;
 
 mod cancel;
 mod close;
+mod dgram;
 mod echo;
 mod fallback;
+mod hyper_bridge;
 mod ops;
 mod order;
 mod outcomes;

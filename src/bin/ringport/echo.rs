@@ -22,25 +22,28 @@ use crate::signals;
 pub struct EchoArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7000")]
-    listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Worker threads (0 = 2 × CPUs).
     #[arg(long, default_value_t = 0)]
-    threads: usize,
+    pub(crate) threads: usize,
     /// Handlers running at once (0 = CPUs).
     #[arg(long, default_value_t = 0)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Backend: auto, uring or epoll (default: RINGPORT_BACKEND, else auto).
     #[arg(long)]
-    backend: Option<BackendChoice>,
+    pub(crate) backend: Option<BackendChoice>,
     /// Burn this many microseconds of CPU before echoing a message whose first byte is '!'.
     #[arg(long, default_value_t = 0)]
-    spin_us: u64,
+    pub(crate) spin_us: u64,
     /// Receive buffer per connection, in bytes.
     #[arg(long, default_value_t = 4096)]
-    buf_size: usize,
+    pub(crate) buf_size: usize,
     /// Accepts kept outstanding on the listener.
     #[arg(long, default_value_t = 16)]
-    accepts: usize,
+    pub(crate) accepts: usize,
+    /// Serve with the async face (a `Runtime` task per connection) instead of raw completions.
+    #[arg(long = "async")]
+    pub(crate) async_mode: bool,
 }
 
 const ACCEPT: u64 = 1;
@@ -76,6 +79,9 @@ struct Server {
 pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.buf_size == 0 || args.buf_size > 0x0fff_ffff {
         return Err("--buf-size must be between 1 and 268435455".into());
+    }
+    if args.async_mode {
+        return crate::echo_async::run(args);
     }
     signals::block()?;
     let mut builder = CompletionPort::builder().concurrency(args.concurrency);
@@ -239,7 +245,7 @@ impl Server {
     }
 }
 
-fn spin(d: Duration) {
+pub(crate) fn spin(d: Duration) {
     let t = Instant::now();
     while t.elapsed() < d {
         std::hint::spin_loop();

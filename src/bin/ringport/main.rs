@@ -2,6 +2,7 @@
 
 mod bench;
 mod echo;
+mod echo_async;
 mod info;
 mod signals;
 

@@ -16,6 +16,8 @@
 //!   again. A short receive is *not* taken as "drained": the peer's FIN may
 //!   already be in, with no further edge to come — the half-close test caught
 //!   that.)
+//!   Datagram operations are the same calls with an address: `recvfrom` and
+//!   `sendto`.
 //! * If it would block (`EAGAIN`), the operation waits in its socket's read or
 //!   write queue. Sockets are registered with the epoll instance once, when they
 //!   are associated with the port (edge-triggered, for input and output, and set
@@ -51,7 +53,9 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::completion::{Completion, OpId};
+use socket2::{SockAddr, SockAddrStorage};
+
+use crate::completion::{raw_addr, Completion, OpId};
 use crate::error::Error;
 use crate::op::{Op, OpBody, OpKind};
 use crate::sync::lock;
@@ -361,6 +365,8 @@ impl Driver {
             }
             OpBody::Recv { fd, .. }
             | OpBody::Send { fd, .. }
+            | OpBody::RecvFrom { fd, .. }
+            | OpBody::SendTo { fd, .. }
             | OpBody::Accept { fd }
             | OpBody::Connect { fd, .. } => {
                 let fd = *fd;
@@ -381,7 +387,10 @@ impl Driver {
                     drop(g);
                     return self.done_now(id, -libc::ECANCELED, p.body);
                 }
-                let is_read = matches!(p.body, OpBody::Recv { .. } | OpBody::Accept { .. });
+                let is_read = matches!(
+                    p.body,
+                    OpBody::Recv { .. } | OpBody::RecvFrom { .. } | OpBody::Accept { .. }
+                );
                 // A connect must be started by its own system call.
                 let must_try = matches!(p.body, OpBody::Connect { .. });
                 let g = &mut *g;
@@ -635,16 +644,18 @@ impl Shared {
 }
 
 /// Removes an operation's record and builds its completion, with the buffer
-/// taken back from its body.
+/// (and a received datagram's source address) taken back from its body.
 fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Completion> {
     let rec = inner.ops.remove(id)?;
+    let (buf, addr) = body.into_results();
     Some(Completion::from_raw(
         id,
         rec.kind,
         rec.key,
         rec.user_data,
         res,
-        body.into_buf(),
+        buf,
+        addr,
     ))
 }
 
@@ -678,6 +689,53 @@ fn try_op(p: &mut Pending) -> Attempt {
                         rest.as_ptr().cast(),
                         rest.len(),
                         *flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                })
+            }
+            OpBody::RecvFrom {
+                fd,
+                buf,
+                flags,
+                from,
+            } => {
+                let mut name = SockAddrStorage::zeroed();
+                let mut name_len = name.size_of();
+                // SAFETY: the kernel writes at most `capacity` bytes into the
+                // buffer's allocation, which we own, and at most `name_len` bytes
+                // (the whole storage) into `name`, reporting the length it wrote.
+                let r = attempt(unsafe {
+                    libc::recvfrom(
+                        *fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.capacity(),
+                        *flags | libc::MSG_DONTWAIT,
+                        (&mut name as *mut SockAddrStorage).cast(),
+                        &mut name_len,
+                    )
+                });
+                if let Ok(Some(n)) = r {
+                    if n >= 0 {
+                        *from = raw_addr(name, name_len);
+                    }
+                }
+                r
+            }
+            OpBody::SendTo {
+                fd,
+                buf,
+                addr,
+                flags,
+            } => {
+                // SAFETY: reads `buf.len()` initialised bytes we own, and the
+                // address: `addr.len()` valid bytes of a socket address.
+                attempt(unsafe {
+                    libc::sendto(
+                        *fd,
+                        buf.as_ptr().cast(),
+                        buf.len(),
+                        *flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                        addr.as_ptr().cast(),
+                        addr.len(),
                     )
                 })
             }
@@ -750,14 +808,17 @@ fn try_op(p: &mut Pending) -> Attempt {
 }
 
 impl OpBody {
-    /// The buffer an operation owned, to hand back in its completion.
-    pub(crate) fn into_buf(self) -> Option<Vec<u8>> {
+    /// The buffer an operation owned, and the source address a receive got, to
+    /// hand back in its completion.
+    pub(crate) fn into_results(self) -> (Option<Vec<u8>>, Option<Box<SockAddr>>) {
         match self {
+            OpBody::RecvFrom { buf, from, .. } => (Some(buf), from),
             OpBody::Read { buf, .. }
             | OpBody::Write { buf, .. }
             | OpBody::Recv { buf, .. }
-            | OpBody::Send { buf, .. } => Some(buf),
-            _ => None,
+            | OpBody::Send { buf, .. }
+            | OpBody::SendTo { buf, .. } => (Some(buf), None),
+            _ => (None, None),
         }
     }
 }

@@ -32,6 +32,11 @@
 //! does not change when the record (or the table) moves; auxiliary data is boxed
 //! for the same reason. A record is removed only when its CQE is reaped, which is
 //! the kernel's promise that it no longer touches that memory.
+//!
+//! Datagram operations (`recv_from`, `send_to`) are `RECVMSG`/`SENDMSG`: their
+//! auxiliary data is a `msghdr` with its `iovec` and socket address ([`MsgAux`]),
+//! which the kernel reads and — for a receive — writes back (`msg_namelen`,
+//! `msg_flags`, the address) when the operation ends.
 
 mod probe;
 
@@ -39,12 +44,13 @@ pub(crate) use probe::probe;
 
 use std::io;
 use std::os::fd::IntoRawFd;
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
-use socket2::SockAddr;
+use socket2::{socklen_t, SockAddr, SockAddrStorage};
 
-use crate::completion::{Completion, OpId};
+use crate::completion::{raw_addr, Completion, OpId};
 use crate::error::{Error, Result};
 use crate::op::{Op, OpBody, OpKind};
 use std::sync::Mutex;
@@ -61,13 +67,101 @@ const CANCEL_TAG: u64 = u64::MAX - 1;
 
 /// What an SQE points into, kept alive with the record.
 #[derive(Debug)]
-// The boxes are never read: they exist so the kernel's pointer stays valid until
-// the record is dropped at reap time.
+// The `Addr` and `Time` boxes are never read: they exist so the kernel's pointer
+// stays valid until the record is dropped at reap time. (`Msg` is read: a
+// receive's source address comes back in it.)
 #[allow(dead_code)]
 enum Aux {
     None,
     Addr(Box<SockAddr>),
     Time(Box<types::Timespec>),
+    Msg(MsgAux),
+}
+
+/// A `recvmsg`/`sendmsg` header with everything it points to except the data
+/// buffer (which the record holds): one `iovec`, and the socket address.
+struct MsgHdr {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    /// `send_to`: the destination. `recv_from`: zeroed, for the kernel to write
+    /// the source address into.
+    name: SockAddrStorage,
+}
+
+/// Owns a heap-allocated [`MsgHdr`] at a fixed address, from `build_sqe` until
+/// the record is dropped at reap time.
+///
+/// It is held through a raw pointer rather than a `Box` because the kernel
+/// *writes* into it (a receive's `msg_namelen`, `msg_flags` and address) while
+/// the record moves about the table; a `Box` asserts exclusive access to its
+/// contents every time it is moved, which those writes would contradict. Only
+/// `Drop` and [`MsgAux::source`] (after the CQE) touch the contents.
+struct MsgAux(NonNull<MsgHdr>);
+
+// SAFETY: a `MsgAux` owns its allocation outright, like a `Box`. The raw pointers
+// inside the header point only into that same allocation and into the record's
+// data buffer, which moves between threads together with it (both are in the
+// same record, under the driver's mutex); nothing in them is tied to a thread.
+unsafe impl Send for MsgAux {}
+
+impl MsgAux {
+    /// A header for one buffer of `len` bytes at `data`, and the address `name`
+    /// (`name_len` bytes of it are meaningful: the destination's length for a
+    /// send, the whole storage for a receive).
+    fn new(data: *mut u8, len: usize, name: SockAddrStorage, name_len: socklen_t) -> MsgAux {
+        // SAFETY: msghdr and iovec are plain C structs of pointers and integers;
+        // all zeroes (null pointers, zero lengths) is a valid value of each.
+        let (hdr, iov) = unsafe { std::mem::zeroed() };
+        let ptr = Box::into_raw(Box::new(MsgHdr { hdr, iov, name }));
+        // SAFETY: `ptr` comes from `Box::into_raw` just above: valid, aligned,
+        // and not yet seen by anyone else (the kernel sees it only once the SQE
+        // built from it is pushed). The self-pointers are taken from `ptr`
+        // itself, with no intermediate reference, so they stay valid for as
+        // long as the allocation does.
+        unsafe {
+            (*ptr).iov.iov_base = data.cast();
+            (*ptr).iov.iov_len = len;
+            (*ptr).hdr.msg_iov = &raw mut (*ptr).iov;
+            (*ptr).hdr.msg_iovlen = 1;
+            (*ptr).hdr.msg_name = (&raw mut (*ptr).name).cast();
+            (*ptr).hdr.msg_namelen = name_len;
+        }
+        // SAFETY: `Box::into_raw` never returns null.
+        MsgAux(unsafe { NonNull::new_unchecked(ptr) })
+    }
+
+    fn hdr(&self) -> *mut libc::msghdr {
+        // SAFETY: `hdr` is a field of the live allocation this owns; only its
+        // address is computed, no reference is created and nothing is read.
+        unsafe { &raw mut (*self.0.as_ptr()).hdr }
+    }
+
+    /// A completed receive's source address. Call only once the operation's CQE
+    /// has been reaped: the kernel writes the address and its length until then.
+    fn source(&self) -> Option<Box<SockAddr>> {
+        let p = self.0.as_ptr();
+        // SAFETY: the CQE has been reaped (the caller's promise), so the kernel
+        // has finished writing into the header and nobody else touches it. The
+        // storage is plain bytes (no `Drop`, no ownership), so a bitwise copy
+        // is an independent, valid value.
+        let (name, len) = unsafe { (std::ptr::read(&raw const (*p).name), (*p).hdr.msg_namelen) };
+        raw_addr(name, len)
+    }
+}
+
+impl Drop for MsgAux {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::into_raw` in `new` and is freed only
+        // here, once; the record (and so this) is dropped only after its CQE was
+        // reaped, or never submitted.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+impl std::fmt::Debug for MsgAux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgAux").field("at", &self.0).finish()
+    }
 }
 
 #[derive(Debug)]
@@ -76,7 +170,7 @@ struct Record {
     key: u64,
     user_data: u64,
     buf: Option<Vec<u8>>,
-    _aux: Aux,
+    aux: Aux,
 }
 
 #[derive(Debug)]
@@ -181,7 +275,7 @@ impl Driver {
                 key,
                 user_data,
                 buf,
-                _aux: aux,
+                aux,
             });
             self.push_locked(&sqe.user_data(id.0));
             drop(inner);
@@ -384,6 +478,11 @@ impl Inner {
             tracing::error!("CQE for unknown operation {:#x}", id.0);
             return None;
         };
+        let addr = match &rec.aux {
+            // The CQE is in hand: the kernel is done with the header.
+            Aux::Msg(m) if rec.kind == OpKind::RecvFrom && res >= 0 => m.source(),
+            _ => None,
+        };
         Some(Completion::from_raw(
             id,
             rec.kind,
@@ -391,11 +490,17 @@ impl Inner {
             rec.user_data,
             res,
             rec.buf,
+            addr,
         ))
     }
 }
 
 /// Fails if the kernel lacks an opcode ringport needs (then `auto` falls back).
+///
+/// `RECVMSG`/`SENDMSG` (Linux 5.3) are required rather than probed per
+/// operation: every kernel with `IORING_FEAT_EXT_ARG` (5.11), which the driver
+/// already requires, has them, so the check can only fail on a kernel built or
+/// filtered to lack them — and then epoll serves datagrams too.
 fn check_required_ops(ring: &IoUring) -> io::Result<()> {
     let mut probe = io_uring::Probe::new();
     ring.submitter().register_probe(&mut probe)?;
@@ -406,6 +511,8 @@ fn check_required_ops(ring: &IoUring) -> io::Result<()> {
         ("FSYNC", opcode::Fsync::CODE),
         ("RECV", opcode::Recv::CODE),
         ("SEND", opcode::Send::CODE),
+        ("RECVMSG", opcode::RecvMsg::CODE),
+        ("SENDMSG", opcode::SendMsg::CODE),
         ("ACCEPT", opcode::Accept::CODE),
         ("CONNECT", opcode::Connect::CODE),
         ("CLOSE", opcode::Close::CODE),
@@ -469,6 +576,32 @@ fn build_sqe(body: OpBody) -> (squeue::Entry, Option<Vec<u8>>, Aux) {
             let ptr = unsafe { buf.as_ptr().add(pos) };
             let sqe = opcode::Send::new(Fd(fd), ptr, len).flags(flags).build();
             (sqe, Some(buf), Aux::None)
+        }
+        OpBody::RecvFrom {
+            fd, mut buf, flags, ..
+        } => {
+            let name = SockAddrStorage::zeroed();
+            let name_len = name.size_of();
+            let msg = MsgAux::new(buf.as_mut_ptr(), buf.capacity(), name, name_len);
+            let sqe = opcode::RecvMsg::new(Fd(fd), msg.hdr())
+                .flags(flags as u32)
+                .build();
+            (sqe, Some(buf), Aux::Msg(msg))
+        }
+        OpBody::SendTo {
+            fd,
+            mut buf,
+            addr,
+            flags,
+        } => {
+            let name_len = addr.len();
+            // The kernel only reads through the iovec of a send; the pointer is
+            // `*mut` because `iovec` has one field for both directions.
+            let msg = MsgAux::new(buf.as_mut_ptr(), buf.len(), (*addr).as_storage(), name_len);
+            let sqe = opcode::SendMsg::new(Fd(fd), msg.hdr())
+                .flags(flags as u32)
+                .build();
+            (sqe, Some(buf), Aux::Msg(msg))
         }
         OpBody::Accept { fd } => {
             let sqe = opcode::Accept::new(Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())

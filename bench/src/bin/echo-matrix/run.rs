@@ -21,6 +21,10 @@ pub enum ServerKind {
     RingportUring,
     /// `ringport echo --backend epoll`.
     RingportEpoll,
+    /// `ringport echo --async --backend uring` (the async face).
+    RingportAsync,
+    /// `ringport echo --async --backend epoll`.
+    RingportAsyncEpoll,
     /// `peer-echo --server tokio-mt`.
     TokioMt,
     /// `peer-echo --server tokio-ct`.
@@ -34,6 +38,8 @@ impl ServerKind {
         match self {
             ServerKind::RingportUring => "ringport-uring",
             ServerKind::RingportEpoll => "ringport-epoll",
+            ServerKind::RingportAsync => "ringport-async",
+            ServerKind::RingportAsyncEpoll => "ringport-async-epoll",
             ServerKind::TokioMt => "tokio-mt",
             ServerKind::TokioCt => "tokio-ct",
             ServerKind::EpollTpc => "epoll-tpc",
@@ -41,7 +47,13 @@ impl ServerKind {
     }
 
     pub fn is_ringport(self) -> bool {
-        matches!(self, ServerKind::RingportUring | ServerKind::RingportEpoll)
+        matches!(
+            self,
+            ServerKind::RingportUring
+                | ServerKind::RingportEpoll
+                | ServerKind::RingportAsync
+                | ServerKind::RingportAsyncEpoll
+        )
     }
 }
 
@@ -450,14 +462,22 @@ fn server_argv(tools: &Tools, spec: &Spec, port: u16) -> Vec<String> {
     }
     let listen = format!("127.0.0.1:{port}");
     match spec.server {
-        ServerKind::RingportUring | ServerKind::RingportEpoll => {
-            let backend = if spec.server == ServerKind::RingportUring {
-                "uring"
-            } else {
-                "epoll"
+        ServerKind::RingportUring
+        | ServerKind::RingportEpoll
+        | ServerKind::RingportAsync
+        | ServerKind::RingportAsyncEpoll => {
+            let backend = match spec.server {
+                ServerKind::RingportUring | ServerKind::RingportAsync => "uring",
+                _ => "epoll",
             };
             argv.push(tools.ringport.display().to_string());
             argv.extend(["echo", "--listen", &listen, "--backend", backend].map(String::from));
+            if matches!(
+                spec.server,
+                ServerKind::RingportAsync | ServerKind::RingportAsyncEpoll
+            ) {
+                argv.push("--async".into());
+            }
             argv.extend(tools.ringport_args.iter().cloned());
         }
         other => {

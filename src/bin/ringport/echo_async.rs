@@ -1,0 +1,101 @@
+//! `ringport echo --async`: the same echo server written as ordinary async Rust
+//! on [`ringport::Runtime`] — one task per connection, `read` then `write_all`
+//! with the connection's own buffer — to measure what the async face costs over
+//! raw completions (`echo.rs`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use ringport::net::{TcpListener, TcpStream};
+use ringport::Runtime;
+
+use crate::echo::{spin, EchoArgs};
+use crate::signals;
+
+#[derive(Debug, Default)]
+struct Counts {
+    accepted: AtomicU64,
+    closed: AtomicU64,
+}
+
+pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    signals::block()?;
+    let mut b = Runtime::builder()
+        .threads(args.threads)
+        .concurrency(args.concurrency);
+    if let Some(backend) = args.backend {
+        b = b.backend(backend);
+    }
+    let rt = b.build()?;
+    let listener = rt
+        .block_on(async { TcpListener::bind(args.listen) })
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener.local_addr()?;
+    let listener = Arc::new(listener);
+    let counts = Arc::new(Counts::default());
+    let spin_for = Duration::from_micros(args.spin_us);
+    for _ in 0..args.accepts.max(1) {
+        let l = listener.clone();
+        let counts = counts.clone();
+        let buf_size = args.buf_size;
+        rt.spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        counts.accepted.fetch_add(1, Ordering::Relaxed);
+                        let counts = counts.clone();
+                        ringport::spawn(async move {
+                            serve(s, buf_size, spin_for).await;
+                            counts.closed.fetch_add(1, Ordering::Relaxed);
+                        });
+                    }
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                        tracing::warn!("accept: {e}; backing off 10 ms");
+                        ringport::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(e) => tracing::debug!("accept: {e}"),
+                }
+            }
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    signals::on_shutdown(move |sig| {
+        let _ = tx.send(sig);
+    })?;
+    println!(
+        "listening on {local} (async, backend {})",
+        rt.handle().backend()
+    );
+    let sig = rx.recv()?;
+    let open = rt.handle().live_tasks();
+    rt.shutdown();
+    eprintln!(
+        "echo --async: signal {sig}: stopped; {} connections accepted, {} closed by peers, {} tasks cancelled at shutdown",
+        counts.accepted.load(Ordering::Relaxed),
+        counts.closed.load(Ordering::Relaxed),
+        open
+    );
+    Ok(())
+}
+
+async fn serve(s: TcpStream, buf_size: usize, spin_for: Duration) {
+    let _ = s.set_nodelay(true);
+    let mut buf = Vec::with_capacity(buf_size);
+    loop {
+        let (r, b) = s.read(buf).await;
+        match r {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+        if !spin_for.is_zero() && b.first() == Some(&b'!') {
+            spin(spin_for);
+        }
+        let (r, mut b) = s.write_all(b).await;
+        if r.is_err() {
+            return;
+        }
+        b.clear();
+        buf = b;
+    }
+}

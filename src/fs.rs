@@ -1,0 +1,265 @@
+//! Files on the port: [`File`] and [`OpenOptions`].
+//!
+//! Reads and writes are positional port operations (io_uring `READ`/`WRITE`; on
+//! epoll, the backend's file threads) taking owned buffers. Opening (a path
+//! lookup that may block on storage) runs on the runtime's blocking threads.
+//! `File` also keeps a cursor for the sequential helpers
+//! ([`read_to_end`](File::read_to_end), [`write_all`](File::write_all)).
+//!
+//! ```
+//! use ringport::fs::File;
+//! let rt = ringport::Runtime::new()?;
+//! let path = std::env::temp_dir().join(format!("ringport-fs-doc-{}", std::process::id()));
+//! let p = path.clone();
+//! rt.block_on(async move {
+//!     let f = File::create(&p).await?;
+//!     f.write_all(b"hello, file".to_vec()).await.0?;
+//!     f.sync_all().await?;
+//!     let f = File::open(&p).await?;
+//!     let (n, buf) = f.read_at(Vec::with_capacity(4), 7).await;
+//!     assert_eq!(&buf[..n?], b"file");
+//!     let (all, _) = f.read_to_end(Vec::new()).await;
+//!     assert_eq!(all?, 11);
+//!     assert_eq!(f.metadata().await?.len(), 11);
+//!     Ok::<(), std::io::Error>(())
+//! })?;
+//! std::fs::remove_file(&path)?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::fmt;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::net::core::Core;
+use crate::op::Op;
+use crate::rt::Handle;
+
+/// How to open a file (the same choices as `std::fs::OpenOptions`).
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    std: std::fs::OpenOptions,
+    append: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OpenOptions {
+    /// Nothing set: pick at least one of read, write or append.
+    pub fn new() -> Self {
+        OpenOptions {
+            std: std::fs::OpenOptions::new(),
+            append: false,
+        }
+    }
+
+    /// Open for reading.
+    pub fn read(&mut self, on: bool) -> &mut Self {
+        self.std.read(on);
+        self
+    }
+
+    /// Open for writing.
+    pub fn write(&mut self, on: bool) -> &mut Self {
+        self.std.write(on);
+        self
+    }
+
+    /// Writes through the cursor start at the end of the file.
+    pub fn append(&mut self, on: bool) -> &mut Self {
+        self.std.write(on || self.append);
+        self.append = on;
+        self
+    }
+
+    /// Truncate to 0 bytes.
+    pub fn truncate(&mut self, on: bool) -> &mut Self {
+        self.std.truncate(on);
+        self
+    }
+
+    /// Create if missing.
+    pub fn create(&mut self, on: bool) -> &mut Self {
+        self.std.create(on);
+        self
+    }
+
+    /// Create, failing if it exists.
+    pub fn create_new(&mut self, on: bool) -> &mut Self {
+        self.std.create_new(on);
+        self
+    }
+
+    /// Opens `path` on the current runtime.
+    pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
+        let rt = Handle::current()?;
+        let opts = self.std.clone();
+        let path = path.as_ref().to_path_buf();
+        let f = rt.spawn_blocking(move || opts.open(path)).await??;
+        let start = if self.append { f.metadata()?.len() } else { 0 };
+        Ok(File {
+            core: Core::new(rt, OwnedFd::from(f))?,
+            cursor: AtomicU64::new(start),
+        })
+    }
+}
+
+/// An open file.
+pub struct File {
+    core: Arc<Core>,
+    cursor: AtomicU64,
+}
+
+impl fmt::Debug for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("File")
+            .field("fd", &self.core.fd)
+            .field("cursor", &self.cursor.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl File {
+    /// Opens for reading.
+    pub async fn open(path: impl AsRef<Path>) -> io::Result<File> {
+        OpenOptions::new().read(true).open(path).await
+    }
+
+    /// Opens for writing, creating or truncating.
+    pub async fn create(path: impl AsRef<Path>) -> io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .await
+    }
+
+    /// Takes over a file opened elsewhere.
+    pub fn from_std(f: std::fs::File) -> io::Result<File> {
+        Ok(File {
+            core: Core::new(Handle::current()?, OwnedFd::from(f))?,
+            cursor: AtomicU64::new(0),
+        })
+    }
+
+    /// Reads into `buf`'s capacity from `offset`; the buffer comes back with
+    /// `len()` = the bytes read (0 at or past the end).
+    pub async fn read_at(&self, buf: Vec<u8>, offset: u64) -> (io::Result<usize>, Vec<u8>) {
+        match self.core.run(Op::read_at(&self.core.fd, buf, offset)).await {
+            Ok(c) => (c.result, c.buf.unwrap_or_default()),
+            Err(e) => (Err(e), Vec::new()),
+        }
+    }
+
+    /// Writes `buf` at `offset` once; returns the count written (possibly short).
+    pub async fn write_at(&self, buf: Vec<u8>, offset: u64) -> (io::Result<usize>, Vec<u8>) {
+        match self
+            .core
+            .run(Op::write_at(&self.core.fd, buf, offset))
+            .await
+        {
+            Ok(c) => (c.result, c.buf.unwrap_or_default()),
+            Err(e) => (Err(e), Vec::new()),
+        }
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub async fn write_all_at(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
+        let mut pos = 0usize;
+        let mut buf = buf;
+        while pos < buf.len() {
+            let op = Op::write_at_from(&self.core.fd, buf, pos, offset + pos as u64);
+            let c = match self.core.run(op).await {
+                Ok(c) => c,
+                Err(e) => return (Err(e), Vec::new()),
+            };
+            buf = c.buf.unwrap_or_default();
+            match c.result {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(n) => pos += n,
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Writes all of `buf` at the cursor and moves it past them.
+    pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let at = self.cursor.load(Ordering::Acquire);
+        let len = buf.len() as u64;
+        let r = self.write_all_at(buf, at).await;
+        if r.0.is_ok() {
+            self.cursor.store(at + len, Ordering::Release);
+        }
+        r
+    }
+
+    /// Reads from the cursor to the end of the file, appending to `buf`; returns
+    /// the count read and moves the cursor past it.
+    pub async fn read_to_end(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let mut out = buf;
+        let start = self.cursor.load(Ordering::Acquire);
+        let mut at = start;
+        let mut chunk = Vec::with_capacity(64 * 1024);
+        loop {
+            let (r, b) = self.read_at(chunk, at).await;
+            match r {
+                Ok(0) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&b[..n]);
+                    at += n as u64;
+                    chunk = b;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => chunk = b,
+                Err(e) => {
+                    self.cursor.store(at, Ordering::Release);
+                    return (Err(e), out);
+                }
+            }
+        }
+        self.cursor.store(at, Ordering::Release);
+        (Ok((at - start) as usize), out)
+    }
+
+    /// Moves the cursor.
+    pub fn seek_to(&self, pos: u64) {
+        self.cursor.store(pos, Ordering::Release);
+    }
+
+    /// Flushes data and metadata to storage.
+    pub async fn sync_all(&self) -> io::Result<()> {
+        self.core
+            .run(Op::fsync(&self.core.fd))
+            .await?
+            .result
+            .map(drop)
+    }
+
+    /// Flushes data to storage.
+    pub async fn sync_data(&self) -> io::Result<()> {
+        self.core
+            .run(Op::fdatasync(&self.core.fd))
+            .await?
+            .result
+            .map(drop)
+    }
+
+    /// The file's metadata (`fstat`; a quick call on an open file).
+    pub async fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        std::fs::File::from(self.core.fd.try_clone()?).metadata()
+    }
+}
+
+impl std::os::fd::AsFd for File {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.core.fd)
+    }
+}

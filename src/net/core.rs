@@ -1,0 +1,348 @@
+//! What every async handle is made of: its descriptor, associated with the
+//! runtime's port, plus (for streams) the read and write state shared by the
+//! owned-buffer API and the `futures-io` traits.
+//!
+//! ## Reads lose nothing
+//!
+//! A read future dropped while its receive is in flight (a `select`, a timeout,
+//! an abort) asks the port to cancel the receive, but does not throw it away: the
+//! in-flight receive moves to the stream's `pending` list. If the cancel wins, it
+//! completes with `ECANCELED` and is forgotten. If the kernel had already received
+//! data into it, those bytes are kept (`stash`) and the **next read on the stream
+//! returns them first**; an end-of-stream or an error it met is likewise reported
+//! by the next read. So dropping a read never loses or reorders stream bytes. A
+//! new receive is only submitted once `pending` is empty and the stash is drained.
+//!
+//! ## Writes
+//!
+//! A dropped write future cancels its send; some of its bytes may already have
+//! been sent (a stream cannot take them back), so after dropping a write the
+//! caller does not know how much of it went out. The `AsyncWrite` impl writes
+//! behind: `poll_write` copies the bytes into the stream's own buffer, starts the
+//! send and returns at once; the next `poll_write`/`poll_flush` waits for it
+//! (resubmitting the rest of a short send) and reports its error, if any. Flush
+//! before dropping: a send still in flight when the stream is dropped is allowed
+//! to finish (not cancelled), and the descriptor is closed after it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+
+use crate::completion::Completion;
+use crate::op::Op;
+use crate::rt::op::{Hold, OpFuture};
+use crate::rt::{Handle, IO_KEY};
+use crate::sync::lock;
+
+/// Largest receive `poll_read` asks the kernel for, and largest write-behind copy.
+const IO_CHUNK: usize = 64 * 1024;
+
+/// A descriptor associated with a runtime's port. Dropping the last reference
+/// (the handle, and every operation still in flight on it) ends the association
+/// and closes the descriptor.
+pub(crate) struct Core {
+    pub(crate) fd: OwnedFd,
+    pub(crate) rt: Handle,
+    read: Mutex<ReadState>,
+    write: Mutex<WriteState>,
+}
+
+#[derive(Default)]
+struct ReadState {
+    /// Bytes received but not yet returned (from a dropped read or a larger
+    /// internal receive); `stash[pos..]` is unread.
+    stash: Vec<u8>,
+    pos: usize,
+    /// An end-of-stream or error a dropped read met, for the next reader.
+    outcome: Option<io::Result<()>>,
+    /// Receives in flight that no future owns any more, oldest first.
+    pending: VecDeque<OpFuture>,
+}
+
+#[derive(Default)]
+struct WriteState {
+    /// The write-behind send in flight, and the position it was sent from.
+    op: Option<OpFuture>,
+    pos: usize,
+    /// A spare buffer for the next write-behind copy.
+    spare: Vec<u8>,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core").field("fd", &self.fd).finish()
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // The last reference: no operation is in flight on the descriptor any
+        // more. End the association before the descriptor closes (the field drop
+        // after this), so its number, when reused, is not mistaken for it.
+        let _ = self.rt.shared.port.disassociate(&self.fd);
+    }
+}
+
+impl AsFd for Core {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Core {
+    /// Associates `fd` with the runtime's port.
+    pub(crate) fn new(rt: Handle, fd: OwnedFd) -> io::Result<Arc<Core>> {
+        rt.shared.port.associate(&fd, IO_KEY)?;
+        Ok(Arc::new(Core {
+            fd,
+            rt,
+            read: Mutex::new(ReadState::default()),
+            write: Mutex::new(WriteState::default()),
+        }))
+    }
+
+    /// An operation on this descriptor, keeping it open until the kernel is done.
+    pub(crate) fn op(self: &Arc<Self>, op: Op) -> OpFuture {
+        let hold: Hold = self.clone();
+        OpFuture::new(self.rt.shared.clone(), op, Some(hold))
+    }
+
+    /// Runs `op` and returns its completion.
+    pub(crate) async fn run(self: &Arc<Self>, op: Op) -> io::Result<Completion> {
+        self.op(op).await
+    }
+
+    /// Called when the user's handle is dropped: receives nobody will read are
+    /// cancelled; a write-behind send is let finish.
+    pub(crate) fn release(&self) {
+        let pending = std::mem::take(&mut lock(&self.read).pending);
+        drop(pending); // each detaches: cancelled, completion dropped
+        if let Some(mut op) = lock(&self.write).op.take() {
+            op.forget();
+        }
+    }
+
+    /// Takes what a dropped read left for the next reader into `buf`'s capacity.
+    /// `None`: nothing left, submit a receive.
+    fn take_left(st: &mut ReadState, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        if st.pos < st.stash.len() {
+            let n = buf.capacity().min(st.stash.len() - st.pos);
+            buf.clear();
+            buf.extend_from_slice(&st.stash[st.pos..st.pos + n]);
+            st.pos += n;
+            if st.pos == st.stash.len() {
+                st.stash.clear();
+                st.pos = 0;
+            }
+            return Some(Ok(n));
+        }
+        st.outcome.take().map(|r| r.map(|()| 0))
+    }
+
+    /// Waits for the orphaned receives, folding their data into the stash.
+    fn poll_pending(st: &mut ReadState, cx: &mut Context<'_>) -> Poll<()> {
+        while let Some(front) = st.pending.front_mut() {
+            let r = ready!(front.poll_op(cx));
+            st.pending.pop_front();
+            Self::absorb(st, r);
+        }
+        Poll::Ready(())
+    }
+
+    fn absorb(st: &mut ReadState, r: io::Result<Completion>) {
+        let c = match r {
+            Ok(c) => c,
+            Err(e) => {
+                st.outcome.get_or_insert(Err(e));
+                return;
+            }
+        };
+        match c.result {
+            Ok(0) => {
+                st.outcome.get_or_insert(Ok(()));
+            }
+            Ok(_) => {
+                let data = c.buf.unwrap_or_default();
+                if st.pos == st.stash.len() {
+                    st.stash = data;
+                    st.pos = 0;
+                } else {
+                    st.stash.extend_from_slice(&data);
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+            Err(e) => {
+                st.outcome.get_or_insert(Err(e));
+            }
+        }
+    }
+
+    /// One owned-buffer read step: leftovers first, else start a receive.
+    fn poll_read_owned(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        buf: &mut Option<Vec<u8>>,
+        op: &mut Option<OpFuture>,
+    ) -> Poll<(io::Result<usize>, Vec<u8>)> {
+        if op.is_none() {
+            let b = buf.as_mut().expect("read polled after completion");
+            if b.capacity() == 0 {
+                return Poll::Ready((Ok(0), buf.take().unwrap_or_default()));
+            }
+            let mut st = lock(&self.read);
+            ready!(Self::poll_pending(&mut st, cx));
+            if let Some(r) = Self::take_left(&mut st, b) {
+                return Poll::Ready((r, buf.take().unwrap_or_default()));
+            }
+            drop(st);
+            let b = buf.take().unwrap_or_default();
+            *op = Some(self.op(Op::recv(&self.fd, b)));
+        }
+        let r = ready!(op.as_mut().expect("set above").poll_op(cx));
+        *op = None;
+        Poll::Ready(match r {
+            Ok(c) => (c.result, c.buf.unwrap_or_default()),
+            Err(e) => (Err(e), Vec::new()),
+        })
+    }
+
+    /// A read future dropped with its receive in flight: cancel it, keep it.
+    fn orphan_read(&self, mut op: OpFuture) {
+        op.cancel();
+        lock(&self.read).pending.push_back(op);
+    }
+
+    /// `AsyncRead`: leftovers first, else a receive the stream owns.
+    pub(crate) fn poll_read_into(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        dst: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if dst.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut st = lock(&self.read);
+        loop {
+            ready!(Self::poll_pending(&mut st, cx));
+            if st.pos < st.stash.len() {
+                let n = dst.len().min(st.stash.len() - st.pos);
+                dst[..n].copy_from_slice(&st.stash[st.pos..st.pos + n]);
+                st.pos += n;
+                if st.pos == st.stash.len() {
+                    st.stash.clear();
+                    st.pos = 0;
+                }
+                return Poll::Ready(Ok(n));
+            }
+            if let Some(r) = st.outcome.take() {
+                return Poll::Ready(r.map(|()| 0));
+            }
+            let want = dst.len().clamp(4096, IO_CHUNK);
+            let buf = if st.stash.capacity() >= want {
+                std::mem::take(&mut st.stash)
+            } else {
+                Vec::with_capacity(want)
+            };
+            let op = self.op(Op::recv(&self.fd, buf));
+            st.pending.push_back(op);
+        }
+    }
+
+    /// `AsyncWrite::poll_write`: waits for the previous write-behind send, then
+    /// copies `src` and starts the next.
+    pub(crate) fn poll_write_from(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        src: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut st = lock(&self.write);
+        ready!(self.poll_write_done(&mut st, cx))?;
+        if src.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = src.len().min(IO_CHUNK);
+        let mut buf = std::mem::take(&mut st.spare);
+        buf.clear();
+        buf.extend_from_slice(&src[..n]);
+        let mut op = self.op(Op::send(&self.fd, buf));
+        op.start(cx);
+        st.op = Some(op);
+        st.pos = 0;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Waits until no write-behind send is in flight.
+    pub(crate) fn poll_flush_writes(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = lock(&self.write);
+        self.poll_write_done(&mut st, cx)
+    }
+
+    fn poll_write_done(
+        self: &Arc<Self>,
+        st: &mut WriteState,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while let Some(op) = st.op.as_mut() {
+            let r = ready!(op.poll_op(cx));
+            st.op = None;
+            let c = r?;
+            let buf = c.buf.unwrap_or_default();
+            let end = st.pos + c.result?;
+            if end < buf.len() {
+                // Short send: the rest goes next, from the same buffer.
+                let mut next = self.op(Op::send_from(&self.fd, buf, end));
+                next.start(cx);
+                st.op = Some(next);
+                st.pos = end;
+            } else {
+                st.spare = buf;
+                st.pos = 0;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// An owned-buffer read on a stream: the future `TcpStream::read` and
+/// `UnixStream::read` return.
+pub(crate) struct ReadFuture {
+    core: Arc<Core>,
+    buf: Option<Vec<u8>>,
+    op: Option<OpFuture>,
+}
+
+impl ReadFuture {
+    pub(crate) fn new(core: Arc<Core>, buf: Vec<u8>) -> Self {
+        ReadFuture {
+            core,
+            buf: Some(buf),
+            op: None,
+        }
+    }
+}
+
+impl std::future::Future for ReadFuture {
+    type Output = (io::Result<usize>, Vec<u8>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.core.poll_read_owned(cx, &mut this.buf, &mut this.op)
+    }
+}
+
+impl Drop for ReadFuture {
+    fn drop(&mut self) {
+        if let Some(op) = self.op.take() {
+            if op.in_flight() {
+                self.core.orphan_read(op);
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The API every byte stream shares (TCP and Unix), generated for each type by
+//! `stream_api!`: owned-buffer `read`/`write`/`write_all`, `shutdown`, the
+//! `futures-io` traits, and the drop rule (see `core.rs`).
+
+use std::io;
+use std::net::Shutdown;
+use std::sync::Arc;
+
+use super::core::Core;
+use crate::op::Op;
+
+/// Writes all of `buf`, resubmitting after short sends.
+pub(crate) async fn write_all(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    let mut pos = 0;
+    let mut buf = buf;
+    while pos < buf.len() {
+        let c = match core.run(Op::send_from(&core.fd, buf, pos)).await {
+            Ok(c) => c,
+            Err(e) => return (Err(e), Vec::new()),
+        };
+        buf = c.buf.unwrap_or_default();
+        match c.result {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+            Ok(n) => pos += n,
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+/// Sends once from `buf[0..]`.
+pub(crate) async fn write(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    match core.run(Op::send(&core.fd, buf)).await {
+        Ok(c) => (c.result, c.buf.unwrap_or_default()),
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
+pub(crate) fn shutdown(core: &Core, how: Shutdown) -> io::Result<()> {
+    socket2::SockRef::from(&core.fd).shutdown(how)
+}
+
+macro_rules! stream_api {
+    ($t:ident) => {
+        impl $t {
+            /// Receives into `buf`'s capacity; returns the count (0 = the peer
+            /// closed its side, or `buf` has no capacity) and the buffer, whose
+            /// `len()` is the count. Bytes a dropped read had received come first.
+            pub async fn read(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+                $crate::net::core::ReadFuture::new(self.core.clone(), buf).await
+            }
+
+            /// Sends once from `buf`; returns the count sent (possibly short).
+            pub async fn write(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+                $crate::net::stream::write(&self.core, buf).await
+            }
+
+            /// Sends all of `buf`.
+            pub async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+                $crate::net::stream::write_all(&self.core, buf).await
+            }
+
+            /// Shuts down the read side, the write side, or both.
+            pub fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+                $crate::net::stream::shutdown(&self.core, how)
+            }
+        }
+
+        impl std::os::fd::AsFd for $t {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(&self.core.fd)
+            }
+        }
+
+        impl std::os::fd::AsRawFd for $t {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(&self.core.fd)
+            }
+        }
+
+        impl Drop for $t {
+            fn drop(&mut self) {
+                self.core.release();
+            }
+        }
+
+        impl futures_io::AsyncRead for $t {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.core.poll_read_into(cx, buf)
+            }
+        }
+
+        impl futures_io::AsyncWrite for $t {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.core.poll_write_from(cx, buf)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                self.core.poll_flush_writes(cx)
+            }
+
+            fn poll_close(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::ready!(self.core.poll_flush_writes(cx))?;
+                match $crate::net::stream::shutdown(&self.core, std::net::Shutdown::Write) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotConnected => {
+                        std::task::Poll::Ready(Err(e))
+                    }
+                    _ => std::task::Poll::Ready(Ok(())),
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use stream_api;

@@ -1,0 +1,163 @@
+//! TCP: [`TcpListener`] and [`TcpStream`].
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+
+use super::core::Core;
+use super::stream::stream_api;
+use crate::op::Op;
+use crate::rt::Handle;
+
+/// Resolves `addr` (a name lookup may block: it is made under a blocking hint).
+pub(crate) fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
+    let v: Vec<SocketAddr> = crate::blocking(|| addr.to_socket_addrs())?.collect();
+    if v.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        ));
+    }
+    Ok(v)
+}
+
+/// A listening TCP socket.
+pub struct TcpListener {
+    core: Arc<Core>,
+}
+
+impl fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("local", &self.local_addr().ok())
+            .finish()
+    }
+}
+
+impl TcpListener {
+    /// Binds (with `SO_REUSEADDR`) and listens (backlog 1024) on the first address
+    /// `addr` resolves to that works.
+    pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        let rt = Handle::current()?;
+        let mut last = None;
+        for a in resolve(addr)? {
+            let s = Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            match s.bind(&a.into()).and_then(|()| s.listen(1024)) {
+                Ok(()) => {
+                    return Ok(TcpListener {
+                        core: Core::new(rt, OwnedFd::from(s))?,
+                    })
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no address to bind")))
+    }
+
+    /// Takes over a listening socket made elsewhere (e.g. with `socket2`).
+    pub fn from_std(l: std::net::TcpListener) -> io::Result<TcpListener> {
+        Ok(TcpListener {
+            core: Core::new(Handle::current()?, OwnedFd::from(l))?,
+        })
+    }
+
+    /// Waits for a connection. Dropping the future cancels the accept; a
+    /// connection accepted anyway is closed, never leaked.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let mut c = self.core.run(Op::accept(&self.core.fd)).await?;
+        let fd = c.take_fd();
+        c.result?;
+        let fd = fd.ok_or_else(|| io::Error::other("accept completed without a socket"))?;
+        let peer = SockRef::from(&fd)
+            .peer_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("accepted a non-IP socket"))?;
+        Ok((TcpStream::from_fd(self.core.rt.clone(), fd)?, peer))
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        sock_addr(SockRef::from(&self.core.fd).local_addr()?)
+    }
+}
+
+impl std::os::fd::AsFd for TcpListener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.core.fd)
+    }
+}
+
+pub(crate) fn sock_addr(a: SockAddr) -> io::Result<SocketAddr> {
+    a.as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP address"))
+}
+
+/// A connected TCP stream.
+pub struct TcpStream {
+    core: Arc<Core>,
+}
+
+impl fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("local", &self.local_addr().ok())
+            .field("peer", &self.peer_addr().ok())
+            .finish()
+    }
+}
+
+stream_api!(TcpStream);
+
+impl TcpStream {
+    pub(crate) fn from_fd(rt: Handle, fd: OwnedFd) -> io::Result<TcpStream> {
+        Ok(TcpStream {
+            core: Core::new(rt, fd)?,
+        })
+    }
+
+    /// Connects to the first address `addr` resolves to that accepts.
+    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        let rt = Handle::current()?;
+        let mut last = None;
+        for a in resolve(addr)? {
+            match Self::connect_one(rt.clone(), a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no address to connect to")))
+    }
+
+    async fn connect_one(rt: Handle, a: SocketAddr) -> io::Result<TcpStream> {
+        let s = Socket::new(Domain::for_address(a), Type::STREAM, Some(Protocol::TCP))?;
+        let stream = TcpStream::from_fd(rt, OwnedFd::from(s))?;
+        let c = stream.core.run(Op::connect(&stream.core.fd, a)).await?;
+        c.result?;
+        Ok(stream)
+    }
+
+    /// Takes over a connected socket made elsewhere.
+    pub fn from_std(s: std::net::TcpStream) -> io::Result<TcpStream> {
+        TcpStream::from_fd(Handle::current()?, OwnedFd::from(s))
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        sock_addr(SockRef::from(&self.core.fd).local_addr()?)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        sock_addr(SockRef::from(&self.core.fd).peer_addr()?)
+    }
+
+    /// Sets `TCP_NODELAY`.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        SockRef::from(&self.core.fd).set_tcp_nodelay(on)
+    }
+}
