@@ -33,6 +33,7 @@
 mod blocking;
 pub(crate) mod op;
 mod registry;
+mod state;
 mod task;
 
 use std::cell::{Cell, RefCell};
@@ -53,7 +54,7 @@ use crate::port::CompletionPort;
 use crate::sync::lock;
 use crate::sys::{BackendChoice, BackendKind};
 
-pub use task::{JoinError, JoinHandle};
+pub use task::{Cancelled, JoinError, JoinHandle};
 
 use blocking::BlockingPool;
 use op::OpState;

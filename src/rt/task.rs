@@ -8,43 +8,26 @@
 //! worker while that worker handles a completion skips the queue: it goes to the
 //! worker's "next" slot and runs as soon as the handler returns (see `mod.rs`).
 //!
-//! ## The state machine (`Task::state`)
-//!
-//! ```text
-//!   IDLE --wake--> SCHEDULED --run--> RUNNING --Pending--> IDLE
-//!                                      |   \--wake--> NOTIFIED --Pending--> SCHEDULED (rescheduled)
-//!                                      \--Ready/abort--> DONE (wakes ignored forever)
-//! ```
-//!
-//! Invariant: exactly one schedule (a packet in the port's queue, or a worker's
-//! next slot) exists for a task in `SCHEDULED`, and none in any other state; only
-//! the holder of that schedule moves `SCHEDULED -> RUNNING`. So a task's future is
-//! polled by one thread at a time, and a wake is never lost: a wake during a poll
-//! sets `NOTIFIED`, which the poller turns into a new schedule.
+//! The run-state machine and its invariant are in `state.rs`.
 
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
+use super::state::RunState;
 use super::Shared;
 use crate::sync::lock;
-
-const IDLE: u8 = 0;
-const SCHEDULED: u8 = 1;
-const RUNNING: u8 = 2;
-const NOTIFIED: u8 = 3;
-const DONE: u8 = 4;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// One spawned future.
 pub(crate) struct Task {
-    state: AtomicU8,
+    state: RunState,
     /// The future; `None` once finished or aborted. Only the thread that moved the
     /// task to `RUNNING` locks it (and shutdown, after every worker stopped), so
     /// the lock is never contended.
@@ -62,7 +45,7 @@ pub(crate) struct Task {
 impl fmt::Debug for Task {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Task")
-            .field("state", &self.state.load(Ordering::Relaxed))
+            .field("state", &self.state)
             .field("key", &self.key.load(Ordering::Relaxed))
             .finish()
     }
@@ -84,7 +67,7 @@ impl Task {
         });
         let j = join.clone();
         let task = Arc::new(Task {
-            state: AtomicU8::new(SCHEDULED),
+            state: RunState::new_scheduled(),
             future: Mutex::new(Some(wrapped)),
             key: AtomicU64::new(0),
             aborted: AtomicBool::new(false),
@@ -112,8 +95,7 @@ impl Task {
     /// Returns true if the task finished.
     pub(crate) fn run(self: Arc<Self>) -> bool {
         let fail = &self.fail;
-        let prev = self.state.swap(RUNNING, Ordering::AcqRel);
-        debug_assert_eq!(prev, SCHEDULED, "a task ran without its schedule");
+        self.state.begin();
         let mut slot = lock(&self.future);
         let done = if self.aborted.load(Ordering::Acquire) {
             drop(slot.take());
@@ -142,18 +124,13 @@ impl Task {
         };
         drop(slot);
         if done {
-            self.state.store(DONE, Ordering::Release);
+            self.state.finish();
             self.shared.tasks.remove(self.key());
             return true;
         }
-        if self
-            .state
-            .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if self.state.end_pending() {
             // Woken while running: schedule again, through the port's queue so a
             // task that keeps waking itself cannot starve the others.
-            self.state.store(SCHEDULED, Ordering::Release);
             let shared = self.shared.clone();
             shared.schedule(self, false);
         }
@@ -163,7 +140,7 @@ impl Task {
     /// Drops the future without running it (runtime shutdown).
     pub(crate) fn cancel_at_shutdown(&self) {
         let fail = &self.fail;
-        self.state.store(DONE, Ordering::Release);
+        self.state.finish();
         let fut = lock(&self.future).take();
         if fut.is_some() {
             let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
@@ -178,22 +155,7 @@ impl Wake for Task {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let mut cur = self.state.load(Ordering::Acquire);
-        loop {
-            let next = match cur {
-                IDLE => SCHEDULED,
-                RUNNING => NOTIFIED,
-                _ => return,
-            };
-            match self
-                .state
-                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => break,
-                Err(now) => cur = now,
-            }
-        }
-        if cur == IDLE {
+        if self.state.wake() {
             self.shared.schedule(self.clone(), true);
         }
     }
@@ -341,6 +303,43 @@ impl<T> JoinHandle<T> {
     pub fn is_finished(&self) -> bool {
         self.join.is_finished()
     }
+
+    /// Cancels the task and waits for the outcome, which is data, as with IOCP's
+    /// `CancelIoEx`: [`Cancelled::Cancelled`] if the cancel won (the future was
+    /// dropped before it finished, and with it the operation it was awaiting), or
+    /// [`Cancelled::Finished`] with its output if it had already finished — so a
+    /// result that raced the cancel is never lost.
+    ///
+    /// ```
+    /// let rt = ringport::Runtime::new()?;
+    /// rt.block_on(async {
+    ///     let slow = ringport::spawn(ringport::time::sleep(std::time::Duration::from_secs(60)));
+    ///     assert!(matches!(slow.cancel().await, ringport::rt::Cancelled::Cancelled));
+    ///     let quick = ringport::spawn(async { 7 });
+    ///     while !quick.is_finished() { ringport::yield_now().await; }
+    ///     assert!(matches!(quick.cancel().await, ringport::rt::Cancelled::Finished(7)));
+    /// });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub async fn cancel(self) -> Cancelled<T> {
+        self.abort();
+        match self.await {
+            Ok(v) => Cancelled::Finished(v),
+            Err(JoinError::Cancelled) => Cancelled::Cancelled,
+            Err(e) => Cancelled::Failed(e),
+        }
+    }
+}
+
+/// The outcome of [`JoinHandle::cancel`].
+#[derive(Debug)]
+pub enum Cancelled<T> {
+    /// The cancel won: the task was dropped before it finished.
+    Cancelled,
+    /// The task had already finished; here is its output.
+    Finished(T),
+    /// The task had already panicked.
+    Failed(JoinError),
 }
 
 impl<T> Future for JoinHandle<T> {
