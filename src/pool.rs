@@ -175,9 +175,12 @@ fn worker(
     handler: &(dyn Fn(&CompletionPort, Completion) + Sync),
     shared: &Shared,
 ) {
+    // One reused vector: `get` would allocate one per completion.
+    let mut got: Vec<Completion> = Vec::with_capacity(1);
     loop {
-        match port.get(None) {
-            Ok(c) => {
+        match port.get_many(&mut got, 1, None).map(|_| got.pop()) {
+            Ok(None) => continue,
+            Ok(Some(c)) => {
                 if catch_unwind(AssertUnwindSafe(|| handler(port, c))).is_err() {
                     shared.panics.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("a completion handler panicked; the worker keeps serving");

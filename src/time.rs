@@ -2,7 +2,11 @@
 //!
 //! A sleep is one port timeout operation (io_uring `IORING_OP_TIMEOUT`; on epoll,
 //! the backend's sorted timer set), submitted when the future is first polled and
-//! cancelled when it is dropped. Durations are measured from that first poll.
+//! cancelled when it is dropped. A duration is measured from when the timer
+//! reaches the kernel: at once from a non-worker thread; from a worker, when it
+//! next hands its batched submissions over (normally as soon as the task yields),
+//! so a sleep never ends early but may end that much late. While the runtime is
+//! at `max_in_flight`, a timer waits for room like any other operation.
 //!
 //! ```
 //! use std::time::{Duration, Instant};

@@ -57,7 +57,7 @@ use crate::sys::{BackendChoice, BackendKind};
 pub use task::{Cancelled, JoinError, JoinHandle};
 
 use blocking::BlockingPool;
-use op::OpState;
+use op::OpSlot;
 use registry::Registry;
 use task::{JoinState, Task};
 
@@ -169,7 +169,7 @@ pub(crate) struct Shared {
     /// shutdown drop them all, whatever the port dropped.
     pub(crate) tasks: Registry<Arc<Task>>,
     /// Every operation in flight (see `op.rs`).
-    pub(crate) ops: Registry<Arc<OpState>>,
+    pub(crate) ops: Registry<OpSlot>,
     /// Futures waiting for room under `max_in_flight`.
     room: Mutex<VecDeque<Waker>>,
     room_waiters: AtomicUsize,
@@ -310,17 +310,20 @@ impl Shared {
         self.room_waiters.store(q.len(), Ordering::Release);
     }
 
+    /// An operation completed: every future waiting for room retries. (All of
+    /// them, not one: a waiter may have been dropped since it registered, and a
+    /// wake given to it would be lost. Waiting for room only happens at
+    /// `max_in_flight`, so the stampede is rare and bounded by the waiters.)
     fn room_freed(&self) {
         if self.room_waiters.load(Ordering::Acquire) == 0 {
             return;
         }
-        let w = {
+        let waiters = {
             let mut q = lock(&self.room);
-            let w = q.pop_front();
-            self.room_waiters.store(q.len(), Ordering::Release);
-            w
+            self.room_waiters.store(0, Ordering::Release);
+            std::mem::take(&mut *q)
         };
-        if let Some(w) = w {
+        for w in waiters {
             w.wake();
         }
     }
@@ -480,31 +483,44 @@ impl Runtime {
         let Some(pool) = lock(&self.pool).take() else {
             return;
         };
-        let sh = &self.handle.shared;
-        sh.shut.store(true, Ordering::Release);
-        // Closes the port (cancelling everything in flight, waiting for the
-        // kernel to release it) and joins the workers: nobody runs a task or
-        // delivers a completion after this.
-        pool.shutdown();
-        for state in sh.ops.drain() {
-            drop(state);
-        }
-        for w in std::mem::take(&mut *lock(&sh.room)) {
-            drop(w);
-        }
-        // Dropping a task's future may drop handles and wake other tasks (whose
-        // packets the closed port refuses): loop until nothing is left.
-        loop {
-            let tasks = sh.tasks.drain();
-            if tasks.is_empty() {
-                break;
+        let sh = self.handle.shared.clone();
+        if WORKER.with(Cell::get) == sh.addr() {
+            // Dropped by one of its own tasks: a worker cannot join itself, so
+            // another thread finishes the shutdown once this task returns.
+            sh.shut.store(true, Ordering::Release);
+            sh.port.close();
+            let spawned = thread::Builder::new()
+                .name("ringport-rt-stop".into())
+                .spawn(move || stop_runtime(&sh, pool));
+            if let Err(e) = spawned {
+                tracing::error!("runtime dropped on its own worker; cannot finish shutdown: {e}");
             }
-            for t in tasks {
-                t.cancel_at_shutdown();
-            }
+            return;
         }
-        sh.blocking.stop();
+        stop_runtime(&sh, pool);
     }
+}
+
+/// Closes the port (cancelling everything in flight, waiting for the kernel to
+/// release it) and joins the workers, so nobody runs a task or delivers a
+/// completion after; then frees every operation slot and drops every task left.
+fn stop_runtime(sh: &Arc<Shared>, pool: Pool) {
+    sh.shut.store(true, Ordering::Release);
+    pool.shutdown();
+    drop(sh.ops.drain());
+    drop(std::mem::take(&mut *lock(&sh.room)));
+    // Dropping a task's future may drop handles and wake other tasks (whose
+    // packets the closed port refuses): loop until nothing is left.
+    loop {
+        let tasks = sh.tasks.drain();
+        if tasks.is_empty() {
+            break;
+        }
+        for t in tasks {
+            t.cancel_at_shutdown();
+        }
+    }
+    sh.blocking.stop();
 }
 
 impl Drop for Runtime {

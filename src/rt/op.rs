@@ -3,34 +3,36 @@
 //!
 //! ## Ownership (what keeps what alive)
 //!
-//! * The runtime's op registry owns an `Arc<OpState>` from submit until the
-//!   completion is delivered; the completion's `user_data` is the registry key
-//!   (so a completion the port drops at close frees nothing twice and leaks
-//!   nothing: the registry is drained at shutdown).
+//! * The runtime's op registry holds each operation's [`OpSlot`] from submit
+//!   until its future takes the completion (or, for a dropped future, until the
+//!   completion is handed to the orphan policy); the completion's `user_data` is
+//!   the slot's key, so a completion the port drops at close frees nothing twice
+//!   and leaks nothing (the registry is drained at shutdown). Keeping the state in
+//!   the registry's slot, under the registry's shard lock, costs no allocation and
+//!   no lock of its own per operation.
 //! * The kernel owns the operation's buffer (inside the port's `Op`) until the
 //!   completion; the completion hands it back.
-//! * `OpState::hold` keeps the handle's descriptor open (an `Arc` of its core)
+//! * `OpSlot::hold` keeps the handle's descriptor open (an `Arc` of its core)
 //!   until the completion: a dropped future must not let the descriptor be closed
 //!   and its number reused while the kernel may still act on it.
 //!
 //! A future dropped while its operation is in flight asks the port to cancel it and
-//! leaves an *orphan policy* in the state: what to do with the completion when it
+//! leaves an *orphan policy* in the slot: what to do with the completion when it
 //! comes (by default drop it, which frees the buffer and closes an accepted
-//! socket; a stream's read stashes received bytes for the next read instead).
+//! socket; a stream's read keeps received bytes for the next read instead).
 
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use super::{Shared, IO_KEY};
 use crate::completion::{Completion, OpId};
 use crate::error::Error;
 use crate::op::Op;
-use crate::sync::lock;
 
 /// What a dropped future's completion is handed to.
 pub(crate) type Orphan = Box<dyn FnOnce(Completion) + Send>;
@@ -38,100 +40,27 @@ pub(crate) type Orphan = Box<dyn FnOnce(Completion) + Send>;
 /// Something kept alive until an operation completes (a handle's core).
 pub(crate) type Hold = Arc<dyn Any + Send + Sync>;
 
-/// The meeting point of a submitted operation and its future.
-pub(crate) struct OpState {
-    inner: Mutex<OpInner>,
-}
-
-struct OpInner {
+/// The meeting point of a submitted operation and its future (a registry slot).
+pub(crate) struct OpSlot {
     done: Option<Completion>,
     waker: Option<Waker>,
     orphan: Option<Orphan>,
     hold: Option<Hold>,
 }
 
-impl fmt::Debug for OpState {
+impl fmt::Debug for OpSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let g = lock(&self.inner);
-        f.debug_struct("OpState")
-            .field("done", &g.done.is_some())
-            .field("orphan", &g.orphan.is_some())
+        f.debug_struct("OpSlot")
+            .field("done", &self.done.is_some())
+            .field("orphan", &self.orphan.is_some())
             .finish()
-    }
-}
-
-impl OpState {
-    fn new(hold: Option<Hold>) -> Self {
-        OpState {
-            inner: Mutex::new(OpInner {
-                done: None,
-                waker: None,
-                orphan: None,
-                hold,
-            }),
-        }
-    }
-
-    /// Delivers the completion: to the waiting future, or to the orphan policy.
-    pub(crate) fn complete(&self, c: Completion) {
-        let (orphan, waker, hold, c) = {
-            let mut g = lock(&self.inner);
-            let hold = g.hold.take();
-            match g.orphan.take() {
-                Some(o) => (Some(o), None, hold, Some(c)),
-                None => {
-                    g.done = Some(c);
-                    (None, g.waker.take(), hold, None)
-                }
-            }
-        };
-        if let (Some(o), Some(c)) = (orphan, c) {
-            o(c);
-        }
-        if let Some(w) = waker {
-            w.wake();
-        }
-        drop(hold);
-    }
-
-    /// Takes the completion if it has come; otherwise remembers the waker.
-    pub(crate) fn poll_done(&self, cx: &mut Context<'_>) -> Poll<Completion> {
-        let mut g = lock(&self.inner);
-        if let Some(c) = g.done.take() {
-            return Poll::Ready(c);
-        }
-        match &g.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => g.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-
-    /// Gives the completion to `orphan` (now, if it has already come). Returns true
-    /// if it was still in flight.
-    fn orphan(&self, orphan: Orphan) -> bool {
-        let c = {
-            let mut g = lock(&self.inner);
-            g.waker = None;
-            match g.done.take() {
-                Some(c) => Some(c),
-                None => {
-                    g.orphan = Some(orphan);
-                    return true;
-                }
-            }
-        };
-        if let Some(c) = c {
-            orphan(c);
-        }
-        false
     }
 }
 
 enum Stage {
     New(Op, Option<Hold>),
     InFlight {
-        state: Arc<OpState>,
+        key: u64,
         id: OpId,
     },
     /// `start` could not submit it; `poll_op` reports why.
@@ -182,7 +111,7 @@ impl OpFuture {
                         unreachable!()
                     };
                     match self.shared.submit(op, hold, cx) {
-                        Submitted::Yes(state, id) => self.stage = Stage::InFlight { state, id },
+                        Submitted::Yes(key, id) => self.stage = Stage::InFlight { key, id },
                         Submitted::Wait(op, hold) => {
                             self.stage = Stage::New(op, hold);
                             return Poll::Pending;
@@ -197,10 +126,10 @@ impl OpFuture {
                     self.stage = Stage::Done;
                     return Poll::Ready(Err(e));
                 }
-                Stage::InFlight { state, .. } => {
-                    let c = std::task::ready!(state.poll_done(cx));
+                Stage::InFlight { key, .. } => {
+                    let r = std::task::ready!(self.shared.poll_done(*key, cx));
                     self.stage = Stage::Done;
-                    return Poll::Ready(Ok(c));
+                    return Poll::Ready(r);
                 }
                 Stage::Done => {
                     return Poll::Ready(Err(io::Error::other(
@@ -219,7 +148,7 @@ impl OpFuture {
                 unreachable!()
             };
             self.stage = match self.shared.submit(op, hold, cx) {
-                Submitted::Yes(state, id) => Stage::InFlight { state, id },
+                Submitted::Yes(key, id) => Stage::InFlight { key, id },
                 Submitted::Wait(op, hold) => Stage::New(op, hold),
                 Submitted::Failed(e) => Stage::Failed(Some(e)),
             };
@@ -237,8 +166,8 @@ impl OpFuture {
     /// Stops waiting without cancelling: the operation runs to its end and its
     /// completion is dropped.
     pub(crate) fn forget(&mut self) {
-        if let Stage::InFlight { state, .. } = std::mem::replace(&mut self.stage, Stage::Done) {
-            state.orphan(Box::new(drop));
+        if let Stage::InFlight { key, .. } = std::mem::replace(&mut self.stage, Stage::Done) {
+            self.shared.orphan(key, Box::new(drop));
         }
     }
 
@@ -246,8 +175,8 @@ impl OpFuture {
     /// to `orphan` when it comes (at once, if it already has). An operation never
     /// submitted is simply dropped.
     pub(crate) fn detach(&mut self, orphan: Orphan) {
-        if let Stage::InFlight { state, id } = std::mem::replace(&mut self.stage, Stage::Done) {
-            if state.orphan(orphan) {
+        if let Stage::InFlight { key, id } = std::mem::replace(&mut self.stage, Stage::Done) {
+            if self.shared.orphan(key, orphan) {
                 // NotFound: it completed meanwhile (the orphan policy gets it);
                 // Closed: the port is shutting down and cancels everything.
                 let _ = self.shared.port.cancel(id);
@@ -272,7 +201,7 @@ impl Drop for OpFuture {
 
 /// What `Shared::submit` did.
 pub(crate) enum Submitted {
-    Yes(Arc<OpState>, OpId),
+    Yes(u64, OpId),
     /// No room; the waker is registered for when an operation completes.
     Wait(Op, Option<Hold>),
     Failed(io::Error),
@@ -284,13 +213,16 @@ impl Shared {
         let mut op = op;
         let mut hold = hold;
         for attempt in 0..2 {
-            let state = Arc::new(OpState::new(hold.take()));
-            let key = self.ops.insert(state.clone());
+            let key = self.ops.insert(OpSlot {
+                done: None,
+                waker: None,
+                orphan: None,
+                hold: hold.take(),
+            });
             match self.port.try_submit_keep(op, key) {
-                Ok(id) => return Submitted::Yes(state, id),
+                Ok(id) => return Submitted::Yes(key, id),
                 Err((Error::QueueFull, Some(back))) => {
-                    self.ops.remove(key);
-                    hold = lock(&state.inner).hold.take();
+                    hold = self.ops.remove(key).and_then(|s| s.hold);
                     op = back;
                     if attempt == 0 {
                         // Register, then try once more: a completion between the
@@ -308,10 +240,76 @@ impl Shared {
         Submitted::Wait(op, hold)
     }
 
-    /// Delivers an operation's completion (called by the worker that dequeued it).
+    /// Takes the completion if it has come (freeing the slot); otherwise
+    /// remembers the waker.
+    fn poll_done(&self, key: u64, cx: &mut Context<'_>) -> Poll<io::Result<Completion>> {
+        let r = self.ops.update(key, |s| match s.done.take() {
+            Some(c) => (Some(c), true),
+            None => {
+                match &s.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => s.waker = Some(cx.waker().clone()),
+                }
+                (None, false)
+            }
+        });
+        match r {
+            Some((Some(c), _slot)) => Poll::Ready(Ok(c)),
+            Some((None, _)) => Poll::Pending,
+            // Only after shutdown drained the registry.
+            None => Poll::Ready(Err(Error::Closed.into())),
+        }
+    }
+
+    /// Gives the completion to `orphan` (now, if it has already come). Returns
+    /// true if the operation is still in flight.
+    fn orphan(&self, key: u64, orphan: Orphan) -> bool {
+        let mut orphan = Some(orphan);
+        let r = self.ops.update(key, |s| {
+            s.waker = None;
+            match s.done.take() {
+                Some(c) => (Some(c), true),
+                None => {
+                    s.orphan = orphan.take();
+                    (None, false)
+                }
+            }
+        });
+        match r {
+            Some((Some(c), _slot)) => {
+                if let Some(o) = orphan {
+                    o(c);
+                }
+                false
+            }
+            Some((None, _)) => true,
+            None => false,
+        }
+    }
+
+    /// Delivers an operation's completion (called by the worker that dequeued it):
+    /// to the waiting future, or to the orphan policy of a dropped one. The
+    /// descriptor hold is released here, outside the registry lock.
     pub(crate) fn complete_op(&self, c: Completion) {
-        if let Some(state) = self.ops.remove(c.user_data) {
-            state.complete(c);
+        let mut c = Some(c);
+        let r = self.ops.update(c.as_ref().map_or(0, |c| c.user_data), |s| {
+            let hold = s.hold.take();
+            match s.orphan.take() {
+                Some(o) => ((Some(o), None, hold), true),
+                None => {
+                    s.done = c.take();
+                    ((None, s.waker.take(), hold), false)
+                }
+            }
+        });
+        if let Some(((orphan, waker, hold), _slot)) = r {
+            if let (Some(o), Some(c)) = (orphan, c.take()) {
+                o(c);
+            }
+            if let Some(w) = waker {
+                w.wake();
+            }
+            drop(hold);
         }
         self.room_freed();
     }

@@ -122,6 +122,33 @@ impl<T> Registry<T> {
         slot.val.as_ref().map(f)
     }
 
+    /// Runs `f` on the value a key names, if it is still there; `f` also says
+    /// whether to remove it (then it is returned too).
+    pub(crate) fn update<R>(
+        &self,
+        key: u64,
+        f: impl FnOnce(&mut T) -> (R, bool),
+    ) -> Option<(R, Option<T>)> {
+        let (s, idx, gen) = split(key);
+        let mut sh = lock(self.shards.get(s)?);
+        let sh = &mut *sh;
+        let slot = sh.slots.get_mut(idx)?;
+        if slot.gen != gen {
+            return None;
+        }
+        let (r, remove) = f(slot.val.as_mut()?);
+        if !remove {
+            return Some((r, None));
+        }
+        let val = slot.val.take();
+        if slot.gen != u32::MAX {
+            slot.gen += 1;
+            sh.free.push(idx as u32);
+        }
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        Some((r, val))
+    }
+
     /// Takes every value out (at shutdown).
     pub(crate) fn drain(&self) -> Vec<T> {
         let mut out = Vec::new();

@@ -19,3 +19,5 @@ mod order;
 mod outcomes;
 mod pool;
 mod queue;
+mod rt;
+mod rt_io;
