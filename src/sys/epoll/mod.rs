@@ -13,9 +13,9 @@
 //!   fewer system calls per message than a readiness loop that waits first.
 //!   (It skips the attempt when the last one in the same direction said `EAGAIN`
 //!   and no readiness edge has arrived since: that call could only say `EAGAIN`
-//!   again. A short receive is *not* taken as "drained": the peer's FIN may
-//!   already be in, with no further edge to come — the half-close test caught
-//!   that.)
+//!   again. A short receive on a stream socket counts as "drained" too, unless an
+//!   event has already announced the peer's FIN — which brings no further edge;
+//!   the half-close test caught that. See `drained_after`.)
 //!   Datagram operations are the same calls with an address: `recvfrom` and
 //!   `sendto`.
 //! * If it would block (`EAGAIN`), the operation waits in its socket's read or
@@ -118,6 +118,10 @@ struct Queues {
     /// this same lock — so no edge can be missed.
     read_blocked: bool,
     write_blocked: bool,
+    /// A readiness event said the peer closed its side (or the socket hung up or
+    /// failed). Sticky: from then on a short receive never marks the socket
+    /// drained (the FIN's edge has already been consumed).
+    read_closed: bool,
 }
 
 /// A registered socket's waiting operations. Lock order: a socket's queues, then
@@ -125,6 +129,24 @@ struct Queues {
 #[derive(Debug, Default)]
 struct FdQueue {
     q: Mutex<Queues>,
+    /// A stream socket: a short receive means its receive queue is empty.
+    stream: bool,
+}
+
+/// After a receive on a stream socket that returned fewer bytes than asked, with
+/// the queue lock held since before the call: the receive queue was empty when
+/// it returned, so the next receive can skip its attempt and wait for an edge —
+/// unless the peer's FIN (which brings no further edge) was already announced.
+/// Any data or FIN arriving after the call brings an edge, and the poller can
+/// only process it (and clear `read_blocked`) after this lock is released.
+/// This is tokio's rule too (a partial read clears readiness, a closed one never).
+fn drained_after(p: &Pending, res: i32, stream: bool, closed: bool) -> bool {
+    match &p.body {
+        OpBody::Recv { buf, .. } => {
+            stream && !closed && res > 0 && (res as usize) < buf.capacity()
+        }
+        _ => false,
+    }
 }
 
 /// State shared with the file workers.
@@ -244,7 +266,26 @@ impl Driver {
         if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
             return Err(Error::Io(io::Error::last_os_error()));
         }
-        lock(&self.shared.fds).insert(fd, Arc::new(FdQueue::default()));
+        let mut ty: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `ty`, which we own.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut ty as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        let stream = r == 0 && ty == libc::SOCK_STREAM;
+        lock(&self.shared.fds).insert(
+            fd,
+            Arc::new(FdQueue {
+                q: Mutex::default(),
+                stream,
+            }),
+        );
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
             u64: fd as u64,
@@ -394,6 +435,7 @@ impl Driver {
                 // A connect must be started by its own system call.
                 let must_try = matches!(p.body, OpBody::Connect { .. });
                 let g = &mut *g;
+                let closed = g.read_closed;
                 let (queue, blocked) = if is_read {
                     (&mut g.read, &mut g.read_blocked)
                 } else {
@@ -401,7 +443,12 @@ impl Driver {
                 };
                 if queue.is_empty() && (!*blocked || must_try) {
                     match try_op(&mut p) {
-                        Some(res) => return self.done_now(id, res, p.body),
+                        Some(res) => {
+                            if drained_after(&p, res, q.stream, closed) {
+                                *blocked = true;
+                            }
+                            return self.done_now(id, res, p.body);
+                        }
                         None => *blocked = true,
                     }
                 }
@@ -529,7 +576,8 @@ impl Driver {
                 & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32
                 != 0;
             let writable = bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
-            self.retry(&q, readable, writable, out);
+            let closed = bits & (libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
+            self.retry(&q, readable, writable, closed, out);
         }
         self.collect(out);
         Ok(())
@@ -537,9 +585,18 @@ impl Driver {
 
     /// Retries a socket's queued operations after readiness, in order, until one
     /// would block.
-    fn retry(&self, q: &FdQueue, readable: bool, writable: bool, out: &mut Vec<Completion>) {
+    fn retry(
+        &self,
+        q: &FdQueue,
+        readable: bool,
+        writable: bool,
+        closed: bool,
+        out: &mut Vec<Completion>,
+    ) {
         let mut g = lock(&q.q);
         let g = &mut *g;
+        g.read_closed |= closed;
+        let read_closed = g.read_closed;
         let mut finished = Vec::new();
         for (ready, queue, blocked) in [
             (readable, &mut g.read, &mut g.read_blocked),
@@ -557,6 +614,12 @@ impl Driver {
                     }
                     Some(res) => {
                         let p = queue.pop_front().expect("front exists");
+                        if drained_after(&p, res, q.stream, read_closed) {
+                            // Drained: the rest of the queue waits for an edge.
+                            *blocked = true;
+                            finished.push((p, res));
+                            break;
+                        }
                         finished.push((p, res));
                     }
                 }
