@@ -29,6 +29,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
@@ -47,6 +48,10 @@ const IO_CHUNK: usize = 64 * 1024;
 pub(crate) struct Core {
     pub(crate) fd: OwnedFd,
     pub(crate) rt: Handle,
+    /// False only while `read` holds nothing (no stash, outcome or pending
+    /// receive): then a read skips the lock. Set under the lock whenever
+    /// something is left there, cleared under it when the last is taken.
+    read_dirty: AtomicBool,
     read: Mutex<ReadState>,
     write: Mutex<WriteState>,
 }
@@ -100,6 +105,7 @@ impl Core {
         Ok(Arc::new(Core {
             fd,
             rt,
+            read_dirty: AtomicBool::new(false),
             read: Mutex::new(ReadState::default()),
             write: Mutex::new(WriteState::default()),
         }))
@@ -193,12 +199,15 @@ impl Core {
             if b.capacity() == 0 {
                 return Poll::Ready((Ok(0), buf.take().unwrap_or_default()));
             }
-            let mut st = lock(&self.read);
-            ready!(Self::poll_pending(&mut st, cx));
-            if let Some(r) = Self::take_left(&mut st, b) {
-                return Poll::Ready((r, buf.take().unwrap_or_default()));
+            if self.read_dirty.load(Ordering::Acquire) {
+                let mut st = lock(&self.read);
+                ready!(Self::poll_pending(&mut st, cx));
+                let left = Self::take_left(&mut st, b);
+                self.update_dirty(&st);
+                if let Some(r) = left {
+                    return Poll::Ready((r, buf.take().unwrap_or_default()));
+                }
             }
-            drop(st);
             let b = buf.take().unwrap_or_default();
             *op = Some(self.op(Op::recv(&self.fd, b)));
         }
@@ -213,7 +222,15 @@ impl Core {
     /// A read future dropped with its receive in flight: cancel it, keep it.
     fn orphan_read(&self, mut op: OpFuture) {
         op.cancel();
-        lock(&self.read).pending.push_back(op);
+        let mut st = lock(&self.read);
+        st.pending.push_back(op);
+        self.read_dirty.store(true, Ordering::Release);
+    }
+
+    /// Records, under the read lock, whether anything is left for a reader.
+    fn update_dirty(&self, st: &ReadState) {
+        let dirty = st.pos < st.stash.len() || st.outcome.is_some() || !st.pending.is_empty();
+        self.read_dirty.store(dirty, Ordering::Release);
     }
 
     /// `AsyncRead`: leftovers first, else a receive the stream owns.
@@ -226,8 +243,22 @@ impl Core {
             return Poll::Ready(Ok(0));
         }
         let mut st = lock(&self.read);
+        // This path parks its receive in `pending`; the flag says so until the
+        // state is empty again.
+        self.read_dirty.store(true, Ordering::Release);
+        let r = self.poll_read_into_locked(&mut st, cx, dst);
+        self.update_dirty(&st);
+        r
+    }
+
+    fn poll_read_into_locked(
+        self: &Arc<Self>,
+        st: &mut ReadState,
+        cx: &mut Context<'_>,
+        dst: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(Self::poll_pending(&mut st, cx));
+            ready!(Self::poll_pending(st, cx));
             if st.pos < st.stash.len() {
                 let n = dst.len().min(st.stash.len() - st.pos);
                 dst[..n].copy_from_slice(&st.stash[st.pos..st.pos + n]);
