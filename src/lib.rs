@@ -74,7 +74,7 @@ pub use op::{Op, OpKind};
 pub use pool::{Pool, PoolBuilder};
 pub use port::{batch_submissions, blocking, num_cpus, Builder, CompletionPort, PortStats};
 pub use rt::{spawn, spawn_blocking, yield_now, Handle, JoinError, JoinHandle, Runtime};
-pub use sched::SchedStats;
+pub use sched::{Priority, SchedStats, AGE_LIMIT};
 pub use sys::{BackendChoice, BackendKind};
 
 /// What `ringport info` reports about io_uring on this machine.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crate::completion::{Completion, OpId};
 use crate::error::{Error, Result};
 use crate::op::{Op, OpBody};
-use crate::sched::{Next, Sched, SchedStats, SlotId};
+use crate::sched::{Next, Priority, Sched, SchedStats, SlotId};
 use crate::sync::lock;
 use crate::sys::{Backend, BackendChoice, BackendKind, Config, PollMode};
 
@@ -311,13 +311,36 @@ impl CompletionPort {
     /// Queues a user packet (IOCP's `PostQueuedCompletionStatus`); it is dequeued
     /// like any completion, with `result = Ok(bytes)`.
     pub fn post(&self, key: u64, user_data: u64, bytes: usize) -> Result<()> {
+        self.post_with_priority(key, user_data, bytes, Priority::Normal)
+    }
+
+    /// Like [`post`](Self::post), in a priority lane: a dequeue takes the
+    /// highest-priority packet present (a `Low` one waits at most
+    /// [`AGE_LIMIT`](crate::AGE_LIMIT) dequeues once it is first in its lane).
+    ///
+    /// ```
+    /// use ringport::{CompletionPort, Priority};
+    /// let port = CompletionPort::new()?;
+    /// port.post_with_priority(0, 1, 0, Priority::Low)?;
+    /// port.post_with_priority(0, 2, 0, Priority::High)?;
+    /// assert_eq!(port.get(None)?.user_data, 2);
+    /// assert_eq!(port.get(None)?.user_data, 1);
+    /// # Ok::<(), ringport::Error>(())
+    /// ```
+    pub fn post_with_priority(
+        &self,
+        key: u64,
+        user_data: u64,
+        bytes: usize,
+        priority: Priority,
+    ) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         if self
             .inner
             .sched
-            .push(Completion::packet(key, user_data, bytes))
+            .push_prio(Completion::packet(key, user_data, bytes), priority, true)
         {
             self.inner.backend.notify();
         }

@@ -36,10 +36,13 @@
 //! `Backend::notify`). `dispatch` returns `true` when the poller must be notified:
 //! completions are queued, a slot is free, and no waiter is left to take them.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::sync::model::{lock, Arc, Condvar, Mutex};
+
+mod prio;
+use prio::PrioQueue;
+pub use prio::{Priority, AGE_LIMIT};
 
 /// A thread's registration with one scheduler.
 pub(crate) type SlotId = usize;
@@ -90,7 +93,7 @@ pub struct SchedStats {
 
 #[derive(Debug)]
 struct State<T> {
-    queue: VecDeque<T>,
+    queue: PrioQueue<T>,
     running: usize,
     max: usize,
     waiters: Vec<SlotId>,
@@ -146,7 +149,7 @@ impl<T> Sched<T> {
     pub(crate) fn with_backup(max: usize, backup_enabled: bool) -> Self {
         Sched {
             state: Mutex::new(State {
-                queue: VecDeque::new(),
+                queue: PrioQueue::new(),
                 running: 0,
                 max: max.max(1),
                 waiters: Vec::new(),
@@ -348,11 +351,16 @@ impl<T> Sched<T> {
     /// caller is a running thread that takes it at its next dequeue; the stall
     /// detector hands it on if that thread stalls).
     pub(crate) fn push_with(&self, item: T, dispatch: bool) -> bool {
+        self.push_prio(item, Priority::Normal, dispatch)
+    }
+
+    /// Queues a completion in its priority lane (see `prio.rs`).
+    pub(crate) fn push_prio(&self, item: T, p: Priority, dispatch: bool) -> bool {
         let mut st = lock(&self.state);
         if st.closed {
             return false;
         }
-        st.queue.push_back(item);
+        st.queue.push(item, p);
         dispatch && st.dispatch()
     }
 
@@ -454,7 +462,7 @@ impl<T> Sched<T> {
             st.slot(id).cv.notify_one();
         }
         let waiting = st.poller.is_some() || st.backup.is_some();
-        (st.queue.drain(..).collect(), waiting)
+        (st.queue.drain_all(), waiting)
     }
 
     #[cfg(loom)]
@@ -505,9 +513,7 @@ impl<T> State<T> {
     }
 
     fn drain_more(&mut self, out: &mut Vec<T>, limit: usize) -> usize {
-        let n = limit.min(self.queue.len());
-        out.extend(self.queue.drain(..n));
-        n
+        self.queue.take_into(out, limit)
     }
 
     /// Hands queued completions to waiters (newest first) while slots are free, gives

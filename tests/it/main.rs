@@ -18,6 +18,7 @@ mod ops;
 mod order;
 mod outcomes;
 mod pool;
+mod priority;
 mod queue;
 mod rt;
 mod rt_io;
