@@ -76,6 +76,8 @@ impl Completion {
     /// descriptor becomes owned by the completion, a received datagram keeps its
     /// sender's address (`addr`, built by [`raw_addr`]; dropped unless this is a
     /// successful `recv_from`, so a backend may pass whatever its storage held).
+    /// The kernel's internal restart codes, which an interrupted io_uring worker
+    /// can leak, become `ECANCELED` (see [`interrupted_is_cancelled`]).
     ///
     /// A truncated datagram (`MSG_TRUNC` in `recvmsg`'s returned flags) needs
     /// nothing here: without `MSG_TRUNC` in the *request* flags, which ringport
@@ -86,10 +88,10 @@ impl Completion {
         key: u64,
         user_data: u64,
         res: i32,
-        mut buf: Option<Vec<u8>>,
-        addr: Option<Box<SockAddr>>,
+        out: Output,
     ) -> Self {
-        let mut res = res;
+        let Output { mut buf, addr } = out;
+        let mut res = interrupted_is_cancelled(res);
         match kind {
             OpKind::Read | OpKind::Recv | OpKind::RecvFrom if res >= 0 => {
                 if let Some(b) = buf.as_mut() {
@@ -197,6 +199,27 @@ impl fmt::Debug for Completion {
     }
 }
 
+/// What an operation hands back besides its result, as a backend gathered it.
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    /// The operation's buffer.
+    pub(crate) buf: Option<Vec<u8>>,
+    /// A receive's source address.
+    pub(crate) addr: Option<Box<SockAddr>>,
+}
+
+/// `ERESTARTSYS`, `ERESTARTNOINTR`, `ERESTARTNOHAND` and `ERESTART_RESTARTBLOCK`
+/// (512–514, 516) are the kernel's internal "interrupted, restart me" codes and
+/// never mean anything to user space. io_uring leaks them when it interrupts one
+/// of its worker threads in a blocking call (a `splice` into a full socket), and
+/// it only interrupts a worker to cancel its request — so they mean `ECANCELED`.
+pub(crate) fn interrupted_is_cancelled(res: i32) -> i32 {
+    match res {
+        -516 | -514 | -513 | -512 => -libc::ECANCELED,
+        r => r,
+    }
+}
+
 /// Converts a raw kernel result into an `io::Result`. This is the only place that
 /// interprets negative results as errno values.
 pub(crate) fn raw_result(res: i32) -> io::Result<usize> {
@@ -249,8 +272,11 @@ mod tests {
     fn only_a_successful_recv_from_keeps_its_address() {
         let sender: std::net::SocketAddr = ([127, 0, 0, 1], 9).into();
         let complete = |kind, res, buf| {
-            let addr = Some(Box::new(SockAddr::from(sender)));
-            Completion::from_raw(OpId(1), kind, 0, 0, res, Some(buf), addr)
+            let out = Output {
+                buf: Some(buf),
+                addr: Some(Box::new(SockAddr::from(sender))),
+            };
+            Completion::from_raw(OpId(1), kind, 0, 0, res, out)
         };
         let mut ok = complete(OpKind::RecvFrom, 3, vec![1, 2, 3]);
         assert_eq!(ok.take_addr().and_then(|a| a.as_socket()), Some(sender));
@@ -259,5 +285,13 @@ mod tests {
         assert!(failed.take_addr().is_none());
         let mut recv = complete(OpKind::Recv, 0, Vec::new());
         assert!(recv.take_addr().is_none());
+    }
+
+    #[test]
+    fn a_leaked_restart_code_is_a_cancel() {
+        let c = Completion::from_raw(OpId(1), OpKind::SendFile, 0, 0, -512, Output::default());
+        assert!(c.is_cancelled(), "{:?}", c.result);
+        let c = Completion::from_raw(OpId(1), OpKind::Recv, 0, 0, -libc::EINTR, Output::default());
+        assert_eq!(c.result.unwrap_err().raw_os_error(), Some(libc::EINTR));
     }
 }

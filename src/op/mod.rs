@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use socket2::SockAddr;
 
+use crate::completion::Output;
+
 /// The kind of an operation, as reported in its [`Completion`](crate::Completion).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -49,6 +51,8 @@ pub enum OpKind {
     Fsync,
     /// A timer.
     Timeout,
+    /// File → socket transfer without a user-space copy.
+    SendFile,
 }
 
 /// The backend-agnostic body of an operation.
@@ -107,6 +111,12 @@ pub(crate) enum OpBody {
     },
     Timeout {
         after: Duration,
+    },
+    SendFile {
+        sock: RawFd,
+        file: RawFd,
+        offset: u64,
+        len: usize,
     },
 }
 
@@ -273,6 +283,52 @@ impl Op {
         Op::new(OpBody::Timeout { after })
     }
 
+    /// Sends up to `len` bytes of `file`, starting at `offset`, on the connected
+    /// stream socket `socket`, without passing them through a user-space buffer
+    /// (`sendfile(2)`'s job; on io_uring, two linked `splice`s through a pipe).
+    ///
+    /// The completion's result is the number of bytes that reached the socket.
+    /// It may be short — a transfer moves at most one pipe's worth (1 MiB where
+    /// the system allows it) per operation, and stops early at the end of the
+    /// file or when the socket takes only part of the data: resubmit from
+    /// `offset + n` for the rest. `Ok(0)` means `offset` is at or past the end of
+    /// the file (or `len` is 0). A peer that has gone away gives `EPIPE` or
+    /// `ECONNRESET`, never a `SIGPIPE`. A cancelled transfer fails with
+    /// `ECANCELED`, or reports the bytes it had already sent.
+    ///
+    /// The socket's association gives the completion its key; the file is only
+    /// read (it needs no association, and must stay open until the completion is
+    /// dequeued). `file` must be a regular file (or anything `splice` and
+    /// `sendfile` read from); otherwise the result is `EINVAL`.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ringport::{CompletionPort, Op};
+    /// let port = CompletionPort::new()?;
+    /// let file = std::fs::File::open("Cargo.toml")?;
+    /// let len = file.metadata()?.len();
+    /// let socket = std::net::TcpStream::connect("127.0.0.1:8080")?;
+    /// port.associate(&socket, 1)?;
+    /// let mut offset = 0;
+    /// while offset < len {
+    ///     port.submit(Op::send_file(&socket, &file, offset, (len - offset) as usize), 0)?;
+    ///     match port.get(None)?.result? {
+    ///         0 => break, // the file shrank
+    ///         n => offset += n as u64,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send_file(socket: &impl AsFd, file: &impl AsFd, offset: u64, len: usize) -> Op {
+        Op::new(OpBody::SendFile {
+            sock: raw(socket),
+            file: raw(file),
+            offset,
+            len,
+        })
+    }
+
     /// Sets the completion key for an operation on no handle (`nop`, `timeout`).
     /// For operations on a handle the associated key is used and this is ignored.
     pub fn key(mut self, key: u64) -> Op {
@@ -298,6 +354,7 @@ impl Op {
             | OpBody::Accept { fd }
             | OpBody::Connect { fd, .. }
             | OpBody::Fsync { fd, .. } => Some(*fd),
+            OpBody::SendFile { sock, .. } => Some(*sock),
             OpBody::Close { fd } => Some(fd.as_raw_fd()),
         }
     }
@@ -318,6 +375,29 @@ impl OpBody {
             OpBody::Close { .. } => OpKind::Close,
             OpBody::Fsync { .. } => OpKind::Fsync,
             OpBody::Timeout { .. } => OpKind::Timeout,
+            OpBody::SendFile { .. } => OpKind::SendFile,
+        }
+    }
+}
+
+impl OpBody {
+    /// What the operation hands back in its completion: its buffer, and the
+    /// source address a receive got.
+    pub(crate) fn into_output(self) -> Output {
+        match self {
+            OpBody::RecvFrom { buf, from, .. } => Output {
+                buf: Some(buf),
+                addr: from,
+            },
+            OpBody::Read { buf, .. }
+            | OpBody::Write { buf, .. }
+            | OpBody::Recv { buf, .. }
+            | OpBody::Send { buf, .. }
+            | OpBody::SendTo { buf, .. } => Output {
+                buf: Some(buf),
+                ..Output::default()
+            },
+            _ => Output::default(),
         }
     }
 }

@@ -61,6 +61,16 @@ impl<R> OpTable<R> {
         self.entry(id).and_then(|e| e.rec.as_ref())
     }
 
+    /// The record of a live operation, to update it.
+    pub(crate) fn get_mut(&mut self, id: OpId) -> Option<&mut R> {
+        let e = self.entries.get_mut((id.0 & 0xffff_ffff) as usize)?;
+        if e.gen == (id.0 >> 32) as u32 {
+            e.rec.as_mut()
+        } else {
+            None
+        }
+    }
+
     /// Removes a live operation's record; its slot gets a new generation.
     pub(crate) fn remove(&mut self, id: OpId) -> Option<R> {
         self.entry(id)?;

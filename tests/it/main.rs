@@ -15,6 +15,7 @@ mod echo;
 mod fallback;
 mod hyper_bridge;
 mod ops;
+mod ops2;
 mod order;
 mod outcomes;
 mod pool;

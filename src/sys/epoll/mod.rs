@@ -46,6 +46,7 @@
 //! the operations still queued on it, which io_uring would leave pending.
 
 mod files;
+mod sock;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
@@ -53,12 +54,12 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use socket2::{SockAddr, SockAddrStorage};
-
-use crate::completion::{raw_addr, Completion, OpId};
+use crate::completion::{Completion, OpId};
 use crate::error::Error;
 use crate::op::{Op, OpBody, OpKind};
 use crate::sync::lock;
+
+use self::sock::{drained_after, errno, try_op};
 
 use super::table::OpTable;
 use super::{Config, PollMode, SubmitResult};
@@ -133,22 +134,6 @@ struct FdQueue {
     stream: bool,
 }
 
-/// After a receive on a stream socket that returned fewer bytes than asked, with
-/// the queue lock held since before the call: the receive queue was empty when
-/// it returned, so the next receive can skip its attempt and wait for an edge —
-/// unless the peer's FIN (which brings no further edge) was already announced.
-/// Any data or FIN arriving after the call brings an edge, and the poller can
-/// only process it (and clear `read_blocked`) after this lock is released.
-/// This is tokio's rule too (a partial read clears readiness, a closed one never).
-fn drained_after(p: &Pending, res: i32, stream: bool, closed: bool) -> bool {
-    match &p.body {
-        OpBody::Recv { buf, .. } => {
-            stream && !closed && res > 0 && (res as usize) < buf.capacity()
-        }
-        _ => false,
-    }
-}
-
 /// State shared with the file workers.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -164,28 +149,6 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     files: files::Workers,
     max_in_flight: usize,
-}
-
-/// Result of one non-blocking attempt: `None` if it would block, else the raw
-/// result (`>= 0`, or `-errno`).
-type Attempt = Option<i32>;
-
-fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
-
-/// Turns a syscall's return value into an attempt. `EINTR` is retried by the caller.
-fn attempt(rc: isize) -> Result<Attempt, ()> {
-    if rc >= 0 {
-        return Ok(Some(rc.min(i32::MAX as isize) as i32));
-    }
-    match errno() {
-        libc::EINTR => Err(()),
-        libc::EAGAIN | libc::EINPROGRESS | libc::EALREADY => Ok(None),
-        e => Ok(Some(-e)),
-    }
 }
 
 impl Driver {
@@ -409,7 +372,8 @@ impl Driver {
             | OpBody::RecvFrom { fd, .. }
             | OpBody::SendTo { fd, .. }
             | OpBody::Accept { fd }
-            | OpBody::Connect { fd, .. } => {
+            | OpBody::Connect { fd, .. }
+            | OpBody::SendFile { sock: fd, .. } => {
                 let fd = *fd;
                 let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
                 let q = lock(&self.shared.fds).get(&fd).cloned();
@@ -710,178 +674,12 @@ impl Shared {
 /// (and a received datagram's source address) taken back from its body.
 fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Completion> {
     let rec = inner.ops.remove(id)?;
-    let (buf, addr) = body.into_results();
     Some(Completion::from_raw(
         id,
         rec.kind,
         rec.key,
         rec.user_data,
         res,
-        buf,
-        addr,
+        body.into_output(),
     ))
-}
-
-/// One non-blocking attempt at a socket operation.
-fn try_op(p: &mut Pending) -> Attempt {
-    loop {
-        let r = match &mut p.body {
-            OpBody::Recv { fd, buf, flags } => {
-                // SAFETY: the kernel writes at most `capacity` bytes into the
-                // buffer's allocation, which we own.
-                attempt(unsafe {
-                    libc::recv(
-                        *fd,
-                        buf.as_mut_ptr().cast(),
-                        buf.capacity(),
-                        *flags | libc::MSG_DONTWAIT,
-                    )
-                })
-            }
-            OpBody::Send {
-                fd,
-                buf,
-                pos,
-                flags,
-            } => {
-                let rest = &buf[*pos..];
-                // SAFETY: reads `rest.len()` initialised bytes we own.
-                attempt(unsafe {
-                    libc::send(
-                        *fd,
-                        rest.as_ptr().cast(),
-                        rest.len(),
-                        *flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                })
-            }
-            OpBody::RecvFrom {
-                fd,
-                buf,
-                flags,
-                from,
-            } => {
-                let mut name = SockAddrStorage::zeroed();
-                let mut name_len = name.size_of();
-                // SAFETY: the kernel writes at most `capacity` bytes into the
-                // buffer's allocation, which we own, and at most `name_len` bytes
-                // (the whole storage) into `name`, reporting the length it wrote.
-                let r = attempt(unsafe {
-                    libc::recvfrom(
-                        *fd,
-                        buf.as_mut_ptr().cast(),
-                        buf.capacity(),
-                        *flags | libc::MSG_DONTWAIT,
-                        (&mut name as *mut SockAddrStorage).cast(),
-                        &mut name_len,
-                    )
-                });
-                if let Ok(Some(n)) = r {
-                    if n >= 0 {
-                        *from = raw_addr(name, name_len);
-                    }
-                }
-                r
-            }
-            OpBody::SendTo {
-                fd,
-                buf,
-                addr,
-                flags,
-            } => {
-                // SAFETY: reads `buf.len()` initialised bytes we own, and the
-                // address: `addr.len()` valid bytes of a socket address.
-                attempt(unsafe {
-                    libc::sendto(
-                        *fd,
-                        buf.as_ptr().cast(),
-                        buf.len(),
-                        *flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                        addr.as_ptr().cast(),
-                        addr.len(),
-                    )
-                })
-            }
-            OpBody::Accept { fd } => {
-                // SAFETY: accept4 with no address buffers.
-                attempt(unsafe {
-                    libc::accept4(
-                        *fd,
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        libc::SOCK_CLOEXEC,
-                    )
-                } as isize)
-            }
-            OpBody::Connect { fd, addr } => {
-                if p.connecting {
-                    let mut err: libc::c_int = 0;
-                    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                    // SAFETY: getsockopt writes an int into `err`.
-                    let rc = unsafe {
-                        libc::getsockopt(
-                            *fd,
-                            libc::SOL_SOCKET,
-                            libc::SO_ERROR,
-                            (&mut err as *mut libc::c_int).cast(),
-                            &mut len,
-                        )
-                    };
-                    if rc < 0 {
-                        return Some(-errno());
-                    }
-                    if err != 0 {
-                        return Some(-err);
-                    }
-                    // No error yet: connected only if the socket has a peer
-                    // (writability can be reported before the handshake ends).
-                    // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
-                    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-                    let mut sl = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                    // SAFETY: getpeername writes at most `sl` bytes into `ss`.
-                    let rc = unsafe {
-                        libc::getpeername(
-                            *fd,
-                            (&mut ss as *mut libc::sockaddr_storage).cast(),
-                            &mut sl,
-                        )
-                    };
-                    return if rc == 0 {
-                        Some(0)
-                    } else if errno() == libc::ENOTCONN {
-                        None
-                    } else {
-                        Some(-errno())
-                    };
-                }
-                // SAFETY: `addr` is a valid socket address of `addr.len()` bytes.
-                let rc = unsafe { libc::connect(*fd, addr.as_ptr().cast(), addr.len()) };
-                if rc < 0 && matches!(errno(), libc::EINPROGRESS | libc::EAGAIN | libc::EALREADY) {
-                    p.connecting = true;
-                    return None;
-                }
-                attempt(rc as isize)
-            }
-            _ => Ok(Some(-libc::EINVAL)),
-        };
-        if let Ok(a) = r {
-            return a;
-        }
-    }
-}
-
-impl OpBody {
-    /// The buffer an operation owned, and the source address a receive got, to
-    /// hand back in its completion.
-    pub(crate) fn into_results(self) -> (Option<Vec<u8>>, Option<Box<SockAddr>>) {
-        match self {
-            OpBody::RecvFrom { buf, from, .. } => (Some(buf), from),
-            OpBody::Read { buf, .. }
-            | OpBody::Write { buf, .. }
-            | OpBody::Recv { buf, .. }
-            | OpBody::Send { buf, .. }
-            | OpBody::SendTo { buf, .. } => (Some(buf), None),
-            _ => (None, None),
-        }
-    }
 }

@@ -34,29 +34,38 @@
 //! the kernel's promise that it no longer touches that memory.
 //!
 //! Datagram operations (`recv_from`, `send_to`) are `RECVMSG`/`SENDMSG`: their
-//! auxiliary data is a `msghdr` with its `iovec` and socket address ([`MsgAux`]),
-//! which the kernel reads and — for a receive — writes back (`msg_namelen`,
-//! `msg_flags`, the address) when the operation ends.
+//! auxiliary data is a `msghdr` with its `iovec` and socket address
+//! (`ops::MsgAux`), which the kernel reads and — for a receive — writes back
+//! (`msg_namelen`, `msg_flags`, the address) when the operation ends.
+//!
+//! # Operations of several SQEs
+//!
+//! `send_file` is a chain of linked SQEs (see `transfer.rs`) that produces
+//! several CQEs; the user sees one completion. The CQE of a chain's first link
+//! (its *head*) carries the operation's id with [`LEG_BIT`] set; every other CQE
+//! of the operation carries the id itself. The record stays in the table until
+//! the operation's last CQE is reaped.
 
+mod ops;
 mod probe;
+mod transfer;
 
 pub(crate) use probe::probe;
 
 use std::io;
-use std::os::fd::IntoRawFd;
-use std::ptr::NonNull;
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
-use socket2::{socklen_t, SockAddr, SockAddrStorage};
 
-use crate::completion::{raw_addr, Completion, OpId};
+use crate::completion::{Completion, OpId, Output};
 use crate::error::{Error, Result};
 use crate::op::{Op, OpBody, OpKind};
 use std::sync::Mutex;
 
 use crate::sync::lock;
 
+use self::ops::Aux;
+use self::transfer::{Pipe, Step, Transfer, PIPE_POOL};
 use super::table::OpTable;
 use super::{Config, PollMode, SubmitResult};
 
@@ -64,104 +73,17 @@ use super::{Config, PollMode, SubmitResult};
 const WAKE_TAG: u64 = u64::MAX;
 /// `user_data` of internal cancel requests; their CQEs are swallowed.
 const CANCEL_TAG: u64 = u64::MAX - 1;
+/// Set in the `user_data` of the head of an operation's chain of SQEs. Op ids
+/// never have it: generations stay below 2^31 (see `table.rs`), so an id is
+/// below 2^63; the tags above have it, but their low 32 bits (an index of
+/// 2^32 − 1 or − 2) are never a table index (the table holds at most
+/// `max_in_flight` ≤ 32768 records).
+const LEG_BIT: u64 = 1 << 63;
 
-/// What an SQE points into, kept alive with the record.
-#[derive(Debug)]
-// The `Addr` and `Time` boxes are never read: they exist so the kernel's pointer
-// stays valid until the record is dropped at reap time. (`Msg` is read: a
-// receive's source address comes back in it.)
-#[allow(dead_code)]
-enum Aux {
-    None,
-    Addr(Box<SockAddr>),
-    Time(Box<types::Timespec>),
-    Msg(MsgAux),
-}
-
-/// A `recvmsg`/`sendmsg` header with everything it points to except the data
-/// buffer (which the record holds): one `iovec`, and the socket address.
-struct MsgHdr {
-    hdr: libc::msghdr,
-    iov: libc::iovec,
-    /// `send_to`: the destination. `recv_from`: zeroed, for the kernel to write
-    /// the source address into.
-    name: SockAddrStorage,
-}
-
-/// Owns a heap-allocated [`MsgHdr`] at a fixed address, from `build_sqe` until
-/// the record is dropped at reap time.
-///
-/// It is held through a raw pointer rather than a `Box` because the kernel
-/// *writes* into it (a receive's `msg_namelen`, `msg_flags` and address) while
-/// the record moves about the table; a `Box` asserts exclusive access to its
-/// contents every time it is moved, which those writes would contradict. Only
-/// `Drop` and [`MsgAux::source`] (after the CQE) touch the contents.
-struct MsgAux(NonNull<MsgHdr>);
-
-// SAFETY: a `MsgAux` owns its allocation outright, like a `Box`. The raw pointers
-// inside the header point only into that same allocation and into the record's
-// data buffer, which moves between threads together with it (both are in the
-// same record, under the driver's mutex); nothing in them is tied to a thread.
-unsafe impl Send for MsgAux {}
-
-impl MsgAux {
-    /// A header for one buffer of `len` bytes at `data`, and the address `name`
-    /// (`name_len` bytes of it are meaningful: the destination's length for a
-    /// send, the whole storage for a receive).
-    fn new(data: *mut u8, len: usize, name: SockAddrStorage, name_len: socklen_t) -> MsgAux {
-        // SAFETY: msghdr and iovec are plain C structs of pointers and integers;
-        // all zeroes (null pointers, zero lengths) is a valid value of each.
-        let (hdr, iov) = unsafe { std::mem::zeroed() };
-        let ptr = Box::into_raw(Box::new(MsgHdr { hdr, iov, name }));
-        // SAFETY: `ptr` comes from `Box::into_raw` just above: valid, aligned,
-        // and not yet seen by anyone else (the kernel sees it only once the SQE
-        // built from it is pushed). The self-pointers are taken from `ptr`
-        // itself, with no intermediate reference, so they stay valid for as
-        // long as the allocation does.
-        unsafe {
-            (*ptr).iov.iov_base = data.cast();
-            (*ptr).iov.iov_len = len;
-            (*ptr).hdr.msg_iov = &raw mut (*ptr).iov;
-            (*ptr).hdr.msg_iovlen = 1;
-            (*ptr).hdr.msg_name = (&raw mut (*ptr).name).cast();
-            (*ptr).hdr.msg_namelen = name_len;
-        }
-        // SAFETY: `Box::into_raw` never returns null.
-        MsgAux(unsafe { NonNull::new_unchecked(ptr) })
-    }
-
-    fn hdr(&self) -> *mut libc::msghdr {
-        // SAFETY: `hdr` is a field of the live allocation this owns; only its
-        // address is computed, no reference is created and nothing is read.
-        unsafe { &raw mut (*self.0.as_ptr()).hdr }
-    }
-
-    /// A completed receive's source address. Call only once the operation's CQE
-    /// has been reaped: the kernel writes the address and its length until then.
-    fn source(&self) -> Option<Box<SockAddr>> {
-        let p = self.0.as_ptr();
-        // SAFETY: the CQE has been reaped (the caller's promise), so the kernel
-        // has finished writing into the header and nobody else touches it. The
-        // storage is plain bytes (no `Drop`, no ownership), so a bitwise copy
-        // is an independent, valid value.
-        let (name, len) = unsafe { (std::ptr::read(&raw const (*p).name), (*p).hdr.msg_namelen) };
-        raw_addr(name, len)
-    }
-}
-
-impl Drop for MsgAux {
-    fn drop(&mut self) {
-        // SAFETY: the pointer came from `Box::into_raw` in `new` and is freed only
-        // here, once; the record (and so this) is dropped only after its CQE was
-        // reaped, or never submitted.
-        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
-    }
-}
-
-impl std::fmt::Debug for MsgAux {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MsgAux").field("at", &self.0).finish()
-    }
+/// Which optional opcodes this kernel has (found once, at start).
+#[derive(Debug, Clone, Copy)]
+struct Support {
+    splice: bool,
 }
 
 #[derive(Debug)]
@@ -169,7 +91,8 @@ struct Record {
     kind: OpKind,
     key: u64,
     user_data: u64,
-    buf: Option<Vec<u8>>,
+    /// The operation: it owns the buffers its SQE points into.
+    body: OpBody,
     aux: Aux,
 }
 
@@ -177,6 +100,8 @@ struct Record {
 struct Inner {
     ops: OpTable<Record>,
     closed: bool,
+    /// Empty pipes for `send_file`, at most [`PIPE_POOL`].
+    pipes: Vec<Pipe>,
 }
 
 /// The io_uring driver. See the module docs for its threading rules.
@@ -184,6 +109,7 @@ pub(crate) struct Driver {
     ring: IoUring,
     inner: Mutex<Inner>,
     max_in_flight: usize,
+    support: Support,
 }
 
 impl std::fmt::Debug for Driver {
@@ -217,15 +143,17 @@ impl Driver {
         }
         let cq_entries = ring.params().cq_entries() as usize;
         let max_in_flight = cfg.max_in_flight.clamp(1, cq_entries / 2);
+        let support = check_ops(&ring)?;
         let d = Driver {
             ring,
             inner: Mutex::new(Inner {
                 ops: OpTable::new(),
                 closed: false,
+                pipes: Vec::new(),
             }),
             max_in_flight,
+            support,
         };
-        check_required_ops(&d.ring)?;
         // A full round trip proves the ring works (some sandboxes let setup succeed
         // and then fail every submission).
         d.probe_nop()?;
@@ -269,12 +197,16 @@ impl Driver {
                 return Err((Error::QueueFull, Some(op)));
             }
             let kind = op.kind();
-            let (sqe, buf, aux) = build_sqe(op.body);
+            let mut body = op.body;
+            if let OpBody::SendFile { .. } = body {
+                return self.submit_transfer(inner, body, key, user_data, flush);
+            }
+            let (sqe, aux) = ops::build(&mut body);
             let id = inner.ops.insert(Record {
                 kind,
                 key,
                 user_data,
-                buf,
+                body,
                 aux,
             });
             self.push_locked(&sqe.user_data(id.0));
@@ -284,6 +216,60 @@ impl Driver {
             }
             Ok((id, None))
         }
+    }
+
+    /// Starts a `send_file`: a pipe from the pool (or a new one), and the first
+    /// round of its SQEs (see `transfer.rs`).
+    fn submit_transfer(
+        &self,
+        mut inner: std::sync::MutexGuard<'_, Inner>,
+        body: OpBody,
+        key: u64,
+        user_data: u64,
+        flush: bool,
+    ) -> SubmitResult {
+        let OpBody::SendFile {
+            sock,
+            file,
+            offset,
+            len,
+        } = body
+        else {
+            unreachable!("only send_file is a transfer")
+        };
+        let pipe = if self.support.splice {
+            match inner.pipes.pop().map_or_else(Pipe::new, Ok) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    // No pipe (descriptor limit): the error is the op's result.
+                    let res = -e.raw_os_error().unwrap_or(libc::EMFILE);
+                    let id = inner.ops.insert(Record {
+                        kind: OpKind::SendFile,
+                        key,
+                        user_data,
+                        body: OpBody::Nop,
+                        aux: Aux::None,
+                    });
+                    return Ok((id, inner.complete(id, res)));
+                }
+            }
+        } else {
+            None
+        };
+        let (t, head, tail) = Transfer::start(sock, file, offset, len, pipe);
+        let id = inner.ops.insert(Record {
+            kind: OpKind::SendFile,
+            key,
+            user_data,
+            body: OpBody::Nop,
+            aux: Aux::Transfer(Box::new(t)),
+        });
+        self.push_all_locked(&[head.user_data(id.0 | LEG_BIT), tail.user_data(id.0)]);
+        drop(inner);
+        if flush {
+            self.flush();
+        }
+        Ok((id, None))
     }
 
     /// Pushes an SQE; the caller holds `inner`. If the SQ is full, submits first.
@@ -306,6 +292,43 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Pushes the SQEs of one chain together, so the kernel never sees a linked
+    /// SQE without the ones it links to; the caller holds `inner`.
+    fn push_all_locked(&self, sqes: &[squeue::Entry]) {
+        loop {
+            // SAFETY: as in `push_locked`: the mutex is held, and every pointer
+            // in the entries points into a record stored in `inner.ops`.
+            let mut sq = unsafe { self.ring.submission_shared() };
+            // SAFETY: as above.
+            if unsafe { sq.push_multiple(sqes) }.is_ok() {
+                return;
+            }
+            drop(sq);
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
+                    tracing::error!("io_uring_enter failed while the SQ was full: {e}");
+                }
+            }
+        }
+    }
+
+    /// Asks the kernel to cancel every SQE of operation `id` still running;
+    /// the caller holds `inner`.
+    fn push_cancel_locked(&self, inner: &mut Inner, id: OpId) {
+        let Some(rec) = inner.ops.get_mut(id) else {
+            return;
+        };
+        if let Aux::Transfer(t) = &mut rec.aux {
+            t.cancel();
+            self.push_locked(
+                &opcode::AsyncCancel::new(id.0 | LEG_BIT)
+                    .build()
+                    .user_data(CANCEL_TAG),
+            );
+        }
+        self.push_locked(&opcode::AsyncCancel::new(id.0).build().user_data(CANCEL_TAG));
     }
 
     pub(crate) fn has_unflushed(&self) -> bool {
@@ -336,11 +359,11 @@ impl Driver {
     }
 
     pub(crate) fn cancel(&self, id: OpId) -> Result<Option<Completion>> {
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
         if inner.ops.get(id).is_none() {
             return Err(Error::NotFound);
         }
-        self.push_locked(&opcode::AsyncCancel::new(id.0).build().user_data(CANCEL_TAG));
+        self.push_cancel_locked(&mut inner, id);
         drop(inner);
         let _ = self.ring.submit();
         Ok(None)
@@ -404,6 +427,7 @@ impl Driver {
         let before = out.len();
         let mut woken = false;
         let mut inner = lock(&self.inner);
+        let mut follow = Vec::new();
         // SAFETY: the inner mutex is held, and CompletionQueues are only created
         // under it, so no other exists.
         let cq = unsafe { self.ring.completion_shared() };
@@ -416,8 +440,20 @@ impl Driver {
             if ud == CANCEL_TAG {
                 continue;
             }
-            if let Some(c) = inner.complete(OpId(ud), cqe.result()) {
+            let id = OpId(ud & !LEG_BIT);
+            if let Some(c) = inner.on_cqe(id, ud & LEG_BIT != 0, cqe.result(), &mut follow) {
                 out.push(c);
+            }
+        }
+        // Further SQEs of multi-SQE operations (a transfer's next round, a cancel
+        // repeated for a tail that started after the first one).
+        for chain in &follow {
+            self.push_all_locked(chain.as_slice());
+        }
+        drop(inner);
+        if !follow.is_empty() {
+            if let Err(e) = self.ring.submit() {
+                tracing::debug!("io_uring submit: {e}");
             }
         }
         (out.len() - before, woken)
@@ -426,16 +462,21 @@ impl Driver {
     /// Refuses new work, cancels everything in flight and waits until the kernel
     /// has released it all. Completions reaped here are dropped.
     pub(crate) fn shutdown(&self) {
-        {
-            let mut inner = lock(&self.inner);
-            inner.closed = true;
-            for id in inner.ops.ids() {
-                self.push_locked(&opcode::AsyncCancel::new(id.0).build().user_data(CANCEL_TAG));
-            }
-        }
+        lock(&self.inner).closed = true;
         let mut sink = Vec::new();
         let mut woken = false;
+        let mut round = 0u32;
         loop {
+            // Cancel everything in flight, again every half second: a request
+            // that was not yet visible to the kernel's cancel (the tail of a
+            // chain whose head was still running) is caught the next time.
+            if round % 10 == 0 {
+                let mut inner = lock(&self.inner);
+                for id in inner.ops.ids() {
+                    self.push_cancel_locked(&mut inner, id);
+                }
+            }
+            round += 1;
             sink.clear();
             woken |= self.reap(&mut sink).1;
             if lock(&self.inner).ops.len() == 0 {
@@ -472,36 +513,89 @@ impl Drop for Driver {
 }
 
 impl Inner {
-    /// Removes the record of `id` and builds its completion.
-    fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
-        let Some(rec) = self.ops.remove(id) else {
+    /// Takes one CQE of operation `id` (`head`: it carried [`LEG_BIT`]). Returns
+    /// the operation's completion once its last CQE is in; SQEs it still needs
+    /// go to `follow`, one chain per entry.
+    fn on_cqe(
+        &mut self,
+        id: OpId,
+        head: bool,
+        res: i32,
+        follow: &mut Vec<Vec<squeue::Entry>>,
+    ) -> Option<Completion> {
+        let closing = self.closed;
+        let Some(rec) = self.ops.get_mut(id) else {
             tracing::error!("CQE for unknown operation {:#x}", id.0);
             return None;
         };
-        let addr = match &rec.aux {
-            // The CQE is in hand: the kernel is done with the header.
-            Aux::Msg(m) if rec.kind == OpKind::RecvFrom && res >= 0 => m.source(),
-            _ => None,
+        let res = match &mut rec.aux {
+            Aux::Transfer(t) => match t.on_cqe(head, res, closing) {
+                Step::Wait => {
+                    if head && t.is_cancelled() {
+                        // The head is done, so the tail may only now have
+                        // started: cancel it again.
+                        follow.push(vec![opcode::AsyncCancel::new(id.0)
+                            .build()
+                            .user_data(CANCEL_TAG)]);
+                    }
+                    return None;
+                }
+                Step::Next(h, t) => {
+                    let mut chain = Vec::with_capacity(2);
+                    chain.extend(h.map(|h| h.user_data(id.0 | LEG_BIT)));
+                    chain.push(t.user_data(id.0));
+                    follow.push(chain);
+                    return None;
+                }
+                Step::Done(res) => res,
+            },
+            _ if head => {
+                tracing::error!("head CQE for single-SQE operation {:#x}", id.0);
+                return None;
+            }
+            _ => res,
         };
+        self.complete(id, res)
+    }
+
+    /// Removes the record of `id` and builds its completion.
+    fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
+        let rec = self.ops.remove(id)?;
+        let mut out = match &rec.aux {
+            // The CQE is in hand: the kernel is done with the header.
+            Aux::Msg(m) if rec.kind == OpKind::RecvFrom && res >= 0 => Output {
+                addr: m.source(),
+                ..Output::default()
+            },
+            _ => Output::default(),
+        };
+        out.buf = rec.body.into_output().buf;
+        if let Aux::Transfer(t) = rec.aux {
+            if let Some(p) = t.into_pipe() {
+                if self.pipes.len() < PIPE_POOL {
+                    self.pipes.push(p);
+                }
+            }
+        }
         Some(Completion::from_raw(
             id,
             rec.kind,
             rec.key,
             rec.user_data,
             res,
-            rec.buf,
-            addr,
+            out,
         ))
     }
 }
 
-/// Fails if the kernel lacks an opcode ringport needs (then `auto` falls back).
+/// Fails if the kernel lacks an opcode ringport needs (then `auto` falls back);
+/// otherwise says which optional ones it has.
 ///
 /// `RECVMSG`/`SENDMSG` (Linux 5.3) are required rather than probed per
 /// operation: every kernel with `IORING_FEAT_EXT_ARG` (5.11), which the driver
 /// already requires, has them, so the check can only fail on a kernel built or
 /// filtered to lack them — and then epoll serves datagrams too.
-fn check_required_ops(ring: &IoUring) -> io::Result<()> {
+fn check_ops(ring: &IoUring) -> io::Result<Support> {
     let mut probe = io_uring::Probe::new();
     ring.submitter().register_probe(&mut probe)?;
     let required = [
@@ -527,112 +621,9 @@ fn check_required_ops(ring: &IoUring) -> io::Result<()> {
             ));
         }
     }
-    Ok(())
-}
-
-/// Translates an operation into an SQE, returning what the SQE points into.
-fn build_sqe(body: OpBody) -> (squeue::Entry, Option<Vec<u8>>, Aux) {
-    use types::Fd;
-    match body {
-        OpBody::Nop => (opcode::Nop::new().build(), None, Aux::None),
-        OpBody::Read {
-            fd,
-            mut buf,
-            offset,
-        } => {
-            let len = buf.capacity().min(u32::MAX as usize) as u32;
-            let sqe = opcode::Read::new(Fd(fd), buf.as_mut_ptr(), len)
-                .offset(offset)
-                .build();
-            (sqe, Some(buf), Aux::None)
-        }
-        OpBody::Write {
-            fd,
-            buf,
-            pos,
-            offset,
-        } => {
-            let len = (buf.len() - pos).min(u32::MAX as usize) as u32;
-            // SAFETY: pos <= buf.len() (clamped when the op was built).
-            let ptr = unsafe { buf.as_ptr().add(pos) };
-            let sqe = opcode::Write::new(Fd(fd), ptr, len).offset(offset).build();
-            (sqe, Some(buf), Aux::None)
-        }
-        OpBody::Recv { fd, mut buf, flags } => {
-            let len = buf.capacity().min(u32::MAX as usize) as u32;
-            let sqe = opcode::Recv::new(Fd(fd), buf.as_mut_ptr(), len)
-                .flags(flags)
-                .build();
-            (sqe, Some(buf), Aux::None)
-        }
-        OpBody::Send {
-            fd,
-            buf,
-            pos,
-            flags,
-        } => {
-            let len = (buf.len() - pos).min(u32::MAX as usize) as u32;
-            // SAFETY: pos <= buf.len() (clamped when the op was built).
-            let ptr = unsafe { buf.as_ptr().add(pos) };
-            let sqe = opcode::Send::new(Fd(fd), ptr, len).flags(flags).build();
-            (sqe, Some(buf), Aux::None)
-        }
-        OpBody::RecvFrom {
-            fd, mut buf, flags, ..
-        } => {
-            let name = SockAddrStorage::zeroed();
-            let name_len = name.size_of();
-            let msg = MsgAux::new(buf.as_mut_ptr(), buf.capacity(), name, name_len);
-            let sqe = opcode::RecvMsg::new(Fd(fd), msg.hdr())
-                .flags(flags as u32)
-                .build();
-            (sqe, Some(buf), Aux::Msg(msg))
-        }
-        OpBody::SendTo {
-            fd,
-            mut buf,
-            addr,
-            flags,
-        } => {
-            let name_len = addr.len();
-            // The kernel only reads through the iovec of a send; the pointer is
-            // `*mut` because `iovec` has one field for both directions.
-            let msg = MsgAux::new(buf.as_mut_ptr(), buf.len(), (*addr).as_storage(), name_len);
-            let sqe = opcode::SendMsg::new(Fd(fd), msg.hdr())
-                .flags(flags as u32)
-                .build();
-            (sqe, Some(buf), Aux::Msg(msg))
-        }
-        OpBody::Accept { fd } => {
-            let sqe = opcode::Accept::new(Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
-                .flags(libc::SOCK_CLOEXEC)
-                .build();
-            (sqe, None, Aux::None)
-        }
-        OpBody::Connect { fd, addr } => {
-            let sqe =
-                opcode::Connect::new(Fd(fd), addr.as_ptr().cast::<libc::sockaddr>(), addr.len())
-                    .build();
-            (sqe, None, Aux::Addr(addr))
-        }
-        OpBody::Close { fd } => {
-            // The kernel closes it; ownership ends here.
-            let sqe = opcode::Close::new(Fd(fd.into_raw_fd())).build();
-            (sqe, None, Aux::None)
-        }
-        OpBody::Fsync { fd, datasync } => {
-            let mut op = opcode::Fsync::new(Fd(fd));
-            if datasync {
-                op = op.flags(types::FsyncFlags::DATASYNC);
-            }
-            (op.build(), None, Aux::None)
-        }
-        OpBody::Timeout { after } => {
-            let ts = Box::new(types::Timespec::from(after));
-            let sqe = opcode::Timeout::new(&*ts as *const types::Timespec).build();
-            (sqe, None, Aux::Time(ts))
-        }
-    }
+    Ok(Support {
+        splice: probe.is_supported(opcode::Splice::CODE),
+    })
 }
 
 #[cfg(all(test, not(loom)))]

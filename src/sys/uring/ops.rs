@@ -1,0 +1,226 @@
+//! Translating one operation into its SQE, and the auxiliary data the SQE
+//! points into (kept alive in the operation's record until its CQE is reaped).
+//!
+//! The record keeps the [`OpBody`] itself, so everything the body owns — a
+//! buffer's heap allocation, a socket address's box — stays at the address the
+//! SQE holds however the record moves about the table. What the SQE needs
+//! besides (a timer's `timespec`, a `msghdr`) is the [`Aux`] built here.
+
+use std::os::fd::IntoRawFd;
+use std::ptr::NonNull;
+
+use io_uring::{opcode, squeue, types};
+use socket2::{socklen_t, SockAddr, SockAddrStorage};
+
+use crate::completion::raw_addr;
+use crate::op::OpBody;
+
+use super::transfer::Transfer;
+
+/// What an SQE points into besides the op body, kept alive with the record.
+#[derive(Debug)]
+// The `Time` box is never read: it exists so the kernel's pointer stays valid
+// until the record is dropped at reap time. (`Msg` is read: a receive's source
+// address comes back in it.)
+#[allow(dead_code)]
+pub(super) enum Aux {
+    None,
+    Time(Box<types::Timespec>),
+    Msg(MsgAux),
+    /// A `send_file` in progress: its pipe (or buffer) and its state.
+    Transfer(Box<Transfer>),
+}
+
+/// A `recvmsg`/`sendmsg` header with everything it points to except the data
+/// buffer (which the record's body holds): one `iovec`, and the socket address.
+struct MsgHdr {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    /// `send_to`: the destination. `recv_from`: zeroed, for the kernel to write
+    /// the source address into.
+    name: SockAddrStorage,
+}
+
+/// Owns a heap-allocated [`MsgHdr`] at a fixed address, from `build` until the
+/// record is dropped at reap time.
+///
+/// It is held through a raw pointer rather than a `Box` because the kernel
+/// *writes* into it (a receive's `msg_namelen`, `msg_flags` and address) while
+/// the record moves about the table; a `Box` asserts exclusive access to its
+/// contents every time it is moved, which those writes would contradict. Only
+/// `Drop` and [`MsgAux::source`] (after the CQE) touch the contents.
+pub(super) struct MsgAux(NonNull<MsgHdr>);
+
+// SAFETY: a `MsgAux` owns its allocation outright, like a `Box`. The raw pointers
+// inside the header point only into that same allocation and into the record's
+// data buffer, which moves between threads together with it (both are in the
+// same record, under the driver's mutex); nothing in them is tied to a thread.
+unsafe impl Send for MsgAux {}
+
+impl MsgAux {
+    /// A header for one buffer of `len` bytes at `data`, and the address `name`
+    /// (`name_len` bytes of it are meaningful: the destination's length for a
+    /// send, the whole storage for a receive).
+    fn new(data: *mut u8, len: usize, name: SockAddrStorage, name_len: socklen_t) -> MsgAux {
+        // SAFETY: msghdr and iovec are plain C structs of pointers and integers;
+        // all zeroes (null pointers, zero lengths) is a valid value of each.
+        let (hdr, iov) = unsafe { std::mem::zeroed() };
+        let ptr = Box::into_raw(Box::new(MsgHdr { hdr, iov, name }));
+        // SAFETY: `ptr` comes from `Box::into_raw` just above: valid, aligned,
+        // and not yet seen by anyone else (the kernel sees it only once the SQE
+        // built from it is pushed). The self-pointers are taken from `ptr`
+        // itself, with no intermediate reference, so they stay valid for as
+        // long as the allocation does.
+        unsafe {
+            (*ptr).iov.iov_base = data.cast();
+            (*ptr).iov.iov_len = len;
+            (*ptr).hdr.msg_iov = &raw mut (*ptr).iov;
+            (*ptr).hdr.msg_iovlen = 1;
+            (*ptr).hdr.msg_name = (&raw mut (*ptr).name).cast();
+            (*ptr).hdr.msg_namelen = name_len;
+        }
+        // SAFETY: `Box::into_raw` never returns null.
+        MsgAux(unsafe { NonNull::new_unchecked(ptr) })
+    }
+
+    fn hdr(&self) -> *mut libc::msghdr {
+        // SAFETY: `hdr` is a field of the live allocation this owns; only its
+        // address is computed, no reference is created and nothing is read.
+        unsafe { &raw mut (*self.0.as_ptr()).hdr }
+    }
+
+    /// A completed receive's source address. Call only once the operation's CQE
+    /// has been reaped: the kernel writes the address and its length until then.
+    pub(super) fn source(&self) -> Option<Box<SockAddr>> {
+        let p = self.0.as_ptr();
+        // SAFETY: the CQE has been reaped (the caller's promise), so the kernel
+        // has finished writing into the header and nobody else touches it. The
+        // storage is plain bytes (no `Drop`, no ownership), so a bitwise copy
+        // is an independent, valid value.
+        let (name, len) = unsafe { (std::ptr::read(&raw const (*p).name), (*p).hdr.msg_namelen) };
+        raw_addr(name, len)
+    }
+}
+
+impl Drop for MsgAux {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::into_raw` in `new` and is freed only
+        // here, once; the record (and so this) is dropped only after its CQE was
+        // reaped, or never submitted.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+impl std::fmt::Debug for MsgAux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MsgAux").field("at", &self.0).finish()
+    }
+}
+
+/// Translates an operation of one SQE into it. The SQE points into `body`'s heap
+/// allocations and into the returned [`Aux`]; the caller keeps both in the
+/// record. A `close` gives its descriptor to the kernel and leaves `Nop` behind.
+/// `send_file` is not built here (see `transfer.rs`).
+pub(super) fn build(body: &mut OpBody) -> (squeue::Entry, Aux) {
+    use types::Fd;
+    match body {
+        OpBody::Nop | OpBody::SendFile { .. } => (opcode::Nop::new().build(), Aux::None),
+        OpBody::Read { fd, buf, offset } => {
+            let len = buf.capacity().min(u32::MAX as usize) as u32;
+            let sqe = opcode::Read::new(Fd(*fd), buf.as_mut_ptr(), len)
+                .offset(*offset)
+                .build();
+            (sqe, Aux::None)
+        }
+        OpBody::Write {
+            fd,
+            buf,
+            pos,
+            offset,
+        } => {
+            let len = (buf.len() - *pos).min(u32::MAX as usize) as u32;
+            // SAFETY: pos <= buf.len() (clamped when the op was built).
+            let ptr = unsafe { buf.as_ptr().add(*pos) };
+            let sqe = opcode::Write::new(Fd(*fd), ptr, len)
+                .offset(*offset)
+                .build();
+            (sqe, Aux::None)
+        }
+        OpBody::Recv { fd, buf, flags } => {
+            let len = buf.capacity().min(u32::MAX as usize) as u32;
+            let sqe = opcode::Recv::new(Fd(*fd), buf.as_mut_ptr(), len)
+                .flags(*flags)
+                .build();
+            (sqe, Aux::None)
+        }
+        OpBody::Send {
+            fd,
+            buf,
+            pos,
+            flags,
+        } => {
+            let len = (buf.len() - *pos).min(u32::MAX as usize) as u32;
+            // SAFETY: pos <= buf.len() (clamped when the op was built).
+            let ptr = unsafe { buf.as_ptr().add(*pos) };
+            let sqe = opcode::Send::new(Fd(*fd), ptr, len).flags(*flags).build();
+            (sqe, Aux::None)
+        }
+        OpBody::RecvFrom { fd, buf, flags, .. } => {
+            let name = SockAddrStorage::zeroed();
+            let name_len = name.size_of();
+            let msg = MsgAux::new(buf.as_mut_ptr(), buf.capacity(), name, name_len);
+            let sqe = opcode::RecvMsg::new(Fd(*fd), msg.hdr())
+                .flags(*flags as u32)
+                .build();
+            (sqe, Aux::Msg(msg))
+        }
+        OpBody::SendTo {
+            fd,
+            buf,
+            addr,
+            flags,
+        } => {
+            let name_len = addr.len();
+            // The kernel only reads through the iovec of a send; the pointer is
+            // `*mut` because `iovec` has one field for both directions.
+            let storage = SockAddr::clone(addr).as_storage();
+            let msg = MsgAux::new(buf.as_mut_ptr(), buf.len(), storage, name_len);
+            let sqe = opcode::SendMsg::new(Fd(*fd), msg.hdr())
+                .flags(*flags as u32)
+                .build();
+            (sqe, Aux::Msg(msg))
+        }
+        OpBody::Accept { fd } => {
+            let sqe = opcode::Accept::new(Fd(*fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build();
+            (sqe, Aux::None)
+        }
+        OpBody::Connect { fd, addr } => {
+            let sqe =
+                opcode::Connect::new(Fd(*fd), addr.as_ptr().cast::<libc::sockaddr>(), addr.len())
+                    .build();
+            (sqe, Aux::None)
+        }
+        OpBody::Close { .. } => {
+            let OpBody::Close { fd } = std::mem::replace(body, OpBody::Nop) else {
+                unreachable!("matched a close just above")
+            };
+            // The kernel closes it; ownership ends here.
+            let sqe = opcode::Close::new(Fd(fd.into_raw_fd())).build();
+            (sqe, Aux::None)
+        }
+        OpBody::Fsync { fd, datasync } => {
+            let mut op = opcode::Fsync::new(Fd(*fd));
+            if *datasync {
+                op = op.flags(types::FsyncFlags::DATASYNC);
+            }
+            (op.build(), Aux::None)
+        }
+        OpBody::Timeout { after } => {
+            let ts = Box::new(types::Timespec::from(*after));
+            let sqe = opcode::Timeout::new(&*ts as *const types::Timespec).build();
+            (sqe, Aux::Time(ts))
+        }
+    }
+}
