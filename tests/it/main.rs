@@ -23,3 +23,4 @@ mod priority;
 mod queue;
 mod rt;
 mod rt_io;
+mod serve;

@@ -4,6 +4,7 @@ mod bench;
 mod echo;
 mod echo_async;
 mod info;
+mod serve;
 mod signals;
 
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Show the backend this machine gets and why, the kernel, and io_uring's features.
     Info(info::InfoArgs),
+    /// A static HTTP/1.1 file server for DIR (default: the current folder).
+    Serve(serve::ServeArgs),
     /// A TCP echo server on the port and its pool.
     Echo(echo::EchoArgs),
     /// Load generators and micro-benchmarks.
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Echo(args) => echo::run(&args),
         Command::Bench(cmd) => bench::run(cmd),
     };

@@ -1,0 +1,636 @@
+//! HTTP/1.x on the wire: request heads parsed with `httparse` under fixed
+//! limits, response heads, byte ranges and conditional requests. Pure functions
+//! of bytes and strings (no I/O), so they are unit- and property-tested here.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Longest request line (method, target, version) accepted; longer → 414.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// Longest request head (request line and every header) accepted; longer → 431.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most header fields accepted; more → 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// A request head the server can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    /// The request target as sent (still percent-encoded).
+    pub target: String,
+    /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    /// The connection may stay open after the response.
+    pub keep_alive: bool,
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<String>,
+    pub range: Option<String>,
+    pub if_range: Option<String>,
+    /// `Content-Length` of a request body (0 when none).
+    pub content_length: u64,
+    /// A `Transfer-Encoding` was sent (a body of unknown length follows).
+    pub chunked: bool,
+    /// Bytes of the head, up to and including its final empty line.
+    pub head_len: usize,
+}
+
+/// The request method, as far as this server cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Other(String),
+}
+
+impl Method {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Other(m) => m,
+        }
+    }
+}
+
+/// What a buffer holds so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole head, ready to answer.
+    Complete(Request),
+    /// The start of a head: read more.
+    Partial,
+}
+
+/// A head refused: answer with this status and close the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// 400: malformed.
+    BadRequest,
+    /// 414: request line over [`MAX_REQUEST_LINE`].
+    UriTooLong,
+    /// 431: head over [`MAX_HEAD`] or more than [`MAX_HEADERS`] fields.
+    HeadersTooLarge,
+    /// 505: a well-formed `HTTP/x.y` other than 1.0 and 1.1.
+    VersionNotSupported,
+}
+
+impl Reject {
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::BadRequest => 400,
+            Reject::UriTooLong => 414,
+            Reject::HeadersTooLarge => 431,
+            Reject::VersionNotSupported => 505,
+        }
+    }
+}
+
+/// Parses the request head at the start of `buf` (later bytes may be a body or
+/// pipelined requests). Never panics, whatever the bytes.
+pub fn parse(buf: &[u8]) -> Result<Parsed, Reject> {
+    // Empty lines before a request line are allowed (RFC 9112 §2.2).
+    let lead = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let rest = &buf[lead..];
+    let line_end = rest
+        .iter()
+        .take(MAX_REQUEST_LINE + 1)
+        .position(|&b| b == b'\n');
+    match line_end {
+        None if rest.len() > MAX_REQUEST_LINE => return Err(Reject::UriTooLong),
+        Some(n) if n > MAX_REQUEST_LINE => return Err(Reject::UriTooLong),
+        _ => {}
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(Reject::HeadersTooLarge),
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(Reject::HeadersTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadersTooLarge),
+        Err(httparse::Error::Version) => {
+            let line = &rest[..line_end.unwrap_or(rest.len())];
+            return Err(if names_other_version(line) {
+                Reject::VersionNotSupported
+            } else {
+                Reject::BadRequest
+            });
+        }
+        Err(_) => return Err(Reject::BadRequest),
+    };
+    let (Some(method), Some(path), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(Reject::BadRequest);
+    };
+    let method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        m => Method::Other(m.to_string()),
+    };
+    let mut r = Request {
+        method,
+        target: path.to_string(),
+        minor,
+        keep_alive: minor >= 1,
+        if_none_match: None,
+        if_modified_since: None,
+        range: None,
+        if_range: None,
+        content_length: 0,
+        chunked: false,
+        head_len,
+    };
+    let mut host = false;
+    let mut length: Option<u64> = None;
+    let (mut close, mut keep) = (false, false);
+    for h in req.headers.iter() {
+        let name = h.name;
+        let value = || {
+            std::str::from_utf8(h.value)
+                .map(|s| s.trim().to_string())
+                .map_err(|_| Reject::BadRequest)
+        };
+        if name.eq_ignore_ascii_case("host") {
+            if host {
+                return Err(Reject::BadRequest);
+            }
+            host = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let v = h.value.trim_ascii();
+            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                return Err(Reject::BadRequest);
+            }
+            let n = digits(v);
+            if length.is_some_and(|l| l != n) {
+                return Err(Reject::BadRequest);
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            r.chunked = true;
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            r.if_none_match = Some(value()?);
+        } else if name.eq_ignore_ascii_case("if-modified-since") {
+            r.if_modified_since = Some(value()?);
+        } else if name.eq_ignore_ascii_case("range") {
+            r.range = Some(value()?);
+        } else if name.eq_ignore_ascii_case("if-range") {
+            r.if_range = Some(value()?);
+        }
+    }
+    if minor >= 1 && !host {
+        return Err(Reject::BadRequest); // RFC 9112 §3.2: a 1.1 request names its host
+    }
+    if r.chunked && length.is_some() {
+        return Err(Reject::BadRequest); // request smuggling shape: refuse
+    }
+    r.content_length = length.unwrap_or(0);
+    r.keep_alive = !close && (minor >= 1 || keep);
+    Ok(Parsed::Complete(r))
+}
+
+/// True if the request line ends in a well-formed `HTTP/<digits>.<digits>` (a
+/// version this server does not speak, since httparse refused it).
+fn names_other_version(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(v) = line
+        .rsplit(|&b| b == b' ')
+        .next()
+        .and_then(|t| t.strip_prefix(b"HTTP/"))
+    else {
+        return false;
+    };
+    let mut parts = v.splitn(2, |&b| b == b'.');
+    let ok =
+        |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+    ok(parts.next()) && ok(parts.next())
+}
+
+/// Decimal digits to a number, saturating (a position past any file).
+fn digits(s: &[u8]) -> u64 {
+    s.iter().fold(0u64, |n, &d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    })
+}
+
+/// The reason phrase of the statuses this server sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// Appends a status line and the headers every response carries.
+pub fn begin(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\nServer: ringport\r\nDate: ");
+    with_date(|d| out.extend_from_slice(d.as_bytes()));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one header line.
+pub fn header(out: &mut Vec<u8>, name: &str, value: impl std::fmt::Display) {
+    let mut s = String::with_capacity(name.len() + 32);
+    let _ = write!(s, "{name}: {value}\r\n");
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Appends the `Connection` header and the empty line that ends a head.
+pub fn end(out: &mut Vec<u8>, keep_alive: bool) {
+    out.extend_from_slice(if keep_alive {
+        b"Connection: keep-alive\r\n\r\n"
+    } else {
+        b"Connection: close\r\n\r\n"
+    });
+}
+
+thread_local! {
+    /// The `Date` value of the current second (formatting is not free).
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+fn with_date(f: impl FnOnce(&str)) {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        f(&d.1)
+    })
+}
+
+/// What a `Range` header asks of a representation of `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeAsk {
+    /// Send everything (no range, a range this server ignores, or several).
+    Full,
+    /// Send bytes `start..=end` with 206.
+    Part { start: u64, end: u64 },
+    /// 416.
+    Unsatisfiable,
+}
+
+/// Interprets a `Range` value against `len` bytes (RFC 9110 §14): one
+/// `bytes=a-b`, `a-` or `-n` range; several ranges get the whole file; a value
+/// that is not a byte range is ignored.
+pub fn range(value: &str, len: u64) -> RangeAsk {
+    let v = value.trim();
+    let Some(spec) = v
+        .get(..6)
+        .filter(|u| u.eq_ignore_ascii_case("bytes="))
+        .map(|_| v[6..].trim())
+    else {
+        return RangeAsk::Full;
+    };
+    if spec.contains(',') {
+        return RangeAsk::Full;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeAsk::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then(|| digits(s.as_bytes()))
+    };
+    match (a.is_empty(), num(a), num(b)) {
+        // -n: the last n bytes
+        (true, _, Some(n)) => {
+            if n == 0 || len == 0 {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part {
+                    start: len.saturating_sub(n),
+                    end: len - 1,
+                }
+            }
+        }
+        // a-
+        (false, Some(start), None) if b.is_empty() => {
+            if start >= len {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part {
+                    start,
+                    end: len - 1,
+                }
+            }
+        }
+        // a-b
+        (false, Some(start), Some(end)) if start <= end => {
+            if start >= len {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part {
+                    start,
+                    end: end.min(len - 1),
+                }
+            }
+        }
+        _ => RangeAsk::Full,
+    }
+}
+
+/// The validators of one version of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validators {
+    /// A strong entity tag, quoted.
+    pub etag: String,
+    /// Modification time in whole seconds since the epoch.
+    pub mtime: u64,
+    /// `Last-Modified` (the HTTP date of `mtime`).
+    pub last_modified: String,
+}
+
+impl Validators {
+    pub fn new(ino: u64, len: u64, mtime: SystemTime) -> Validators {
+        let since = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        Validators {
+            etag: format!("\"{ino:x}-{:x}-{len:x}\"", since.as_nanos()),
+            mtime: secs,
+            last_modified: httpdate::fmt_http_date(
+                UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            ),
+        }
+    }
+}
+
+/// True if the request's preconditions make a GET/HEAD answer 304 (RFC 9110
+/// §13.2.2: `If-None-Match` first; `If-Modified-Since` only without it).
+pub fn not_modified(req: &Request, v: &Validators) -> bool {
+    if let Some(inm) = &req.if_none_match {
+        return etag_list_matches(inm, &v.etag, false);
+    }
+    if let Some(ims) = &req.if_modified_since {
+        if let Ok(since) = httpdate::parse_http_date(ims) {
+            let since = since
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            return v.mtime <= since;
+        }
+    }
+    false
+}
+
+/// True if a `Range` may be honoured: no `If-Range`, or one that names the
+/// current version (a strong tag, or exactly the `Last-Modified` date).
+pub fn if_range_holds(req: &Request, v: &Validators) -> bool {
+    match &req.if_range {
+        None => true,
+        Some(ir) if ir.starts_with('"') => ir == &v.etag,
+        Some(ir) if ir.starts_with("W/") => false,
+        Some(ir) => httpdate::parse_http_date(ir)
+            .is_ok_and(|d| d.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).ok() == Some(v.mtime)),
+    }
+}
+
+/// `*` or a comma-separated list of entity tags containing `etag` (weak
+/// comparison unless `strong`: a `W/` prefix is ignored).
+fn etag_list_matches(list: &str, etag: &str, strong: bool) -> bool {
+    list.split(',').map(str::trim).any(|t| {
+        if t == "*" {
+            return true;
+        }
+        match t.strip_prefix("W/") {
+            Some(weak) => !strong && weak == etag,
+            None => t == etag,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn complete(buf: &[u8]) -> Request {
+        match parse(buf) {
+            Ok(Parsed::Complete(r)) => r,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
+        }
+    }
+
+    #[test]
+    fn a_simple_get() {
+        let r = complete(b"GET /a%20b?x=1 HTTP/1.1\r\nHost: h\r\n\r\nGET /next");
+        assert_eq!(r.method, Method::Get);
+        assert_eq!(r.target, "/a%20b?x=1");
+        assert_eq!(r.minor, 1);
+        assert!(r.keep_alive);
+        assert_eq!(r.head_len, 36);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(!complete(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(complete(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        let r = complete(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade, close\r\n\r\n");
+        assert!(!r.keep_alive);
+    }
+
+    #[test]
+    fn partial_then_complete() {
+        let full = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        for n in 0..full.len() {
+            assert_eq!(parse(&full[..n]), Ok(Parsed::Partial), "{n}");
+        }
+        complete(full);
+    }
+
+    #[test]
+    fn limits() {
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_REQUEST_LINE));
+        assert_eq!(parse(long.as_bytes()), Err(Reject::UriTooLong));
+        assert_eq!(
+            parse(&long.as_bytes()[..MAX_REQUEST_LINE + 1]),
+            Err(Reject::UriTooLong)
+        );
+        let mut many = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
+        for i in 0..MAX_HEADERS {
+            many.push_str(&format!("X-{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(parse(many.as_bytes()), Err(Reject::HeadersTooLarge));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\nX: {}\r\n",
+            "v".repeat(MAX_HEAD)
+        );
+        assert_eq!(parse(big.as_bytes()), Err(Reject::HeadersTooLarge));
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            parse(b"GET / HTTP/2.0\r\n\r\n"),
+            Err(Reject::VersionNotSupported)
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.2\r\n\r\n"),
+            Err(Reject::VersionNotSupported)
+        );
+        assert_eq!(parse(b"GET / HTTP/x\r\n\r\n"), Err(Reject::BadRequest));
+        assert_eq!(parse(b"GET / FTP/1.0\r\n\r\n"), Err(Reject::BadRequest));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\n\r\n"),
+            Err(Reject::BadRequest),
+            "no Host"
+        );
+    }
+
+    #[test]
+    fn bodies() {
+        let r = complete(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello");
+        assert_eq!(r.content_length, 5);
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            Err(Reject::BadRequest)
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n"),
+            Err(Reject::BadRequest)
+        );
+        assert!(
+            complete(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n").chunked
+        );
+    }
+
+    #[test]
+    fn ranges() {
+        use RangeAsk::*;
+        assert_eq!(range("bytes=0-9", 100), Part { start: 0, end: 9 });
+        assert_eq!(range("bytes=90-", 100), Part { start: 90, end: 99 });
+        assert_eq!(range("bytes=-10", 100), Part { start: 90, end: 99 });
+        assert_eq!(range("bytes=-1000", 100), Part { start: 0, end: 99 });
+        assert_eq!(range("bytes=50-1000", 100), Part { start: 50, end: 99 });
+        assert_eq!(range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(range("bytes=100-200", 100), Unsatisfiable);
+        assert_eq!(range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(range("bytes=0-0", 0), Unsatisfiable);
+        assert_eq!(range("bytes=99999999999999999999999-", 100), Unsatisfiable);
+        assert_eq!(range("bytes=5-1", 100), Full);
+        assert_eq!(range("bytes=0-1,5-6", 100), Full);
+        assert_eq!(range("items=0-1", 100), Full);
+        assert_eq!(range("bytes=x-1", 100), Full);
+        assert_eq!(range("bytes=", 100), Full);
+    }
+
+    #[test]
+    fn conditionals() {
+        let v = Validators::new(1, 2, UNIX_EPOCH + std::time::Duration::from_secs(1_000_000));
+        let mut r = complete(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(!not_modified(&r, &v));
+        r.if_none_match = Some(format!("\"x\", W/{}", v.etag));
+        assert!(not_modified(&r, &v));
+        r.if_none_match = Some("*".into());
+        assert!(not_modified(&r, &v));
+        r.if_none_match = Some("\"other\"".into());
+        r.if_modified_since = Some(v.last_modified.clone());
+        assert!(!not_modified(&r, &v), "If-None-Match wins");
+        r.if_none_match = None;
+        assert!(not_modified(&r, &v));
+        r.if_modified_since = Some("Thu, 01 Jan 1970 00:00:00 GMT".into());
+        assert!(!not_modified(&r, &v));
+        r.if_range = Some(v.etag.clone());
+        assert!(if_range_holds(&r, &v));
+        r.if_range = Some(format!("W/{}", v.etag));
+        assert!(!if_range_holds(&r, &v));
+        r.if_range = Some(v.last_modified.clone());
+        assert!(if_range_holds(&r, &v));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes: no panic; a complete head lies within the buffer.
+        #[test]
+        fn parse_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(Parsed::Complete(r)) = parse(&buf) {
+                prop_assert!(r.head_len <= buf.len());
+                prop_assert!(r.head_len <= MAX_HEAD);
+            }
+        }
+
+        /// Request-shaped input (mutated heads): no panic, and the verdict of
+        /// a complete head does not change when more bytes follow it.
+        #[test]
+        fn parse_request_shaped(
+            method in "(GET|HEAD|POST|[A-Z]{1,8})",
+            target in "(/[ -~]{0,40}|\\*|[a-z]{0,8})",
+            version in "HTTP/[0-9]\\.[0-9]",
+            headers in proptest::collection::vec(("[A-Za-z-]{1,16}", "[ -~]{0,40}"), 0..8),
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut head = format!("{method} {target} {version}\r\n");
+            for (n, v) in &headers {
+                head.push_str(&format!("{n}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            let first = parse(head.as_bytes());
+            let mut more = head.clone().into_bytes();
+            more.extend_from_slice(&tail);
+            let second = parse(&more);
+            if let Ok(Parsed::Complete(r)) = &first {
+                prop_assert_eq!(r.head_len, head.len());
+                prop_assert_eq!(&first, &second);
+            }
+        }
+
+        /// Ranges: never panics; a part always lies inside the file.
+        #[test]
+        fn range_inside(value in "(bytes|BYTES|x)=[0-9 ]{0,12}-?[0-9 ]{0,12}(,[0-9-]{0,6})?", len in 0u64..1_000_000) {
+            if let RangeAsk::Part { start, end } = range(&value, len) {
+                prop_assert!(start <= end && end < len);
+            }
+        }
+    }
+
+    /// Inputs the property tests once found (kept as regressions).
+    #[test]
+    fn regressions() {
+        for input in [
+            &b""[..],
+            b"\r\n\r\n",
+            b"\n",
+            b" ",
+            b"GET",
+            b"GET  HTTP/1.1\r\n\r\n",
+        ] {
+            let _ = parse(input);
+        }
+    }
+}

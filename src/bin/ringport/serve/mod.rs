@@ -1,0 +1,418 @@
+//! `ringport serve`: a static HTTP/1.1 file server on ringport's async face.
+//!
+//! One [`Runtime`] (the IOCP pool: `--threads`, `--concurrency`), a few acceptor
+//! tasks on one listener, and one task per connection (`conn.rs`). Every wait
+//! of a connection — for the next request, for the rest of a head, for a send —
+//! is bounded in time and ends early when the server stops; see [`Watch`].
+//!
+//! Shutdown (SIGINT/SIGTERM): the acceptors stop and the listener closes; a
+//! connection waiting for a request closes at once; a response being sent is
+//! finished (with `Connection: close`); then the runtime shuts down and the
+//! program exits 0. If connections are still busy after `--grace-ms`, they are
+//! cut.
+//!
+//! Files: `path.rs` (target → file under DIR, the traversal walls), `http.rs`
+//! (parsing, limits, heads, ranges, conditionals), `conn.rs` (a connection),
+//! `body.rs` (a file body onto the socket), `cache.rs` (small files in memory),
+//! `listing.rs` (directory pages).
+
+mod body;
+mod cache;
+mod conn;
+mod http;
+mod listing;
+mod path;
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use ringport::net::TcpListener;
+use ringport::{BackendChoice, Runtime};
+
+use crate::signals;
+
+/// Flags of `ringport serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Folder to serve.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Worker threads (0 = 2 × CPUs).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Handlers running at once (0 = CPUs).
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
+    /// Backend: auto, uring or epoll (default: RINGPORT_BACKEND, else auto).
+    #[arg(long)]
+    backend: Option<BackendChoice>,
+    /// Print one access-log line per request on stdout.
+    #[arg(long)]
+    log: bool,
+    /// Most connections open at once; more wait in the listen backlog
+    /// [default: 10000, or less if the descriptor limit is lower].
+    #[arg(long)]
+    max_conns: Option<usize>,
+    /// Memory for small files kept in memory, in MiB (0 = no cache).
+    #[arg(long, default_value_t = 64)]
+    cache_mib: usize,
+    /// Largest file kept in memory, in KiB.
+    #[arg(long, default_value_t = 256)]
+    cache_file_kib: u64,
+    /// Time a client has to send a whole request head.
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    header_timeout_ms: u64,
+    /// Time a kept-alive connection may wait for its next request.
+    #[arg(long, default_value_t = 30_000, hide = true)]
+    idle_timeout_ms: u64,
+    /// Time one send may wait for a client that does not read.
+    #[arg(long, default_value_t = 60_000, hide = true)]
+    send_timeout_ms: u64,
+    /// Time busy connections get to finish after a shutdown signal.
+    #[arg(long, default_value_t = 30_000, hide = true)]
+    grace_ms: u64,
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub struct Server {
+    /// DIR, canonical.
+    pub root: PathBuf,
+    pub cfg: Config,
+    pub cache: cache::Cache,
+    stopping: AtomicBool,
+    /// Wakers of every task that waits and must notice a stop.
+    watchers: Mutex<HashMap<u64, Arc<Mutex<Option<Waker>>>>>,
+    next_watch: AtomicU64,
+    /// Connections open (reserved by an acceptor before its accept).
+    open: AtomicUsize,
+    max_conns: usize,
+    /// Acceptors waiting for `open` to drop under `max_conns`.
+    room: Mutex<Vec<Waker>>,
+    pub requests: AtomicU64,
+    accepted: AtomicU64,
+}
+
+/// The resolved settings a connection uses.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+    pub log: bool,
+}
+
+impl Server {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Stops the server: every watcher wakes and sees it.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let all: Vec<_> = lock(&self.watchers).values().cloned().collect();
+        for w in all {
+            if let Some(w) = lock(&w).take() {
+                w.wake();
+            }
+        }
+        for w in std::mem::take(&mut *lock(&self.room)) {
+            w.wake();
+        }
+    }
+
+    /// Registers a task that waits (see [`Watch::wait`]).
+    pub fn watch(self: &Arc<Self>) -> Watch {
+        let id = self.next_watch.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Mutex::new(None));
+        lock(&self.watchers).insert(id, slot.clone());
+        Watch {
+            srv: self.clone(),
+            id,
+            slot,
+        }
+    }
+
+    /// Reserves a connection slot, waiting while `max_conns` are open. `None`:
+    /// the server is stopping.
+    async fn reserve(self: &Arc<Self>) -> Option<Permit> {
+        poll_fn(|cx| {
+            loop {
+                if self.stopping() {
+                    return Poll::Ready(None);
+                }
+                let n = self.open.load(Ordering::Acquire);
+                if n < self.max_conns {
+                    if self
+                        .open
+                        .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Poll::Ready(Some(Permit(self.clone())));
+                    }
+                    continue;
+                }
+                lock(&self.room).push(cx.waker().clone());
+                // A connection may have closed (or a stop come) before the
+                // waker was in place: look once more.
+                if self.open.load(Ordering::Acquire) < self.max_conns || self.stopping() {
+                    continue;
+                }
+                return Poll::Pending;
+            }
+        })
+        .await
+    }
+}
+
+/// One open connection's share of `max_conns`; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Permit(Arc<Server>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        let waiters = std::mem::take(&mut *lock(&self.0.room));
+        for w in waiters {
+            w.wake();
+        }
+    }
+}
+
+/// A task's registration for the stop broadcast.
+#[derive(Debug)]
+pub struct Watch {
+    srv: Arc<Server>,
+    id: u64,
+    slot: Arc<Mutex<Option<Waker>>>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        lock(&self.srv.watchers).remove(&self.id);
+    }
+}
+
+/// How a bounded wait ended.
+#[derive(Debug)]
+pub enum Waited<T> {
+    Done(T),
+    Elapsed,
+    Stopped,
+}
+
+impl Watch {
+    /// Runs `fut` for at most `limit`, and only while the server is not
+    /// stopping (if `stoppable`). A future cut short is dropped, which cancels
+    /// the operation it waited on.
+    pub async fn wait<F: Future>(
+        &self,
+        fut: F,
+        limit: Duration,
+        stoppable: bool,
+    ) -> Waited<F::Output> {
+        let mut fut = pin!(ringport::time::timeout(limit, fut));
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return Poll::Ready(match r {
+                    Ok(v) => Waited::Done(v),
+                    Err(_) => Waited::Elapsed,
+                });
+            }
+            if stoppable {
+                {
+                    let mut slot = lock(&self.slot);
+                    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *slot = Some(cx.waker().clone());
+                    }
+                }
+                // After the waker is in place: `stop` sets the flag before it
+                // takes the wakers, so one of the two sees the other.
+                if self.srv.stopping() {
+                    return Poll::Ready(Waited::Stopped);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Acceptor tasks kept on the listener.
+const ACCEPTORS: usize = 4;
+
+pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::fs::canonicalize(&args.dir)
+        .map_err(|e| format!("cannot serve {}: {e}", args.dir.display()))?;
+    if !root.is_dir() {
+        return Err(format!("cannot serve {}: not a directory", args.dir.display()).into());
+    }
+    if args.max_conns == Some(0) {
+        return Err("--max-conns must be at least 1".into());
+    }
+    // Each connection may hold its socket and one open file.
+    let nofile = raise_nofile();
+    let fd_room = (nofile.saturating_sub(64) / 2).max(1) as usize;
+    let max_conns = match args.max_conns {
+        Some(n) if n > fd_room => {
+            eprintln!(
+                "ringport serve: --max-conns {n} lowered to {fd_room} (the descriptor limit is {nofile})"
+            );
+            fd_room
+        }
+        Some(n) => n,
+        None => fd_room.min(10_000),
+    };
+    signals::block()?;
+    let mut b = Runtime::builder()
+        .threads(args.threads)
+        .concurrency(args.concurrency)
+        // Each connection waits on a receive and a timer; leave room for them all.
+        .max_in_flight((max_conns * 3 + 1024).max(32 * 1024));
+    if let Some(backend) = args.backend {
+        b = b.backend(backend);
+    }
+    let rt = b.build()?;
+    let listener = rt
+        .block_on(async { TcpListener::bind(args.listen) })
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener.local_addr()?;
+    let srv = Arc::new(Server {
+        root: root.clone(),
+        cfg: Config {
+            header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(1)),
+            send_timeout: Duration::from_millis(args.send_timeout_ms.max(1)),
+            log: args.log,
+        },
+        cache: cache::Cache::new(args.cache_mib << 20, args.cache_file_kib << 10),
+        stopping: AtomicBool::new(false),
+        watchers: Mutex::new(HashMap::new()),
+        next_watch: AtomicU64::new(0),
+        open: AtomicUsize::new(0),
+        max_conns,
+        room: Mutex::new(Vec::new()),
+        requests: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+    });
+    let listener = Arc::new(listener);
+    let acceptors: Vec<_> = (0..ACCEPTORS)
+        .map(|_| rt.spawn(accept_loop(srv.clone(), listener.clone())))
+        .collect();
+    drop(listener); // the acceptors own it: it closes when they end
+    let (tx, rx) = mpsc::channel();
+    signals::on_shutdown(move |sig| {
+        let _ = tx.send(sig);
+    })?;
+    println!(
+        "serving {} at http://{local}/ (backend {}, max {max_conns} connections)",
+        root.display(),
+        rt.handle().backend()
+    );
+    let sig = rx.recv()?;
+    srv.stop();
+    let deadline = Instant::now() + Duration::from_millis(args.grace_ms);
+    while (srv.open.load(Ordering::Acquire) > 0 || acceptors.iter().any(|a| !a.is_finished()))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cut = srv.open.load(Ordering::Acquire);
+    rt.shutdown();
+    eprintln!(
+        "serve: signal {sig}: stopped; {} connections, {} requests{}",
+        srv.accepted.load(Ordering::Relaxed),
+        srv.requests.load(Ordering::Relaxed),
+        if cut > 0 {
+            format!(", {cut} still busy after the grace period were cut")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Accepts connections while there is room, until the server stops. Running
+/// out of descriptors backs off (10 ms, doubling to 1 s) instead of spinning.
+async fn accept_loop(srv: Arc<Server>, listener: Arc<TcpListener>) {
+    let watch = srv.watch();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let Some(permit) = srv.reserve().await else {
+            return;
+        };
+        // A long limit: an accept only ends early when the server stops.
+        let (stream, peer) = match watch
+            .wait(listener.accept(), Duration::from_secs(3600), true)
+            .await
+        {
+            Waited::Stopped => return,
+            Waited::Elapsed => continue,
+            Waited::Done(Ok(c)) => c,
+            Waited::Done(Err(e)) => {
+                drop(permit);
+                match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        tracing::warn!("accept: {e}; backing off {backoff:?}");
+                        let nap = ringport::time::sleep(backoff);
+                        if let Waited::Stopped = watch.wait(nap, backoff * 2, true).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    _ if srv.stopping() => return,
+                    // Not from the kernel: the port refused the operation (it is
+                    // closing); every later accept would fail the same way.
+                    None => return,
+                    _ => {
+                        // ECONNABORTED and the like: that connection only.
+                        tracing::debug!("accept: {e}");
+                        ringport::yield_now().await;
+                    }
+                }
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        srv.accepted.fetch_add(1, Ordering::Relaxed);
+        ringport::spawn(conn::run(srv.clone(), stream, peer, permit));
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one; returns the soft limit.
+fn raise_nofile() -> libc::rlim_t {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    lim.rlim_cur
+}
