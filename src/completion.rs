@@ -36,8 +36,9 @@ impl OpId {
 /// * `buf`: the buffer the operation owned, handed back. For reads it holds exactly the
 ///   bytes read (`len() == n`); for writes it is returned as given.
 ///
-/// A `recv_from` also carries the sender's address ([`Completion::take_addr`]), and
-/// an `accept` the accepted socket ([`Completion::take_fd`]).
+/// A `recv_from` also carries the sender's address ([`Completion::take_addr`]),
+/// an `accept` the accepted socket ([`Completion::take_fd`]), and a vectored
+/// read or write its buffers ([`Completion::take_bufs`]).
 pub struct Completion {
     /// The completion key of the handle (or of the posted packet).
     pub key: u64,
@@ -50,9 +51,22 @@ pub struct Completion {
     pub(crate) op: Option<OpId>,
     pub(crate) kind: OpKind,
     pub(crate) fd: Option<OwnedFd>,
-    /// A successful `recv_from`'s sender. Boxed: every completion would otherwise
-    /// carry 132 bytes that only this one kind uses.
-    addr: Option<Box<SockAddr>>,
+    /// What only some kinds hand back.
+    extra: Extra,
+}
+
+/// What a completion carries for a few kinds only. Each payload is boxed, so
+/// every completion pays one pointer and a tag for them.
+#[derive(Debug)]
+enum Extra {
+    None,
+    /// A successful `recv_from`'s sender.
+    Addr(Box<SockAddr>),
+    /// A vectored read's or write's buffers. Boxed although a `Vec` is on the
+    /// heap already: unboxed, its three words would make every completion
+    /// carry two more words for this one kind.
+    #[allow(clippy::box_collection)]
+    Bufs(Box<Vec<Vec<u8>>>),
 }
 
 impl Completion {
@@ -66,7 +80,7 @@ impl Completion {
             op: None,
             kind: OpKind::Post,
             fd: None,
-            addr: None,
+            extra: Extra::None,
         }
     }
 
@@ -90,7 +104,11 @@ impl Completion {
         res: i32,
         out: Output,
     ) -> Self {
-        let Output { mut buf, addr } = out;
+        let Output {
+            mut buf,
+            mut bufs,
+            addr,
+        } = out;
         let mut res = interrupted_is_cancelled(res);
         match kind {
             OpKind::Read | OpKind::Recv | OpKind::RecvFrom if res >= 0 => {
@@ -102,6 +120,18 @@ impl Completion {
                     unsafe { b.set_len(res as usize) };
                 }
             }
+            OpKind::ReadV if res >= 0 => {
+                let mut left = res as usize;
+                for b in bufs.iter_mut().flatten() {
+                    let n = left.min(b.capacity());
+                    // SAFETY: the kernel filled the buffers in order, each up to
+                    // its capacity (the length the backend gave it), with `res`
+                    // bytes in all: this one got its first `n`.
+                    unsafe { b.set_len(n) };
+                    left -= n;
+                }
+                debug_assert_eq!(left, 0, "a readv read more than its buffers hold");
+            }
             OpKind::Timeout if res == -libc::ETIME => res = 0,
             _ => {}
         }
@@ -112,10 +142,10 @@ impl Completion {
         } else {
             None
         };
-        let addr = if kind == OpKind::RecvFrom && res >= 0 {
-            addr
-        } else {
-            None
+        let extra = match (addr, bufs) {
+            (Some(a), _) if kind == OpKind::RecvFrom && res >= 0 => Extra::Addr(a),
+            (_, Some(b)) => Extra::Bufs(Box::new(b)),
+            _ => Extra::None,
         };
         Completion {
             key,
@@ -125,7 +155,7 @@ impl Completion {
             op: Some(op),
             kind,
             fd,
-            addr,
+            extra,
         }
     }
 
@@ -181,7 +211,28 @@ impl Completion {
     /// # }
     /// ```
     pub fn take_addr(&mut self) -> Option<SockAddr> {
-        self.addr.take().map(|a| *a)
+        match std::mem::replace(&mut self.extra, Extra::None) {
+            Extra::Addr(a) => Some(*a),
+            other => {
+                self.extra = other;
+                None
+            }
+        }
+    }
+
+    /// For a [`readv_at`](crate::Op::readv_at) or
+    /// [`writev_at`](crate::Op::writev_at): its buffers, in the order given —
+    /// after a successful read each holds exactly the bytes it received. Also
+    /// after a failure or a cancel (then as they were given). `None` for every
+    /// other operation, and once taken.
+    pub fn take_bufs(&mut self) -> Option<Vec<Vec<u8>>> {
+        match std::mem::replace(&mut self.extra, Extra::None) {
+            Extra::Bufs(b) => Some(*b),
+            other => {
+                self.extra = other;
+                None
+            }
+        }
     }
 }
 
@@ -194,7 +245,7 @@ impl fmt::Debug for Completion {
             .field("result", &self.result)
             .field("buf_len", &self.buf.as_ref().map(Vec::len))
             .field("fd", &self.fd)
-            .field("addr", &self.addr)
+            .field("extra", &self.extra)
             .finish()
     }
 }
@@ -204,6 +255,8 @@ impl fmt::Debug for Completion {
 pub(crate) struct Output {
     /// The operation's buffer.
     pub(crate) buf: Option<Vec<u8>>,
+    /// A vectored read's or write's buffers.
+    pub(crate) bufs: Option<Vec<Vec<u8>>>,
     /// A receive's source address.
     pub(crate) addr: Option<Box<SockAddr>>,
 }
@@ -275,6 +328,7 @@ mod tests {
             let out = Output {
                 buf: Some(buf),
                 addr: Some(Box::new(SockAddr::from(sender))),
+                ..Output::default()
             };
             Completion::from_raw(OpId(1), kind, 0, 0, res, out)
         };
@@ -285,6 +339,28 @@ mod tests {
         assert!(failed.take_addr().is_none());
         let mut recv = complete(OpKind::Recv, 0, Vec::new());
         assert!(recv.take_addr().is_none());
+    }
+
+    #[test]
+    fn a_readv_fills_its_buffers_in_order() {
+        let bufs = vec![
+            Vec::with_capacity(4),
+            Vec::with_capacity(0),
+            Vec::with_capacity(8),
+        ];
+        let complete = |res, bufs| {
+            let out = Output {
+                bufs: Some(bufs),
+                ..Output::default()
+            };
+            Completion::from_raw(OpId(1), OpKind::ReadV, 0, 0, res, out)
+        };
+        let mut c = complete(7, bufs);
+        let lens: Vec<usize> = c.take_bufs().unwrap().iter().map(Vec::len).collect();
+        assert_eq!(lens, [4, 0, 3]);
+        assert!(c.take_bufs().is_none(), "taken once");
+        let mut failed = complete(-libc::EBADF, vec![b"kept".to_vec()]);
+        assert_eq!(failed.take_bufs().unwrap(), [b"kept".to_vec()]);
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub enum OpKind {
     Timeout,
     /// File → socket transfer without a user-space copy.
     SendFile,
+    /// Read at an offset into several buffers.
+    ReadV,
+    /// Write several buffers at an offset.
+    WriteV,
 }
 
 /// The backend-agnostic body of an operation.
@@ -118,6 +122,16 @@ pub(crate) enum OpBody {
         offset: u64,
         len: usize,
     },
+    ReadV {
+        fd: RawFd,
+        bufs: Vec<Vec<u8>>,
+        offset: u64,
+    },
+    WriteV {
+        fd: RawFd,
+        bufs: Vec<Vec<u8>>,
+        offset: u64,
+    },
 }
 
 /// An operation to submit to a [`CompletionPort`](crate::CompletionPort).
@@ -160,6 +174,58 @@ impl Op {
             fd: raw(file),
             buf,
             pos,
+            offset,
+        })
+    }
+
+    /// Reads from `file` at `offset` into several buffers (`preadv(2)`): the
+    /// first buffer's whole capacity is filled first, then the next one's, and
+    /// so on. The result is the total read; a read that reaches the end of the
+    /// file is short, and `Ok(0)` means `offset` is at or past it.
+    ///
+    /// [`Completion::take_bufs`](crate::Completion::take_bufs) hands the
+    /// buffers back, in order, each with its length set to the bytes it
+    /// received (their old contents are replaced; buffers past the end of what
+    /// was read come back empty). At most 1,024 buffers (`IOV_MAX`): more fail
+    /// with `EINVAL`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ringport::{CompletionPort, Op};
+    /// use std::io::Write;
+    /// let port = CompletionPort::new()?;
+    /// let path = std::env::temp_dir().join(format!("ringport-readv-doc-{}", std::process::id()));
+    /// std::fs::File::create(&path)?.write_all(b"headerbody")?;
+    /// let file = std::fs::File::open(&path)?;
+    /// port.associate(&file, 1)?;
+    /// let bufs = vec![Vec::with_capacity(6), Vec::with_capacity(64)];
+    /// port.submit(Op::readv_at(&file, bufs, 0), 0)?;
+    /// let mut c = port.get(Some(std::time::Duration::from_secs(10)))?;
+    /// assert_eq!(c.result.as_ref().ok(), Some(&10));
+    /// let bufs = c.take_bufs().unwrap();
+    /// assert_eq!(bufs, [b"header".to_vec(), b"body".to_vec()]);
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn readv_at(file: &impl AsFd, bufs: Vec<Vec<u8>>, offset: u64) -> Op {
+        Op::new(OpBody::ReadV {
+            fd: raw(file),
+            bufs,
+            offset,
+        })
+    }
+
+    /// Writes every buffer of `bufs`, in order, to `file` at `offset`
+    /// (`pwritev(2)`). The result is the total written; a short write is
+    /// possible (a full disk), as with [`Op::write_at`]. The buffers come back
+    /// unchanged through
+    /// [`Completion::take_bufs`](crate::Completion::take_bufs). At most 1,024
+    /// buffers (`IOV_MAX`).
+    pub fn writev_at(file: &impl AsFd, bufs: Vec<Vec<u8>>, offset: u64) -> Op {
+        Op::new(OpBody::WriteV {
+            fd: raw(file),
+            bufs,
             offset,
         })
     }
@@ -353,7 +419,9 @@ impl Op {
             | OpBody::SendTo { fd, .. }
             | OpBody::Accept { fd }
             | OpBody::Connect { fd, .. }
-            | OpBody::Fsync { fd, .. } => Some(*fd),
+            | OpBody::Fsync { fd, .. }
+            | OpBody::ReadV { fd, .. }
+            | OpBody::WriteV { fd, .. } => Some(*fd),
             OpBody::SendFile { sock, .. } => Some(*sock),
             OpBody::Close { fd } => Some(fd.as_raw_fd()),
         }
@@ -376,6 +444,8 @@ impl OpBody {
             OpBody::Fsync { .. } => OpKind::Fsync,
             OpBody::Timeout { .. } => OpKind::Timeout,
             OpBody::SendFile { .. } => OpKind::SendFile,
+            OpBody::ReadV { .. } => OpKind::ReadV,
+            OpBody::WriteV { .. } => OpKind::WriteV,
         }
     }
 }
@@ -388,6 +458,7 @@ impl OpBody {
             OpBody::RecvFrom { buf, from, .. } => Output {
                 buf: Some(buf),
                 addr: from,
+                ..Output::default()
             },
             OpBody::Read { buf, .. }
             | OpBody::Write { buf, .. }
@@ -395,6 +466,10 @@ impl OpBody {
             | OpBody::Send { buf, .. }
             | OpBody::SendTo { buf, .. } => Output {
                 buf: Some(buf),
+                ..Output::default()
+            },
+            OpBody::ReadV { bufs, .. } | OpBody::WriteV { bufs, .. } => Output {
+                bufs: Some(bufs),
                 ..Output::default()
             },
             _ => Output::default(),

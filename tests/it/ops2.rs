@@ -254,3 +254,105 @@ backend_test!(exclusive cancel_of_a_blocked_send_file_frees_everything, |choice:
     }
     assert_eq!(fd_count(), before, "descriptors leaked (a pipe?) by a cancelled send_file");
 });
+
+backend_test!(
+    vectored_write_then_read_round_trips,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let file = temp_file();
+        port.associate(&file, 4).unwrap();
+        let parts = vec![
+            pattern(1000),
+            Vec::new(),
+            b"middle".to_vec(),
+            pattern(70_000),
+        ];
+        let total: usize = parts.iter().map(Vec::len).sum();
+        let sent = parts.clone();
+        let ptrs: Vec<*const u8> = sent.iter().map(|b| b.as_ptr()).collect();
+        port.submit(Op::writev_at(&file, sent, 10), 1).unwrap();
+        let mut c = get(&port);
+        assert_eq!((c.key, c.user_data, c.kind()), (4, 1, OpKind::WriteV));
+        assert_eq!(c.result.as_ref().ok(), Some(&total));
+        assert!(
+            c.buf.is_none(),
+            "a vectored op hands back `bufs`, not `buf`"
+        );
+        let back = c.take_bufs().expect("a writev hands its buffers back");
+        assert_eq!(back, parts, "unchanged");
+        let back_ptrs: Vec<*const u8> = back.iter().map(|b| b.as_ptr()).collect();
+        assert_eq!(back_ptrs, ptrs, "the very allocations come back");
+        assert!(c.take_bufs().is_none(), "taken once");
+
+        // The kernel really wrote them, one after the other, at the offset.
+        let mut on_disk = vec![0; total];
+        file.read_exact_at(&mut on_disk, 10).unwrap();
+        assert!(on_disk == parts.concat());
+
+        // Read it back into differently cut buffers, with old contents to replace.
+        let mut first = Vec::with_capacity(600);
+        first.extend_from_slice(b"stale");
+        let caps = [600, 0, 406, 80_000];
+        let bufs: Vec<Vec<u8>> = std::iter::once(first)
+            .chain(caps[1..].iter().map(|&n| Vec::with_capacity(n)))
+            .collect();
+        port.submit(Op::readv_at(&file, bufs, 10), 2).unwrap();
+        let mut c = get(&port);
+        assert_eq!((c.key, c.user_data, c.kind()), (4, 2, OpKind::ReadV));
+        assert_eq!(c.result.as_ref().ok(), Some(&total));
+        let got = c.take_bufs().expect("a readv hands its buffers back");
+        let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(
+            lens,
+            [600, 0, 406, total - 1006],
+            "each buffer filled in turn"
+        );
+        assert!(got.concat() == parts.concat());
+    }
+);
+
+backend_test!(
+    vectored_read_across_eof_is_short_and_at_eof_is_zero,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let file = file_with(b"0123456789");
+        port.associate(&file, 1).unwrap();
+        let bufs = || {
+            vec![
+                Vec::with_capacity(4),
+                Vec::with_capacity(4),
+                Vec::with_capacity(4),
+            ]
+        };
+
+        port.submit(Op::readv_at(&file, bufs(), 3), 1).unwrap();
+        let mut c = get(&port);
+        assert_eq!(
+            c.result.as_ref().ok(),
+            Some(&7),
+            "a read across EOF returns what exists"
+        );
+        assert_eq!(
+            c.take_bufs().unwrap(),
+            [b"3456".to_vec(), b"789".to_vec(), Vec::new()]
+        );
+
+        port.submit(Op::readv_at(&file, bufs(), 10), 2).unwrap();
+        let mut c = get(&port);
+        assert_eq!(c.result.as_ref().ok(), Some(&0), "a read at EOF is Ok(0)");
+        assert!(c.take_bufs().unwrap().iter().all(Vec::is_empty));
+
+        // A failed one still hands its buffers back.
+        let wo = write_only_file();
+        port.associate(&wo, 2).unwrap();
+        port.submit(Op::readv_at(&wo, bufs(), 0), 3).unwrap();
+        let mut c = get(&port);
+        assert_errno(&c.result, libc::EBADF);
+        assert_eq!(c.take_bufs().map(|b| b.len()), Some(3));
+
+        // Other kinds carry no buffers list.
+        port.submit(Op::read_at(&file, Vec::with_capacity(4), 0), 4)
+            .unwrap();
+        assert!(get(&port).take_bufs().is_none());
+    }
+);

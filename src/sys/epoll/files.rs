@@ -1,7 +1,7 @@
 //! Blocking worker threads for file operations on the epoll backend (epoll cannot
 //! wait on regular files). Workers start on demand, up to a fixed number; each
-//! runs one `pread`/`pwrite`/`fsync` at a time and hands the result to the
-//! driver, which queues the completion and wakes the poller.
+//! runs one `pread`/`pwrite`/`preadv`/`pwritev`/`fsync` at a time and hands the
+//! result to the driver, which queues the completion and wakes the poller.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -152,6 +152,47 @@ fn run(body: &mut OpBody) -> i32 {
                         *fd,
                         rest.as_ptr().cast(),
                         rest.len(),
+                        *offset as libc::off_t,
+                    )
+                }
+            }
+            OpBody::ReadV { fd, bufs, offset } => {
+                let iov: Vec<libc::iovec> = bufs
+                    .iter_mut()
+                    .map(|b| libc::iovec {
+                        iov_base: b.as_mut_ptr().cast(),
+                        iov_len: b.capacity(),
+                    })
+                    .collect();
+                // SAFETY: each iovec covers one buffer's allocation, up to its
+                // capacity; the kernel writes at most that into each, and this
+                // job owns the buffers.
+                unsafe {
+                    libc::preadv(
+                        *fd,
+                        iov.as_ptr(),
+                        iov.len().min(i32::MAX as usize) as i32,
+                        *offset as libc::off_t,
+                    )
+                }
+            }
+            OpBody::WriteV { fd, bufs, offset } => {
+                // `*mut` only because `iovec` serves both directions: the
+                // kernel reads through these.
+                let iov: Vec<libc::iovec> = bufs
+                    .iter_mut()
+                    .map(|b| libc::iovec {
+                        iov_base: b.as_mut_ptr().cast(),
+                        iov_len: b.len(),
+                    })
+                    .collect();
+                // SAFETY: each iovec covers one buffer's initialised bytes,
+                // which this job owns; the kernel only reads them.
+                unsafe {
+                    libc::pwritev(
+                        *fd,
+                        iov.as_ptr(),
+                        iov.len().min(i32::MAX as usize) as i32,
                         *offset as libc::off_t,
                     )
                 }

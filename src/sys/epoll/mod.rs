@@ -26,9 +26,12 @@
 //!   order until one would block again, and queues their completions.
 //!   The try-then-queue step and the retry step hold the socket's queue lock, so
 //!   an edge that arrives between a failed attempt and its queueing is never lost.
-//! * Regular files cannot be waited on with epoll (`EPERM`), so reads, writes and
-//!   fsyncs run on a few blocking worker threads (`files.rs`), which queue their
-//!   completions and wake the poller through an eventfd.
+//! * Regular files cannot be waited on with epoll (`EPERM`), so reads, writes
+//!   (plain and vectored) and fsyncs run on a few blocking worker threads
+//!   (`files.rs`), which queue their completions and wake the poller through an
+//!   eventfd.
+//! * `send_file` is `sendfile(2)` into the socket, tried and queued like a send
+//!   (`sock.rs`).
 //! * Timers are kept in a sorted set; the poller's `epoll_wait` timeout is
 //!   shortened to the next one.
 //!
@@ -350,7 +353,11 @@ impl Driver {
                 self.notify();
                 Ok((id, None))
             }
-            OpBody::Read { .. } | OpBody::Write { .. } | OpBody::Fsync { .. } => {
+            OpBody::Read { .. }
+            | OpBody::Write { .. }
+            | OpBody::Fsync { .. }
+            | OpBody::ReadV { .. }
+            | OpBody::WriteV { .. } => {
                 let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
                 self.files.push(id, op.body);
                 Ok((id, None))

@@ -569,7 +569,8 @@ impl Inner {
             },
             _ => Output::default(),
         };
-        out.buf = rec.body.into_output().buf;
+        let body = rec.body.into_output();
+        (out.buf, out.bufs) = (body.buf, body.bufs);
         if let Aux::Transfer(t) = rec.aux {
             if let Some(p) = t.into_pipe() {
                 if self.pipes.len() < PIPE_POOL {

@@ -29,6 +29,48 @@ pub(super) enum Aux {
     Msg(MsgAux),
     /// A `send_file` in progress: its pipe (or buffer) and its state.
     Transfer(Box<Transfer>),
+    /// A vectored read's or write's `iovec` array.
+    Iov(IoVecs),
+}
+
+/// The `iovec` array of a `READV`/`WRITEV`, one entry per buffer of the op body.
+pub(super) struct IoVecs(Box<[libc::iovec]>);
+
+// SAFETY: the pointers in the array point into the heap allocations of the
+// buffers in the same record's body, which move between threads together with
+// it (under the driver's mutex); nothing in them is tied to a thread.
+unsafe impl Send for IoVecs {}
+
+impl IoVecs {
+    /// One entry per buffer: its whole capacity for a read, its contents for a
+    /// write. The buffers' heap allocations do not move while the record holds
+    /// them, so the pointers stay valid until the record is dropped.
+    fn new(bufs: &mut [Vec<u8>], read: bool) -> IoVecs {
+        IoVecs(
+            bufs.iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: if read { b.capacity() } else { b.len() },
+                })
+                .collect(),
+        )
+    }
+
+    fn as_ptr(&self) -> *const libc::iovec {
+        self.0.as_ptr()
+    }
+
+    fn len(&self) -> u32 {
+        self.0.len().min(u32::MAX as usize) as u32
+    }
+}
+
+impl std::fmt::Debug for IoVecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoVecs")
+            .field("len", &self.0.len())
+            .finish()
+    }
 }
 
 /// A `recvmsg`/`sendmsg` header with everything it points to except the data
@@ -216,6 +258,22 @@ pub(super) fn build(body: &mut OpBody) -> (squeue::Entry, Aux) {
                 op = op.flags(types::FsyncFlags::DATASYNC);
             }
             (op.build(), Aux::None)
+        }
+        OpBody::ReadV { fd, bufs, offset } => {
+            let iov = IoVecs::new(bufs, true);
+            let sqe = opcode::Readv::new(Fd(*fd), iov.as_ptr(), iov.len())
+                .offset(*offset)
+                .build();
+            (sqe, Aux::Iov(iov))
+        }
+        OpBody::WriteV { fd, bufs, offset } => {
+            // The kernel only reads through the iovecs of a write; the pointers
+            // are `*mut` because `iovec` has one field for both directions.
+            let iov = IoVecs::new(bufs, false);
+            let sqe = opcode::Writev::new(Fd(*fd), iov.as_ptr(), iov.len())
+                .offset(*offset)
+                .build();
+            (sqe, Aux::Iov(iov))
         }
         OpBody::Timeout { after } => {
             let ts = Box::new(types::Timespec::from(*after));
