@@ -229,6 +229,10 @@ impl File {
         (Ok((at - start) as usize), out)
     }
 
+    pub(crate) fn core(&self) -> Arc<Core> {
+        self.core.clone()
+    }
+
     /// Moves the cursor.
     pub fn seek_to(&self, pos: u64) {
         self.cursor.store(pos, Ordering::Release);

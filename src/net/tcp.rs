@@ -156,6 +156,47 @@ impl TcpStream {
         sock_addr(SockRef::from(&self.core.fd).peer_addr()?)
     }
 
+    /// Sends `len` bytes of `file` from `offset` without copying them through
+    /// user space (io_uring: splice through a pipe; epoll: `sendfile`). Returns the
+    /// count sent, which may be short (resubmit from `offset + n`); 0 means the
+    /// file ends at `offset`. The file stays open until the kernel is done, even if
+    /// this future is dropped (which cancels the transfer: some bytes may have gone).
+    pub async fn send_file(
+        &self,
+        file: &crate::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<usize> {
+        let op = Op::send_file(&self.core.fd, file, offset, len);
+        let hold: crate::rt::op::Hold = Arc::new((self.core.clone(), file.core()));
+        let c = crate::rt::op::OpFuture::new(self.core.rt.shared.clone(), op, Some(hold)).await?;
+        c.result
+    }
+
+    /// Sends `file[offset .. offset + len]` whole (see [`send_file`](Self::send_file));
+    /// `UnexpectedEof` if the file ends first.
+    pub async fn send_file_all(
+        &self,
+        file: &crate::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let mut done = 0u64;
+        while done < len {
+            let chunk = (len - done).min(1 << 30) as usize;
+            match self.send_file(file, offset + done, chunk).await? {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file ended before the range did",
+                    ))
+                }
+                n => done += n as u64,
+            }
+        }
+        Ok(())
+    }
+
     /// Sets `TCP_NODELAY`.
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         SockRef::from(&self.core.fd).set_tcp_nodelay(on)

@@ -889,3 +889,41 @@ backend_test!(
         wait_idle(&h);
     }
 );
+
+// `TcpStream::send_file_all`: a 3 MiB file and a range of it reach a plain std
+// client byte for byte; a range past the end is `UnexpectedEof`.
+backend_test!(send_file_on_the_async_face, |choice: BackendChoice| {
+    let rt = runtime(choice);
+    let dir = TempDir::new("sendfile");
+    let path = dir.path("data");
+    let data = pseudo_random(3 << 20, 11);
+    std::fs::write(&path, &data).unwrap();
+    let h = rt.handle().clone();
+    let listener = block(&h, async { TcpListener::bind("127.0.0.1:0") }).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map(|_| got)
+    });
+    let p = path.clone();
+    let r = block(&h, async move {
+        let (conn, _) = listener.accept().await?;
+        let f = File::open(&p).await?;
+        conn.send_file_all(&f, 0, 3 << 20).await?;
+        conn.send_file_all(&f, 1000, 5000).await?;
+        let past = conn.send_file_all(&f, (3 << 20) - 10, 20).await;
+        conn.shutdown(Shutdown::Write)?;
+        Ok::<_, io::Error>(past)
+    })
+    .unwrap();
+    assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    let got = reader.join().unwrap().unwrap();
+    let mut want = data.clone();
+    want.extend_from_slice(&data[1000..6000]);
+    want.extend_from_slice(&data[(3 << 20) - 10..]);
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the bytes differ");
+    wait_idle(&h);
+});
