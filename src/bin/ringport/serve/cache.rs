@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use super::http::Validators;
+use super::http::{self, Validators};
 
 /// A file's identity: what must be unchanged for a cached copy to be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,18 +41,34 @@ pub struct FileMeta {
     pub len: u64,
     pub content_type: String,
     pub validators: Validators,
+    /// The header lines of a whole-file 200 (type, length, validators), made
+    /// once per version of the file rather than per response.
+    pub full_headers: Vec<u8>,
 }
 
 impl FileMeta {
     pub fn of(path: &std::path::Path, m: &std::fs::Metadata) -> FileMeta {
+        let content_type = content_type(path);
+        let validators = Validators::new(
+            m.ino(),
+            m.len(),
+            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        let mut full_headers = Vec::with_capacity(160);
+        http::header(&mut full_headers, "Content-Type", &content_type);
+        http::header(&mut full_headers, "Content-Length", m.len());
+        http::header(
+            &mut full_headers,
+            "Last-Modified",
+            &validators.last_modified,
+        );
+        http::header(&mut full_headers, "ETag", &validators.etag);
+        http::header(&mut full_headers, "Accept-Ranges", "bytes");
         FileMeta {
             len: m.len(),
-            content_type: content_type(path),
-            validators: Validators::new(
-                m.ino(),
-                m.len(),
-                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            ),
+            content_type,
+            validators,
+            full_headers,
         }
     }
 }

@@ -403,18 +403,21 @@ impl Conn {
             RangeAsk::Part { start, end } => (206, start, end - start + 1),
         };
         http::begin(out, status);
+        if status == 200 {
+            out.extend_from_slice(&m.full_headers);
+            http::end(out, keep);
+            return Plan::Body { status, start, len };
+        }
         http::header(out, "Content-Type", &m.content_type);
         http::header(out, "Content-Length", len);
         http::header(out, "Last-Modified", &v.last_modified);
         http::header(out, "ETag", &v.etag);
         http::header(out, "Accept-Ranges", "bytes");
-        if status == 206 {
-            http::header(
-                out,
-                "Content-Range",
-                format_args!("bytes {start}-{}/{}", start + len - 1, m.len),
-            );
-        }
+        http::header(
+            out,
+            "Content-Range",
+            format_args!("bytes {start}-{}/{}", start + len - 1, m.len),
+        );
         http::end(out, keep);
         Plan::Body { status, start, len }
     }

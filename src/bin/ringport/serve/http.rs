@@ -2,7 +2,7 @@
 //! limits, response heads, byte ranges and conditional requests. Pure functions
 //! of bytes and strings (no I/O), so they are unit- and property-tested here.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest request line (method, target, version) accepted; longer → 414.
@@ -247,20 +247,18 @@ pub fn reason(status: u16) -> &'static str {
 
 /// Appends a status line and the headers every response carries.
 pub fn begin(out: &mut Vec<u8>, status: u16) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason(status).as_bytes());
-    out.extend_from_slice(b"\r\nServer: ringport\r\nDate: ");
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nServer: ringport\r\nDate: ",
+        reason(status)
+    );
     with_date(|d| out.extend_from_slice(d.as_bytes()));
     out.extend_from_slice(b"\r\n");
 }
 
 /// Appends one header line.
 pub fn header(out: &mut Vec<u8>, name: &str, value: impl std::fmt::Display) {
-    let mut s = String::with_capacity(name.len() + 32);
-    let _ = write!(s, "{name}: {value}\r\n");
-    out.extend_from_slice(s.as_bytes());
+    let _ = write!(out, "{name}: {value}\r\n");
 }
 
 /// Appends the `Connection` header and the empty line that ends a head.

@@ -5,6 +5,14 @@
 //! of a connection — for the next request, for the rest of a head, for a send —
 //! is bounded in time and ends early when the server stops; see [`Watch`].
 //!
+//! Deadlines are not port timers: a `ringport::time::timeout` around every
+//! receive and send would submit a timer and then cancel it for each of them,
+//! two more operations (and completions) per request than the I/O itself. A
+//! wait stores its deadline in the task's [`Slot`] instead (an atomic store),
+//! and one reaper task (`ringport::time::interval`, ticking every quarter of the
+//! shortest timeout, at most every second) wakes the waits whose deadline has
+//! passed. A timeout is thus late by at most a tick, never early.
+//!
 //! Shutdown (SIGINT/SIGTERM): the acceptors stop and the listener closes; a
 //! connection waiting for a request closes at once; a response being sent is
 //! finished (with `Connection: close`); then the runtime shuts down and the
@@ -92,8 +100,10 @@ pub struct Server {
     pub cfg: Config,
     pub cache: cache::Cache,
     stopping: AtomicBool,
-    /// Wakers of every task that waits and must notice a stop.
-    watchers: Mutex<HashMap<u64, Arc<Mutex<Option<Waker>>>>>,
+    /// Every task that waits with a deadline or must notice a stop.
+    watchers: Mutex<HashMap<u64, Arc<Slot>>>,
+    /// Deadlines count milliseconds from here.
+    epoch: Instant,
     next_watch: AtomicU64,
     /// Connections open (reserved by an acceptor before its accept).
     open: AtomicUsize,
@@ -122,8 +132,8 @@ impl Server {
     fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         let all: Vec<_> = lock(&self.watchers).values().cloned().collect();
-        for w in all {
-            if let Some(w) = lock(&w).take() {
+        for slot in all {
+            if let Some(w) = lock(&slot.waker).take() {
                 w.wake();
             }
         }
@@ -135,12 +145,44 @@ impl Server {
     /// Registers a task that waits (see [`Watch::wait`]).
     pub fn watch(self: &Arc<Self>) -> Watch {
         let id = self.next_watch.fetch_add(1, Ordering::Relaxed);
-        let slot = Arc::new(Mutex::new(None));
+        let slot = Arc::new(Slot {
+            waker: Mutex::new(None),
+            deadline: AtomicU64::new(NO_DEADLINE),
+            expired: AtomicU64::new(NO_DEADLINE),
+        });
         lock(&self.watchers).insert(id, slot.clone());
         Watch {
             srv: self.clone(),
             id,
             slot,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Wakes every wait whose deadline has passed, each `tick`, until stopped.
+    async fn reap(self: Arc<Self>, tick: Duration) {
+        let mut every = ringport::time::interval(tick);
+        let mut due = Vec::new();
+        while !self.stopping() {
+            every.tick().await;
+            let now = self.now_ms();
+            for slot in lock(&self.watchers).values() {
+                let d = slot.deadline.load(Ordering::SeqCst);
+                if d <= now {
+                    // Expires exactly this deadline: a later wait of the same
+                    // task (another deadline) is not affected.
+                    slot.expired.store(d, Ordering::SeqCst);
+                    due.push(slot.clone());
+                }
+            }
+            for slot in due.drain(..) {
+                if let Some(w) = lock(&slot.waker).take() {
+                    w.wake();
+                }
+            }
         }
     }
 
@@ -190,12 +232,24 @@ impl Drop for Permit {
     }
 }
 
-/// A task's registration for the stop broadcast.
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// What the stop broadcast and the reaper know of one waiting task.
+#[derive(Debug)]
+pub struct Slot {
+    waker: Mutex<Option<Waker>>,
+    /// The current wait's deadline (ms since `Server::epoch`), or `NO_DEADLINE`.
+    deadline: AtomicU64,
+    /// The last deadline the reaper found passed.
+    expired: AtomicU64,
+}
+
+/// A task's registration for deadlines and the stop broadcast.
 #[derive(Debug)]
 pub struct Watch {
     srv: Arc<Server>,
     id: u64,
-    slot: Arc<Mutex<Option<Waker>>>,
+    slot: Arc<Slot>,
 }
 
 impl Drop for Watch {
@@ -213,39 +267,46 @@ pub enum Waited<T> {
 }
 
 impl Watch {
-    /// Runs `fut` for at most `limit`, and only while the server is not
-    /// stopping (if `stoppable`). A future cut short is dropped, which cancels
-    /// the operation it waited on.
+    /// Runs `fut` for at most `limit` (give or take a reaper tick), and only
+    /// while the server is not stopping (if `stoppable`). A future cut short is
+    /// dropped, which cancels the operation it waited on.
     pub async fn wait<F: Future>(
         &self,
         fut: F,
         limit: Duration,
         stoppable: bool,
     ) -> Waited<F::Output> {
-        let mut fut = pin!(ringport::time::timeout(limit, fut));
-        poll_fn(|cx| {
-            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-                return Poll::Ready(match r {
-                    Ok(v) => Waited::Done(v),
-                    Err(_) => Waited::Elapsed,
-                });
+        let mut fut = pin!(fut);
+        let deadline = self
+            .srv
+            .now_ms()
+            .saturating_add(limit.as_millis() as u64)
+            .min(NO_DEADLINE - 1);
+        let slot = &*self.slot;
+        slot.deadline.store(deadline, Ordering::SeqCst);
+        let r = poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Waited::Done(v));
             }
-            if stoppable {
-                {
-                    let mut slot = lock(&self.slot);
-                    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                        *slot = Some(cx.waker().clone());
-                    }
+            {
+                let mut w = lock(&slot.waker);
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
                 }
-                // After the waker is in place: `stop` sets the flag before it
-                // takes the wakers, so one of the two sees the other.
-                if self.srv.stopping() {
-                    return Poll::Ready(Waited::Stopped);
-                }
+            }
+            // After the waker is in place: `stop` and the reaper set their mark
+            // before they take the waker, so one of the two sees the other.
+            if stoppable && self.srv.stopping() {
+                return Poll::Ready(Waited::Stopped);
+            }
+            if slot.expired.load(Ordering::SeqCst) == deadline {
+                return Poll::Ready(Waited::Elapsed);
             }
             Poll::Pending
         })
-        .await
+        .await;
+        slot.deadline.store(NO_DEADLINE, Ordering::SeqCst);
+        r
     }
 }
 
@@ -303,6 +364,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         cache: cache::Cache::new(args.cache_mib << 20, args.cache_file_kib << 10),
         stopping: AtomicBool::new(false),
         watchers: Mutex::new(HashMap::new()),
+        epoch: Instant::now(),
         next_watch: AtomicU64::new(0),
         open: AtomicUsize::new(0),
         max_conns,
@@ -315,6 +377,16 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .map(|_| rt.spawn(accept_loop(srv.clone(), listener.clone())))
         .collect();
     drop(listener); // the acceptors own it: it closes when they end
+    let shortest = [
+        srv.cfg.header_timeout,
+        srv.cfg.idle_timeout,
+        srv.cfg.send_timeout,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(Duration::from_secs(1));
+    let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
+    rt.spawn(srv.clone().reap(tick));
     let (tx, rx) = mpsc::channel();
     signals::on_shutdown(move |sig| {
         let _ = tx.send(sig);
