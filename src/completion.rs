@@ -67,6 +67,8 @@ enum Extra {
     /// carry two more words for this one kind.
     #[allow(clippy::box_collection)]
     Bufs(Box<Vec<Vec<u8>>>),
+    /// A successful `statx`'s result.
+    Statx(Box<libc::statx>),
 }
 
 impl Completion {
@@ -108,6 +110,7 @@ impl Completion {
             mut buf,
             mut bufs,
             addr,
+            statx,
         } = out;
         let mut res = interrupted_is_cancelled(res);
         match kind {
@@ -135,16 +138,17 @@ impl Completion {
             OpKind::Timeout if res == -libc::ETIME => res = 0,
             _ => {}
         }
-        let fd = if kind == OpKind::Accept && res >= 0 {
-            // SAFETY: a successful accept's result is a new descriptor that
-            // nobody else owns.
+        let fd = if matches!(kind, OpKind::Accept | OpKind::OpenAt) && res >= 0 {
+            // SAFETY: a successful accept's or open's result is a new
+            // descriptor that nobody else owns.
             Some(unsafe { OwnedFd::from_raw_fd(res) })
         } else {
             None
         };
-        let extra = match (addr, bufs) {
-            (Some(a), _) if kind == OpKind::RecvFrom && res >= 0 => Extra::Addr(a),
-            (_, Some(b)) => Extra::Bufs(Box::new(b)),
+        let extra = match (addr, bufs, statx) {
+            (Some(a), _, _) if kind == OpKind::RecvFrom && res >= 0 => Extra::Addr(a),
+            (_, Some(b), _) => Extra::Bufs(Box::new(b)),
+            (_, _, Some(s)) if kind == OpKind::Statx && res >= 0 => Extra::Statx(s),
             _ => Extra::None,
         };
         Completion {
@@ -180,8 +184,10 @@ impl Completion {
         matches!(&self.result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED))
     }
 
-    /// For a successful `accept`: the accepted socket. Taking it transfers ownership;
-    /// a completion dropped without taking it closes the socket, so nothing leaks.
+    /// For a successful `accept`: the accepted socket; for a successful
+    /// [`openat`](crate::Op::openat): the opened file. Taking it transfers
+    /// ownership; a completion dropped without taking it closes the descriptor,
+    /// so nothing leaks.
     pub fn take_fd(&mut self) -> Option<OwnedFd> {
         self.fd.take()
     }
@@ -217,6 +223,16 @@ impl Completion {
                 self.extra = other;
                 None
             }
+        }
+    }
+
+    /// For a successful [`statx`](crate::Op::statx): the file's metadata
+    /// (`stx_mask` says which fields were filled). `None` for every other
+    /// operation and for a failed one.
+    pub fn statx(&self) -> Option<&libc::statx> {
+        match &self.extra {
+            Extra::Statx(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -257,6 +273,8 @@ pub(crate) struct Output {
     pub(crate) buf: Option<Vec<u8>>,
     /// A vectored read's or write's buffers.
     pub(crate) bufs: Option<Vec<Vec<u8>>>,
+    /// A `statx`'s result.
+    pub(crate) statx: Option<Box<libc::statx>>,
     /// A receive's source address.
     pub(crate) addr: Option<Box<SockAddr>>,
 }

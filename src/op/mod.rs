@@ -14,7 +14,11 @@
 //! assert_eq!(op.kind(), ringport::OpKind::Timeout);
 //! ```
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use socket2::SockAddr;
@@ -57,6 +61,14 @@ pub enum OpKind {
     ReadV,
     /// Write several buffers at an offset.
     WriteV,
+    /// Open a file.
+    OpenAt,
+    /// A file's metadata.
+    Statx,
+    /// Allocate (or free) a file's space.
+    Fallocate,
+    /// Shut down one or both directions of a socket.
+    Shutdown,
 }
 
 /// The backend-agnostic body of an operation.
@@ -132,6 +144,81 @@ pub(crate) enum OpBody {
         bufs: Vec<Vec<u8>>,
         offset: u64,
     },
+    OpenAt {
+        /// The directory a relative path starts from (`AT_FDCWD`: the current one).
+        dir: RawFd,
+        /// `None`: the path had a NUL byte, and the op fails with `EINVAL`.
+        path: Option<CString>,
+        /// `O_CLOEXEC` included.
+        flags: i32,
+        mode: u32,
+    },
+    Statx {
+        dir: RawFd,
+        path: Option<CString>,
+        flags: i32,
+        mask: u32,
+        out: StatxBuf,
+    },
+    Fallocate {
+        fd: RawFd,
+        mode: i32,
+        offset: u64,
+        len: u64,
+    },
+    Shutdown {
+        fd: RawFd,
+        how: i32,
+    },
+}
+
+/// Room for the kernel to write one `statx` result into: a heap allocation
+/// held through a raw pointer rather than a `Box`, because the kernel writes
+/// into it while the operation that owns it moves about (a `Box` asserts
+/// exclusive access to its contents each time it moves). Read only through
+/// [`StatxBuf::into_box`], once the operation has ended.
+pub(crate) struct StatxBuf(NonNull<libc::statx>);
+
+// SAFETY: a `StatxBuf` owns its allocation outright, like a `Box<libc::statx>`
+// (plain integers, nothing tied to a thread).
+unsafe impl Send for StatxBuf {}
+
+impl StatxBuf {
+    fn new() -> StatxBuf {
+        // SAFETY: `statx` is a plain C struct of integers; all zeroes is valid.
+        let b: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
+        StatxBuf(NonNull::from(Box::leak(b)))
+    }
+
+    /// Where the kernel writes the result.
+    pub(crate) fn as_mut_ptr(&self) -> *mut libc::statx {
+        self.0.as_ptr()
+    }
+
+    /// The result. Call only once the operation has ended (its CQE reaped, its
+    /// worker done): nothing writes into it any more.
+    pub(crate) fn into_box(self) -> Box<libc::statx> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the pointer came from `Box::leak` in `new`; `this` will not
+        // be dropped, so ownership passes to the new box exactly once; nothing
+        // else writes into it any more (the caller's promise).
+        unsafe { Box::from_raw(this.0.as_ptr()) }
+    }
+}
+
+impl Drop for StatxBuf {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::leak` in `new` and is freed only
+        // here or in `into_box` (which skips this); the operation owning it is
+        // dropped only once it has ended.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+impl std::fmt::Debug for StatxBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatxBuf").field("at", &self.0).finish()
+    }
 }
 
 /// An operation to submit to a [`CompletionPort`](crate::CompletionPort).
@@ -395,7 +482,102 @@ impl Op {
         })
     }
 
-    /// Sets the completion key for an operation on no handle (`nop`, `timeout`).
+    /// Opens `path` (`openat(2)`), relative to the directory `dir` if given and
+    /// the path is relative, else to the current directory. `flags` and `mode`
+    /// are `open(2)`'s (`libc::O_RDONLY`, `O_CREAT | O_WRONLY` with `0o644`, …);
+    /// `O_CLOEXEC` is always added. The new descriptor comes back with
+    /// [`Completion::take_fd`](crate::Completion::take_fd) (a completion dropped
+    /// without taking it closes it). A path with a NUL byte fails with `EINVAL`.
+    ///
+    /// An open runs on no handle: its key is 0, or the one set with
+    /// [`Op::key`]; `dir` needs no association.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ringport::{CompletionPort, Op};
+    /// let port = CompletionPort::new()?;
+    /// port.submit(Op::openat(None, "Cargo.toml", libc::O_RDONLY, 0), 0)?;
+    /// let mut c = port.get(Some(std::time::Duration::from_secs(10)))?;
+    /// let file = std::fs::File::from(c.take_fd().expect("Cargo.toml opens"));
+    /// assert!(file.metadata()?.len() > 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn openat(
+        dir: Option<BorrowedFd<'_>>,
+        path: impl AsRef<Path>,
+        flags: i32,
+        mode: u32,
+    ) -> Op {
+        Op::new(OpBody::OpenAt {
+            dir: dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd()),
+            path: c_path(path.as_ref()),
+            flags: flags | libc::O_CLOEXEC,
+            mode,
+        })
+    }
+
+    /// A file's metadata (`statx(2)`): `path` relative to `dir` as for
+    /// [`Op::openat`]; `flags` are `AT_*` flags (`AT_SYMLINK_NOFOLLOW`; with
+    /// `AT_EMPTY_PATH` and an empty path, `dir` itself — any open descriptor —
+    /// is described), `mask` the `STATX_*` fields wanted (`STATX_BASIC_STATS`).
+    /// The result is `Ok(0)` and
+    /// [`Completion::statx`](crate::Completion::statx) gives the `statx`
+    /// structure; its `stx_mask` says which fields the file system filled.
+    ///
+    /// Like an open, it runs on no handle (key 0, or [`Op::key`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ringport::{CompletionPort, Op};
+    /// let port = CompletionPort::new()?;
+    /// port.submit(Op::statx(None, "Cargo.toml", 0, libc::STATX_SIZE), 0)?;
+    /// let c = port.get(Some(std::time::Duration::from_secs(10)))?;
+    /// let st = c.statx().expect("Cargo.toml exists");
+    /// assert_eq!(st.stx_size, std::fs::metadata("Cargo.toml")?.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn statx(dir: Option<BorrowedFd<'_>>, path: impl AsRef<Path>, flags: i32, mask: u32) -> Op {
+        Op::new(OpBody::Statx {
+            dir: dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd()),
+            path: c_path(path.as_ref()),
+            flags,
+            mask,
+            out: StatxBuf::new(),
+        })
+    }
+
+    /// Allocates (`mode` 0: and extends the file to `offset + len` if it was
+    /// shorter), or with `FALLOC_FL_*` flags in `mode` otherwise manipulates,
+    /// the space of `file` from `offset` for `len` bytes (`fallocate(2)`).
+    /// `Ok(0)` on success; `EOPNOTSUPP` where the file system cannot.
+    pub fn fallocate(file: &impl AsFd, mode: i32, offset: u64, len: u64) -> Op {
+        Op::new(OpBody::Fallocate {
+            fd: raw(file),
+            mode,
+            offset,
+            len,
+        })
+    }
+
+    /// Shuts down the reading side, the writing side, or both, of a connected
+    /// socket (`shutdown(2)`): after `Shutdown::Write` the peer reads end of
+    /// stream once it has everything sent before. `Ok(0)`, or `ENOTCONN` for a
+    /// socket that is not connected.
+    pub fn shutdown(socket: &impl AsFd, how: std::net::Shutdown) -> Op {
+        Op::new(OpBody::Shutdown {
+            fd: raw(socket),
+            how: match how {
+                std::net::Shutdown::Read => libc::SHUT_RD,
+                std::net::Shutdown::Write => libc::SHUT_WR,
+                std::net::Shutdown::Both => libc::SHUT_RDWR,
+            },
+        })
+    }
+
+    /// Sets the completion key for an operation on no handle (`nop`, `timeout`,
+    /// `openat`, `statx`).
     /// For operations on a handle the associated key is used and this is ignored.
     pub fn key(mut self, key: u64) -> Op {
         self.key = Some(key);
@@ -410,7 +592,9 @@ impl Op {
     /// The descriptor this operation runs on, if any (the one whose key it reports).
     pub(crate) fn fd(&self) -> Option<RawFd> {
         match &self.body {
-            OpBody::Nop | OpBody::Timeout { .. } => None,
+            OpBody::Nop | OpBody::Timeout { .. } | OpBody::OpenAt { .. } | OpBody::Statx { .. } => {
+                None
+            }
             OpBody::Read { fd, .. }
             | OpBody::Write { fd, .. }
             | OpBody::Recv { fd, .. }
@@ -421,7 +605,9 @@ impl Op {
             | OpBody::Connect { fd, .. }
             | OpBody::Fsync { fd, .. }
             | OpBody::ReadV { fd, .. }
-            | OpBody::WriteV { fd, .. } => Some(*fd),
+            | OpBody::WriteV { fd, .. }
+            | OpBody::Fallocate { fd, .. }
+            | OpBody::Shutdown { fd, .. } => Some(*fd),
             OpBody::SendFile { sock, .. } => Some(*sock),
             OpBody::Close { fd } => Some(fd.as_raw_fd()),
         }
@@ -446,6 +632,10 @@ impl OpBody {
             OpBody::SendFile { .. } => OpKind::SendFile,
             OpBody::ReadV { .. } => OpKind::ReadV,
             OpBody::WriteV { .. } => OpKind::WriteV,
+            OpBody::OpenAt { .. } => OpKind::OpenAt,
+            OpBody::Statx { .. } => OpKind::Statx,
+            OpBody::Fallocate { .. } => OpKind::Fallocate,
+            OpBody::Shutdown { .. } => OpKind::Shutdown,
         }
     }
 }
@@ -472,9 +662,18 @@ impl OpBody {
                 bufs: Some(bufs),
                 ..Output::default()
             },
+            OpBody::Statx { out, .. } => Output {
+                statx: Some(out.into_box()),
+                ..Output::default()
+            },
             _ => Output::default(),
         }
     }
+}
+
+/// A path as the kernel takes it; `None` if it has a NUL byte.
+fn c_path(p: &Path) -> Option<CString> {
+    CString::new(p.as_os_str().as_bytes()).ok()
 }
 
 fn raw(h: &impl AsFd) -> RawFd {

@@ -5,7 +5,9 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::FileExt;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -354,5 +356,256 @@ backend_test!(
         port.submit(Op::read_at(&file, Vec::with_capacity(4), 0), 4)
             .unwrap();
         assert!(get(&port).take_bufs().is_none());
+    }
+);
+
+/// A fresh directory under the system temp dir, removed (with its contents) on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ringport-ops2-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&p).expect("create a temp dir");
+        TempDir(p)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+backend_test!(
+    openat_opens_creates_and_reports_enoent,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let dir = TempDir::new();
+
+        // A missing file.
+        port.submit(
+            Op::openat(None, dir.path("missing"), libc::O_RDONLY, 0).key(3),
+            1,
+        )
+        .unwrap();
+        let mut c = get(&port);
+        assert_eq!((c.key, c.user_data, c.kind()), (3, 1, OpKind::OpenAt));
+        assert_errno(&c.result, libc::ENOENT);
+        assert!(c.take_fd().is_none());
+
+        // Created, by an absolute path; the descriptor is close-on-exec and works.
+        let path = dir.path("new");
+        port.submit(
+            Op::openat(
+                None,
+                &path,
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                0o600,
+            ),
+            2,
+        )
+        .unwrap();
+        let mut c = get(&port);
+        let n = *c.result.as_ref().expect("O_CREAT opens") as i32;
+        let fd = c
+            .take_fd()
+            .expect("a successful open carries the descriptor");
+        assert_eq!(fd.as_raw_fd(), n, "the result is the descriptor's number");
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        let fd_flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+        assert!(fd_flags & libc::FD_CLOEXEC != 0, "O_CLOEXEC is always set");
+        let mut f = File::from(fd);
+        f.write_all(b"hello").unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        // Relative to a directory descriptor, which needs no association.
+        let d = File::open(&dir.0).unwrap();
+        port.submit(Op::openat(Some(d.as_fd()), "new", libc::O_RDONLY, 0), 3)
+            .unwrap();
+        let mut c = get(&port);
+        assert_eq!(c.key, 0, "an open runs on no handle");
+        let mut s = String::new();
+        File::from(c.take_fd().expect("opens relative to the directory"))
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "hello");
+
+        // O_EXCL on an existing file; a path with a NUL byte.
+        port.submit(
+            Op::openat(
+                None,
+                &path,
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                0o600,
+            ),
+            4,
+        )
+        .unwrap();
+        assert_errno(&get(&port).result, libc::EEXIST);
+        port.submit(Op::openat(None, "bad\0path", libc::O_RDONLY, 0), 5)
+            .unwrap();
+        let c = get(&port);
+        assert_eq!((c.user_data, c.kind()), (5, OpKind::OpenAt));
+        assert_errno(&c.result, libc::EINVAL);
+    }
+);
+
+backend_test!(exclusive dropping_an_openat_completion_closes_the_file, |choice: BackendChoice| {
+    let port = port(choice);
+    port.submit(Op::openat(None, "/dev/null", libc::O_RDONLY, 0), 0).unwrap();
+    drop(get(&port));
+    let before = fd_count();
+    for i in 0..20 {
+        port.submit(Op::openat(None, "/dev/null", libc::O_RDONLY, 0), i).unwrap();
+        let c = get(&port);
+        assert!(c.result.is_ok());
+    }
+    assert_eq!(fd_count(), before, "descriptors leaked by dropped openat completions");
+});
+
+backend_test!(statx_reports_size_and_mode, |choice: BackendChoice| {
+    let port = port(choice);
+    let dir = TempDir::new();
+    let path = dir.path("f");
+    std::fs::write(&path, pattern(1234)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+    port.submit(Op::statx(None, &path, 0, libc::STATX_BASIC_STATS).key(2), 1)
+        .unwrap();
+    let c = get(&port);
+    assert_eq!((c.key, c.user_data, c.kind()), (2, 1, OpKind::Statx));
+    assert_eq!(c.result.as_ref().ok(), Some(&0));
+    let st = c.statx().expect("a successful statx carries the result");
+    assert!(st.stx_mask & libc::STATX_SIZE != 0 && st.stx_mask & libc::STATX_MODE != 0);
+    assert_eq!(st.stx_size, 1234);
+    assert_eq!(u32::from(st.stx_mode) & libc::S_IFMT, libc::S_IFREG);
+    assert_eq!(st.stx_mode & 0o777, 0o640);
+
+    // An open descriptor, with AT_EMPTY_PATH; a directory, relative to itself.
+    let f = File::open(&path).unwrap();
+    port.submit(
+        Op::statx(Some(f.as_fd()), "", libc::AT_EMPTY_PATH, libc::STATX_SIZE),
+        2,
+    )
+    .unwrap();
+    assert_eq!(get(&port).statx().map(|s| s.stx_size), Some(1234));
+    let d = File::open(&dir.0).unwrap();
+    port.submit(Op::statx(Some(d.as_fd()), ".", 0, libc::STATX_TYPE), 3)
+        .unwrap();
+    let c = get(&port);
+    let st = c.statx().expect("statx of a directory");
+    assert_eq!(u32::from(st.stx_mode) & libc::S_IFMT, libc::S_IFDIR);
+
+    // Missing: ENOENT and no result.
+    port.submit(
+        Op::statx(None, dir.path("missing"), 0, libc::STATX_BASIC_STATS),
+        4,
+    )
+    .unwrap();
+    let c = get(&port);
+    assert_errno(&c.result, libc::ENOENT);
+    assert!(c.statx().is_none());
+});
+
+backend_test!(
+    fallocate_then_statx_sees_the_new_size,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let file = file_with(b"abc");
+        port.associate(&file, 6).unwrap();
+        port.submit(Op::fallocate(&file, 0, 0, 1 << 20), 1).unwrap();
+        let c = get(&port);
+        assert_eq!((c.key, c.user_data, c.kind()), (6, 1, OpKind::Fallocate));
+        match c.result {
+            Ok(0) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                eprintln!("skipped: the temp dir's file system has no fallocate");
+                return;
+            }
+            other => panic!("fallocate: {other:?}"),
+        }
+        let statx_size = |ud| {
+            port.submit(
+                Op::statx(
+                    Some(file.as_fd()),
+                    "",
+                    libc::AT_EMPTY_PATH,
+                    libc::STATX_SIZE,
+                ),
+                ud,
+            )
+            .unwrap();
+            get(&port).statx().expect("statx of an open file").stx_size
+        };
+        assert_eq!(statx_size(2), 1 << 20, "mode 0 extends the file");
+        let mut head = [0; 3];
+        file.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(&head, b"abc", "and keeps what was there");
+
+        // KEEP_SIZE allocates past the end without changing the size.
+        port.submit(
+            Op::fallocate(&file, libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20),
+            3,
+        )
+        .unwrap();
+        assert_eq!(get(&port).result.unwrap(), 0);
+        assert_eq!(statx_size(4), 1 << 20);
+
+        // A read-only descriptor cannot.
+        let ro = File::open("/proc/self/exe").unwrap();
+        port.associate(&ro, 7).unwrap();
+        port.submit(Op::fallocate(&ro, 0, 0, 4096), 5).unwrap();
+        assert_errno(&get(&port).result, libc::EBADF);
+    }
+);
+
+backend_test!(
+    shutdown_write_makes_the_peer_see_eof,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let (client, server) = tcp_pair();
+        port.associate(&server, 5).unwrap();
+        port.submit(Op::send(&server, b"last words".to_vec()), 1)
+            .unwrap();
+        assert_eq!(get(&port).result.unwrap(), 10);
+        port.submit(Op::shutdown(&server, std::net::Shutdown::Write), 2)
+            .unwrap();
+        let c = get(&port);
+        assert_eq!((c.key, c.user_data, c.kind()), (5, 2, OpKind::Shutdown));
+        assert_eq!(c.result.unwrap(), 0);
+
+        // The peer gets what was sent, then end of stream.
+        client.set_read_timeout(Some(T)).unwrap();
+        let mut got = Vec::new();
+        (&client).read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"last words");
+        // The other direction still works.
+        (&client).write_all(b"reply").unwrap();
+        port.submit(Op::recv(&server, Vec::with_capacity(16)), 3)
+            .unwrap();
+        assert_eq!(get(&port).buf.unwrap(), b"reply");
+
+        // Not connected.
+        let lone =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        port.associate(&lone, 6).unwrap();
+        port.submit(Op::shutdown(&lone, std::net::Shutdown::Both), 4)
+            .unwrap();
+        assert_errno(&get(&port).result, libc::ENOTCONN);
     }
 );

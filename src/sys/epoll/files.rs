@@ -1,7 +1,8 @@
 //! Blocking worker threads for file operations on the epoll backend (epoll cannot
 //! wait on regular files). Workers start on demand, up to a fixed number; each
-//! runs one `pread`/`pwrite`/`preadv`/`pwritev`/`fsync` at a time and hands the
-//! result to the driver, which queues the completion and wakes the poller.
+//! runs one `pread`/`pwrite`/`preadv`/`pwritev`/`fsync`/`openat`/`statx`/
+//! `fallocate` at a time and hands the result to the driver, which queues the
+//! completion and wakes the poller.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -196,6 +197,47 @@ fn run(body: &mut OpBody) -> i32 {
                         *offset as libc::off_t,
                     )
                 }
+            }
+            OpBody::OpenAt {
+                dir,
+                path,
+                flags,
+                mode,
+            } => {
+                let Some(path) = path else {
+                    return -libc::EINVAL;
+                };
+                // SAFETY: `path` is a NUL-terminated string this job owns; the
+                // new descriptor (the result) is owned by the completion.
+                (unsafe { libc::openat(*dir, path.as_ptr(), *flags, *mode) }) as isize
+            }
+            OpBody::Statx {
+                dir,
+                path,
+                flags,
+                mask,
+                out,
+            } => {
+                let Some(path) = path else {
+                    return -libc::EINVAL;
+                };
+                // SAFETY: `path` is a NUL-terminated string and `out` room for
+                // one `statx`, both owned by this job; the kernel writes only
+                // into `out`.
+                (unsafe { libc::statx(*dir, path.as_ptr(), *flags, *mask, out.as_mut_ptr()) })
+                    as isize
+            }
+            OpBody::Fallocate {
+                fd,
+                mode,
+                offset,
+                len,
+            } => {
+                let (Ok(offset), Ok(len)) = (i64::try_from(*offset), i64::try_from(*len)) else {
+                    return -libc::EINVAL;
+                };
+                // SAFETY: a plain system call on a descriptor; no memory is passed.
+                (unsafe { libc::fallocate(*fd, *mode, offset, len) }) as isize
             }
             OpBody::Fsync { fd, datasync } => {
                 let sync = if *datasync {

@@ -27,9 +27,10 @@
 //!   The try-then-queue step and the retry step hold the socket's queue lock, so
 //!   an edge that arrives between a failed attempt and its queueing is never lost.
 //! * Regular files cannot be waited on with epoll (`EPERM`), so reads, writes
-//!   (plain and vectored) and fsyncs run on a few blocking worker threads
-//!   (`files.rs`), which queue their completions and wake the poller through an
-//!   eventfd.
+//!   (plain and vectored), fsyncs, opens, `statx` and `fallocate` run on a few
+//!   blocking worker threads (`files.rs`), which queue their completions and
+//!   wake the poller through an eventfd. `shutdown` never blocks: it is done
+//!   on the submitting thread, like a close.
 //! * `send_file` is `sendfile(2)` into the socket, tried and queued like a send
 //!   (`sock.rs`).
 //! * Timers are kept in a sorted set; the poller's `epoll_wait` timeout is
@@ -357,10 +358,22 @@ impl Driver {
             | OpBody::Write { .. }
             | OpBody::Fsync { .. }
             | OpBody::ReadV { .. }
-            | OpBody::WriteV { .. } => {
+            | OpBody::WriteV { .. }
+            | OpBody::OpenAt { .. }
+            | OpBody::Statx { .. }
+            | OpBody::Fallocate { .. } => {
                 let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
                 self.files.push(id, op.body);
                 Ok((id, None))
+            }
+            OpBody::Shutdown { fd, how } => {
+                // Never blocks: done here, like a close.
+                let (fd, how) = (*fd, *how);
+                let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
+                // SAFETY: a plain system call on a descriptor; no memory is passed.
+                let rc = unsafe { libc::shutdown(fd, how) };
+                let res = if rc < 0 { -errno() } else { 0 };
+                self.done_now(id, res, op.body)
             }
             OpBody::Close { fd } => {
                 let raw = fd.as_raw_fd();

@@ -57,7 +57,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use crate::completion::{Completion, OpId, Output};
+use crate::completion::{Completion, OpId};
 use crate::error::{Error, Result};
 use crate::op::{Op, OpBody, OpKind};
 use std::sync::Mutex;
@@ -201,7 +201,10 @@ impl Driver {
             if let OpBody::SendFile { .. } = body {
                 return self.submit_transfer(inner, body, key, user_data, flush);
             }
-            let (sqe, aux) = ops::build(&mut body);
+            let (sqe, aux) = match ops::build(&mut body) {
+                Ok((sqe, aux)) => (Ok(sqe), aux),
+                Err(res) => (Err(res), Aux::None),
+            };
             let id = inner.ops.insert(Record {
                 kind,
                 key,
@@ -209,6 +212,11 @@ impl Driver {
                 body,
                 aux,
             });
+            let sqe = match sqe {
+                Ok(sqe) => sqe,
+                // Ended before it started: its completion is queued at once.
+                Err(res) => return Ok((id, inner.complete(id, res))),
+            };
             self.push_locked(&sqe.user_data(id.0));
             drop(inner);
             if flush {
@@ -561,16 +569,14 @@ impl Inner {
     /// Removes the record of `id` and builds its completion.
     fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
         let rec = self.ops.remove(id)?;
-        let mut out = match &rec.aux {
-            // The CQE is in hand: the kernel is done with the header.
-            Aux::Msg(m) if rec.kind == OpKind::RecvFrom && res >= 0 => Output {
-                addr: m.source(),
-                ..Output::default()
-            },
-            _ => Output::default(),
-        };
-        let body = rec.body.into_output();
-        (out.buf, out.bufs) = (body.buf, body.bufs);
+        // The CQE is in hand: the kernel is done with everything the record
+        // holds, so it may be read (a receive's header, a statx result).
+        let mut out = rec.body.into_output();
+        if let Aux::Msg(m) = &rec.aux {
+            if rec.kind == OpKind::RecvFrom && res >= 0 {
+                out.addr = m.source();
+            }
+        }
         if let Aux::Transfer(t) = rec.aux {
             if let Some(p) = t.into_pipe() {
                 if self.pipes.len() < PIPE_POOL {

@@ -163,9 +163,12 @@ impl std::fmt::Debug for MsgAux {
 /// allocations and into the returned [`Aux`]; the caller keeps both in the
 /// record. A `close` gives its descriptor to the kernel and leaves `Nop` behind.
 /// `send_file` is not built here (see `transfer.rs`).
-pub(super) fn build(body: &mut OpBody) -> (squeue::Entry, Aux) {
+///
+/// `Err(res)`: the operation needs no SQE, it has already ended with the raw
+/// result `res` (a path with a NUL byte).
+pub(super) fn build(body: &mut OpBody) -> Result<(squeue::Entry, Aux), i32> {
     use types::Fd;
-    match body {
+    Ok(match body {
         OpBody::Nop | OpBody::SendFile { .. } => (opcode::Nop::new().build(), Aux::None),
         OpBody::Read { fd, buf, offset } => {
             let len = buf.capacity().min(u32::MAX as usize) as u32;
@@ -280,5 +283,46 @@ pub(super) fn build(body: &mut OpBody) -> (squeue::Entry, Aux) {
             let sqe = opcode::Timeout::new(&*ts as *const types::Timespec).build();
             (sqe, Aux::Time(ts))
         }
-    }
+        OpBody::OpenAt {
+            dir,
+            path,
+            flags,
+            mode,
+        } => {
+            let path = path.as_ref().ok_or(-libc::EINVAL)?;
+            let sqe = opcode::OpenAt::new(Fd(*dir), path.as_ptr())
+                .flags(*flags)
+                .mode(*mode)
+                .build();
+            (sqe, Aux::None)
+        }
+        OpBody::Statx {
+            dir,
+            path,
+            flags,
+            mask,
+            out,
+        } => {
+            let path = path.as_ref().ok_or(-libc::EINVAL)?;
+            // io_uring's `statx` is an opaque alias of the same C structure.
+            let sqe = opcode::Statx::new(Fd(*dir), path.as_ptr(), out.as_mut_ptr().cast())
+                .flags(*flags)
+                .mask(*mask)
+                .build();
+            (sqe, Aux::None)
+        }
+        OpBody::Fallocate {
+            fd,
+            mode,
+            offset,
+            len,
+        } => {
+            let sqe = opcode::Fallocate::new(Fd(*fd), *len)
+                .offset(*offset)
+                .mode(*mode)
+                .build();
+            (sqe, Aux::None)
+        }
+        OpBody::Shutdown { fd, how } => (opcode::Shutdown::new(Fd(*fd), *how).build(), Aux::None),
+    })
 }
