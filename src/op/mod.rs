@@ -226,11 +226,17 @@ impl std::fmt::Debug for StatxBuf {
 pub struct Op {
     pub(crate) body: OpBody,
     pub(crate) key: Option<u64>,
+    /// Set by [`Op::timeout_after`].
+    pub(crate) link_timeout: Option<Duration>,
 }
 
 impl Op {
     fn new(body: OpBody) -> Op {
-        Op { body, key: None }
+        Op {
+            body,
+            key: None,
+            link_timeout: None,
+        }
     }
 
     /// Does nothing; completes with `Ok(0)`. Useful to measure the port itself.
@@ -581,6 +587,46 @@ impl Op {
     /// For operations on a handle the associated key is used and this is ignored.
     pub fn key(mut self, key: u64) -> Op {
         self.key = Some(key);
+        self
+    }
+
+    /// Bounds this operation in time (a *linked timeout*): if it has not
+    /// finished `d` after it was submitted, it is cancelled.
+    ///
+    /// Exactly as with [`CompletionPort::cancel`](crate::CompletionPort::cancel),
+    /// there is still one completion, and it says what happened:
+    ///
+    /// * the operation finished first: its own result, as without a timeout
+    ///   (the timer is removed; it produces no completion of its own);
+    /// * the timer fired while the operation was waiting (for data, for room,
+    ///   for a connection, for a file worker): `ECANCELED`, and its buffer comes
+    ///   back untouched;
+    /// * the timer fired while the kernel was already carrying it out and could
+    ///   not stop it (a file read on a worker thread): its real result; for a
+    ///   transfer interrupted half-way (`send_file`), the count it had moved.
+    ///
+    /// On io_uring this is `IORING_OP_LINK_TIMEOUT` linked to the operation's
+    /// SQE (for `send_file`, to each round's last SQE, with the time left); on
+    /// epoll a timer that cancels the operation if it is still waiting.
+    /// Calling it again replaces the duration.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ringport::{CompletionPort, Op};
+    /// use std::time::Duration;
+    /// let port = CompletionPort::new()?;
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// port.associate(&a, 1)?;
+    /// // Nothing is ever sent on `a`: the receive gives up after 10 ms.
+    /// let op = Op::recv(&a, Vec::with_capacity(64)).timeout_after(Duration::from_millis(10));
+    /// port.submit(op, 0)?;
+    /// let c = port.get(Some(Duration::from_secs(10)))?;
+    /// assert!(c.is_cancelled());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn timeout_after(mut self, d: Duration) -> Op {
+        self.link_timeout = Some(d);
         self
     }
 

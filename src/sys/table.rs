@@ -4,9 +4,9 @@
 
 use crate::completion::OpId;
 
-/// Generations stay below this, so no `OpId` reaches the tags backends reserve
-/// at the top of the `u64` range.
-const GEN_MASK: u32 = 0x7fff_ffff;
+/// Generations stay below 2^30, so the top two bits of an `OpId` are always
+/// clear: backends use them to tag their own CQEs and timers.
+const GEN_MASK: u32 = 0x3fff_ffff;
 
 #[derive(Debug)]
 struct Entry<R> {

@@ -34,7 +34,11 @@
 //! * `send_file` is `sendfile(2)` into the socket, tried and queued like a send
 //!   (`sock.rs`).
 //! * Timers are kept in a sorted set; the poller's `epoll_wait` timeout is
-//!   shortened to the next one.
+//!   shortened to the next one. A linked timeout (`Op::timeout_after`) is a
+//!   timer entry too (its id tagged with [`DEADLINE_BIT`]): when it is due, the
+//!   poller cancels the operation exactly as `cancel` would — it wins if the
+//!   operation is still queued, loses if it is running on a file worker — and
+//!   the operation's completion removes the entry.
 //!
 //! # What it costs
 //!
@@ -71,6 +75,11 @@ use super::{Config, PollMode, SubmitResult};
 /// epoll token of the eventfd that wakes the poller.
 const WAKE_TOKEN: u64 = u64::MAX;
 
+/// Set in a timer entry's id for an operation's linked timeout (its deadline),
+/// as opposed to a `timeout` operation's own timer. Op ids never have it: their
+/// generations stay below 2^31 (see `table.rs`).
+const DEADLINE_BIT: u64 = 1 << 63;
+
 /// Where an operation in flight is waiting.
 #[derive(Debug)]
 enum Wait {
@@ -88,6 +97,9 @@ struct Record {
     key: u64,
     user_data: u64,
     wait: Wait,
+    /// Its linked timeout (`Op::timeout_after`): a timer entry
+    /// `(deadline, id | DEADLINE_BIT)` cancels it if it is still waiting then.
+    deadline: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -322,15 +334,26 @@ impl Driver {
         if inner.ops.len() >= self.max_in_flight {
             return Err((Error::QueueFull, Some(op)));
         }
+        let deadline = op.link_timeout.map(|d| Instant::now() + d);
         let id = inner.ops.insert(Record {
             kind: op.kind(),
             key,
             user_data,
             wait: wait(),
+            deadline,
         });
         if let Wait::Timer(at) = inner.ops.get(id).map(|r| &r.wait).expect("just inserted") {
             let at = *at;
             inner.timers.insert((at, id.0));
+        }
+        if let Some(at) = deadline {
+            inner.timers.insert((at, id.0 | DEADLINE_BIT));
+            let first = inner.timers.first() == Some(&(at, id.0 | DEADLINE_BIT));
+            drop(inner);
+            if first {
+                // The poller may be sleeping with a later deadline.
+                self.notify();
+            }
         }
         Ok((id, op))
     }
@@ -623,12 +646,27 @@ impl Driver {
         let mut inner = lock(&self.shared.inner);
         out.append(&mut inner.done);
         let now = Instant::now();
+        let mut expired = Vec::new();
         while let Some(&(at, raw)) = inner.timers.first() {
             if at > now {
                 break;
             }
             inner.timers.pop_first();
-            out.extend(finish(&mut inner, OpId(raw), 0, OpBody::Nop));
+            if raw & DEADLINE_BIT != 0 {
+                expired.push(OpId(raw & !DEADLINE_BIT));
+            } else {
+                out.extend(finish(&mut inner, OpId(raw), 0, OpBody::Nop));
+            }
+        }
+        drop(inner);
+        // Linked timeouts that fired: cancel their operations (a cancel takes
+        // the socket's queue lock, which comes before `inner`). One that has
+        // finished meanwhile is not found, or loses the race: its own result
+        // stands.
+        for id in expired {
+            if let Ok(Some(c)) = self.cancel(id) {
+                out.push(c);
+            }
         }
     }
 
@@ -644,7 +682,10 @@ impl Driver {
         let mut inner = lock(&self.shared.inner);
         let timers: Vec<(Instant, u64)> = std::mem::take(&mut inner.timers).into_iter().collect();
         for (_, raw) in timers {
-            inner.ops.remove(OpId(raw));
+            // (A deadline's operation is cancelled where it waits.)
+            if raw & DEADLINE_BIT == 0 {
+                inner.ops.remove(OpId(raw));
+            }
         }
         inner.done.clear();
         // A submit that was admitted just before `closed` was set finishes on its
@@ -694,6 +735,9 @@ impl Shared {
 /// (and a received datagram's source address) taken back from its body.
 fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Completion> {
     let rec = inner.ops.remove(id)?;
+    if let Some(at) = rec.deadline {
+        inner.timers.remove(&(at, id.0 | DEADLINE_BIT));
+    }
     Some(Completion::from_raw(
         id,
         rec.kind,

@@ -45,6 +45,20 @@
 //! (its *head*) carries the operation's id with [`LEG_BIT`] set; every other CQE
 //! of the operation carries the id itself. The record stays in the table until
 //! the operation's last CQE is reaped.
+//!
+//! Every `io_uring_enter` submits *all* published SQEs (see [`Driver::enter`]),
+//! and a chain is published in one step, so the kernel never sees half a chain.
+//!
+//! # Linked timeouts
+//!
+//! `Op::timeout_after` links a `LINK_TIMEOUT` to the operation's SQE; its CQE
+//! (tagged [`LINK_TIMEOUT_TAG`]) is swallowed, and the operation reports
+//! `ECANCELED` if the timer won. Two cases use a plain `TIMEOUT` instead
+//! (tagged with [`TIMER_BIT`]), whose expiry makes the driver cancel the
+//! operation, and which the driver removes when the operation ends first:
+//! `send_file` (its splices run on io-wq, where the kernel does not arm a
+//! `LINK_TIMEOUT`; found on 6.18, the timer simply never fired) and kernels
+//! without `LINK_TIMEOUT`.
 
 mod ops;
 mod probe;
@@ -53,6 +67,7 @@ mod transfer;
 pub(crate) use probe::probe;
 
 use std::io;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -73,17 +88,25 @@ use super::{Config, PollMode, SubmitResult};
 const WAKE_TAG: u64 = u64::MAX;
 /// `user_data` of internal cancel requests; their CQEs are swallowed.
 const CANCEL_TAG: u64 = u64::MAX - 1;
+/// `user_data` of `LINK_TIMEOUT` SQEs; their CQEs are swallowed (the operation
+/// they bound reports the outcome).
+const LINK_TIMEOUT_TAG: u64 = u64::MAX - 2;
 /// Set in the `user_data` of the head of an operation's chain of SQEs. Op ids
-/// never have it: generations stay below 2^31 (see `table.rs`), so an id is
-/// below 2^63; the tags above have it, but their low 32 bits (an index of
-/// 2^32 − 1 or − 2) are never a table index (the table holds at most
-/// `max_in_flight` ≤ 32768 records).
+/// never have it (nor [`TIMER_BIT`]): generations stay below 2^30 (see
+/// `table.rs`), so an id is below 2^62. The tags above have both bits, but
+/// their low 32 bits (an index of 2^32 − 1 to − 3) are never a table index
+/// (the table holds at most `max_in_flight` ≤ 32768 records).
 const LEG_BIT: u64 = 1 << 63;
+/// Set in the `user_data` of the standalone `TIMEOUT` that emulates an
+/// operation's linked timeout where `LINK_TIMEOUT` cannot serve: when it fires,
+/// the driver cancels the operation.
+const TIMER_BIT: u64 = 1 << 62;
 
 /// Which optional opcodes this kernel has (found once, at start).
 #[derive(Debug, Clone, Copy)]
 struct Support {
     splice: bool,
+    link_timeout: bool,
 }
 
 #[derive(Debug)]
@@ -94,6 +117,11 @@ struct Record {
     /// The operation: it owns the buffers its SQE points into.
     body: OpBody,
     aux: Aux,
+    /// The `timespec` of its linked timeout (`Op::timeout_after`): of its
+    /// `LINK_TIMEOUT` SQE, or of the `TIMEOUT` that emulates one.
+    link_ts: Option<Box<types::Timespec>>,
+    /// An emulated linked timeout ([`TIMER_BIT`]) is pending.
+    timer: bool,
 }
 
 #[derive(Debug)]
@@ -188,96 +216,105 @@ impl Driver {
 
     /// Starts `op`. On `QueueFull` the op is handed back untouched.
     pub(crate) fn submit(&self, op: Op, key: u64, user_data: u64, flush: bool) -> SubmitResult {
-        {
-            let mut inner = lock(&self.inner);
-            if inner.closed {
-                return Err((Error::Closed, None));
-            }
-            if inner.ops.len() >= self.max_in_flight {
-                return Err((Error::QueueFull, Some(op)));
-            }
-            let kind = op.kind();
-            let mut body = op.body;
-            if let OpBody::SendFile { .. } = body {
-                return self.submit_transfer(inner, body, key, user_data, flush);
-            }
-            let (sqe, aux) = match ops::build(&mut body) {
-                Ok((sqe, aux)) => (Ok(sqe), aux),
-                Err(res) => (Err(res), Aux::None),
-            };
-            let id = inner.ops.insert(Record {
-                kind,
-                key,
-                user_data,
-                body,
-                aux,
-            });
-            let sqe = match sqe {
-                Ok(sqe) => sqe,
-                // Ended before it started: its completion is queued at once.
-                Err(res) => return Ok((id, inner.complete(id, res))),
-            };
-            self.push_locked(&sqe.user_data(id.0));
-            drop(inner);
-            if flush {
-                self.flush();
-            }
-            Ok((id, None))
+        let mut inner = lock(&self.inner);
+        if inner.closed {
+            return Err((Error::Closed, None));
         }
-    }
-
-    /// Starts a `send_file`: a pipe from the pool (or a new one), and the first
-    /// round of its SQEs (see `transfer.rs`).
-    fn submit_transfer(
-        &self,
-        mut inner: std::sync::MutexGuard<'_, Inner>,
-        body: OpBody,
-        key: u64,
-        user_data: u64,
-        flush: bool,
-    ) -> SubmitResult {
-        let OpBody::SendFile {
+        if inner.ops.len() >= self.max_in_flight {
+            return Err((Error::QueueFull, Some(op)));
+        }
+        let kind = op.kind();
+        let link = op.link_timeout;
+        let mut body = op.body;
+        let mut rec = Record {
+            kind,
+            key,
+            user_data,
+            body: OpBody::Nop,
+            aux: Aux::None,
+            link_ts: None,
+            timer: false,
+        };
+        let built = if let OpBody::SendFile {
             sock,
             file,
             offset,
             len,
         } = body
-        else {
-            unreachable!("only send_file is a transfer")
-        };
-        let pipe = if self.support.splice {
-            match inner.pipes.pop().map_or_else(Pipe::new, Ok) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    // No pipe (descriptor limit): the error is the op's result.
-                    let res = -e.raw_os_error().unwrap_or(libc::EMFILE);
-                    let id = inner.ops.insert(Record {
-                        kind: OpKind::SendFile,
-                        key,
-                        user_data,
-                        body: OpBody::Nop,
-                        aux: Aux::None,
-                    });
-                    return Ok((id, inner.complete(id, res)));
-                }
-            }
+        {
+            self.start_transfer(&mut inner, sock, file, offset, len)
+                .map(|(t, head, tail)| {
+                    rec.aux = Aux::Transfer(Box::new(t));
+                    (Some(head), tail)
+                })
         } else {
-            None
+            ops::build(&mut body).map(|(sqe, aux)| {
+                rec.aux = aux;
+                (None, sqe)
+            })
         };
-        let (t, head, tail) = Transfer::start(sock, file, offset, len, pipe);
-        let id = inner.ops.insert(Record {
-            kind: OpKind::SendFile,
-            key,
-            user_data,
-            body: OpBody::Nop,
-            aux: Aux::Transfer(Box::new(t)),
-        });
-        self.push_all_locked(&[head.user_data(id.0 | LEG_BIT), tail.user_data(id.0)]);
+        rec.body = body;
+        let id = inner.ops.insert(rec);
+        let (head, tail) = match built {
+            Ok(sqes) => sqes,
+            // Ended before it started: its completion is queued at once.
+            Err(res) => return Ok((id, inner.complete(id, res))),
+        };
+        let tail = tail.user_data(id.0);
+        match (head, link) {
+            (None, None) => self.push_locked(&tail),
+            (head, link) => {
+                let mut chain = Vec::with_capacity(3);
+                chain.extend(head.map(|h| h.user_data(id.0 | LEG_BIT)));
+                chain.push(tail);
+                if let Some(d) = link {
+                    let rec = inner.ops.get_mut(id).expect("just inserted");
+                    let ts: &types::Timespec = rec.link_ts.insert(Box::new(d.into()));
+                    // A transfer's rounds run on io-wq, where the kernel never
+                    // arms a LINK_TIMEOUT linked to a SPLICE (found on 6.18):
+                    // those, and kernels without LINK_TIMEOUT, get a plain
+                    // TIMEOUT whose expiry cancels the operation.
+                    if chain.len() > 1 || !self.support.link_timeout {
+                        rec.timer = true;
+                        chain.push(opcode::Timeout::new(ts).build().user_data(id.0 | TIMER_BIT));
+                    } else {
+                        let last = chain.pop().expect("a chain has an SQE");
+                        chain.push(last.flags(squeue::Flags::IO_LINK));
+                        chain.push(
+                            opcode::LinkTimeout::new(ts)
+                                .build()
+                                .user_data(LINK_TIMEOUT_TAG),
+                        );
+                    }
+                }
+                self.push_all_locked(&chain);
+            }
+        }
         drop(inner);
         if flush {
             self.flush();
         }
         Ok((id, None))
+    }
+
+    /// A `send_file`'s transfer and the first round of its SQEs (see
+    /// `transfer.rs`), with a pipe from the pool or a new one; `Err(-errno)` if
+    /// no pipe can be had (the descriptor limit).
+    fn start_transfer(
+        &self,
+        inner: &mut Inner,
+        sock: RawFd,
+        file: RawFd,
+        offset: u64,
+        len: usize,
+    ) -> std::result::Result<(Transfer, squeue::Entry, squeue::Entry), i32> {
+        let pipe = if self.support.splice {
+            let p = inner.pipes.pop().map_or_else(Pipe::new, Ok);
+            Some(p.map_err(|e| -e.raw_os_error().unwrap_or(libc::EMFILE))?)
+        } else {
+            None
+        };
+        Ok(Transfer::start(sock, file, offset, len, pipe))
     }
 
     /// Pushes an SQE; the caller holds `inner`. If the SQ is full, submits first.
@@ -294,7 +331,7 @@ impl Driver {
             }
             drop(sq);
             // SQ full: hand what is there to the kernel and retry.
-            if let Err(e) = self.ring.submit() {
+            if let Err(e) = self.submit_all() {
                 if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
                     tracing::error!("io_uring_enter failed while the SQ was full: {e}");
                 }
@@ -314,7 +351,7 @@ impl Driver {
                 return;
             }
             drop(sq);
-            if let Err(e) = self.ring.submit() {
+            if let Err(e) = self.submit_all() {
                 if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
                     tracing::error!("io_uring_enter failed while the SQ was full: {e}");
                 }
@@ -325,18 +362,60 @@ impl Driver {
     /// Asks the kernel to cancel every SQE of operation `id` still running;
     /// the caller holds `inner`.
     fn push_cancel_locked(&self, inner: &mut Inner, id: OpId) {
-        let Some(rec) = inner.ops.get_mut(id) else {
-            return;
-        };
-        if let Aux::Transfer(t) = &mut rec.aux {
-            t.cancel();
-            self.push_locked(
-                &opcode::AsyncCancel::new(id.0 | LEG_BIT)
-                    .build()
-                    .user_data(CANCEL_TAG),
-            );
+        if let Some(rec) = inner.ops.get_mut(id) {
+            for sqe in cancel_sqes(id, rec) {
+                self.push_locked(&sqe);
+            }
         }
-        self.push_locked(&opcode::AsyncCancel::new(id.0).build().user_data(CANCEL_TAG));
+    }
+
+    /// Hands every published SQE to the kernel (`io_uring_enter` without a wait).
+    fn submit_all(&self) -> io::Result<usize> {
+        self.enter(0, None)
+    }
+
+    /// `io_uring_enter`: submits every published SQE, then waits (with an
+    /// optional timeout) until `want` completions are there.
+    ///
+    /// The count of SQEs to submit is the SQ's capacity, which the kernel
+    /// clamps to the SQEs published — never a count read earlier, as the `io-uring`
+    /// crate's `submit*` methods pass: with several threads submitting, such a
+    /// count can be stale (others consumed SQEs since), and the kernel would stop
+    /// part-way through what is published, possibly in the middle of a chain of
+    /// linked SQEs; the chain's head would then run unlinked. Chains are
+    /// published whole (`push_all_locked`), so an enter that takes everything
+    /// never splits one.
+    fn enter(&self, want: u32, timeout: Option<Duration>) -> io::Result<usize> {
+        let to_submit = self.ring.params().sq_entries();
+        let getevents = if want > 0 {
+            io_uring::EnterFlags::GETEVENTS.bits()
+        } else {
+            0
+        };
+        match timeout {
+            // SAFETY: io_uring_enter on our ring with no argument; the SQEs it
+            // submits were pushed under `inner` with every pointer they hold
+            // kept alive by their records (see `push_locked`).
+            None => unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(to_submit, want, getevents, None)
+            },
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                // SAFETY: as above; `args` (and the timespec it points to) is
+                // the `io_uring_getevents_arg` EXT_ARG expects, alive for the call.
+                unsafe {
+                    self.ring.submitter().enter(
+                        to_submit,
+                        want,
+                        getevents | io_uring::EnterFlags::EXT_ARG.bits(),
+                        Some(&args),
+                    )
+                }
+            }
+        }
     }
 
     pub(crate) fn has_unflushed(&self) -> bool {
@@ -350,7 +429,7 @@ impl Driver {
     /// Submits every pushed SQE (one `io_uring_enter`, only if there are any).
     pub(crate) fn flush(&self) {
         if self.has_unflushed() {
-            if let Err(e) = self.ring.submit() {
+            if let Err(e) = self.submit_all() {
                 tracing::debug!("io_uring submit: {e}");
             }
         }
@@ -363,7 +442,7 @@ impl Driver {
         self.push_locked(&opcode::Nop::new().build().user_data(WAKE_TAG));
         self.push_locked(&opcode::Nop::new().build().user_data(WAKE_TAG));
         drop(inner);
-        let _ = self.ring.submit();
+        let _ = self.submit_all();
     }
 
     pub(crate) fn cancel(&self, id: OpId) -> Result<Option<Completion>> {
@@ -373,7 +452,7 @@ impl Driver {
         }
         self.push_cancel_locked(&mut inner, id);
         drop(inner);
-        let _ = self.ring.submit();
+        let _ = self.submit_all();
         Ok(None)
     }
 
@@ -401,13 +480,9 @@ impl Driver {
         // them. The port does not use backups yet.)
         let want = if mode == PollMode::Backup { 2 } else { 1 };
         let res = match timeout {
-            Some(t) if t.is_zero() => self.ring.submit(),
-            None => self.ring.submit_and_wait(want),
-            Some(t) => {
-                let ts = types::Timespec::from(t);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(want, &args)
-            }
+            Some(t) if t.is_zero() => self.enter(0, None),
+            None => self.enter(want, None),
+            Some(t) => self.enter(want, Some(t)),
         };
         match res {
             Ok(_) => {}
@@ -445,11 +520,13 @@ impl Driver {
                 woken = true;
                 continue;
             }
-            if ud == CANCEL_TAG {
+            if ud == CANCEL_TAG || ud == LINK_TIMEOUT_TAG {
                 continue;
             }
-            let id = OpId(ud & !LEG_BIT);
-            if let Some(c) = inner.on_cqe(id, ud & LEG_BIT != 0, cqe.result(), &mut follow) {
+            let id = OpId(ud & !(LEG_BIT | TIMER_BIT));
+            if ud & TIMER_BIT != 0 {
+                inner.on_timer(id, cqe.result(), &mut follow);
+            } else if let Some(c) = inner.on_cqe(id, ud & LEG_BIT != 0, cqe.result(), &mut follow) {
                 out.push(c);
             }
         }
@@ -460,7 +537,7 @@ impl Driver {
         }
         drop(inner);
         if !follow.is_empty() {
-            if let Err(e) = self.ring.submit() {
+            if let Err(e) = self.submit_all() {
                 tracing::debug!("io_uring submit: {e}");
             }
         }
@@ -490,10 +567,8 @@ impl Driver {
             if lock(&self.inner).ops.len() == 0 {
                 break;
             }
-            let ts = types::Timespec::from(Duration::from_millis(50));
-            let args = types::SubmitArgs::new().timespec(&ts);
             // (shutdown waits like a poller)
-            if let Err(e) = self.ring.submitter().submit_with_args(1, &args) {
+            if let Err(e) = self.enter(1, Some(Duration::from_millis(50))) {
                 if !matches!(
                     e.raw_os_error(),
                     Some(libc::ETIME | libc::EINTR | libc::EBUSY)
@@ -563,7 +638,27 @@ impl Inner {
             }
             _ => res,
         };
+        if rec.timer {
+            // Its emulated timeout has not fired: remove it.
+            follow.push(vec![opcode::TimeoutRemove::new(id.0 | TIMER_BIT)
+                .build()
+                .user_data(CANCEL_TAG)]);
+        }
         self.complete(id, res)
+    }
+
+    /// The emulated linked timeout of `id` ended: if it fired (`-ETIME`, not
+    /// removed) while the operation is still in flight, cancel the operation.
+    fn on_timer(&mut self, id: OpId, res: i32, follow: &mut Vec<Vec<squeue::Entry>>) {
+        let Some(rec) = self.ops.get_mut(id) else {
+            // The operation ended first (and removed the timer, or the timer
+            // fired as it ended): nothing to do.
+            return;
+        };
+        rec.timer = false;
+        if res == -libc::ETIME {
+            follow.push(cancel_sqes(id, rec));
+        }
     }
 
     /// Removes the record of `id` and builds its completion.
@@ -593,6 +688,23 @@ impl Inner {
             out,
         ))
     }
+}
+
+/// The SQEs that cancel operation `id`: every SQE of it that may still run
+/// (a transfer's head and tail; marking it cancelled, so it starts no further
+/// round).
+fn cancel_sqes(id: OpId, rec: &mut Record) -> Vec<squeue::Entry> {
+    let mut sqes = Vec::with_capacity(2);
+    if let Aux::Transfer(t) = &mut rec.aux {
+        t.cancel();
+        sqes.push(
+            opcode::AsyncCancel::new(id.0 | LEG_BIT)
+                .build()
+                .user_data(CANCEL_TAG),
+        );
+    }
+    sqes.push(opcode::AsyncCancel::new(id.0).build().user_data(CANCEL_TAG));
+    sqes
 }
 
 /// Fails if the kernel lacks an opcode ringport needs (then `auto` falls back);
@@ -630,6 +742,7 @@ fn check_ops(ring: &IoUring) -> io::Result<Support> {
     }
     Ok(Support {
         splice: probe.is_supported(opcode::Splice::CODE),
+        link_timeout: probe.is_supported(opcode::LinkTimeout::CODE),
     })
 }
 
