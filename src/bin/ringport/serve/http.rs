@@ -617,9 +617,11 @@ mod tests {
         }
     }
 
-    /// Inputs the property tests once found (kept as regressions).
+    /// Edge inputs pinned as fixed cases: no head at all, only empty lines, a
+    /// bare method, an empty target. (Long property runs — 60 × 2,000 cases of
+    /// each property — found no failing input to add here.)
     #[test]
-    fn regressions() {
+    fn edge_inputs_do_not_panic() {
         for input in [
             &b""[..],
             b"\r\n\r\n",
