@@ -512,7 +512,29 @@ backend_test!(
 
 backend_test!(byte_ranges, |choice: BackendChoice| {
     let site = Site::new();
-    let Some(srv) = Serve::start(choice, &site, &["--cache-mib", "0"]) else {
+    // Copy-free from the file, then through the copying fallback.
+    for how in [
+        &["--cache-mib", "0"][..],
+        &["--cache-mib", "0", "--copy-bodies"],
+    ] {
+        ranges_from_a_file(choice, &site, how);
+    }
+    // The same through the in-memory cache (cache on, the default).
+    let Some(srv) = Serve::start(choice, &site, &[]) else {
+        return;
+    };
+    let data = pattern(1000);
+    let mut c = Client::connect(srv.addr);
+    for _ in 0..2 {
+        let r = c.get("/data.bin", "Range: bytes=-10\r\n");
+        assert_eq!(r.status, 206);
+        assert_eq!(r.body, &data[990..]);
+    }
+    srv.stop();
+});
+
+fn ranges_from_a_file(choice: BackendChoice, site: &Site, flags: &[&str]) {
+    let Some(srv) = Serve::start(choice, site, flags) else {
         return;
     };
     let data = pattern(1000);
@@ -553,19 +575,8 @@ backend_test!(byte_ranges, |choice: BackendChoice| {
     assert_eq!(r.status, 206);
     let r = c.get("/data.bin", "Range: bytes=0-1\r\nIf-Range: \"stale\"\r\n");
     assert_eq!(r.status, 200);
-    // The same through the in-memory cache (another server, cache on).
     srv.stop();
-    let Some(srv) = Serve::start(choice, &site, &[]) else {
-        return;
-    };
-    let mut c = Client::connect(srv.addr);
-    for _ in 0..2 {
-        let r = c.get("/data.bin", "Range: bytes=-10\r\n");
-        assert_eq!(r.status, 206);
-        assert_eq!(r.body, &data[990..]);
-    }
-    srv.stop();
-});
+}
 
 backend_test!(conditional_requests_answer_304, |choice: BackendChoice| {
     let site = Site::new();

@@ -343,10 +343,10 @@ impl Conn {
         body::send_body(
             &self.stream,
             &file,
-            start,
-            len,
+            (start, len),
             &self.watch,
             limit,
+            self.srv.cfg.copy_bodies,
             &mut self.chunk,
         )
         .await?;

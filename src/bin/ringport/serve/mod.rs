@@ -21,7 +21,8 @@
 //!
 //! Files: `path.rs` (target → file under DIR, the traversal walls), `http.rs`
 //! (parsing, limits, heads, ranges, conditionals), `conn.rs` (a connection),
-//! `body.rs` (a file body onto the socket), `cache.rs` (small files in memory),
+//! `body.rs` (a file body onto the socket, copy-free), `cache.rs` (small files
+//! in memory),
 //! `listing.rs` (directory pages).
 
 mod body;
@@ -75,8 +76,9 @@ pub struct ServeArgs {
     /// Memory for small files kept in memory, in MiB (0 = no cache).
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
-    /// Largest file kept in memory, in KiB.
-    #[arg(long, default_value_t = 256)]
+    /// Largest file kept in memory, in KiB (larger ones go file → socket
+    /// without a copy).
+    #[arg(long, default_value_t = 32)]
     cache_file_kib: u64,
     /// Time a client has to send a whole request head.
     #[arg(long, default_value_t = 10_000, hide = true)]
@@ -87,6 +89,9 @@ pub struct ServeArgs {
     /// Time one send may wait for a client that does not read.
     #[arg(long, default_value_t = 60_000, hide = true)]
     send_timeout_ms: u64,
+    /// Copy file bodies through a buffer instead of the copy-free transfer.
+    #[arg(long, hide = true)]
+    copy_bodies: bool,
     /// Time busy connections get to finish after a shutdown signal.
     #[arg(long, default_value_t = 30_000, hide = true)]
     grace_ms: u64,
@@ -121,6 +126,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub send_timeout: Duration,
     pub log: bool,
+    /// File bodies go through a buffer (`--copy-bodies`, for tests and comparisons).
+    pub copy_bodies: bool,
 }
 
 impl Server {
@@ -360,6 +367,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(1)),
             send_timeout: Duration::from_millis(args.send_timeout_ms.max(1)),
             log: args.log,
+            copy_bodies: args.copy_bodies,
         },
         cache: cache::Cache::new(args.cache_mib << 20, args.cache_file_kib << 10),
         stopping: AtomicBool::new(false),
