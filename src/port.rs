@@ -150,6 +150,10 @@ pub struct PortStats {
     pub sched: SchedStats,
     /// Operations submitted and not yet reaped from the kernel.
     pub in_flight: usize,
+    /// How each kind of operation runs on this port's backend: natively, on a
+    /// worker thread, or emulated (fixed when the port is built, from what the
+    /// kernel offers).
+    pub op_paths: crate::op::OpPaths,
 }
 
 impl CompletionPort {
@@ -514,6 +518,7 @@ impl CompletionPort {
         PortStats {
             sched: self.inner.sched.stats(),
             in_flight: self.inner.backend.in_flight(),
+            op_paths: self.inner.backend.op_paths(),
         }
     }
 

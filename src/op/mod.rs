@@ -25,51 +25,9 @@ use socket2::SockAddr;
 
 use crate::completion::Output;
 
-/// The kind of an operation, as reported in its [`Completion`](crate::Completion).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum OpKind {
-    /// A packet from `post`.
-    Post,
-    /// No operation: completes at once with `Ok(0)`.
-    Nop,
-    /// Read at an offset.
-    Read,
-    /// Write at an offset.
-    Write,
-    /// Receive from a socket.
-    Recv,
-    /// Send on a socket.
-    Send,
-    /// Receive one datagram and its sender's address.
-    RecvFrom,
-    /// Send one datagram to an address.
-    SendTo,
-    /// Accept a connection.
-    Accept,
-    /// Connect a socket.
-    Connect,
-    /// Close a descriptor.
-    Close,
-    /// Flush a file to storage.
-    Fsync,
-    /// A timer.
-    Timeout,
-    /// File → socket transfer without a user-space copy.
-    SendFile,
-    /// Read at an offset into several buffers.
-    ReadV,
-    /// Write several buffers at an offset.
-    WriteV,
-    /// Open a file.
-    OpenAt,
-    /// A file's metadata.
-    Statx,
-    /// Allocate (or free) a file's space.
-    Fallocate,
-    /// Shut down one or both directions of a socket.
-    Shutdown,
-}
+mod kind;
+
+pub use kind::{OpKind, OpPath, OpPaths};
 
 /// The backend-agnostic body of an operation.
 #[derive(Debug)]
@@ -447,8 +405,8 @@ impl Op {
     /// (`sendfile(2)`'s job; on io_uring, two linked `splice`s through a pipe).
     ///
     /// The completion's result is the number of bytes that reached the socket.
-    /// It may be short — a transfer moves at most one pipe's worth (1 MiB where
-    /// the system allows it) per operation, and stops early at the end of the
+    /// It may be short — a transfer moves at most one pipe's worth (256 KiB
+    /// where the system allows it) per operation, and stops early at the end of the
     /// file or when the socket takes only part of the data: resubmit from
     /// `offset + n` for the rest. `Ok(0)` means `offset` is at or past the end of
     /// the file (or `len` is 0). A peer that has gone away gives `EPIPE` or

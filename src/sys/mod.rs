@@ -35,6 +35,9 @@
 //!   operation in flight, and wait until the kernel has released all of them; their
 //!   completions (and buffers, and accepted sockets) are dropped.
 //! * Results are raw kernel results, converted to `io::Result` in `completion.rs`.
+//! * **`op_paths()`** says how each kind of operation runs (`OpPath`: natively,
+//!   on a worker thread, or emulated). A backend runs every kind of operation;
+//!   one the kernel cannot do natively takes another path rather than fail.
 
 use std::fmt;
 use std::io;
@@ -47,6 +50,7 @@ use crate::op::Op;
 pub(crate) mod epoll;
 mod table;
 pub(crate) mod uring;
+mod workers;
 
 /// Which backend drives a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -300,6 +304,14 @@ impl Backend {
         match self {
             Backend::Uring(d) => d.max_in_flight(),
             Backend::Epoll(d) => d.max_in_flight(),
+        }
+    }
+
+    /// How each kind of operation runs on this backend.
+    pub(crate) fn op_paths(&self) -> crate::op::OpPaths {
+        match self {
+            Backend::Uring(d) => d.op_paths(),
+            Backend::Epoll(d) => d.op_paths(),
         }
     }
 }

@@ -1,8 +1,9 @@
-//! Blocking worker threads for file operations on the epoll backend (epoll cannot
-//! wait on regular files). Workers start on demand, up to a fixed number; each
-//! runs one `pread`/`pwrite`/`preadv`/`pwritev`/`fsync`/`openat`/`statx`/
-//! `fallocate` at a time and hands the result to the driver, which queues the
-//! completion and wakes the poller.
+//! Blocking worker threads for operations a backend cannot wait for: file
+//! operations on epoll (which cannot wait on regular files), and on io_uring
+//! the operations a kernel lacks the opcode for. Workers start on demand, up to
+//! a fixed number; each runs one `pread`/`pwrite`/`preadv`/`pwritev`/`fsync`/
+//! `openat`/`statx`/`fallocate` at a time and hands the result to the backend's
+//! [`Sink`], which queues the completion and wakes the poller.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -12,7 +13,13 @@ use crate::completion::OpId;
 use crate::op::OpBody;
 use crate::sync::lock;
 
-use super::Shared;
+/// Where a backend takes the results of its worker threads.
+pub(crate) trait Sink: Send + Sync + std::fmt::Debug + 'static {
+    /// Operation `id` ended with the raw result `res` (`-errno` on failure);
+    /// `body` is handed back with its buffers. Called on a worker thread (or by
+    /// `push`/`shutdown` for a job that never ran), with no lock of the pool held.
+    fn done(&self, id: OpId, res: i32, body: OpBody);
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -28,17 +35,17 @@ struct Pool {
     cv: Condvar,
 }
 
-/// The file workers of one epoll driver.
+/// The worker threads of one driver, handing results to `S`.
 #[derive(Debug)]
-pub(crate) struct Workers {
+pub(crate) struct Workers<S: Sink> {
     pool: Arc<Pool>,
-    shared: Arc<Shared>,
+    shared: Arc<S>,
     max: usize,
     handles: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Workers {
-    pub(crate) fn new(shared: Arc<Shared>, max: usize) -> Workers {
+impl<S: Sink> Workers<S> {
+    pub(crate) fn new(shared: Arc<S>, max: usize) -> Workers<S> {
         let pool = Arc::new(Pool {
             st: Mutex::new(State::default()),
             cv: Condvar::new(),
@@ -56,7 +63,7 @@ impl Workers {
         let mut st = lock(&self.pool.st);
         if st.stop {
             drop(st);
-            self.shared.file_done(id, -libc::ECANCELED, body);
+            self.shared.done(id, -libc::ECANCELED, body);
             return;
         }
         st.jobs.push_back((id, body));
@@ -64,8 +71,8 @@ impl Workers {
             st.threads += 1;
             let (pool, shared) = (self.pool.clone(), self.shared.clone());
             match thread::Builder::new()
-                .name("ringport-file".into())
-                .spawn(move || work(&pool, &shared))
+                .name("ringport-worker".into())
+                .spawn(move || work(&pool, &*shared))
             {
                 Ok(h) => lock(&self.handles).push(h),
                 Err(e) => {
@@ -94,7 +101,7 @@ impl Workers {
             st.jobs.drain(..).collect()
         };
         for (id, body) in jobs {
-            self.shared.file_done(id, -libc::ECANCELED, body);
+            self.shared.done(id, -libc::ECANCELED, body);
         }
         self.pool.cv.notify_all();
         for h in lock(&self.handles).drain(..) {
@@ -103,7 +110,7 @@ impl Workers {
     }
 }
 
-fn work(pool: &Pool, shared: &Shared) {
+fn work<S: Sink>(pool: &Pool, shared: &S) {
     loop {
         let (id, mut body) = {
             let mut st = lock(&pool.st);
@@ -120,11 +127,11 @@ fn work(pool: &Pool, shared: &Shared) {
             }
         };
         let res = run(&mut body);
-        shared.file_done(id, res, body);
+        shared.done(id, res, body);
     }
 }
 
-/// Runs one file operation to completion; returns the raw result.
+/// Runs one operation to completion, blocking; returns the raw result.
 fn run(body: &mut OpBody) -> i32 {
     loop {
         let rc: isize = match body {

@@ -772,3 +772,68 @@ backend_test!(
         panic!("1000 transfers to a peer that never reads all finished");
     }
 );
+
+backend_test!(port_stats_say_how_each_op_runs, |choice: BackendChoice| {
+    use ringport::op::OpPath;
+    let port = port(choice);
+    let paths = port.stats().op_paths;
+    assert_eq!(paths.iter().count(), OpKind::ALL.len());
+    assert_eq!(
+        paths.get(OpKind::Post),
+        None,
+        "a packet is not an operation"
+    );
+    for k in OpKind::ALL {
+        assert!(paths.get(k).is_some(), "{k:?}");
+    }
+    let basic = [
+        OpKind::Nop,
+        OpKind::Read,
+        OpKind::Write,
+        OpKind::Fsync,
+        OpKind::Close,
+        OpKind::Recv,
+        OpKind::Send,
+        OpKind::RecvFrom,
+        OpKind::SendTo,
+        OpKind::Accept,
+        OpKind::Connect,
+        OpKind::Timeout,
+    ];
+    let files = [
+        OpKind::Read,
+        OpKind::Write,
+        OpKind::ReadV,
+        OpKind::WriteV,
+        OpKind::Fsync,
+        OpKind::OpenAt,
+        OpKind::Statx,
+        OpKind::Fallocate,
+    ];
+    match choice {
+        BackendChoice::Epoll => {
+            for k in OpKind::ALL {
+                let want = if files.contains(&k) {
+                    OpPath::Worker
+                } else {
+                    OpPath::Emulated
+                };
+                assert_eq!(paths.get(k), Some(want), "{k:?}");
+            }
+            assert_eq!(paths.link_timeout(), OpPath::Emulated);
+        }
+        _ => {
+            // What io_uring must have is native; the rest is native, or takes
+            // a fallback this kernel (or RINGPORT_URING_OPS_OFF) called for.
+            for k in basic {
+                assert_eq!(paths.get(k), Some(OpPath::Uring), "{k:?}");
+            }
+            for k in OpKind::ALL {
+                if paths.get(k) == Some(OpPath::Worker) {
+                    assert!(files.contains(&k), "{k:?} on a worker");
+                }
+            }
+        }
+    }
+    assert!(format!("{:?}", port.stats()).contains("SendFile"));
+});

@@ -1,6 +1,8 @@
-//! `ringport info`: the backend in use and why, the kernel, io_uring's features.
+//! `ringport info`: the backend in use and why, the kernel, io_uring's features,
+//! and how each kind of operation runs on the chosen backend.
 
 use clap::Args;
+use ringport::op::OpPath;
 use ringport::{BackendChoice, CompletionPort};
 
 /// Flags of `ringport info`.
@@ -32,6 +34,21 @@ pub fn run(args: &InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
                 port.backend_reason()
             );
             println!("max in flight: {}", port.max_in_flight());
+            let paths = port.stats().op_paths;
+            println!("operations ({}):", port.backend());
+            let mut list: Vec<(String, OpPath)> =
+                paths.iter().map(|(k, p)| (format!("{k:?}"), p)).collect();
+            list.push(("timeout_after".into(), paths.link_timeout()));
+            for chunk in list.chunks(3) {
+                let line: Vec<String> = chunk
+                    .iter()
+                    .map(|(k, p)| format!("{:<28}", format!("{k}: {p}")))
+                    .collect();
+                println!("  {}", line.join(" ").trim_end());
+            }
+            if let Ok(off) = std::env::var("RINGPORT_URING_OPS_OFF") {
+                println!("  (RINGPORT_URING_OPS_OFF={off} forces io_uring fallbacks)");
+            }
         }
         Err(e) => println!("backend:      none: {e}"),
     }

@@ -28,7 +28,7 @@
 //!   an edge that arrives between a failed attempt and its queueing is never lost.
 //! * Regular files cannot be waited on with epoll (`EPERM`), so reads, writes
 //!   (plain and vectored), fsyncs, opens, `statx` and `fallocate` run on a few
-//!   blocking worker threads (`files.rs`), which queue their completions and
+//!   blocking worker threads (`sys/workers.rs`), which queue their completions and
 //!   wake the poller through an eventfd. `shutdown` never blocks: it is done
 //!   on the submitting thread, like a close.
 //! * `send_file` is `sendfile(2)` into the socket, tried and queued like a send
@@ -53,7 +53,6 @@
 //! Difference: closing a socket through `Op::close` (or `disassociate`) cancels
 //! the operations still queued on it, which io_uring would leave pending.
 
-mod files;
 mod sock;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -64,12 +63,13 @@ use std::time::{Duration, Instant};
 
 use crate::completion::{Completion, OpId};
 use crate::error::Error;
-use crate::op::{Op, OpBody, OpKind};
+use crate::op::{Op, OpBody, OpKind, OpPath, OpPaths};
 use crate::sync::lock;
 
 use self::sock::{drained_after, errno, try_op};
 
 use super::table::OpTable;
+use super::workers::{Sink, Workers};
 use super::{Config, PollMode, SubmitResult};
 
 /// epoll token of the eventfd that wakes the poller.
@@ -163,7 +163,7 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct Driver {
     shared: Arc<Shared>,
-    files: files::Workers,
+    files: Workers<Shared>,
     max_in_flight: usize,
 }
 
@@ -212,7 +212,7 @@ impl Driver {
         });
         let workers = (2 * crate::port::num_cpus()).clamp(2, 16);
         Ok(Driver {
-            files: files::Workers::new(shared.clone(), workers),
+            files: Workers::new(shared.clone(), workers),
             shared,
             max_in_flight: cfg.max_in_flight.max(1),
         })
@@ -220,6 +220,24 @@ impl Driver {
 
     pub(crate) fn max_in_flight(&self) -> usize {
         self.max_in_flight
+    }
+
+    /// The path of every kind of operation (for port statistics): files on
+    /// the workers, the rest emulated (readiness, timers, or a call made on
+    /// the submitting thread).
+    pub(crate) fn op_paths(&self) -> OpPaths {
+        let path = |k| match k {
+            OpKind::Read
+            | OpKind::Write
+            | OpKind::ReadV
+            | OpKind::WriteV
+            | OpKind::Fsync
+            | OpKind::OpenAt
+            | OpKind::Statx
+            | OpKind::Fallocate => OpPath::Worker,
+            _ => OpPath::Emulated,
+        };
+        OpPaths::new(path, OpPath::Emulated)
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -719,9 +737,11 @@ impl Shared {
         // a full counter just means a wake-up is already pending).
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
+}
 
+impl Sink for Shared {
     /// A file worker finished an operation.
-    fn file_done(&self, id: OpId, res: i32, body: OpBody) {
+    fn done(&self, id: OpId, res: i32, body: OpBody) {
         let mut inner = lock(&self.inner);
         if let Some(c) = finish(&mut inner, id, res, body) {
             inner.done.push(c);

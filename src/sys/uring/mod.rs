@@ -49,6 +49,18 @@
 //! Every `io_uring_enter` submits *all* published SQEs (see [`Driver::enter`]),
 //! and a chain is published in one step, so the kernel never sees half a chain.
 //!
+//! # What the kernel lacks
+//!
+//! The driver needs the opcodes of Linux 5.11 (`probe.rs` lists them); the
+//! others it uses are probed once, at start, and an operation whose opcode is
+//! missing takes another path instead of failing: `READV`/`WRITEV`/`OPENAT`/
+//! `STATX`/`FALLOCATE` run on worker threads (`fallback.rs`), `SHUTDOWN` is
+//! called on the submitting thread, `send_file` without `SPLICE` reads and sends
+//! through a buffer (`transfer.rs`), and a linked timeout without
+//! `LINK_TIMEOUT` is a timer that cancels the operation. `PortStats::op_paths`
+//! and `ringport info` show which path each kind takes;
+//! `RINGPORT_URING_OPS_OFF` forces the fallbacks for testing.
+//!
 //! # Linked timeouts
 //!
 //! `Op::timeout_after` links a `LINK_TIMEOUT` to the operation's SQE; its CQE
@@ -60,27 +72,33 @@
 //! `LINK_TIMEOUT`; found on 6.18, the timer simply never fired) and kernels
 //! without `LINK_TIMEOUT`.
 
+mod fallback;
 mod ops;
 mod probe;
+mod records;
 mod transfer;
 
 pub(crate) use probe::probe;
+use probe::{check_ops, Support};
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::completion::{Completion, OpId};
 use crate::error::{Error, Result};
-use crate::op::{Op, OpBody, OpKind};
+use crate::op::{Op, OpBody, OpKind, OpPath, OpPaths};
 use std::sync::Mutex;
 
 use crate::sync::lock;
 
+use self::fallback::Fallback;
 use self::ops::Aux;
-use self::transfer::{Pipe, Step, Transfer, PIPE_POOL};
+use self::records::{cancel_sqes, remove_timer, Inner, Record};
+use self::transfer::{Pipe, Transfer};
 use super::table::OpTable;
 use super::{Config, PollMode, SubmitResult};
 
@@ -91,6 +109,8 @@ const CANCEL_TAG: u64 = u64::MAX - 1;
 /// `user_data` of `LINK_TIMEOUT` SQEs; their CQEs are swallowed (the operation
 /// they bound reports the outcome).
 const LINK_TIMEOUT_TAG: u64 = u64::MAX - 2;
+/// `user_data` of the `POLL_ADD` on the worker threads' eventfd (`fallback.rs`).
+const MAILBOX_TAG: u64 = u64::MAX - 3;
 /// Set in the `user_data` of the head of an operation's chain of SQEs. Op ids
 /// never have it (nor [`TIMER_BIT`]): generations stay below 2^30 (see
 /// `table.rs`), so an id is below 2^62. The tags above have both bits, but
@@ -102,42 +122,14 @@ const LEG_BIT: u64 = 1 << 63;
 /// the driver cancels the operation.
 const TIMER_BIT: u64 = 1 << 62;
 
-/// Which optional opcodes this kernel has (found once, at start).
-#[derive(Debug, Clone, Copy)]
-struct Support {
-    splice: bool,
-    link_timeout: bool,
-}
-
-#[derive(Debug)]
-struct Record {
-    kind: OpKind,
-    key: u64,
-    user_data: u64,
-    /// The operation: it owns the buffers its SQE points into.
-    body: OpBody,
-    aux: Aux,
-    /// The `timespec` of its linked timeout (`Op::timeout_after`): of its
-    /// `LINK_TIMEOUT` SQE, or of the `TIMEOUT` that emulates one.
-    link_ts: Option<Box<types::Timespec>>,
-    /// An emulated linked timeout ([`TIMER_BIT`]) is pending.
-    timer: bool,
-}
-
-#[derive(Debug)]
-struct Inner {
-    ops: OpTable<Record>,
-    closed: bool,
-    /// Empty pipes for `send_file`, at most [`PIPE_POOL`].
-    pipes: Vec<Pipe>,
-}
-
 /// The io_uring driver. See the module docs for its threading rules.
 pub(crate) struct Driver {
     ring: IoUring,
     inner: Mutex<Inner>,
     max_in_flight: usize,
     support: Support,
+    /// Worker threads for opcodes the kernel lacks; made on first use.
+    fallback: OnceLock<Fallback>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -152,6 +144,12 @@ impl std::fmt::Debug for Driver {
 
 impl Driver {
     pub(crate) fn new(cfg: Config) -> io::Result<Driver> {
+        Driver::with_support(cfg, |_| {})
+    }
+
+    /// A driver whose optional opcodes are what the kernel offers, adjusted by
+    /// `adjust` (tests switch them off to take the fallbacks).
+    fn with_support(cfg: Config, adjust: impl FnOnce(&mut Support)) -> io::Result<Driver> {
         let entries = cfg.entries.clamp(2, 32768).next_power_of_two();
         // The CQ must hold every operation in flight plus internal CQEs (wakes and
         // cancels), so it can never overflow: size it to twice max_in_flight.
@@ -171,16 +169,20 @@ impl Driver {
         }
         let cq_entries = ring.params().cq_entries() as usize;
         let max_in_flight = cfg.max_in_flight.clamp(1, cq_entries / 2);
-        let support = check_ops(&ring)?;
+        let mut support = check_ops(&ring)?;
+        adjust(&mut support);
         let d = Driver {
             ring,
             inner: Mutex::new(Inner {
                 ops: OpTable::new(),
                 closed: false,
                 pipes: Vec::new(),
+                worker_ops: 0,
+                mailbox_armed: false,
             }),
             max_in_flight,
             support,
+            fallback: OnceLock::new(),
         };
         // A full round trip proves the ring works (some sandboxes let setup succeed
         // and then fail every submission).
@@ -247,6 +249,19 @@ impl Driver {
                     rec.aux = Aux::Transfer(Box::new(t));
                     (Some(head), tail)
                 })
+        } else if self.path(kind) == OpPath::Worker {
+            return self.submit_to_worker(inner, rec, body, link, flush);
+        } else if let (OpBody::Shutdown { fd, how }, false) = (&body, self.support.shutdown) {
+            // No SHUTDOWN opcode: the call never blocks, so make it here.
+            // SAFETY: a plain system call on a descriptor; no memory is passed.
+            let rc = unsafe { libc::shutdown(*fd, *how) };
+            Err(if rc < 0 {
+                -io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO)
+            } else {
+                0
+            })
         } else {
             ops::build(&mut body).map(|(sqe, aux)| {
                 rec.aux = aux;
@@ -295,6 +310,75 @@ impl Driver {
             self.flush();
         }
         Ok((id, None))
+    }
+
+    /// Starts an operation on a worker thread (the kernel lacks its opcode),
+    /// with an emulated timer if it has a linked timeout.
+    fn submit_to_worker(
+        &self,
+        mut inner: std::sync::MutexGuard<'_, Inner>,
+        mut rec: Record,
+        body: OpBody,
+        link: Option<Duration>,
+        flush: bool,
+    ) -> SubmitResult {
+        let fb = match self.fallback.get() {
+            Some(fb) => fb,
+            // Made under `inner`, so by one thread only.
+            None => match Fallback::new() {
+                Ok(fb) => self.fallback.get_or_init(|| fb),
+                Err(e) => {
+                    let id = inner.ops.insert(rec);
+                    let res = -e.raw_os_error().unwrap_or(libc::EMFILE);
+                    return Ok((id, inner.complete(id, res)));
+                }
+            },
+        };
+        rec.aux = Aux::Worker;
+        rec.timer = link.is_some();
+        let id = inner.ops.insert(rec);
+        inner.worker_ops += 1;
+        if !inner.mailbox_armed {
+            inner.mailbox_armed = true;
+            self.push_locked(&fb.arm().user_data(MAILBOX_TAG));
+        }
+        if let Some(d) = link {
+            let rec = inner.ops.get_mut(id).expect("just inserted");
+            let ts: &types::Timespec = rec.link_ts.insert(Box::new(d.into()));
+            self.push_locked(&opcode::Timeout::new(ts).build().user_data(id.0 | TIMER_BIT));
+        }
+        fb.workers.push(id, body);
+        drop(inner);
+        if flush {
+            self.flush();
+        }
+        Ok((id, None))
+    }
+
+    /// How operations of `kind` run on this driver.
+    fn path(&self, kind: OpKind) -> OpPath {
+        let s = &self.support;
+        let native = |has: bool, or: OpPath| if has { OpPath::Uring } else { or };
+        match kind {
+            OpKind::SendFile => native(s.splice, OpPath::Emulated),
+            OpKind::Shutdown => native(s.shutdown, OpPath::Emulated),
+            OpKind::ReadV => native(s.readv, OpPath::Worker),
+            OpKind::WriteV => native(s.writev, OpPath::Worker),
+            OpKind::OpenAt => native(s.openat, OpPath::Worker),
+            OpKind::Statx => native(s.statx, OpPath::Worker),
+            OpKind::Fallocate => native(s.fallocate, OpPath::Worker),
+            _ => OpPath::Uring,
+        }
+    }
+
+    /// The path of every kind of operation (for port statistics).
+    pub(crate) fn op_paths(&self) -> OpPaths {
+        let link = if self.support.link_timeout {
+            OpPath::Uring
+        } else {
+            OpPath::Emulated
+        };
+        OpPaths::new(|k| self.path(k), link)
     }
 
     /// A `send_file`'s transfer and the first round of its SQEs (see
@@ -359,14 +443,26 @@ impl Driver {
         }
     }
 
-    /// Asks the kernel to cancel every SQE of operation `id` still running;
-    /// the caller holds `inner`.
-    fn push_cancel_locked(&self, inner: &mut Inner, id: OpId) {
-        if let Some(rec) = inner.ops.get_mut(id) {
-            for sqe in cancel_sqes(id, rec) {
-                self.push_locked(&sqe);
+    /// Cancels operation `id`; the caller holds `inner`. An operation waiting
+    /// for a worker thread ends here (its completion is returned); otherwise the
+    /// kernel is asked to cancel every SQE of it that may still run.
+    fn cancel_locked(&self, inner: &mut Inner, id: OpId) -> Option<Completion> {
+        let rec = inner.ops.get_mut(id)?;
+        if let Aux::Worker = rec.aux {
+            // A job already running on a worker cannot be stopped: its result
+            // comes through the mailbox.
+            let body = self.fallback.get()?.workers.try_cancel(id)?;
+            rec.body = body;
+            if rec.timer {
+                self.push_locked(&remove_timer(id));
             }
+            inner.worker_ops -= 1;
+            return inner.complete(id, -libc::ECANCELED);
         }
+        for sqe in cancel_sqes(id, rec) {
+            self.push_locked(&sqe);
+        }
+        None
     }
 
     /// Hands every published SQE to the kernel (`io_uring_enter` without a wait).
@@ -385,13 +481,13 @@ impl Driver {
     /// linked SQEs; the chain's head would then run unlinked. Chains are
     /// published whole (`push_all_locked`), so an enter that takes everything
     /// never splits one.
+    ///
+    /// `GETEVENTS` is always set: with `want == 0` it does not wait, but it
+    /// makes the kernel move CQEs it kept aside when the CQ was full (`NODROP`)
+    /// back into the CQ, so a non-blocking poll sees them too.
     fn enter(&self, want: u32, timeout: Option<Duration>) -> io::Result<usize> {
         let to_submit = self.ring.params().sq_entries();
-        let getevents = if want > 0 {
-            io_uring::EnterFlags::GETEVENTS.bits()
-        } else {
-            0
-        };
+        let getevents = io_uring::EnterFlags::GETEVENTS.bits();
         match timeout {
             // SAFETY: io_uring_enter on our ring with no argument; the SQEs it
             // submits were pushed under `inner` with every pointer they hold
@@ -450,10 +546,10 @@ impl Driver {
         if inner.ops.get(id).is_none() {
             return Err(Error::NotFound);
         }
-        self.push_cancel_locked(&mut inner, id);
+        let done = self.cancel_locked(&mut inner, id);
         drop(inner);
         let _ = self.submit_all();
-        Ok(None)
+        Ok(done)
     }
 
     /// Waits for completions (see the contract in `sys/mod.rs`). Only the port's
@@ -511,32 +607,55 @@ impl Driver {
         let mut woken = false;
         let mut inner = lock(&self.inner);
         let mut follow = Vec::new();
+        let mut expired = Vec::new();
+        let mut mail = false;
         // SAFETY: the inner mutex is held, and CompletionQueues are only created
         // under it, so no other exists.
         let cq = unsafe { self.ring.completion_shared() };
         for cqe in cq {
             let ud = cqe.user_data();
-            if ud == WAKE_TAG {
-                woken = true;
-                continue;
+            match ud {
+                WAKE_TAG => woken = true,
+                CANCEL_TAG | LINK_TIMEOUT_TAG => {}
+                MAILBOX_TAG => mail = true,
+                _ if ud & TIMER_BIT != 0 => {
+                    let id = OpId(ud & !TIMER_BIT);
+                    if inner.on_timer(id, cqe.result()) {
+                        expired.push(id);
+                    }
+                }
+                _ => {
+                    let id = OpId(ud & !LEG_BIT);
+                    let head = ud & LEG_BIT != 0;
+                    out.extend(inner.on_cqe(id, head, cqe.result(), &mut follow));
+                }
             }
-            if ud == CANCEL_TAG || ud == LINK_TIMEOUT_TAG {
-                continue;
-            }
-            let id = OpId(ud & !(LEG_BIT | TIMER_BIT));
-            if ud & TIMER_BIT != 0 {
-                inner.on_timer(id, cqe.result(), &mut follow);
-            } else if let Some(c) = inner.on_cqe(id, ud & LEG_BIT != 0, cqe.result(), &mut follow) {
-                out.push(c);
+        }
+        // Emulated linked timeouts that fired: cancel their operations.
+        let pushes = !expired.is_empty();
+        for id in expired {
+            out.extend(self.cancel_locked(&mut inner, id));
+        }
+        if mail {
+            inner.mailbox_armed = false;
+            if let Some(fb) = self.fallback.get() {
+                for (id, res, body) in fb.take() {
+                    out.extend(inner.worker_done(id, res, body, &mut follow));
+                }
+                if inner.worker_ops > 0 {
+                    inner.mailbox_armed = true;
+                    follow.push(vec![fb.arm().user_data(MAILBOX_TAG)]);
+                }
             }
         }
         // Further SQEs of multi-SQE operations (a transfer's next round, a cancel
-        // repeated for a tail that started after the first one).
+        // repeated for a tail that started after the first one, the removal of
+        // a timer, the re-armed mailbox).
         for chain in &follow {
             self.push_all_locked(chain.as_slice());
         }
         drop(inner);
-        if !follow.is_empty() {
+        if !follow.is_empty() || pushes {
             if let Err(e) = self.submit_all() {
                 tracing::debug!("io_uring submit: {e}");
             }
@@ -548,6 +667,11 @@ impl Driver {
     /// has released it all. Completions reaped here are dropped.
     pub(crate) fn shutdown(&self) {
         lock(&self.inner).closed = true;
+        // Queued worker jobs end as cancelled; running ones are waited for.
+        // Their results come through the mailbox, which the loop below reaps.
+        if let Some(fb) = self.fallback.get() {
+            fb.workers.shutdown();
+        }
         let mut sink = Vec::new();
         let mut woken = false;
         let mut round = 0u32;
@@ -558,7 +682,8 @@ impl Driver {
             if round % 10 == 0 {
                 let mut inner = lock(&self.inner);
                 for id in inner.ops.ids() {
-                    self.push_cancel_locked(&mut inner, id);
+                    // (a completion from here is dropped, like the others)
+                    drop(self.cancel_locked(&mut inner, id));
                 }
             }
             round += 1;
@@ -595,156 +720,8 @@ impl Drop for Driver {
     }
 }
 
-impl Inner {
-    /// Takes one CQE of operation `id` (`head`: it carried [`LEG_BIT`]). Returns
-    /// the operation's completion once its last CQE is in; SQEs it still needs
-    /// go to `follow`, one chain per entry.
-    fn on_cqe(
-        &mut self,
-        id: OpId,
-        head: bool,
-        res: i32,
-        follow: &mut Vec<Vec<squeue::Entry>>,
-    ) -> Option<Completion> {
-        let closing = self.closed;
-        let Some(rec) = self.ops.get_mut(id) else {
-            tracing::error!("CQE for unknown operation {:#x}", id.0);
-            return None;
-        };
-        let res = match &mut rec.aux {
-            Aux::Transfer(t) => match t.on_cqe(head, res, closing) {
-                Step::Wait => {
-                    if head && t.is_cancelled() {
-                        // The head is done, so the tail may only now have
-                        // started: cancel it again.
-                        follow.push(vec![opcode::AsyncCancel::new(id.0)
-                            .build()
-                            .user_data(CANCEL_TAG)]);
-                    }
-                    return None;
-                }
-                Step::Next(h, t) => {
-                    let mut chain = Vec::with_capacity(2);
-                    chain.extend(h.map(|h| h.user_data(id.0 | LEG_BIT)));
-                    chain.push(t.user_data(id.0));
-                    follow.push(chain);
-                    return None;
-                }
-                Step::Done(res) => res,
-            },
-            _ if head => {
-                tracing::error!("head CQE for single-SQE operation {:#x}", id.0);
-                return None;
-            }
-            _ => res,
-        };
-        if rec.timer {
-            // Its emulated timeout has not fired: remove it.
-            follow.push(vec![opcode::TimeoutRemove::new(id.0 | TIMER_BIT)
-                .build()
-                .user_data(CANCEL_TAG)]);
-        }
-        self.complete(id, res)
-    }
-
-    /// The emulated linked timeout of `id` ended: if it fired (`-ETIME`, not
-    /// removed) while the operation is still in flight, cancel the operation.
-    fn on_timer(&mut self, id: OpId, res: i32, follow: &mut Vec<Vec<squeue::Entry>>) {
-        let Some(rec) = self.ops.get_mut(id) else {
-            // The operation ended first (and removed the timer, or the timer
-            // fired as it ended): nothing to do.
-            return;
-        };
-        rec.timer = false;
-        if res == -libc::ETIME {
-            follow.push(cancel_sqes(id, rec));
-        }
-    }
-
-    /// Removes the record of `id` and builds its completion.
-    fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
-        let rec = self.ops.remove(id)?;
-        // The CQE is in hand: the kernel is done with everything the record
-        // holds, so it may be read (a receive's header, a statx result).
-        let mut out = rec.body.into_output();
-        if let Aux::Msg(m) = &rec.aux {
-            if rec.kind == OpKind::RecvFrom && res >= 0 {
-                out.addr = m.source();
-            }
-        }
-        if let Aux::Transfer(t) = rec.aux {
-            if let Some(p) = t.into_pipe() {
-                if self.pipes.len() < PIPE_POOL {
-                    self.pipes.push(p);
-                }
-            }
-        }
-        Some(Completion::from_raw(
-            id,
-            rec.kind,
-            rec.key,
-            rec.user_data,
-            res,
-            out,
-        ))
-    }
-}
-
-/// The SQEs that cancel operation `id`: every SQE of it that may still run
-/// (a transfer's head and tail; marking it cancelled, so it starts no further
-/// round).
-fn cancel_sqes(id: OpId, rec: &mut Record) -> Vec<squeue::Entry> {
-    let mut sqes = Vec::with_capacity(2);
-    if let Aux::Transfer(t) = &mut rec.aux {
-        t.cancel();
-        sqes.push(
-            opcode::AsyncCancel::new(id.0 | LEG_BIT)
-                .build()
-                .user_data(CANCEL_TAG),
-        );
-    }
-    sqes.push(opcode::AsyncCancel::new(id.0).build().user_data(CANCEL_TAG));
-    sqes
-}
-
-/// Fails if the kernel lacks an opcode ringport needs (then `auto` falls back);
-/// otherwise says which optional ones it has.
-///
-/// `RECVMSG`/`SENDMSG` (Linux 5.3) are required rather than probed per
-/// operation: every kernel with `IORING_FEAT_EXT_ARG` (5.11), which the driver
-/// already requires, has them, so the check can only fail on a kernel built or
-/// filtered to lack them — and then epoll serves datagrams too.
-fn check_ops(ring: &IoUring) -> io::Result<Support> {
-    let mut probe = io_uring::Probe::new();
-    ring.submitter().register_probe(&mut probe)?;
-    let required = [
-        ("NOP", opcode::Nop::CODE),
-        ("READ", opcode::Read::CODE),
-        ("WRITE", opcode::Write::CODE),
-        ("FSYNC", opcode::Fsync::CODE),
-        ("RECV", opcode::Recv::CODE),
-        ("SEND", opcode::Send::CODE),
-        ("RECVMSG", opcode::RecvMsg::CODE),
-        ("SENDMSG", opcode::SendMsg::CODE),
-        ("ACCEPT", opcode::Accept::CODE),
-        ("CONNECT", opcode::Connect::CODE),
-        ("CLOSE", opcode::Close::CODE),
-        ("TIMEOUT", opcode::Timeout::CODE),
-        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
-    ];
-    for (name, code) in required {
-        if !probe.is_supported(code) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("the kernel's io_uring lacks IORING_OP_{name}"),
-            ));
-        }
-    }
-    Ok(Support {
-        splice: probe.is_supported(opcode::Splice::CODE),
-        link_timeout: probe.is_supported(opcode::LinkTimeout::CODE),
-    })
-}
+#[cfg(all(test, not(loom)))]
+mod fallback_tests;
 
 #[cfg(all(test, not(loom)))]
 mod tests {

@@ -31,6 +31,8 @@ pub(super) enum Aux {
     Transfer(Box<Transfer>),
     /// A vectored read's or write's `iovec` array.
     Iov(IoVecs),
+    /// The operation runs on a worker thread (`fallback.rs`); its body is there.
+    Worker,
 }
 
 /// The `iovec` array of a `READV`/`WRITEV`, one entry per buffer of the op body.

@@ -1,5 +1,14 @@
 //! What this kernel's io_uring offers: setup features and supported opcodes,
-//! found with `IORING_REGISTER_PROBE` on a scratch ring (for `ringport info`).
+//! found with `IORING_REGISTER_PROBE` — on a scratch ring for `ringport info`
+//! ([`probe`]), and on each driver's own ring at start ([`check_ops`]), which
+//! decides how each kind of operation runs.
+//!
+//! # Forcing the fallbacks
+//!
+//! `RINGPORT_URING_OPS_OFF` lists optional opcodes to treat as missing, by
+//! name (`SPLICE,READV`), or `all`: the driver then takes the path it would take
+//! on a kernel without them, so the fallbacks can be tried (and tested) on a
+//! kernel that has everything. Read once per port, when it is built.
 
 use std::io;
 
@@ -61,4 +70,94 @@ pub(crate) fn probe() -> io::Result<Probe> {
     .map(|(name, code)| (name, kp.is_supported(code)))
     .collect();
     Ok(Probe { features, ops })
+}
+
+/// The optional opcodes, by name, that a driver can do without.
+const OPTIONAL: [(&str, u8); 8] = [
+    ("SPLICE", opcode::Splice::CODE),
+    ("LINK_TIMEOUT", opcode::LinkTimeout::CODE),
+    ("READV", opcode::Readv::CODE),
+    ("WRITEV", opcode::Writev::CODE),
+    ("OPENAT", opcode::OpenAt::CODE),
+    ("STATX", opcode::Statx::CODE),
+    ("FALLOCATE", opcode::Fallocate::CODE),
+    ("SHUTDOWN", opcode::Shutdown::CODE),
+];
+
+/// Which optional opcodes a driver may use (found once, at start).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Support {
+    /// `send_file` through a pipe; else read + send through a buffer.
+    pub(super) splice: bool,
+    /// `LINK_TIMEOUT`; else a `TIMEOUT` that cancels the op.
+    pub(super) link_timeout: bool,
+    /// The rest: else a worker thread (`shutdown`: the submitting thread).
+    pub(super) readv: bool,
+    pub(super) writev: bool,
+    pub(super) openat: bool,
+    pub(super) statx: bool,
+    pub(super) fallocate: bool,
+    pub(super) shutdown: bool,
+}
+
+/// Fails if the kernel lacks an opcode ringport needs (then `auto` falls back);
+/// otherwise says which optional ones it may use, minus those
+/// `RINGPORT_URING_OPS_OFF` turns off.
+///
+/// The required ones (Linux 5.1–5.6) are required rather than probed per
+/// operation: every kernel with `IORING_FEAT_EXT_ARG` (5.11), which the driver
+/// already requires, has them, so the check can only fail on a kernel built or
+/// filtered to lack them — and then epoll serves everything.
+pub(super) fn check_ops(ring: &IoUring) -> io::Result<Support> {
+    let mut probe = KernelProbe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    let required = [
+        ("NOP", opcode::Nop::CODE),
+        ("READ", opcode::Read::CODE),
+        ("WRITE", opcode::Write::CODE),
+        ("FSYNC", opcode::Fsync::CODE),
+        ("RECV", opcode::Recv::CODE),
+        ("SEND", opcode::Send::CODE),
+        ("RECVMSG", opcode::RecvMsg::CODE),
+        ("SENDMSG", opcode::SendMsg::CODE),
+        ("ACCEPT", opcode::Accept::CODE),
+        ("CONNECT", opcode::Connect::CODE),
+        ("CLOSE", opcode::Close::CODE),
+        ("TIMEOUT", opcode::Timeout::CODE),
+        ("TIMEOUT_REMOVE", opcode::TimeoutRemove::CODE),
+        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+        // The worker threads' wake-up, and a transfer's wait for room.
+        ("POLL_ADD", opcode::PollAdd::CODE),
+    ];
+    for (name, code) in required {
+        if !probe.is_supported(code) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("the kernel's io_uring lacks IORING_OP_{name}"),
+            ));
+        }
+    }
+    let off = std::env::var("RINGPORT_URING_OPS_OFF").unwrap_or_default();
+    let has = |name: &str| -> bool {
+        let code = OPTIONAL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| *c)
+            .expect("an optional opcode");
+        let forced_off = off.split(',').any(|o| {
+            let o = o.trim();
+            o.eq_ignore_ascii_case("all") || o.eq_ignore_ascii_case(name)
+        });
+        probe.is_supported(code) && !forced_off
+    };
+    Ok(Support {
+        splice: has("SPLICE"),
+        link_timeout: has("LINK_TIMEOUT"),
+        readv: has("READV"),
+        writev: has("WRITEV"),
+        openat: has("OPENAT"),
+        statx: has("STATX"),
+        fallocate: has("FALLOCATE"),
+        shutdown: has("SHUTDOWN"),
+    })
 }

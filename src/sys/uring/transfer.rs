@@ -44,6 +44,14 @@
 //! (`MSG_NOSIGNAL`). One copy through user memory, but still one completion, the
 //! same short-count rules, and cancellable like any io_uring request.
 //!
+//! # Cost
+//!
+//! io_uring runs every `SPLICE` on an io-wq worker thread, blocking: a transfer
+//! to a slow peer holds a kernel worker thread while it waits for room in the
+//! socket (and io-wq adds threads as needed, up to `RLIMIT_NPROC`). The file →
+//! pipe half only takes page references: no byte is copied in user space, nor
+//! between the page cache and the pipe.
+//!
 //! # Cancel
 //!
 //! A cancel asks the kernel to cancel both the head and the tail. A request
@@ -57,11 +65,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use io_uring::{opcode, squeue, types::Fd};
 
-/// How much a transfer asks of a pipe: `F_SETPIPE_SZ` up to this (1 MiB is the
-/// default `fs.pipe-max-size`, the most an unprivileged process may ask for).
-/// The pipe's pages reference the page cache; the size costs only its ring of
-/// slots (16 bytes each per 4 KiB page) until data passes through.
-const PIPE_SIZE: i32 = 1 << 20;
+/// How much a transfer asks of a pipe: `F_SETPIPE_SZ` up to this. The pipe's
+/// pages reference the page cache (no copy), but every pipe's size is charged
+/// to its user's quota (`fs.pipe-user-pages-soft`, 64 MiB by default) for as
+/// long as it is open, and once over the quota new pipes get two pages: 256 KiB
+/// lets 256 transfers be in flight at once before that, against 64 for 1 MiB
+/// (the most an unprivileged process may ask for), at the price of 4 times as
+/// many operations for a large file.
+const PIPE_SIZE: i32 = 256 << 10;
 
 /// Pipes kept for reuse by one driver.
 pub(super) const PIPE_POOL: usize = 16;

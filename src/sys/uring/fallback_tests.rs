@@ -1,0 +1,218 @@
+//! The io_uring driver with every optional opcode switched off: each operation
+//! takes its fallback (worker thread, inline call, buffer transfer, emulated
+//! timer) and still gives the same results, on real files and sockets.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const T: Duration = Duration::from_secs(10);
+
+fn driver() -> Driver {
+    Driver::with_support(
+        Config {
+            entries: 16,
+            max_in_flight: 64,
+        },
+        |s| {
+            *s = Support {
+                splice: false,
+                link_timeout: false,
+                readv: false,
+                writev: false,
+                openat: false,
+                statx: false,
+                fallocate: false,
+                shutdown: false,
+            }
+        },
+    )
+    .expect("io_uring")
+}
+
+/// Submits `op` and waits for its completion (failing after `T`).
+fn run(d: &Driver, op: Op) -> Completion {
+    let (id, now) = d
+        .submit(op, 7, 1, true)
+        .map_err(|(e, _)| e)
+        .expect("submit");
+    if let Some(c) = now {
+        return c;
+    }
+    let mut out = Vec::new();
+    let deadline = Instant::now() + T;
+    while Instant::now() < deadline {
+        d.poll(Some(Duration::from_millis(50)), &mut out, PollMode::Poller)
+            .unwrap();
+        if let Some(i) = out.iter().position(|c| c.op_id() == Some(id)) {
+            let c = out.swap_remove(i);
+            assert!(out.is_empty(), "stray completions: {out:?}");
+            return c;
+        }
+    }
+    panic!("no completion within {T:?}");
+}
+
+/// Nothing completes for a moment: no stray completion (a timer's).
+fn assert_quiet(d: &Driver) {
+    let mut out = Vec::new();
+    d.poll(Some(Duration::from_millis(60)), &mut out, PollMode::Poller)
+        .unwrap();
+    assert!(out.is_empty(), "stray completions: {out:?}");
+    assert_eq!(d.in_flight(), 0);
+}
+
+fn temp_file(tag: &str) -> (std::path::PathBuf, std::fs::File) {
+    let p = std::env::temp_dir().join(format!("ringport-fb-{tag}-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    (p, f)
+}
+
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    (c, l.accept().unwrap().0)
+}
+
+#[test]
+fn the_paths_say_where_each_op_goes() {
+    let d = driver();
+    let p = d.op_paths();
+    for k in [
+        OpKind::ReadV,
+        OpKind::WriteV,
+        OpKind::OpenAt,
+        OpKind::Statx,
+        OpKind::Fallocate,
+    ] {
+        assert_eq!(p.get(k), Some(OpPath::Worker), "{k:?}");
+    }
+    assert_eq!(p.get(OpKind::SendFile), Some(OpPath::Emulated));
+    assert_eq!(p.get(OpKind::Shutdown), Some(OpPath::Emulated));
+    assert_eq!(p.get(OpKind::Recv), Some(OpPath::Uring));
+    assert_eq!(p.link_timeout(), OpPath::Emulated);
+}
+
+#[test]
+fn file_ops_run_on_workers() {
+    let d = driver();
+    let (path, file) = temp_file("files");
+
+    let c = run(
+        &d,
+        Op::writev_at(&file, vec![b"hello ".to_vec(), b"world".to_vec()], 0),
+    );
+    assert_eq!(
+        (c.kind(), c.result.as_ref().ok()),
+        (OpKind::WriteV, Some(&11))
+    );
+    let mut c = run(
+        &d,
+        Op::readv_at(&file, vec![Vec::with_capacity(5), Vec::with_capacity(9)], 0),
+    );
+    assert_eq!(c.result.as_ref().ok(), Some(&11));
+    assert_eq!(
+        c.take_bufs().unwrap(),
+        [b"hello".to_vec(), b" world".to_vec()]
+    );
+
+    let c = run(&d, Op::fallocate(&file, 0, 0, 4096));
+    assert_eq!(c.result.unwrap(), 0);
+    let c = run(&d, Op::statx(None, &path, 0, libc::STATX_SIZE));
+    assert_eq!(c.statx().map(|s| s.stx_size), Some(4096));
+
+    let mut c = run(&d, Op::openat(None, &path, libc::O_RDONLY, 0));
+    let mut s = String::new();
+    std::fs::File::from(c.take_fd().expect("opened"))
+        .take(11)
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "hello world");
+    let c = run(
+        &d,
+        Op::openat(None, path.with_extension("missing"), libc::O_RDONLY, 0),
+    );
+    assert_eq!(c.result.unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    std::fs::remove_file(&path).unwrap();
+    assert_quiet(&d);
+}
+
+#[test]
+fn shutdown_is_made_inline() {
+    let d = driver();
+    let (mut client, server) = tcp_pair();
+    let c = run(&d, Op::shutdown(&server, std::net::Shutdown::Write));
+    assert_eq!(
+        (c.kind(), c.result.as_ref().ok()),
+        (OpKind::Shutdown, Some(&0))
+    );
+    client.set_read_timeout(Some(T)).unwrap();
+    assert_eq!(client.read(&mut [0; 8]).unwrap(), 0, "the peer sees EOF");
+}
+
+#[test]
+fn send_file_goes_through_a_buffer() {
+    let d = driver();
+    let (path, file) = temp_file("sendfile");
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    file.write_all_at(&data, 0).unwrap();
+    let (client, server) = tcp_pair();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut client = client;
+        client.set_read_timeout(Some(T)).unwrap();
+        client.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut sent = 0;
+    while sent < data.len() {
+        let c = run(
+            &d,
+            Op::send_file(&server, &file, sent as u64, data.len() - sent),
+        );
+        let n = c.result.expect("send_file");
+        assert!(n > 0);
+        sent += n;
+    }
+    let c = run(&d, Op::send_file(&server, &file, data.len() as u64, 10));
+    assert_eq!(c.result.unwrap(), 0, "at EOF");
+    server.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(reader.join().unwrap() == data);
+    std::fs::remove_file(&path).unwrap();
+    assert_quiet(&d);
+}
+
+#[test]
+fn emulated_linked_timeouts_cancel_or_stand_aside() {
+    let d = driver();
+    let (mut client, server) = tcp_pair();
+    // Fires: an idle receive is cancelled, and nothing else completes.
+    let op = Op::recv(&server, Vec::with_capacity(16)).timeout_after(Duration::from_millis(20));
+    let c = run(&d, op);
+    assert!(c.is_cancelled(), "{:?}", c.result);
+    assert_quiet(&d);
+    // Does not fire: the result stands and the timer goes away.
+    client.write_all(b"data").unwrap();
+    let op = Op::recv(&server, Vec::with_capacity(16)).timeout_after(Duration::from_secs(30));
+    assert_eq!(run(&d, op).buf.unwrap(), b"data");
+    let op = Op::statx(
+        Some(server.as_fd()),
+        "",
+        libc::AT_EMPTY_PATH,
+        libc::STATX_TYPE,
+    )
+    .timeout_after(Duration::from_secs(30));
+    assert_eq!(run(&d, op).result.unwrap(), 0);
+    assert_quiet(&d);
+    assert!(server.as_raw_fd() >= 0);
+}

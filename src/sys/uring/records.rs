@@ -1,0 +1,175 @@
+//! The records of operations in flight, and what each CQE does to them:
+//! ends an operation (building its completion), moves a multi-SQE operation on
+//! (a transfer's next round), or fires an emulated timer.
+
+use io_uring::{opcode, squeue, types};
+
+use crate::completion::{Completion, OpId};
+use crate::op::{OpBody, OpKind};
+
+use super::ops::Aux;
+use super::transfer::{Pipe, Step, PIPE_POOL};
+use super::{CANCEL_TAG, LEG_BIT, TIMER_BIT};
+use crate::sys::table::OpTable;
+
+/// One operation in flight.
+#[derive(Debug)]
+pub(super) struct Record {
+    pub(super) kind: OpKind,
+    pub(super) key: u64,
+    pub(super) user_data: u64,
+    /// The operation: it owns the buffers its SQE points into.
+    pub(super) body: OpBody,
+    pub(super) aux: Aux,
+    /// The `timespec` of its linked timeout (`Op::timeout_after`): of its
+    /// `LINK_TIMEOUT` SQE, or of the `TIMEOUT` that emulates one.
+    pub(super) link_ts: Option<Box<types::Timespec>>,
+    /// An emulated linked timeout ([`TIMER_BIT`]) is pending.
+    pub(super) timer: bool,
+}
+
+/// The driver's state under its mutex (see the module docs of `uring`).
+#[derive(Debug)]
+pub(super) struct Inner {
+    pub(super) ops: OpTable<Record>,
+    pub(super) closed: bool,
+    /// Empty pipes for `send_file`, at most [`PIPE_POOL`].
+    pub(super) pipes: Vec<Pipe>,
+    /// Operations on the worker threads (`fallback.rs`).
+    pub(super) worker_ops: usize,
+    /// The `POLL_ADD` on the workers' eventfd is in the ring.
+    pub(super) mailbox_armed: bool,
+}
+
+impl Inner {
+    /// Takes one CQE of operation `id` (`head`: it carried [`LEG_BIT`]). Returns
+    /// the operation's completion once its last CQE is in; SQEs it still needs
+    /// go to `follow`, one chain per entry.
+    pub(super) fn on_cqe(
+        &mut self,
+        id: OpId,
+        head: bool,
+        res: i32,
+        follow: &mut Vec<Vec<squeue::Entry>>,
+    ) -> Option<Completion> {
+        let closing = self.closed;
+        let Some(rec) = self.ops.get_mut(id) else {
+            tracing::error!("CQE for unknown operation {:#x}", id.0);
+            return None;
+        };
+        let res = match &mut rec.aux {
+            Aux::Transfer(t) => match t.on_cqe(head, res, closing) {
+                Step::Wait => {
+                    if head && t.is_cancelled() {
+                        // The head is done, so the tail may only now have
+                        // started: cancel it again.
+                        follow.push(vec![opcode::AsyncCancel::new(id.0)
+                            .build()
+                            .user_data(CANCEL_TAG)]);
+                    }
+                    return None;
+                }
+                Step::Next(h, t) => {
+                    let mut chain = Vec::with_capacity(2);
+                    chain.extend(h.map(|h| h.user_data(id.0 | LEG_BIT)));
+                    chain.push(t.user_data(id.0));
+                    follow.push(chain);
+                    return None;
+                }
+                Step::Done(res) => res,
+            },
+            _ if head => {
+                tracing::error!("head CQE for single-SQE operation {:#x}", id.0);
+                return None;
+            }
+            _ => res,
+        };
+        if rec.timer {
+            // Its emulated timeout has not fired: remove it.
+            follow.push(vec![remove_timer(id)]);
+        }
+        self.complete(id, res)
+    }
+
+    /// A worker thread finished operation `id`.
+    pub(super) fn worker_done(
+        &mut self,
+        id: OpId,
+        res: i32,
+        body: OpBody,
+        follow: &mut Vec<Vec<squeue::Entry>>,
+    ) -> Option<Completion> {
+        self.worker_ops -= 1;
+        let rec = self.ops.get_mut(id)?;
+        rec.body = body;
+        if rec.timer {
+            follow.push(vec![remove_timer(id)]);
+        }
+        self.complete(id, res)
+    }
+
+    /// The emulated linked timeout of `id` ended. Returns whether it fired
+    /// (`-ETIME`, not removed) while the operation is still in flight: then
+    /// the caller cancels the operation.
+    pub(super) fn on_timer(&mut self, id: OpId, res: i32) -> bool {
+        let Some(rec) = self.ops.get_mut(id) else {
+            // The operation ended first (and removed the timer, or the timer
+            // fired as it ended): nothing to do.
+            return false;
+        };
+        rec.timer = false;
+        res == -libc::ETIME
+    }
+
+    /// Removes the record of `id` and builds its completion.
+    pub(super) fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
+        let rec = self.ops.remove(id)?;
+        // The CQE is in hand: the kernel is done with everything the record
+        // holds, so it may be read (a receive's header, a statx result).
+        let mut out = rec.body.into_output();
+        if let Aux::Msg(m) = &rec.aux {
+            if rec.kind == OpKind::RecvFrom && res >= 0 {
+                out.addr = m.source();
+            }
+        }
+        if let Aux::Transfer(t) = rec.aux {
+            if let Some(p) = t.into_pipe() {
+                if self.pipes.len() < PIPE_POOL {
+                    self.pipes.push(p);
+                }
+            }
+        }
+        Some(Completion::from_raw(
+            id,
+            rec.kind,
+            rec.key,
+            rec.user_data,
+            res,
+            out,
+        ))
+    }
+}
+
+/// The SQE that removes the emulated linked timeout of operation `id`.
+pub(super) fn remove_timer(id: OpId) -> squeue::Entry {
+    opcode::TimeoutRemove::new(id.0 | TIMER_BIT)
+        .build()
+        .user_data(CANCEL_TAG)
+}
+
+/// The SQEs that cancel operation `id`: every SQE of it that may still run
+/// (a transfer's head and tail; marking it cancelled, so it starts no further
+/// round).
+pub(super) fn cancel_sqes(id: OpId, rec: &mut Record) -> Vec<squeue::Entry> {
+    let mut sqes = Vec::with_capacity(2);
+    if let Aux::Transfer(t) = &mut rec.aux {
+        t.cancel();
+        sqes.push(
+            opcode::AsyncCancel::new(id.0 | LEG_BIT)
+                .build()
+                .user_data(CANCEL_TAG),
+        );
+    }
+    sqes.push(opcode::AsyncCancel::new(id.0).build().user_data(CANCEL_TAG));
+    sqes
+}
