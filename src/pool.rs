@@ -102,6 +102,9 @@ impl PoolBuilder {
             let t = thread::Builder::new()
                 .name(format!("{}-{i}", self.name))
                 .spawn(move || {
+                    // The epoll backend's `sendfile` then needs no signal-mask
+                    // calls per operation on this thread (see `epoll/sock.rs`).
+                    crate::sys::epoll::block_sigpipe_here();
                     batch_submissions(true);
                     worker(&wport, &*handler, &shared);
                     batch_submissions(false);

@@ -837,3 +837,42 @@ backend_test!(port_stats_say_how_each_op_runs, |choice: BackendChoice| {
     }
     assert!(format!("{:?}", port.stats()).contains("SendFile"));
 });
+
+// The same from a pool worker (which keeps SIGPIPE blocked for good, so the
+// epoll backend's sendfile makes no signal-mask calls there): still EPIPE or
+// ECONNRESET, never a signal, and the worker's pending SIGPIPE is taken back.
+backend_test!(exclusive send_file_to_a_closed_peer_from_a_pool_worker, |choice: BackendChoice| {
+    let _sigpipe = SigpipeDefault::set();
+    let port = port(choice);
+    let data = pattern(1 << 20);
+    let file = std::sync::Arc::new(file_with(&data));
+    let (sender, peer) = tcp_pair();
+    port.associate(&sender, 1).unwrap();
+    (&sender).write_all(b"unread").unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    drop(peer);
+    let sender = std::sync::Arc::new(sender);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (s, f) = (sender.clone(), file.clone());
+    let tx = std::sync::Mutex::new(tx);
+    let pool = ringport::Pool::builder()
+        .threads(1)
+        .spawn(&port, move |port, c| {
+            // Every submission happens here, on the worker (round in user_data).
+            let going = c.is_packet() || matches!(c.result, Ok(n) if n > 0);
+            if going && c.user_data < 100 {
+                std::thread::sleep(Duration::from_millis(2));
+                let _ = port.submit(Op::send_file(&*s, &*f, 0, 1 << 20), c.user_data + 1);
+                return;
+            }
+            let _ = tx.lock().unwrap().send(c.result);
+        })
+        .unwrap();
+    port.post(0, 0, 0).unwrap();
+    let r = rx.recv_timeout(T).expect("the transfer ended");
+    assert!(
+        matches!(&r, Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET))),
+        "expected EPIPE or ECONNRESET, got {r:?}"
+    );
+    shutdown(pool);
+});

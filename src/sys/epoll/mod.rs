@@ -54,6 +54,7 @@
 //! the operations still queued on it, which io_uring would leave pending.
 
 mod sock;
+pub(crate) use sock::block_sigpipe_here;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;

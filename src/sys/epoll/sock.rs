@@ -9,6 +9,7 @@
 //! call runs with `SIGPIPE` blocked in the calling thread and a `SIGPIPE` it
 //! raised is taken back before the mask is restored ([`without_sigpipe`]).
 
+use std::cell::Cell;
 use std::io;
 
 use socket2::SockAddrStorage;
@@ -220,6 +221,50 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
     }
 }
 
+thread_local! {
+    /// This thread keeps `SIGPIPE` blocked for good (`block_sigpipe_here`).
+    static PIPE_BLOCKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Blocks `SIGPIPE` in the calling thread from now on, so `sendfile` on it needs
+/// no mask changes per call (ringport's own worker threads call this at start; a
+/// `SIGPIPE` raised in them stays pending until the EPIPE that raised it takes it
+/// back — it could never be delivered to them anyway).
+pub(crate) fn block_sigpipe_here() {
+    // SAFETY: the set is ours and initialised by sigemptyset; pthread_sigmask
+    // changes only this thread's mask.
+    let ok = unsafe {
+        let mut pipe: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, std::ptr::null_mut()) == 0
+    };
+    PIPE_BLOCKED.with(|b| b.set(ok));
+}
+
+/// Takes a pending `SIGPIPE` (blocked in this thread) off the pending set.
+fn take_back_sigpipe() {
+    // SAFETY: the set is ours and initialised by sigemptyset.
+    let mut pipe: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe {
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+    }
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    loop {
+        // SAFETY: waits (not at all: zero timeout) for SIGPIPE, blocked here;
+        // touches only the set and the timespec, both ours.
+        let r = unsafe { libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero) };
+        if r >= 0 || errno() != libc::EINTR {
+            break;
+        }
+    }
+}
+
 /// Runs `f` (a system call returning `-1` and setting `errno` on failure) with
 /// `SIGPIPE` blocked in this thread, and takes back a `SIGPIPE` the call raised,
 /// so that writing to a closed peer is `EPIPE` and nothing else — as
@@ -227,6 +272,18 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
 /// before the call is left alone. Three extra system calls, paid only by calls
 /// that have no `MSG_NOSIGNAL` (`sendfile`).
 fn without_sigpipe(f: impl FnOnce() -> isize) -> isize {
+    if PIPE_BLOCKED.with(Cell::get) {
+        // SIGPIPE stays blocked in this thread: no mask calls; only an EPIPE can
+        // have left one pending, and it is taken back.
+        let rc = f();
+        let err = errno();
+        if rc < 0 && err == libc::EPIPE {
+            take_back_sigpipe();
+            // SAFETY: __errno_location returns this thread's errno slot.
+            unsafe { *libc::__errno_location() = err };
+        }
+        return rc;
+    }
     // SAFETY: sigset_t is plain data that sigemptyset initialises.
     let mut pipe: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
