@@ -328,14 +328,19 @@ backend_test!(timers_fire_in_order, |choice: BackendChoice| {
         // The timers' start times differ by at most the setup time; if that is
         // under one spacing, they must fire in the order of their durations.
         match setup {
-            Some(took) if took < spacing => {
-                assert_eq!(
-                    order,
-                    (0..N).collect::<Vec<_>>(),
-                    "sleeps {spacing:?} apart finished out of order (set up in {took:?})"
-                );
+            Some(took) if took < spacing && order == (0..N).collect::<Vec<_>>() => {
                 wait_idle(&h);
                 return;
+            }
+            Some(took) if took < spacing => {
+                // Seen once under a fully loaded machine (the whole suite twice
+                // at once): a preempted thread can lag a whole spacing. A wider
+                // spacing must cure that; a real ordering bug would not be.
+                eprintln!(
+                    "attempt {attempt}: sleeps {spacing:?} apart finished out of order \
+                     (set up in {took:?}): {order:?}; retrying wider"
+                );
+                spacing *= 2;
             }
             _ => {
                 eprintln!(
@@ -346,7 +351,7 @@ backend_test!(timers_fire_in_order, |choice: BackendChoice| {
         }
     }
     panic!(
-        "could not set up {N} sleeps within one spacing, even {:?}",
+        "no attempt set up {N} sleeps within one spacing and saw them fire in order, even {:?} apart",
         spacing / 2
     );
 });
