@@ -46,8 +46,9 @@
 //! of the operation carries the id itself. The record stays in the table until
 //! the operation's last CQE is reaped.
 //!
-//! Every `io_uring_enter` submits *all* published SQEs (see [`Driver::enter`]),
-//! and a chain is published in one step, so the kernel never sees half a chain.
+//! Every `io_uring_enter` that submits does so under `inner` with the exact count
+//! published (see `Driver::submit_locked`), and a chain is published in one step,
+//! so the kernel never sees half a chain; waiting enters submit nothing.
 //!
 //! # What the kernel lacks
 //!
@@ -415,7 +416,7 @@ impl Driver {
             }
             drop(sq);
             // SQ full: hand what is there to the kernel and retry.
-            if let Err(e) = self.submit_all() {
+            if let Err(e) = self.submit_locked() {
                 if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
                     tracing::error!("io_uring_enter failed while the SQ was full: {e}");
                 }
@@ -435,7 +436,7 @@ impl Driver {
                 return;
             }
             drop(sq);
-            if let Err(e) = self.submit_all() {
+            if let Err(e) = self.submit_locked() {
                 if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
                     tracing::error!("io_uring_enter failed while the SQ was full: {e}");
                 }
@@ -467,31 +468,51 @@ impl Driver {
 
     /// Hands every published SQE to the kernel (`io_uring_enter` without a wait).
     fn submit_all(&self) -> io::Result<usize> {
-        self.enter(0, None)
+        let inner = lock(&self.inner);
+        let r = self.submit_locked();
+        drop(inner);
+        r
     }
 
-    /// `io_uring_enter`: submits every published SQE, then waits (with an
-    /// optional timeout) until `want` completions are there.
+    /// Submits exactly the SQEs published now; the caller holds `inner`.
     ///
-    /// The count of SQEs to submit is the SQ's capacity, which the kernel
-    /// clamps to the SQEs published — never a count read earlier, as the `io-uring`
-    /// crate's `submit*` methods pass: with several threads submitting, such a
-    /// count can be stale (others consumed SQEs since), and the kernel would stop
-    /// part-way through what is published, possibly in the middle of a chain of
-    /// linked SQEs; the chain's head would then run unlinked. Chains are
-    /// published whole (`push_all_locked`), so an enter that takes everything
-    /// never splits one.
+    /// The count must be exact. Too small (a count read earlier, after which
+    /// another thread consumed SQEs and more were published) can stop the kernel
+    /// in the middle of a chain of linked SQEs, whose head then runs unlinked. Too
+    /// large (the SQ's capacity) makes the kernel skip the wait of an enter with
+    /// `GETEVENTS`: it returns at once when it submitted fewer than asked, so a
+    /// poller would spin (found: one `io_uring_enter` per echoed message). So every
+    /// enter that submits does so here, under `inner`, which also guards every
+    /// push: the count is exact and covers only whole chains. Waiting enters pass
+    /// no SQEs (`enter`).
+    fn submit_locked(&self) -> io::Result<usize> {
+        // SAFETY: the caller holds `inner`; SubmissionQueues are only created under it.
+        let n = unsafe { self.ring.submission_shared() }.len() as u32;
+        if n == 0 {
+            return Ok(0);
+        }
+        // SAFETY: io_uring_enter on our ring with no argument; the SQEs it submits
+        // were pushed under `inner` with every pointer they hold kept alive by
+        // their records (see `push_locked`).
+        unsafe { self.ring.submitter().enter::<libc::sigset_t>(n, 0, 0, None) }
+    }
+
+    /// Submits what is published (`submit_all`), then waits (with an optional
+    /// timeout) until `want` completions are there, passing no SQEs of its own.
     ///
     /// `GETEVENTS` is always set: with `want == 0` it does not wait, but it
     /// makes the kernel move CQEs it kept aside when the CQ was full (`NODROP`)
     /// back into the CQ, so a non-blocking poll sees them too.
     fn enter(&self, want: u32, timeout: Option<Duration>) -> io::Result<usize> {
-        let to_submit = self.ring.params().sq_entries();
+        match self.submit_all() {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) => {}
+            Err(e) => return Err(e),
+        }
+        let to_submit = 0;
         let getevents = io_uring::EnterFlags::GETEVENTS.bits();
         match timeout {
-            // SAFETY: io_uring_enter on our ring with no argument; the SQEs it
-            // submits were pushed under `inner` with every pointer they hold
-            // kept alive by their records (see `push_locked`).
+            // SAFETY: io_uring_enter on our ring, submitting nothing.
             None => unsafe {
                 self.ring
                     .submitter()
