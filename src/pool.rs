@@ -145,7 +145,7 @@ impl PoolBuilder {
                             while !shared.stop.load(Ordering::Acquire) && !port.is_closed() {
                                 thread::park_timeout(tick);
                                 let watch = port.stall_scan(threshold, POLL_HANDOFF);
-                                let st = port.stats().sched;
+                                let st = port.sched_stats();
                                 tick = if watch {
                                     fast
                                 } else if st.running == 0 && st.queued == 0 {

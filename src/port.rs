@@ -513,6 +513,12 @@ impl CompletionPort {
         self.inner.closed.load(Ordering::Acquire)
     }
 
+    /// The scheduler's counters alone (what the pool's monitor reads every tick;
+    /// cheaper than [`stats`](Self::stats)).
+    pub(crate) fn sched_stats(&self) -> SchedStats {
+        self.inner.sched.stats()
+    }
+
     /// Current statistics.
     pub fn stats(&self) -> PortStats {
         PortStats {

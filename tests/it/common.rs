@@ -237,3 +237,36 @@ pub fn shutdown(pool: Pool) {
         );
     }
 }
+
+/// A fresh directory under the system temp dir, removed (with its contents) on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `ringport-<tag>-<pid>-<n>` under the temp dir.
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ringport-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&p).expect("create a temp dir");
+        TempDir(p)
+    }
+
+    /// The directory itself.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// A path inside it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

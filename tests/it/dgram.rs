@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ringport::{BackendChoice, Completion, CompletionPort, Error, Op, OpKind};
@@ -34,33 +34,6 @@ fn assert_pending(port: &CompletionPort) {
     match port.get(Some(Duration::from_millis(20))) {
         Err(Error::Timeout) => {}
         other => panic!("expected nothing to complete yet, got {other:?}"),
-    }
-}
-
-/// A fresh directory under the system temp dir, removed (with its contents) on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "ringport-dgram-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&p).expect("create a temp dir");
-        TempDir(p)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -360,7 +333,7 @@ backend_test!(
 backend_test!(
     unix_datagram_sockets_report_the_senders_path,
     |choice: BackendChoice| {
-        let dir = TempDir::new();
+        let dir = TempDir::new("dgram");
         let (pa, pb) = (dir.path("a.sock"), dir.path("b.sock"));
         let a = unix_dgram(Some(&pa));
         let b = unix_dgram(Some(&pb));
@@ -420,7 +393,7 @@ backend_test!(
 backend_test!(
     unix_send_to_a_missing_or_dead_path_fails_with_its_errno,
     |choice: BackendChoice| {
-        let dir = TempDir::new();
+        let dir = TempDir::new("dgram");
         let port = port(choice);
         let a = unix_dgram(None);
         port.associate(&a, 1).unwrap();

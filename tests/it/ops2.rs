@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -359,38 +358,11 @@ backend_test!(
     }
 );
 
-/// A fresh directory under the system temp dir, removed (with its contents) on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "ringport-ops2-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&p).expect("create a temp dir");
-        TempDir(p)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 backend_test!(
     openat_opens_creates_and_reports_enoent,
     |choice: BackendChoice| {
         let port = port(choice);
-        let dir = TempDir::new();
+        let dir = TempDir::new("ops2");
 
         // A missing file.
         port.submit(
@@ -434,7 +406,7 @@ backend_test!(
         );
 
         // Relative to a directory descriptor, which needs no association.
-        let d = File::open(&dir.0).unwrap();
+        let d = File::open(dir.dir()).unwrap();
         port.submit(Op::openat(Some(d.as_fd()), "new", libc::O_RDONLY, 0), 3)
             .unwrap();
         let mut c = get(&port);
@@ -480,7 +452,7 @@ backend_test!(exclusive dropping_an_openat_completion_closes_the_file, |choice: 
 
 backend_test!(statx_reports_size_and_mode, |choice: BackendChoice| {
     let port = port(choice);
-    let dir = TempDir::new();
+    let dir = TempDir::new("ops2");
     let path = dir.path("f");
     std::fs::write(&path, pattern(1234)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
@@ -504,7 +476,7 @@ backend_test!(statx_reports_size_and_mode, |choice: BackendChoice| {
     )
     .unwrap();
     assert_eq!(get(&port).statx().map(|s| s.stx_size), Some(1234));
-    let d = File::open(&dir.0).unwrap();
+    let d = File::open(dir.dir()).unwrap();
     port.submit(Op::statx(Some(d.as_fd()), ".", 0, libc::STATX_TYPE), 3)
         .unwrap();
     let c = get(&port);
