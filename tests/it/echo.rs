@@ -14,9 +14,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::common::{closed_addr, gate, wait_until, T};
+use crate::common::{closed_addr, gate, wait_timeout, wait_until, T};
 
 /// The `ringport` program built for this test run.
 const BIN: &str = env!("CARGO_BIN_EXE_ringport");
@@ -321,20 +321,6 @@ impl Drop for Server {
             self.reaped = true;
         }
         self.join_readers();
-    }
-}
-
-/// Waits for `child` at most `t`.
-fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -11,7 +11,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ringport::BackendChoice;
 use sha2::{Digest, Sha256};
 
-use crate::common::T;
+use crate::common::{wait_timeout, T};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringport");
 
@@ -243,19 +243,6 @@ impl Drop for Serve {
             self.reaped = true;
         }
         self.join_readers();
-    }
-}
-
-fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return Some(s);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(5));
     }
 }
 
