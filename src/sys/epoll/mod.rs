@@ -56,7 +56,8 @@
 mod sock;
 pub(crate) use sock::block_sigpipe_here;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -209,7 +210,7 @@ impl Driver {
                 done: Vec::new(),
                 closed: false,
             }),
-            fds: Mutex::new(HashMap::new()),
+            fds: Mutex::new(HashMap::default()),
         });
         let workers = (2 * crate::port::num_cpus()).clamp(2, 16);
         Ok(Driver {
