@@ -684,8 +684,23 @@ impl Driver {
         // finished meanwhile is not found, or loses the race: its own result
         // stands.
         for id in expired {
-            if let Ok(Some(c)) = self.cancel(id) {
-                out.push(c);
+            match self.cancel(id) {
+                Ok(Some(c)) => out.push(c),
+                Ok(None) => {
+                    // Not in its socket's queue. Either it is finishing (its
+                    // result stands), or `submit` has admitted it but not queued
+                    // it yet — then the deadline must not be lost: look again
+                    // shortly, while the operation still waits on a socket.
+                    let mut inner = lock(&self.shared.inner);
+                    if let Some(r) = inner.ops.get_mut(id) {
+                        if matches!(r.wait, Wait::Fd(_)) {
+                            let again = Instant::now() + Duration::from_micros(100);
+                            r.deadline = Some(again);
+                            inner.timers.insert((again, id.0 | DEADLINE_BIT));
+                        }
+                    }
+                }
+                Err(_) => {}
             }
         }
     }
