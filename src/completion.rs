@@ -53,6 +53,10 @@ pub struct Completion {
     pub(crate) fd: Option<OwnedFd>,
     /// What only some kinds hand back.
     extra: Extra,
+    /// A multishot receive's buffer (`op/multishot.rs`).
+    pub(crate) pooled: Option<crate::provided::PooledBuf>,
+    /// More completions of the same multishot operation will follow.
+    pub(crate) more: bool,
 }
 
 /// What a completion carries for a few kinds only. Each payload is boxed, so
@@ -83,6 +87,8 @@ impl Completion {
             kind: OpKind::Post,
             fd: None,
             extra: Extra::None,
+            pooled: None,
+            more: false,
         }
     }
 
@@ -138,7 +144,7 @@ impl Completion {
             OpKind::Timeout if res == -libc::ETIME => res = 0,
             _ => {}
         }
-        let fd = if matches!(kind, OpKind::Accept | OpKind::OpenAt) && res >= 0 {
+        let fd = if matches!(kind, OpKind::Accept | OpKind::AcceptMulti | OpKind::OpenAt) && res >= 0 {
             // SAFETY: a successful accept's or open's result is a new
             // descriptor that nobody else owns.
             Some(unsafe { OwnedFd::from_raw_fd(res) })
@@ -160,6 +166,8 @@ impl Completion {
             kind,
             fd,
             extra,
+            pooled: None,
+            more: false,
         }
     }
 
@@ -262,6 +270,8 @@ impl fmt::Debug for Completion {
             .field("buf_len", &self.buf.as_ref().map(Vec::len))
             .field("fd", &self.fd)
             .field("extra", &self.extra)
+            .field("pooled", &self.pooled)
+            .field("more", &self.more)
             .finish()
     }
 }

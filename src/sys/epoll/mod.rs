@@ -53,6 +53,7 @@
 //! Difference: closing a socket through `Op::close` (or `disassociate`) cancels
 //! the operations still queued on it, which io_uring would leave pending.
 
+mod multi;
 mod sock;
 pub(crate) use sock::block_sigpipe_here;
 
@@ -166,6 +167,8 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     files: Workers<Shared>,
     max_in_flight: usize,
+    /// Identifies this driver's buffer pools (`multi.rs`).
+    owner: u64,
 }
 
 impl Driver {
@@ -216,6 +219,7 @@ impl Driver {
             files: Workers::new(shared.clone(), workers),
             shared,
             max_in_flight: cfg.max_in_flight.max(1),
+            owner: crate::provided::new_owner_id(),
         })
     }
 
@@ -429,6 +433,9 @@ impl Driver {
                 let res = if rc < 0 { -errno() } else { 0 };
                 self.done_now(id, res, OpBody::Nop)
             }
+            OpBody::AcceptMulti { .. } | OpBody::RecvMulti { .. } => {
+                self.submit_multi(op, key, user_data)
+            }
             OpBody::Recv { fd, .. }
             | OpBody::Send { fd, .. }
             | OpBody::RecvFrom { fd, .. }
@@ -518,7 +525,9 @@ impl Driver {
                 for queue in [&mut g.read, &mut g.write] {
                     if let Some(i) = queue.iter().position(|p| p.id == id) {
                         let mut p = queue.remove(i).expect("position is in range");
-                        let res = if i == 0 {
+                        // (A multishot operation still queued is armed: the
+                        // cancel wins; what it received before came already.)
+                        let res = if i == 0 && !multi::is_multi(&p.body) {
                             try_op(&mut p).unwrap_or(-libc::ECANCELED)
                         } else {
                             -libc::ECANCELED
@@ -624,6 +633,7 @@ impl Driver {
         g.read_closed |= closed;
         let read_closed = g.read_closed;
         let mut finished = Vec::new();
+        let mut parts = Vec::new();
         for (ready, queue, blocked) in [
             (readable, &mut g.read, &mut g.read_blocked),
             (writable, &mut g.write, &mut g.write_blocked),
@@ -633,6 +643,19 @@ impl Driver {
             }
             *blocked = false;
             while let Some(front) = queue.front_mut() {
+                if multi::is_multi(&front.body) {
+                    match multi::run(front, q.stream, read_closed, &mut parts) {
+                        (None, drained) => {
+                            *blocked |= drained;
+                            break;
+                        }
+                        (Some(res), _) => {
+                            let p = queue.pop_front().expect("front exists");
+                            finished.push((p, res));
+                            continue;
+                        }
+                    }
+                }
                 match try_op(front) {
                     None => {
                         *blocked = true;
@@ -651,10 +674,12 @@ impl Driver {
                 }
             }
         }
-        if finished.is_empty() {
+        if finished.is_empty() && parts.is_empty() {
             return;
         }
         let mut inner = lock(&self.shared.inner);
+        // A multishot operation's partial results come before its end.
+        multi::part_completions(&inner, parts, out);
         for (p, res) in finished {
             out.extend(finish(&mut inner, p.id, res, p.body));
         }

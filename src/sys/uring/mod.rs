@@ -74,6 +74,7 @@
 //! without `LINK_TIMEOUT`.
 
 mod fallback;
+mod multi;
 mod ops;
 mod probe;
 mod records;
@@ -131,6 +132,9 @@ pub(crate) struct Driver {
     support: Support,
     /// Worker threads for opcodes the kernel lacks; made on first use.
     fallback: OnceLock<Fallback>,
+    /// Multishot support, and the provided-buffer rings (`multi.rs`).
+    multi: multi::MultiSupport,
+    bufs: multi::Pools,
 }
 
 impl std::fmt::Debug for Driver {
@@ -184,6 +188,10 @@ impl Driver {
             max_in_flight,
             support,
             fallback: OnceLock::new(),
+            multi: multi::multishot_support(
+                &std::env::var("RINGPORT_URING_OPS_OFF").unwrap_or_default(),
+            ),
+            bufs: multi::Pools::new(),
         };
         // A full round trip proves the ring works (some sandboxes let setup succeed
         // and then fail every submission).
@@ -250,6 +258,11 @@ impl Driver {
                     rec.aux = Aux::Transfer(Box::new(t));
                     (Some(head), tail)
                 })
+        } else if matches!(body, OpBody::AcceptMulti { .. } | OpBody::RecvMulti { .. }) {
+            self.build_multi(&body, link.is_some()).map(|(sqe, aux)| {
+                rec.aux = aux;
+                (None, sqe)
+            })
         } else if self.path(kind) == OpPath::Worker {
             return self.submit_to_worker(inner, rec, body, link, flush);
         } else if let (OpBody::Shutdown { fd, how }, false) = (&body, self.support.shutdown) {
@@ -368,6 +381,8 @@ impl Driver {
             OpKind::OpenAt => native(s.openat, OpPath::Worker),
             OpKind::Statx => native(s.statx, OpPath::Worker),
             OpKind::Fallocate => native(s.fallocate, OpPath::Worker),
+            OpKind::AcceptMulti => native(self.multi.accept, OpPath::Emulated),
+            OpKind::RecvMulti => native(self.multi.recv, OpPath::Emulated),
             _ => OpPath::Uring,
         }
     }
@@ -648,7 +663,16 @@ impl Driver {
                 _ => {
                     let id = OpId(ud & !LEG_BIT);
                     let head = ud & LEG_BIT != 0;
-                    out.extend(inner.on_cqe(id, head, cqe.result(), &mut follow));
+                    let multi = inner
+                        .ops
+                        .get(id)
+                        .is_some_and(|r| matches!(r.aux, Aux::Multi(_)));
+                    if multi {
+                        let (res, flags) = (cqe.result(), cqe.flags());
+                        self.on_multi_cqe(&mut inner, id, res, flags, out, &mut follow);
+                    } else {
+                        out.extend(inner.on_cqe(id, head, cqe.result(), &mut follow));
+                    }
                 }
             }
         }
