@@ -144,13 +144,14 @@ impl Completion {
             OpKind::Timeout if res == -libc::ETIME => res = 0,
             _ => {}
         }
-        let fd = if matches!(kind, OpKind::Accept | OpKind::AcceptMulti | OpKind::OpenAt) && res >= 0 {
-            // SAFETY: a successful accept's or open's result is a new
-            // descriptor that nobody else owns.
-            Some(unsafe { OwnedFd::from_raw_fd(res) })
-        } else {
-            None
-        };
+        let fd =
+            if matches!(kind, OpKind::Accept | OpKind::AcceptMulti | OpKind::OpenAt) && res >= 0 {
+                // SAFETY: a successful accept's or open's result is a new
+                // descriptor that nobody else owns.
+                Some(unsafe { OwnedFd::from_raw_fd(res) })
+            } else {
+                None
+            };
         let extra = match (addr, bufs, statx) {
             (Some(a), _, _) if kind == OpKind::RecvFrom && res >= 0 => Extra::Addr(a),
             (_, Some(b), _) => Extra::Bufs(Box::new(b)),

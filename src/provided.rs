@@ -112,8 +112,13 @@ impl CompletionPort {
                 "a pool's buffers are 1 to {MAX_BUFFER_SIZE} bytes, not {size}"
             )));
         }
-        if count.checked_mul(size).is_none_or(|b| b > isize::MAX as usize / 2) {
-            return Err(invalid(format!("{count} buffers of {size} bytes is too much memory")));
+        if count
+            .checked_mul(size)
+            .is_none_or(|b| b > isize::MAX as usize / 2)
+        {
+            return Err(invalid(format!(
+                "{count} buffers of {size} bytes is too much memory"
+            )));
         }
         let shared = self.backend_ref().buffer_pool(count, size)?;
         Ok(BufferPool { shared })
@@ -375,7 +380,10 @@ impl Shared {
     pub(crate) fn ring_addr(&self) -> Option<(u64, u16, u16)> {
         match &self.mode {
             Mode::Ring {
-                ring, entries, bgid, ..
+                ring,
+                entries,
+                bgid,
+                ..
             } => Some((ring.ptr.as_ptr() as u64, *entries, *bgid)),
             Mode::List { .. } => None,
         }

@@ -522,12 +522,24 @@ impl Driver {
                 let mut g = lock(&q.q);
                 let g = &mut *g;
                 let mut found = None;
+                let (closed, blocked) = (g.read_closed, g.read_blocked);
                 for queue in [&mut g.read, &mut g.write] {
                     if let Some(i) = queue.iter().position(|p| p.id == id) {
                         let mut p = queue.remove(i).expect("position is in range");
-                        // (A multishot operation still queued is armed: the
-                        // cancel wins; what it received before came already.)
-                        let res = if i == 0 && !multi::is_multi(&p.body) {
+                        if multi::is_multi(&p.body) {
+                            // Tried once more first, like any operation at the
+                            // front: it may have ended already (the cancel loses).
+                            let mut parts = Vec::new();
+                            let end = if i == 0 && !blocked {
+                                multi::run(&p, q.stream, closed, &mut parts).0
+                            } else {
+                                None
+                            };
+                            let res = end.unwrap_or(-libc::ECANCELED);
+                            self.finish_multi(id, parts, res, p.body);
+                            return Ok(None);
+                        }
+                        let res = if i == 0 {
                             try_op(&mut p).unwrap_or(-libc::ECANCELED)
                         } else {
                             -libc::ECANCELED

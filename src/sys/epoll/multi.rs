@@ -85,7 +85,11 @@ fn recv(fd: RawFd, pool: &Arc<Shared>, flags: i32, stream: bool, closed: bool) -
         if rc > 0 {
             let n = rc as usize;
             let drained = stream && !closed && n < pool.size;
-            return Step::Part(rc as i32, Some(PooledBuf::new(pool.clone(), bid, n)), drained);
+            return Step::Part(
+                rc as i32,
+                Some(PooledBuf::new(pool.clone(), bid, n)),
+                drained,
+            );
         }
         let e = if rc == 0 { 0 } else { errno() };
         if e == libc::EINTR {
@@ -135,11 +139,31 @@ pub(super) fn part_completions(
             Some(r) => (r.kind, r.key, r.user_data),
             None => continue,
         };
-        out.push(Completion::from_raw(id, kind, key, ud, res, Output::default()).multishot(true, lease));
+        out.push(
+            Completion::from_raw(id, kind, key, ud, res, Output::default()).multishot(true, lease),
+        );
     }
 }
 
 impl Driver {
+    /// Ends multishot operation `id` with `res`, after its partial results
+    /// `parts`; all go out, in order, through the next `poll`.
+    pub(super) fn finish_multi(
+        &self,
+        id: OpId,
+        parts: Vec<(OpId, i32, Option<PooledBuf>)>,
+        res: i32,
+        body: OpBody,
+    ) {
+        let mut inner = lock(&self.shared.inner);
+        let mut out = Vec::new();
+        part_completions(&inner, parts, &mut out);
+        out.extend(super::finish(&mut inner, id, res, body));
+        inner.done.append(&mut out);
+        drop(inner);
+        self.notify();
+    }
+
     /// A pool for multishot receives: a free list in user space.
     pub(crate) fn buffer_pool(&self, count: usize, size: usize) -> Result<Arc<Shared>> {
         Ok(Arc::new(Shared::list(count, size, self.owner)?))

@@ -206,29 +206,27 @@ impl Driver {
                     .flags(libc::SOCK_CLOEXEC)
                     .build()
             }
-            (OpBody::RecvMulti { fd, pool, flags }, native) => {
-                match (pool.ring_addr(), native) {
-                    (Some((_, _, bgid)), true) => opcode::RecvMulti::new(Fd(*fd), bgid)
-                        .flags(*flags)
-                        .build(),
-                    (Some((_, _, bgid)), false) => {
-                        let len = pool.size.min(u32::MAX as usize) as u32;
-                        opcode::Recv::new(Fd(*fd), std::ptr::null_mut(), len)
-                            .buf_group(bgid)
-                            .flags(*flags)
-                            .build()
-                            .flags(squeue::Flags::BUFFER_SELECT)
-                    }
-                    (None, _) => {
-                        let bid = pool.take().ok_or(-libc::ENOBUFS)?;
-                        m.bid = Some(bid);
-                        let len = pool.size.min(u32::MAX as usize) as u32;
-                        opcode::Recv::new(Fd(*fd), pool.buf_ptr(bid), len)
-                            .flags(*flags)
-                            .build()
-                    }
+            (OpBody::RecvMulti { fd, pool, flags }, native) => match (pool.ring_addr(), native) {
+                (Some((_, _, bgid)), true) => {
+                    opcode::RecvMulti::new(Fd(*fd), bgid).flags(*flags).build()
                 }
-            }
+                (Some((_, _, bgid)), false) => {
+                    let len = pool.size.min(u32::MAX as usize) as u32;
+                    opcode::Recv::new(Fd(*fd), std::ptr::null_mut(), len)
+                        .buf_group(bgid)
+                        .flags(*flags)
+                        .build()
+                        .flags(squeue::Flags::BUFFER_SELECT)
+                }
+                (None, _) => {
+                    let bid = pool.take().ok_or(-libc::ENOBUFS)?;
+                    m.bid = Some(bid);
+                    let len = pool.size.min(u32::MAX as usize) as u32;
+                    opcode::Recv::new(Fd(*fd), pool.buf_ptr(bid), len)
+                        .flags(*flags)
+                        .build()
+                }
+            },
             _ => unreachable!("multi_sqe is called for multishot bodies only"),
         })
     }
