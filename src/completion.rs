@@ -57,6 +57,8 @@ pub struct Completion {
     pub(crate) pooled: Option<crate::provided::PooledBuf>,
     /// More completions of the same multishot operation will follow.
     pub(crate) more: bool,
+    /// Its place among its multishot operation's completions.
+    pub(crate) seq: u32,
 }
 
 /// What a completion carries for a few kinds only. Each payload is boxed, so
@@ -89,6 +91,7 @@ impl Completion {
             extra: Extra::None,
             pooled: None,
             more: false,
+            seq: 0,
         }
     }
 
@@ -169,6 +172,7 @@ impl Completion {
             extra,
             pooled: None,
             more: false,
+            seq: 0,
         }
     }
 
@@ -273,6 +277,7 @@ impl fmt::Debug for Completion {
             .field("extra", &self.extra)
             .field("pooled", &self.pooled)
             .field("more", &self.more)
+            .field("seq", &self.seq)
             .finish()
     }
 }

@@ -102,11 +102,29 @@ impl Completion {
         self.pooled.as_deref()
     }
 
+    /// The place of this completion among its operation's completions: 0,
+    /// 1, 2, … for a multishot operation (its final completion included);
+    /// always 0 for a one-shot operation.
+    ///
+    /// Completions are queued in this order, but several threads dequeuing
+    /// from one port may *handle* two completions of one operation at once,
+    /// and then either may take a lock first. A handler that must process
+    /// them in order (a stream's bytes) orders them by `seq`.
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+
     /// Builds a multishot operation's completion: `more` set unless final,
-    /// with the buffer a receive filled.
-    pub(crate) fn multishot(mut self, more: bool, pooled: Option<PooledBuf>) -> Completion {
+    /// with the buffer a receive filled, and its place `seq`.
+    pub(crate) fn multishot(
+        mut self,
+        more: bool,
+        pooled: Option<PooledBuf>,
+        seq: u32,
+    ) -> Completion {
         self.more = more;
         self.pooled = pooled;
+        self.seq = seq;
         self
     }
 }

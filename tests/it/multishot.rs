@@ -30,9 +30,12 @@ fn pattern(n: usize) -> Vec<u8> {
 /// the bytes of each; returns them and the final completion.
 fn drain_recv(port: &CompletionPort) -> (Vec<u8>, Completion) {
     let mut got = Vec::new();
+    let mut seq = 0;
     loop {
         let mut c = get(port);
         assert_eq!(c.kind(), OpKind::RecvMulti);
+        assert_eq!(c.seq(), seq, "completions come in order, numbered");
+        seq += 1;
         if let Some(b) = c.take_pooled() {
             assert_eq!(Some(b.len()), c.result.as_ref().ok().copied());
             got.extend_from_slice(&b);

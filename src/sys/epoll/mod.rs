@@ -102,6 +102,8 @@ struct Record {
     /// Its linked timeout (`Op::timeout_after`): a timer entry
     /// `(deadline, id | DEADLINE_BIT)` cancels it if it is still waiting then.
     deadline: Option<Instant>,
+    /// Completions a multishot operation has produced (`multi.rs`).
+    parts: u32,
 }
 
 #[derive(Debug)]
@@ -364,6 +366,7 @@ impl Driver {
             user_data,
             wait: wait(),
             deadline,
+            parts: 0,
         });
         if let Wait::Timer(at) = inner.ops.get(id).map(|r| &r.wait).expect("just inserted") {
             let at = *at;
@@ -691,7 +694,7 @@ impl Driver {
         }
         let mut inner = lock(&self.shared.inner);
         // A multishot operation's partial results come before its end.
-        multi::part_completions(&inner, parts, out);
+        multi::part_completions(&mut inner, parts, out);
         for (p, res) in finished {
             out.extend(finish(&mut inner, p.id, res, p.body));
         }
@@ -796,12 +799,14 @@ fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Complet
     if let Some(at) = rec.deadline {
         inner.timers.remove(&(at, id.0 | DEADLINE_BIT));
     }
-    Some(Completion::from_raw(
+    let c = Completion::from_raw(
         id,
         rec.kind,
         rec.key,
         rec.user_data,
         res,
         body.into_output(),
-    ))
+    );
+    // (A multishot operation's final completion comes after its `parts`.)
+    Some(c.multishot(false, None, rec.parts))
 }

@@ -130,18 +130,24 @@ pub(super) fn run(
 /// gone (it cannot be: partial results come before the end) is dropped,
 /// closing its socket or giving its buffer back.
 pub(super) fn part_completions(
-    inner: &Inner,
+    inner: &mut Inner,
     parts: Vec<(OpId, i32, Option<PooledBuf>)>,
     out: &mut Vec<Completion>,
 ) {
     for (id, res, lease) in parts {
-        let (kind, key, ud) = match inner.ops.get(id) {
-            Some(r) => (r.kind, r.key, r.user_data),
-            None => continue,
+        let Some(r) = inner.ops.get_mut(id) else {
+            // (Cannot happen: partial results precede the end.) Close an
+            // accepted socket rather than leak it; a lease gives its buffer back.
+            if lease.is_none() && res >= 0 {
+                // SAFETY: an accepted descriptor that nothing else owns.
+                unsafe { libc::close(res) };
+            }
+            continue;
         };
-        out.push(
-            Completion::from_raw(id, kind, key, ud, res, Output::default()).multishot(true, lease),
-        );
+        let seq = r.parts;
+        r.parts += 1;
+        let c = Completion::from_raw(id, r.kind, r.key, r.user_data, res, Output::default());
+        out.push(c.multishot(true, lease, seq));
     }
 }
 
@@ -157,7 +163,7 @@ impl Driver {
     ) {
         let mut inner = lock(&self.shared.inner);
         let mut out = Vec::new();
-        part_completions(&inner, parts, &mut out);
+        part_completions(&mut inner, parts, &mut out);
         out.extend(super::finish(&mut inner, id, res, body));
         inner.done.append(&mut out);
         drop(inner);
@@ -215,7 +221,7 @@ impl Driver {
         };
         let mut inner = lock(&self.shared.inner);
         let mut out = Vec::new();
-        part_completions(&inner, parts, &mut out);
+        part_completions(&mut inner, parts, &mut out);
         if let (Some(res), Some(body)) = (end, body) {
             out.extend(super::finish(&mut inner, id, res, body));
         }

@@ -80,6 +80,8 @@ pub(super) struct Multi {
     cancelled: bool,
     /// A free-list pool's buffer the one-shot receive in flight fills.
     bid: Option<u16>,
+    /// Completions produced so far (the next one's `seq`).
+    seq: u32,
 }
 
 impl Multi {
@@ -189,6 +191,7 @@ impl Driver {
             native,
             cancelled: false,
             bid: None,
+            seq: 0,
         };
         let sqe = self.multi_sqe(body, &mut m)?;
         Ok((sqe, Aux::Multi(m)))
@@ -260,15 +263,21 @@ impl Driver {
             _ => None,
         };
         let lease = lease.filter(|_| res > 0);
+        let seq = m.seq;
+        m.seq += 1;
         let partial = |rec: &super::records::Record, lease| {
             Completion::from_raw(id, rec.kind, rec.key, rec.user_data, res, Output::default())
-                .multishot(true, lease)
+                .multishot(true, lease, seq)
         };
         if m.native {
             if cqueue::more(flags) {
                 out.push(partial(rec, lease));
             } else {
-                out.extend(inner.complete(id, res).map(|c| c.multishot(false, lease)));
+                out.extend(
+                    inner
+                        .complete(id, res)
+                        .map(|c| c.multishot(false, lease, seq)),
+                );
             }
             return;
         }
@@ -277,22 +286,34 @@ impl Driver {
             _ => res > 0,
         };
         if !productive {
-            out.extend(inner.complete(id, res).map(|c| c.multishot(false, lease)));
+            out.extend(
+                inner
+                    .complete(id, res)
+                    .map(|c| c.multishot(false, lease, seq)),
+            );
             return;
         }
         let stop = m.cancelled || closing;
         out.push(partial(rec, lease));
+        let Aux::Multi(m) = &mut rec.aux else {
+            unreachable!()
+        };
         let next = if stop {
             Err(-libc::ECANCELED)
         } else {
-            let Aux::Multi(m) = &mut rec.aux else {
-                unreachable!()
-            };
             self.multi_sqe(&rec.body, m)
         };
         match next {
             Ok(sqe) => follow.push(vec![sqe.user_data(id.0)]),
-            Err(res) => out.extend(inner.complete(id, res)),
+            Err(res) => {
+                let seq = m.seq;
+                m.seq += 1;
+                out.extend(
+                    inner
+                        .complete(id, res)
+                        .map(|c| c.multishot(false, None, seq)),
+                );
+            }
         }
     }
 }
