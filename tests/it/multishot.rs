@@ -27,10 +27,11 @@ fn pattern(n: usize) -> Vec<u8> {
 }
 
 /// Dequeues completions of a multishot receive until its final one, keeping
-/// the bytes of each; returns them and the final completion.
-fn drain_recv(port: &CompletionPort) -> (Vec<u8>, Completion) {
+/// the bytes of each (`first_seq`: the `seq` of the first one); returns them
+/// and the final completion.
+fn drain_recv(port: &CompletionPort, first_seq: u32) -> (Vec<u8>, Completion) {
     let mut got = Vec::new();
-    let mut seq = 0;
+    let mut seq = first_seq;
     loop {
         let mut c = get(port);
         assert_eq!(c.kind(), OpKind::RecvMulti);
@@ -62,7 +63,7 @@ fn drain_rearming(
     let mut got = Vec::new();
     let mut rearms = 0;
     loop {
-        let (chunk, end) = drain_recv(port);
+        let (chunk, end) = drain_recv(port, 0);
         got.extend_from_slice(&chunk);
         match &end.result {
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
