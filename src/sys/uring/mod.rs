@@ -769,6 +769,9 @@ impl Drop for Driver {
 mod fallback_tests;
 
 #[cfg(all(test, not(loom)))]
+mod multi_tests;
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
