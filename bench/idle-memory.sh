@@ -22,7 +22,16 @@ CONNS=${CONNS:-10000}
 SERVERS=${SERVERS:-multishot plain multishot-epoll plain-epoll async tokio}
 SETTLE=${SETTLE:-2}
 
-ulimit -n $((CONNS * 2 + 1024))
+# The client and the server each need CONNS descriptors (and a few more).
+need=$((CONNS + 256))
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
+    ulimit -Hn "$need" 2>/dev/null || {
+        echo "need $need descriptors per process; the hard limit is $hard and cannot be raised here" >&2
+        exit 1
+    }
+fi
+ulimit -n "$need"
 
 echo "== building (release)"
 cargo build --release --quiet --bin ringport
