@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 CONNS=${CONNS:-10000}
 SERVERS=${SERVERS:-multishot plain multishot-epoll plain-epoll async tokio}
 SETTLE=${SETTLE:-2}
+HOLD=${HOLD:-20}
 
 # The client and the server each need CONNS descriptors (and a few more).
 need=$((CONNS + 256))
@@ -87,7 +88,9 @@ for name in $SERVERS; do
     sleep 0.5
     base_fds=$(fds "$SERVER_PID")
     before=$(rss_kib "$SERVER_PID")
-    "$RINGPORT" bench idle --target "$ADDR" --conns "$CONNS" --hold 600 >"$WORK/client.out" 2>&1 &
+    # Held long enough to measure, then every connection must echo a byte.
+    "$RINGPORT" bench idle --target "$ADDR" --conns "$CONNS" --hold "$HOLD" --verify \
+        >"$WORK/client.out" 2>&1 &
     CLIENT_PID=$!
     wait_line "$WORK/client.out" "connected" 120
     for ((i = 0; i < 300; i++)); do
@@ -100,8 +103,10 @@ for name in $SERVERS; do
     per=$(((after - before) * 1024 / CONNS))
     printf '%-17s %9d KiB %11d KiB %11d KiB %16d\n' "$name" "$before" "$after" $((after - before)) "$per"
     [ "$got" -lt "$CONNS" ] && echo "  (warning: the server holds only $got of $CONNS connections)"
-    kill "$CLIENT_PID" 2>/dev/null || true
-    wait "$CLIENT_PID" 2>/dev/null || true
+    if ! wait "$CLIENT_PID" || ! grep -q verified "$WORK/client.out"; then
+        echo "  (warning: not every connection echoed after the hold:)"
+        sed 's/^/    /' "$WORK/client.out"
+    fi
     CLIENT_PID=
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true

@@ -29,6 +29,32 @@
 //! # }
 //! ```
 //!
+//! # Multishot operations
+//!
+//! One submission, many completions — all with the same
+//! key, `user_data` and [`OpId`](crate::OpId) — until a *final* completion,
+//! whose [`Completion::more`](crate::Completion::more) is false, says why it ended.
+//!
+//! | final result | meaning | what to do |
+//! |---|---|---|
+//! | `Ok(0)` (receive) | the peer closed its side (EOF) | close |
+//! | `Err(ECANCELED)` | [`cancel`](crate::CompletionPort::cancel) or port close won | nothing more comes |
+//! | `Err(ENOBUFS)` (receive) | the [`BufferPool`] was empty when data came; the data is still in the socket | drop leases, submit again |
+//! | `Err(e)` | the error (`ECONNRESET`, `EMFILE` for an accept, …) | as for a one-shot op |
+//! | `Ok(n)` with `n > 0` | the kernel stopped it with this last chunk or connection (its completion queue was full) | use it, submit again |
+//!
+//! A cancel has the outcomes of any cancel: it wins (the final completion is
+//! `ECANCELED`; completions queued before it still come first) or loses
+//! because the operation had already ended (its own final completion comes, or
+//! `cancel` says `NotFound` once that was dequeued).
+//!
+//! On io_uring these are the kernel's multishot `ACCEPT` (Linux 5.19) and
+//! multishot `RECV` with a provided-buffer ring (6.0); where the kernel lacks
+//! them the driver resubmits a one-shot request after each completion. On
+//! epoll the operation stays queued on its socket and, on every readiness
+//! edge, accepts or receives until the call would block, each result its own
+//! completion. [`PortStats::op_paths`](crate::PortStats::op_paths) says which.
+//!
 //! # How it works on each backend
 //!
 //! * **io_uring (Linux 5.19+)**: the pool is a *provided-buffer ring*

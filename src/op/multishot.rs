@@ -1,26 +1,5 @@
-//! Multishot operations: one submission, many completions — all with the same
-//! key, `user_data` and [`OpId`](crate::OpId) — until a *final* completion,
-//! whose [`Completion::more`] is false, says why it ended.
-//!
-//! | final result | meaning | what to do |
-//! |---|---|---|
-//! | `Ok(0)` (receive) | the peer closed its side (EOF) | close |
-//! | `Err(ECANCELED)` | [`cancel`](crate::CompletionPort::cancel) or port close won | nothing more comes |
-//! | `Err(ENOBUFS)` (receive) | the [`BufferPool`] was empty when data came; the data is still in the socket | drop leases, submit again |
-//! | `Err(e)` | the error (`ECONNRESET`, `EMFILE` for an accept, …) | as for a one-shot op |
-//! | `Ok(n)` with `n > 0` | the kernel stopped it with this last chunk or connection (its completion queue was full) | use it, submit again |
-//!
-//! A cancel has the outcomes of any cancel: it wins (the final completion is
-//! `ECANCELED`; completions queued before it still come first) or loses
-//! because the operation had already ended (its own final completion comes, or
-//! `cancel` says `NotFound` once that was dequeued).
-//!
-//! On io_uring these are the kernel's multishot `ACCEPT` (Linux 5.19) and
-//! multishot `RECV` with a provided-buffer ring (6.0); where the kernel lacks
-//! them the driver resubmits a one-shot request after each completion. On
-//! epoll the operation stays queued on its socket and, on every readiness
-//! edge, accepts or receives until the call would block, each result its own
-//! completion. [`PortStats::op_paths`](crate::PortStats::op_paths) says which.
+//! Multishot operations (`Op::accept_multishot`, `Op::recv_multishot`); their
+//! public documentation is in `provided.rs` (the `ringport::provided` page).
 
 use std::os::fd::AsFd;
 
@@ -34,7 +13,7 @@ impl Op {
     /// one completion per connection, each with the accepted socket
     /// (close-on-exec) in [`Completion::take_fd`], and
     /// [`more`](Completion::more) set while the accept stays armed. See the
-    /// [module docs](crate::op) for the final completion.
+    /// [module docs](crate::provided#multishot-operations) for the final completion.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -67,7 +46,7 @@ impl Op {
     /// completion per chunk received, its bytes in
     /// [`Completion::take_pooled`], until EOF (`Ok(0)`), an error, a cancel,
     /// or an empty pool (`ENOBUFS`, nothing lost: submit again once buffers
-    /// are back). See the [module docs](crate::op) and
+    /// are back). See the [module docs](crate::provided#multishot-operations) and
     /// [`provided`](crate::provided) for an example.
     ///
     /// `pool` must come from the same port (otherwise the operation fails

@@ -45,6 +45,11 @@ pub struct EchoArgs {
     /// multishot receive into a shared provided-buffer pool (the default).
     #[arg(long)]
     pub(crate) plain_recv: bool,
+    /// Operations in flight at most: each open connection keeps one receive
+    /// in flight, so this caps the connections served (io_uring allows up to
+    /// 32768).
+    #[arg(long, default_value_t = 32768)]
+    pub(crate) max_in_flight: usize,
     /// Buffers in the shared receive pool (1 to 32768; without `--plain-recv`).
     #[arg(long, default_value_t = 1024)]
     pub(crate) pool_buffers: usize,
@@ -94,7 +99,9 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         return crate::echo_async::run(args);
     }
     signals::block()?;
-    let mut builder = CompletionPort::builder().concurrency(args.concurrency);
+    let mut builder = CompletionPort::builder()
+        .concurrency(args.concurrency)
+        .max_in_flight(args.max_in_flight);
     if let Some(b) = args.backend {
         builder = builder.backend(b);
     }

@@ -213,15 +213,28 @@ impl Server {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         let mut st = conn.st.lock().unwrap();
         self.arm(port, &conn, &mut st);
+        self.pump(port, &conn, &mut st);
     }
 
     /// Starts the connection's multishot receive.
     fn arm(&self, port: &CompletionPort, conn: &Conn, st: &mut ConnState) {
         let raw = conn.fd.as_raw_fd();
-        match port.submit(Op::recv_multishot(&conn.fd, &self.pool), ud(RECV, 0, raw)) {
+        // Never wait for room in a handler: every connection holds an
+        // operation for as long as it is open, so room may never come.
+        match port.try_submit(Op::recv_multishot(&conn.fd, &self.pool), ud(RECV, 0, raw)) {
             Ok(id) => {
                 st.recv = Some(id);
                 st.next_seq = 0;
+            }
+            Err(ringport::Error::QueueFull) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "{} operations in flight: closing new connections (raise --max-in-flight)",
+                        port.max_in_flight()
+                    )
+                });
+                st.done = true;
             }
             Err(_) => st.done = true, // the port is closing
         }

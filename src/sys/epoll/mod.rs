@@ -530,16 +530,8 @@ impl Driver {
                     if let Some(i) = queue.iter().position(|p| p.id == id) {
                         let mut p = queue.remove(i).expect("position is in range");
                         if multi::is_multi(&p.body) {
-                            // Tried once more first, like any operation at the
-                            // front: it may have ended already (the cancel loses).
-                            let mut parts = Vec::new();
-                            let end = if i == 0 && !blocked {
-                                multi::run(&p, q.stream, closed, &mut parts).0
-                            } else {
-                                None
-                            };
-                            let res = end.unwrap_or(-libc::ECANCELED);
-                            self.finish_multi(id, parts, res, p.body);
+                            let tries = i == 0 && !blocked;
+                            self.cancel_multi(p, tries, q.stream, closed);
                             return Ok(None);
                         }
                         let res = if i == 0 {
@@ -659,17 +651,13 @@ impl Driver {
             *blocked = false;
             while let Some(front) = queue.front_mut() {
                 if multi::is_multi(&front.body) {
-                    match multi::run(front, q.stream, read_closed, &mut parts) {
-                        (None, drained) => {
-                            *blocked |= drained;
-                            break;
-                        }
-                        (Some(res), _) => {
-                            let p = queue.pop_front().expect("front exists");
-                            finished.push((p, res));
-                            continue;
-                        }
-                    }
+                    // Until it would block (or is drained), or it ends.
+                    let Some(res) = multi::run(front, q.stream, read_closed, &mut parts).0 else {
+                        *blocked = true;
+                        break;
+                    };
+                    finished.extend(queue.pop_front().map(|p| (p, res)));
+                    continue;
                 }
                 match try_op(front) {
                     None => {

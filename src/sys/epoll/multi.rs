@@ -152,6 +152,19 @@ pub(super) fn part_completions(
 }
 
 impl Driver {
+    /// Cancels a multishot operation taken out of its queue: tried once more
+    /// first if it was at the front (`tries`) — like any operation there, it
+    /// may have ended already, and then the cancel loses.
+    pub(super) fn cancel_multi(&self, p: Pending, tries: bool, stream: bool, closed: bool) {
+        let mut parts = Vec::new();
+        let end = if tries {
+            run(&p, stream, closed, &mut parts).0
+        } else {
+            None
+        };
+        self.finish_multi(p.id, parts, end.unwrap_or(-libc::ECANCELED), p.body);
+    }
+
     /// Ends multishot operation `id` with `res`, after its partial results
     /// `parts`; all go out, in order, through the next `poll`.
     pub(super) fn finish_multi(
