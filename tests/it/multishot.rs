@@ -388,3 +388,33 @@ backend_test!(exclusive nothing_leaks, |choice: BackendChoice| {
     }
     wait_until("every descriptor is closed", || fd_count() <= before);
 });
+
+backend_test!(
+    a_receive_outlives_its_pool_handle,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let pool = port.buffer_pool(2, 16).unwrap();
+        let (mut client, server) = armed(&port, &pool);
+        // The operation keeps the pool alive; buffers still cycle through it.
+        drop(pool);
+        let data = pattern(1000);
+        let to_send = data.clone();
+        let writer = std::thread::spawn(move || client.write_all(&to_send).unwrap());
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            let mut c = get(&port);
+            if let Some(b) = c.take_pooled() {
+                got.extend_from_slice(&b);
+            }
+            if !c.more() {
+                // The pool ran dry: this handle-less pool is gone for new
+                // submissions, so read the rest with a new one.
+                assert_errno(&c.result, libc::ENOBUFS);
+                let fresh = port.buffer_pool(64, 64).unwrap();
+                port.submit(Op::recv_multishot(&server, &fresh), 9).unwrap();
+            }
+        }
+        writer.join().unwrap();
+        assert!(got == data);
+    }
+);

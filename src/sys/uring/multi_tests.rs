@@ -150,3 +150,27 @@ fn an_emulated_receive_with_a_free_list() {
     assert!(next(&d, id).is_cancelled());
     assert_eq!(pool.available(), 2);
 }
+
+#[test]
+fn an_unused_ring_pool_is_unregistered_and_its_group_reused() {
+    let d = Driver::new(Config {
+        entries: 16,
+        max_in_flight: 64,
+    })
+    .expect("io_uring");
+    if !d.multi.pbuf_ring {
+        eprintln!("skipped: this kernel has no provided-buffer rings");
+        return;
+    }
+    let a = d.buffer_pool(4, 64).unwrap();
+    let b = d.buffer_pool(4, 64).unwrap();
+    let group = |p: &std::sync::Arc<crate::provided::Shared>| p.ring_addr().unwrap().2;
+    assert_eq!((group(&a), group(&b)), (0, 1));
+    drop(a);
+    // The next pool made finds group 0 unused (only the table held it).
+    let c = d.buffer_pool(4, 64).unwrap();
+    assert_eq!(group(&c), 0);
+    // A pool still in use keeps its group.
+    assert_eq!(group(&d.buffer_pool(4, 64).unwrap()), 2);
+    drop(b);
+}
