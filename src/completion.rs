@@ -53,6 +53,12 @@ pub struct Completion {
     pub(crate) fd: Option<OwnedFd>,
     /// What only some kinds hand back.
     extra: Extra,
+    /// A multishot receive's buffer (`op/multishot.rs`).
+    pub(crate) pooled: Option<crate::provided::PooledBuf>,
+    /// More completions of the same multishot operation will follow.
+    pub(crate) more: bool,
+    /// Its place among its multishot operation's completions.
+    pub(crate) seq: u32,
 }
 
 /// What a completion carries for a few kinds only. Each payload is boxed, so
@@ -83,6 +89,9 @@ impl Completion {
             kind: OpKind::Post,
             fd: None,
             extra: Extra::None,
+            pooled: None,
+            more: false,
+            seq: 0,
         }
     }
 
@@ -138,13 +147,14 @@ impl Completion {
             OpKind::Timeout if res == -libc::ETIME => res = 0,
             _ => {}
         }
-        let fd = if matches!(kind, OpKind::Accept | OpKind::OpenAt) && res >= 0 {
-            // SAFETY: a successful accept's or open's result is a new
-            // descriptor that nobody else owns.
-            Some(unsafe { OwnedFd::from_raw_fd(res) })
-        } else {
-            None
-        };
+        let fd =
+            if matches!(kind, OpKind::Accept | OpKind::AcceptMulti | OpKind::OpenAt) && res >= 0 {
+                // SAFETY: a successful accept's or open's result is a new
+                // descriptor that nobody else owns.
+                Some(unsafe { OwnedFd::from_raw_fd(res) })
+            } else {
+                None
+            };
         let extra = match (addr, bufs, statx) {
             (Some(a), _, _) if kind == OpKind::RecvFrom && res >= 0 => Extra::Addr(a),
             (_, Some(b), _) => Extra::Bufs(Box::new(b)),
@@ -160,6 +170,9 @@ impl Completion {
             kind,
             fd,
             extra,
+            pooled: None,
+            more: false,
+            seq: 0,
         }
     }
 
@@ -262,6 +275,9 @@ impl fmt::Debug for Completion {
             .field("buf_len", &self.buf.as_ref().map(Vec::len))
             .field("fd", &self.fd)
             .field("extra", &self.extra)
+            .field("pooled", &self.pooled)
+            .field("more", &self.more)
+            .field("seq", &self.seq)
             .finish()
     }
 }

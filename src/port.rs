@@ -172,6 +172,11 @@ impl CompletionPort {
         self.inner.backend.kind()
     }
 
+    /// The backend itself (for `provided.rs`).
+    pub(crate) fn backend_ref(&self) -> &Backend {
+        &self.inner.backend
+    }
+
     /// Why that backend was chosen.
     pub fn backend_reason(&self) -> &str {
         &self.inner.reason

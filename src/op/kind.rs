@@ -44,12 +44,20 @@ pub enum OpKind {
     Fallocate,
     /// Shut down one or both directions of a socket.
     Shutdown,
+    /// Accept connections, one completion each, from one submission.
+    AcceptMulti,
+    /// Receive into a [`BufferPool`](crate::BufferPool), one completion per
+    /// chunk received, from one submission.
+    RecvMulti,
 }
+
+/// The number of kinds of operations.
+const KINDS: usize = 21;
 
 impl OpKind {
     /// Every kind of operation an [`Op`](super::Op) can be (all but [`OpKind::Post`]),
     /// files first, then sockets, then the rest.
-    pub const ALL: [OpKind; 19] = [
+    pub const ALL: [OpKind; KINDS] = [
         OpKind::Nop,
         OpKind::Read,
         OpKind::Write,
@@ -69,6 +77,8 @@ impl OpKind {
         OpKind::Shutdown,
         OpKind::SendFile,
         OpKind::Timeout,
+        OpKind::AcceptMulti,
+        OpKind::RecvMulti,
     ];
 
     /// This kind's place in [`OpKind::ALL`]; `None` for `Post`. An exhaustive
@@ -95,6 +105,8 @@ impl OpKind {
             OpKind::Shutdown => 16,
             OpKind::SendFile => 17,
             OpKind::Timeout => 18,
+            OpKind::AcceptMulti => 19,
+            OpKind::RecvMulti => 20,
         })
     }
 }
@@ -130,13 +142,13 @@ impl std::fmt::Display for OpPath {
 /// timeout ([`Op::timeout_after`](super::Op::timeout_after)).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct OpPaths {
-    paths: [OpPath; 19],
+    paths: [OpPath; KINDS],
     link_timeout: OpPath,
 }
 
 impl OpPaths {
     pub(crate) fn new(mut path: impl FnMut(OpKind) -> OpPath, link_timeout: OpPath) -> OpPaths {
-        let mut paths = [OpPath::Emulated; 19];
+        let mut paths = [OpPath::Emulated; KINDS];
         for (p, k) in paths.iter_mut().zip(OpKind::ALL) {
             *p = path(k);
         }

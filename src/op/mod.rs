@@ -26,6 +26,7 @@ use socket2::SockAddr;
 use crate::completion::Output;
 
 mod kind;
+mod multishot;
 
 pub use kind::{OpKind, OpPath, OpPaths};
 
@@ -127,6 +128,16 @@ pub(crate) enum OpBody {
     Shutdown {
         fd: RawFd,
         how: i32,
+    },
+    /// `Op::accept_multishot` (`multishot.rs`).
+    AcceptMulti {
+        fd: RawFd,
+    },
+    /// `Op::recv_multishot` (`multishot.rs`).
+    RecvMulti {
+        fd: RawFd,
+        pool: std::sync::Arc<crate::provided::Shared>,
+        flags: i32,
     },
 }
 
@@ -611,7 +622,9 @@ impl Op {
             | OpBody::ReadV { fd, .. }
             | OpBody::WriteV { fd, .. }
             | OpBody::Fallocate { fd, .. }
-            | OpBody::Shutdown { fd, .. } => Some(*fd),
+            | OpBody::Shutdown { fd, .. }
+            | OpBody::AcceptMulti { fd }
+            | OpBody::RecvMulti { fd, .. } => Some(*fd),
             OpBody::SendFile { sock, .. } => Some(*sock),
             OpBody::Close { fd } => Some(fd.as_raw_fd()),
         }
@@ -640,6 +653,8 @@ impl OpBody {
             OpBody::Statx { .. } => OpKind::Statx,
             OpBody::Fallocate { .. } => OpKind::Fallocate,
             OpBody::Shutdown { .. } => OpKind::Shutdown,
+            OpBody::AcceptMulti { .. } => OpKind::AcceptMulti,
+            OpBody::RecvMulti { .. } => OpKind::RecvMulti,
         }
     }
 }

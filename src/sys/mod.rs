@@ -309,6 +309,18 @@ impl Backend {
         }
     }
 
+    /// A pool of `count` buffers of `size` bytes for multishot receives.
+    pub(crate) fn buffer_pool(
+        &self,
+        count: usize,
+        size: usize,
+    ) -> Result<std::sync::Arc<crate::provided::Shared>> {
+        match self {
+            Backend::Uring(d) => d.buffer_pool(count, size),
+            Backend::Epoll(d) => d.buffer_pool(count, size),
+        }
+    }
+
     /// How each kind of operation runs on this backend.
     pub(crate) fn op_paths(&self) -> crate::op::OpPaths {
         match self {

@@ -53,6 +53,18 @@ macro_rules! echo_test {
             fn epoll() {
                 super::run("epoll", concat!(module_path!(), "::epoll"), $excl, body);
             }
+
+            // The same against `ringport echo --plain-recv` (a recv with its own
+            // buffer per connection instead of the multishot receive).
+            #[test]
+            fn uring_plain() {
+                super::run("uring+plain", concat!(module_path!(), "::uring_plain"), $excl, body);
+            }
+
+            #[test]
+            fn epoll_plain() {
+                super::run("epoll+plain", concat!(module_path!(), "::epoll_plain"), $excl, body);
+            }
         }
     };
 }
@@ -141,9 +153,9 @@ impl Server {
             .find(|l| l.to_ascii_lowercase().contains("unsupported"));
         match why {
             Some(why) if !status.success() && !bogus => {
-                let issue = match backend {
-                    "epoll" => "epoll backend not built yet (issue 4)",
-                    _ => "io_uring unavailable on this machine",
+                let issue = match backend.starts_with("epoll") {
+                    true => "epoll backend not built yet (issue 4)",
+                    false => "io_uring unavailable on this machine",
                 };
                 eprintln!("skipped: {issue}: {} [{test}]", why.trim());
                 None
@@ -158,14 +170,13 @@ impl Server {
     /// Runs `ringport echo --listen listen --backend backend` and waits (at most
     /// `T`) until it prints `listening on ...` or exits.
     fn launch(backend: &'static str, listen: SocketAddr) -> Launch {
+        // "uring+plain": `--backend uring --plain-recv`.
+        let (name, plain) = backend
+            .split_once('+')
+            .map_or((backend, false), |(b, _)| (b, true));
         let mut child = Command::new(BIN)
-            .args([
-                "echo",
-                "--listen",
-                &listen.to_string(),
-                "--backend",
-                backend,
-            ])
+            .args(["echo", "--listen", &listen.to_string(), "--backend", name])
+            .args(plain.then_some("--plain-recv"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -234,9 +245,9 @@ impl Server {
     /// The server must run the backend it was told to, not fall back to another.
     #[track_caller]
     fn assert_backend(&self, line: &str) {
-        let want = match self.backend {
-            "epoll" => "(backend epoll,",
-            _ => "(backend io_uring,",
+        let want = match self.backend.starts_with("epoll") {
+            true => "(backend epoll,",
+            false => "(backend io_uring,",
         };
         assert!(
             line.contains(want),

@@ -15,6 +15,7 @@ mod dgram;
 mod echo;
 mod fallback;
 mod hyper_bridge;
+mod multishot;
 mod ops;
 mod ops2;
 mod order;

@@ -1,4 +1,6 @@
 //! `ringport echo`: a TCP echo server on the completion port and its pool.
+//! This file is the `--plain-recv` path and the flags; the default path, a
+//! multishot receive into a provided-buffer pool, is `echo_multi.rs`.
 //!
 //! Every connection has exactly one operation in flight (a recv, or the send of
 //! what that recv returned), so two handlers never work on the same connection at
@@ -35,9 +37,22 @@ pub struct EchoArgs {
     /// Burn this many microseconds of CPU before echoing a message whose first byte is '!'.
     #[arg(long, default_value_t = 0)]
     pub(crate) spin_us: u64,
-    /// Receive buffer per connection, in bytes.
+    /// Receive buffer size, in bytes: of each pool buffer, or (with
+    /// `--plain-recv`) of each connection's own buffer.
     #[arg(long, default_value_t = 4096)]
     pub(crate) buf_size: usize,
+    /// Receive with one recv and its own buffer per connection, instead of a
+    /// multishot receive into a shared provided-buffer pool (the default).
+    #[arg(long)]
+    pub(crate) plain_recv: bool,
+    /// Operations in flight at most: each open connection keeps one receive
+    /// in flight, so this caps the connections served (io_uring allows up to
+    /// 32768).
+    #[arg(long, default_value_t = 32768)]
+    pub(crate) max_in_flight: usize,
+    /// Buffers in the shared receive pool (1 to 32768; without `--plain-recv`).
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) pool_buffers: usize,
     /// Accepts kept outstanding on the listener.
     #[arg(long, default_value_t = 16)]
     pub(crate) accepts: usize,
@@ -84,11 +99,16 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         return crate::echo_async::run(args);
     }
     signals::block()?;
-    let mut builder = CompletionPort::builder().concurrency(args.concurrency);
+    let mut builder = CompletionPort::builder()
+        .concurrency(args.concurrency)
+        .max_in_flight(args.max_in_flight);
     if let Some(b) = args.backend {
         builder = builder.backend(b);
     }
     let port = builder.build()?;
+    if !args.plain_recv {
+        return crate::echo_multi::run(args, port);
+    }
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr()?;

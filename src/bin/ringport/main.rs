@@ -3,6 +3,7 @@
 mod bench;
 mod echo;
 mod echo_async;
+mod echo_multi;
 mod info;
 mod serve;
 mod signals;

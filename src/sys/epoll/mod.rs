@@ -53,6 +53,7 @@
 //! Difference: closing a socket through `Op::close` (or `disassociate`) cancels
 //! the operations still queued on it, which io_uring would leave pending.
 
+mod multi;
 mod sock;
 pub(crate) use sock::block_sigpipe_here;
 
@@ -102,6 +103,8 @@ struct Record {
     /// Its linked timeout (`Op::timeout_after`): a timer entry
     /// `(deadline, id | DEADLINE_BIT)` cancels it if it is still waiting then.
     deadline: Option<Instant>,
+    /// Completions a multishot operation has produced (`multi.rs`).
+    parts: u32,
 }
 
 #[derive(Debug)]
@@ -167,6 +170,8 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     files: Workers<Shared>,
     max_in_flight: usize,
+    /// Identifies this driver's buffer pools (`multi.rs`).
+    owner: u64,
 }
 
 impl Driver {
@@ -217,6 +222,7 @@ impl Driver {
             files: Workers::new(shared.clone(), workers),
             shared,
             max_in_flight: cfg.max_in_flight.max(1),
+            owner: crate::provided::new_owner_id(),
         })
     }
 
@@ -361,6 +367,7 @@ impl Driver {
             user_data,
             wait: wait(),
             deadline,
+            parts: 0,
         });
         if let Wait::Timer(at) = inner.ops.get(id).map(|r| &r.wait).expect("just inserted") {
             let at = *at;
@@ -429,6 +436,9 @@ impl Driver {
                 let rc = unsafe { libc::close(fd.into_raw_fd()) };
                 let res = if rc < 0 { -errno() } else { 0 };
                 self.done_now(id, res, OpBody::Nop)
+            }
+            OpBody::AcceptMulti { .. } | OpBody::RecvMulti { .. } => {
+                self.submit_multi(op, key, user_data)
             }
             OpBody::Recv { fd, .. }
             | OpBody::Send { fd, .. }
@@ -516,9 +526,15 @@ impl Driver {
                 let mut g = lock(&q.q);
                 let g = &mut *g;
                 let mut found = None;
+                let (closed, blocked) = (g.read_closed, g.read_blocked);
                 for queue in [&mut g.read, &mut g.write] {
                     if let Some(i) = queue.iter().position(|p| p.id == id) {
                         let mut p = queue.remove(i).expect("position is in range");
+                        if multi::is_multi(&p.body) {
+                            let tries = i == 0 && !blocked;
+                            self.cancel_multi(p, tries, q.stream, closed);
+                            return Ok(None);
+                        }
                         let res = if i == 0 {
                             try_op(&mut p).unwrap_or(-libc::ECANCELED)
                         } else {
@@ -625,6 +641,7 @@ impl Driver {
         g.read_closed |= closed;
         let read_closed = g.read_closed;
         let mut finished = Vec::new();
+        let mut parts = Vec::new();
         for (ready, queue, blocked) in [
             (readable, &mut g.read, &mut g.read_blocked),
             (writable, &mut g.write, &mut g.write_blocked),
@@ -634,6 +651,15 @@ impl Driver {
             }
             *blocked = false;
             while let Some(front) = queue.front_mut() {
+                if multi::is_multi(&front.body) {
+                    // Until it would block (or is drained), or it ends.
+                    let Some(res) = multi::run(front, q.stream, read_closed, &mut parts).0 else {
+                        *blocked = true;
+                        break;
+                    };
+                    finished.extend(queue.pop_front().map(|p| (p, res)));
+                    continue;
+                }
                 match try_op(front) {
                     None => {
                         *blocked = true;
@@ -652,10 +678,12 @@ impl Driver {
                 }
             }
         }
-        if finished.is_empty() {
+        if finished.is_empty() && parts.is_empty() {
             return;
         }
         let mut inner = lock(&self.shared.inner);
+        // A multishot operation's partial results come before its end.
+        multi::part_completions(&mut inner, parts, out);
         for (p, res) in finished {
             out.extend(finish(&mut inner, p.id, res, p.body));
         }
@@ -775,12 +803,14 @@ fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Complet
     if let Some(at) = rec.deadline {
         inner.timers.remove(&(at, id.0 | DEADLINE_BIT));
     }
-    Some(Completion::from_raw(
+    let c = Completion::from_raw(
         id,
         rec.kind,
         rec.key,
         rec.user_data,
         res,
         body.into_output(),
-    ))
+    );
+    // (A multishot operation's final completion comes after its `parts`.)
+    Some(c.multishot(false, None, rec.parts))
 }

@@ -78,6 +78,7 @@
 //! without `LINK_TIMEOUT`.
 
 mod fallback;
+mod multi;
 mod ops;
 mod probe;
 mod records;
@@ -156,7 +157,16 @@ impl Driver {
     /// A driver whose optional opcodes are what the kernel offers, adjusted by
     /// `adjust` (tests switch them off to take the fallbacks).
     fn with_support(cfg: Config, adjust: impl FnOnce(&mut Support)) -> io::Result<Driver> {
-        let core = Core::with_support(cfg, adjust)?;
+        Driver::with_support_multi(cfg, adjust, None)
+    }
+
+    /// `with_support`, with multishot support forced to `multi` if given (tests).
+    fn with_support_multi(
+        cfg: Config,
+        adjust: impl FnOnce(&mut Support),
+        multi: Option<multi::MultiSupport>,
+    ) -> io::Result<Driver> {
+        let core = Core::with_support(cfg, adjust, multi)?;
         // A full round trip proves the ring works (some sandboxes let setup
         // succeed and then fail every submission). A NOP is done when submitted,
         // so this thread may submit it whatever it is.
@@ -211,6 +221,9 @@ pub(crate) struct Core {
     support: Support,
     /// Worker threads for opcodes the kernel lacks; made on first use.
     fallback: OnceLock<Fallback>,
+    /// Multishot support, and the provided-buffer rings (`multi.rs`).
+    multi: multi::MultiSupport,
+    bufs: multi::Pools,
     /// SQEs pushed since the ring was made. Written only under `inner` (so a
     /// holder of `inner` reads a stable value); `pushed − SQ length` is then how
     /// many the kernel has consumed.
@@ -246,7 +259,11 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    fn with_support(cfg: Config, adjust: impl FnOnce(&mut Support)) -> io::Result<Arc<Core>> {
+    fn with_support(
+        cfg: Config,
+        adjust: impl FnOnce(&mut Support),
+        multi: Option<multi::MultiSupport>,
+    ) -> io::Result<Arc<Core>> {
         let entries = cfg.entries.clamp(2, 32768).next_power_of_two();
         // The CQ must hold every operation in flight plus internal CQEs (wakes and
         // cancels), so it can never overflow: size it to twice max_in_flight.
@@ -280,6 +297,12 @@ impl Core {
             max_in_flight,
             support,
             fallback: OnceLock::new(),
+            multi: multi.unwrap_or_else(|| {
+                multi::multishot_support(
+                    &std::env::var("RINGPORT_URING_OPS_OFF").unwrap_or_default(),
+                )
+            }),
+            bufs: multi::Pools::new(),
             pushed: AtomicU64::new(0),
             combined: AtomicU64::new(NO_COMBINED),
             backlog: Mutex::new(VecDeque::new()),
@@ -384,6 +407,11 @@ impl Core {
                     rec.aux = Aux::Transfer(Box::new(t));
                     (Some(head), tail)
                 })
+        } else if matches!(body, OpBody::AcceptMulti { .. } | OpBody::RecvMulti { .. }) {
+            self.build_multi(&body, link.is_some()).map(|(sqe, aux)| {
+                rec.aux = aux;
+                (None, sqe)
+            })
         } else if self.path(kind) == OpPath::Worker {
             return self.submit_to_worker(inner, rec, body, link, flush);
         } else if let (OpBody::Shutdown { fd, how }, false) = (&body, self.support.shutdown) {
@@ -502,6 +530,8 @@ impl Core {
             OpKind::OpenAt => native(s.openat, OpPath::Worker),
             OpKind::Statx => native(s.statx, OpPath::Worker),
             OpKind::Fallocate => native(s.fallocate, OpPath::Worker),
+            OpKind::AcceptMulti => native(self.multi.accept, OpPath::Emulated),
+            OpKind::RecvMulti => native(self.multi.recv, OpPath::Emulated),
             _ => OpPath::Uring,
         }
     }
@@ -894,7 +924,16 @@ impl Core {
                 _ => {
                     let id = OpId(ud & !LEG_BIT);
                     let head = ud & LEG_BIT != 0;
-                    out.extend(inner.on_cqe(id, head, cqe.result(), &mut follow));
+                    let multi = inner
+                        .ops
+                        .get(id)
+                        .is_some_and(|r| matches!(r.aux, Aux::Multi(_)));
+                    if multi {
+                        let (res, flags) = (cqe.result(), cqe.flags());
+                        self.on_multi_cqe(&mut inner, id, res, flags, out, &mut follow);
+                    } else {
+                        out.extend(inner.on_cqe(id, head, cqe.result(), &mut follow));
+                    }
                 }
             }
         }
@@ -1016,6 +1055,9 @@ fn submitter(core: Weak<Core>) {
 
 #[cfg(all(test, not(loom)))]
 mod fallback_tests;
+
+#[cfg(all(test, not(loom)))]
+mod multi_tests;
 
 #[cfg(all(test, not(loom)))]
 mod tests {

@@ -33,6 +33,8 @@ pub(super) enum Aux {
     Iov(IoVecs),
     /// The operation runs on a worker thread (`fallback.rs`); its body is there.
     Worker,
+    /// A multishot operation (`multi.rs`).
+    Multi(super::multi::Multi),
 }
 
 /// The `iovec` array of a `READV`/`WRITEV`, one entry per buffer of the op body.
@@ -326,5 +328,7 @@ pub(super) fn build(body: &mut OpBody) -> Result<(squeue::Entry, Aux), i32> {
             (sqe, Aux::None)
         }
         OpBody::Shutdown { fd, how } => (opcode::Shutdown::new(Fd(*fd), *how).build(), Aux::None),
+        // Built by the driver (`multi.rs`), which knows what the kernel offers.
+        OpBody::AcceptMulti { .. } | OpBody::RecvMulti { .. } => return Err(-libc::EINVAL),
     })
 }

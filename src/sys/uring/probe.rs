@@ -68,7 +68,13 @@ pub(crate) fn probe() -> io::Result<Probe> {
     ]
     .into_iter()
     .map(|(name, code)| (name, kp.is_supported(code)))
-    .collect();
+    .collect::<Vec<_>>();
+    // Not opcodes: multishot flavours and the buffer ring, by kernel version.
+    let m = super::multi::multishot_support("");
+    let mut ops = ops;
+    ops.push(("PBUF_RING", m.pbuf_ring));
+    ops.push(("ACCEPT_MULTISHOT", m.accept));
+    ops.push(("RECV_MULTISHOT", m.recv));
     Ok(Probe { features, ops })
 }
 

@@ -162,6 +162,9 @@ pub(super) fn remove_timer(id: OpId) -> squeue::Entry {
 /// round).
 pub(super) fn cancel_sqes(id: OpId, rec: &mut Record) -> Vec<squeue::Entry> {
     let mut sqes = Vec::with_capacity(2);
+    if let Aux::Multi(m) = &mut rec.aux {
+        m.cancel();
+    }
     if let Aux::Transfer(t) = &mut rec.aux {
         t.cancel();
         sqes.push(

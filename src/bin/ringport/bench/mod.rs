@@ -2,6 +2,7 @@
 
 mod designs;
 mod echo;
+mod idle;
 mod nop;
 
 use clap::Subcommand;
@@ -13,12 +14,15 @@ pub enum BenchCommand {
     Nop(nop::NopArgs),
     /// Closed-loop ping-pong load against an echo server.
     Echo(echo::EchoBenchArgs),
+    /// Opens N connections to a server and holds them idle (see bench/idle-memory.sh).
+    Idle(idle::IdleArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
         BenchCommand::Nop(args) => nop::run(&args),
         BenchCommand::Echo(args) => echo::run(&args),
+        BenchCommand::Idle(args) => idle::run(&args),
     }
 }
 
