@@ -1,5 +1,8 @@
 //! The kinds of operations, and how a backend carries out each kind.
 
+/// How many kinds of operations there are (all but [`OpKind::Post`]).
+const KINDS: usize = 22;
+
 /// The kind of an operation, as reported in its [`Completion`](crate::Completion).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -44,12 +47,18 @@ pub enum OpKind {
     Fallocate,
     /// Shut down one or both directions of a socket.
     Shutdown,
+    /// Send on a socket without copying the bytes (`Op::send_zc`).
+    SendZc,
+    /// Read at an offset into a registered buffer (`Op::read_fixed`).
+    ReadFixed,
+    /// Write from a registered buffer at an offset (`Op::write_fixed`).
+    WriteFixed,
 }
 
 impl OpKind {
     /// Every kind of operation an [`Op`](super::Op) can be (all but [`OpKind::Post`]),
     /// files first, then sockets, then the rest.
-    pub const ALL: [OpKind; 19] = [
+    pub const ALL: [OpKind; KINDS] = [
         OpKind::Nop,
         OpKind::Read,
         OpKind::Write,
@@ -60,8 +69,11 @@ impl OpKind {
         OpKind::Statx,
         OpKind::Fallocate,
         OpKind::Close,
+        OpKind::ReadFixed,
+        OpKind::WriteFixed,
         OpKind::Recv,
         OpKind::Send,
+        OpKind::SendZc,
         OpKind::RecvFrom,
         OpKind::SendTo,
         OpKind::Accept,
@@ -86,15 +98,18 @@ impl OpKind {
             OpKind::Statx => 7,
             OpKind::Fallocate => 8,
             OpKind::Close => 9,
-            OpKind::Recv => 10,
-            OpKind::Send => 11,
-            OpKind::RecvFrom => 12,
-            OpKind::SendTo => 13,
-            OpKind::Accept => 14,
-            OpKind::Connect => 15,
-            OpKind::Shutdown => 16,
-            OpKind::SendFile => 17,
-            OpKind::Timeout => 18,
+            OpKind::ReadFixed => 10,
+            OpKind::WriteFixed => 11,
+            OpKind::Recv => 12,
+            OpKind::Send => 13,
+            OpKind::SendZc => 14,
+            OpKind::RecvFrom => 15,
+            OpKind::SendTo => 16,
+            OpKind::Accept => 17,
+            OpKind::Connect => 18,
+            OpKind::Shutdown => 19,
+            OpKind::SendFile => 20,
+            OpKind::Timeout => 21,
         })
     }
 }
@@ -130,13 +145,13 @@ impl std::fmt::Display for OpPath {
 /// timeout ([`Op::timeout_after`](super::Op::timeout_after)).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct OpPaths {
-    paths: [OpPath; 19],
+    paths: [OpPath; KINDS],
     link_timeout: OpPath,
 }
 
 impl OpPaths {
     pub(crate) fn new(mut path: impl FnMut(OpKind) -> OpPath, link_timeout: OpPath) -> OpPaths {
-        let mut paths = [OpPath::Emulated; 19];
+        let mut paths = [OpPath::Emulated; KINDS];
         for (p, k) in paths.iter_mut().zip(OpKind::ALL) {
             *p = path(k);
         }

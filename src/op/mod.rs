@@ -24,8 +24,11 @@ use std::time::Duration;
 use socket2::SockAddr;
 
 use crate::completion::Output;
+use crate::fixed::FixedBuf;
 
+mod fixed;
 mod kind;
+mod zc;
 
 pub use kind::{OpKind, OpPath, OpPaths};
 
@@ -127,6 +130,26 @@ pub(crate) enum OpBody {
     Shutdown {
         fd: RawFd,
         how: i32,
+    },
+    /// `Op::send_zc`: like `Send`, without copying the bytes (`zc.rs`).
+    SendZc {
+        fd: RawFd,
+        buf: Vec<u8>,
+        pos: usize,
+        flags: i32,
+    },
+    /// `Op::read_fixed` (`fixed.rs`).
+    ReadFixed {
+        fd: RawFd,
+        buf: FixedBuf,
+        offset: u64,
+    },
+    /// `Op::write_fixed`: writes `buf[pos..]`.
+    WriteFixed {
+        fd: RawFd,
+        buf: FixedBuf,
+        pos: usize,
+        offset: u64,
     },
 }
 
@@ -611,7 +634,10 @@ impl Op {
             | OpBody::ReadV { fd, .. }
             | OpBody::WriteV { fd, .. }
             | OpBody::Fallocate { fd, .. }
-            | OpBody::Shutdown { fd, .. } => Some(*fd),
+            | OpBody::Shutdown { fd, .. }
+            | OpBody::SendZc { fd, .. }
+            | OpBody::ReadFixed { fd, .. }
+            | OpBody::WriteFixed { fd, .. } => Some(*fd),
             OpBody::SendFile { sock, .. } => Some(*sock),
             OpBody::Close { fd } => Some(fd.as_raw_fd()),
         }
@@ -640,6 +666,9 @@ impl OpBody {
             OpBody::Statx { .. } => OpKind::Statx,
             OpBody::Fallocate { .. } => OpKind::Fallocate,
             OpBody::Shutdown { .. } => OpKind::Shutdown,
+            OpBody::SendZc { .. } => OpKind::SendZc,
+            OpBody::ReadFixed { .. } => OpKind::ReadFixed,
+            OpBody::WriteFixed { .. } => OpKind::WriteFixed,
         }
     }
 }
@@ -658,12 +687,17 @@ impl OpBody {
             | OpBody::Write { buf, .. }
             | OpBody::Recv { buf, .. }
             | OpBody::Send { buf, .. }
+            | OpBody::SendZc { buf, .. }
             | OpBody::SendTo { buf, .. } => Output {
                 buf: Some(buf),
                 ..Output::default()
             },
             OpBody::ReadV { bufs, .. } | OpBody::WriteV { bufs, .. } => Output {
                 bufs: Some(bufs),
+                ..Output::default()
+            },
+            OpBody::ReadFixed { buf, .. } | OpBody::WriteFixed { buf, .. } => Output {
+                fixed: Some(buf),
                 ..Output::default()
             },
             OpBody::Statx { out, .. } => Output {

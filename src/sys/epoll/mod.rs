@@ -166,6 +166,8 @@ pub(crate) struct Driver {
     shared: Arc<Shared>,
     files: Workers<Shared>,
     max_in_flight: usize,
+    /// This driver's id for fixed-buffer sets (`fixed.rs`).
+    fixed_owner: u64,
 }
 
 impl Driver {
@@ -216,11 +218,21 @@ impl Driver {
             files: Workers::new(shared.clone(), workers),
             shared,
             max_in_flight: cfg.max_in_flight.max(1),
+            fixed_owner: crate::fixed::next_owner_id(),
         })
     }
 
     pub(crate) fn max_in_flight(&self) -> usize {
         self.max_in_flight
+    }
+
+    pub(crate) fn fixed_owner(&self) -> u64 {
+        self.fixed_owner
+    }
+
+    /// Whether `fd` is a socket registered with this driver.
+    fn is_registered(&self, fd: RawFd) -> bool {
+        lock(&self.shared.fds).contains_key(&fd)
     }
 
     /// The path of every kind of operation (for port statistics): files on
@@ -235,7 +247,10 @@ impl Driver {
             | OpKind::Fsync
             | OpKind::OpenAt
             | OpKind::Statx
-            | OpKind::Fallocate => OpPath::Worker,
+            | OpKind::Fallocate
+            // (on a socket: readiness, like a receive or a send)
+            | OpKind::ReadFixed
+            | OpKind::WriteFixed => OpPath::Worker,
             _ => OpPath::Emulated,
         };
         OpPaths::new(path, OpPath::Emulated)
@@ -396,6 +411,20 @@ impl Driver {
                 self.notify();
                 Ok((id, None))
             }
+            OpBody::ReadFixed { buf, .. } | OpBody::WriteFixed { buf, .. }
+                if !buf.belongs_to(self.fixed_owner) =>
+            {
+                // A lease from another port's set.
+                let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
+                self.done_now(id, -libc::EINVAL, op.body)
+            }
+            OpBody::ReadFixed { fd, .. } | OpBody::WriteFixed { fd, .. }
+                if !self.is_registered(*fd) =>
+            {
+                let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
+                self.files.push(id, op.body);
+                Ok((id, None))
+            }
             OpBody::Read { .. }
             | OpBody::Write { .. }
             | OpBody::Fsync { .. }
@@ -435,6 +464,9 @@ impl Driver {
             | OpBody::SendTo { fd, .. }
             | OpBody::Accept { fd }
             | OpBody::Connect { fd, .. }
+            | OpBody::SendZc { fd, .. }
+            | OpBody::ReadFixed { fd, .. }
+            | OpBody::WriteFixed { fd, .. }
             | OpBody::SendFile { sock: fd, .. } => {
                 let fd = *fd;
                 let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
@@ -456,7 +488,10 @@ impl Driver {
                 }
                 let is_read = matches!(
                     p.body,
-                    OpBody::Recv { .. } | OpBody::RecvFrom { .. } | OpBody::Accept { .. }
+                    OpBody::Recv { .. }
+                        | OpBody::RecvFrom { .. }
+                        | OpBody::Accept { .. }
+                        | OpBody::ReadFixed { .. }
                 );
                 // A connect must be started by its own system call.
                 let must_try = matches!(p.body, OpBody::Connect { .. });

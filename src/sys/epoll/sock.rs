@@ -76,6 +76,13 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
                 buf,
                 pos,
                 flags,
+            }
+            // Zero-copy send on epoll: a plain, copying send (see `Op::send_zc`).
+            | OpBody::SendZc {
+                fd,
+                buf,
+                pos,
+                flags,
             } => {
                 let rest = &buf[*pos..];
                 // SAFETY: reads `rest.len()` initialised bytes we own.
@@ -212,6 +219,35 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
                 attempt(without_sigpipe(|| unsafe {
                     libc::sendfile(sock, file, &mut off, count)
                 }))
+            }
+            // A registered buffer on a socket: receive or send in place. The
+            // offset must be 0, as for `read(2)` on a socket.
+            OpBody::ReadFixed { offset, .. } | OpBody::WriteFixed { offset, .. } if *offset != 0 => {
+                Ok(Some(-libc::ESPIPE))
+            }
+            OpBody::ReadFixed { fd, buf, .. } => {
+                // SAFETY: the kernel writes at most `capacity` bytes into the
+                // leased buffer, which this operation owns.
+                attempt(unsafe {
+                    libc::recv(
+                        *fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.capacity(),
+                        libc::MSG_DONTWAIT,
+                    )
+                })
+            }
+            OpBody::WriteFixed { fd, buf, pos, .. } => {
+                let rest = &buf[*pos..];
+                // SAFETY: reads `rest.len()` initialised bytes of the lease.
+                attempt(unsafe {
+                    libc::send(
+                        *fd,
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                })
             }
             _ => Ok(Some(-libc::EINVAL)),
         };

@@ -73,6 +73,7 @@
 //! `LINK_TIMEOUT`; found on 6.18, the timer simply never fired) and kernels
 //! without `LINK_TIMEOUT`.
 
+mod bufs;
 mod fallback;
 mod ops;
 mod probe;
@@ -131,6 +132,14 @@ pub(crate) struct Driver {
     support: Support,
     /// Worker threads for opcodes the kernel lacks; made on first use.
     fallback: OnceLock<Fallback>,
+    /// The fixed-buffer table's slots (`bufs.rs`). Never locked with `inner`
+    /// held, nor `inner` with it: a set is dropped (and clears its slots)
+    /// wherever its last lease goes.
+    slots: Mutex<bufs::Slots>,
+    /// This driver's id for fixed-buffer sets.
+    fixed_owner: u64,
+    /// Descriptors known to be sockets, or not (`bufs.rs`).
+    sockets: Mutex<bufs::SocketCache>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -171,6 +180,7 @@ impl Driver {
         let cq_entries = ring.params().cq_entries() as usize;
         let max_in_flight = cfg.max_in_flight.clamp(1, cq_entries / 2);
         let mut support = check_ops(&ring)?;
+        support.fixed &= bufs::sparse_tables(&ring);
         adjust(&mut support);
         let d = Driver {
             ring,
@@ -184,6 +194,9 @@ impl Driver {
             max_in_flight,
             support,
             fallback: OnceLock::new(),
+            slots: Mutex::default(),
+            fixed_owner: crate::fixed::next_owner_id(),
+            sockets: Mutex::default(),
         };
         // A full round trip proves the ring works (some sandboxes let setup succeed
         // and then fail every submission).
@@ -250,6 +263,11 @@ impl Driver {
                     rec.aux = Aux::Transfer(Box::new(t));
                     (Some(head), tail)
                 })
+        } else if let Some(built) = self.build_bufs(&mut body) {
+            built.map(|(sqe, aux)| {
+                rec.aux = aux;
+                (None, sqe)
+            })
         } else if self.path(kind) == OpPath::Worker {
             return self.submit_to_worker(inner, rec, body, link, flush);
         } else if let (OpBody::Shutdown { fd, how }, false) = (&body, self.support.shutdown) {
@@ -264,6 +282,9 @@ impl Driver {
                 0
             })
         } else {
+            if let OpBody::Close { fd } = &body {
+                self.forget_fd(std::os::fd::AsRawFd::as_raw_fd(fd));
+            }
             ops::build(&mut body).map(|(sqe, aux)| {
                 rec.aux = aux;
                 (None, sqe)
@@ -368,6 +389,8 @@ impl Driver {
             OpKind::OpenAt => native(s.openat, OpPath::Worker),
             OpKind::Statx => native(s.statx, OpPath::Worker),
             OpKind::Fallocate => native(s.fallocate, OpPath::Worker),
+            OpKind::SendZc => native(s.send_zc, OpPath::Emulated),
+            OpKind::ReadFixed | OpKind::WriteFixed => native(s.fixed, OpPath::Worker),
             _ => OpPath::Uring,
         }
     }
@@ -648,7 +671,7 @@ impl Driver {
                 _ => {
                     let id = OpId(ud & !LEG_BIT);
                     let head = ud & LEG_BIT != 0;
-                    out.extend(inner.on_cqe(id, head, cqe.result(), &mut follow));
+                    out.extend(inner.on_cqe(id, head, cqe.result(), cqe.flags(), &mut follow));
                 }
             }
         }
@@ -696,6 +719,7 @@ impl Driver {
         let mut sink = Vec::new();
         let mut woken = false;
         let mut round = 0u32;
+        let started = std::time::Instant::now();
         loop {
             // Cancel everything in flight, again every half second: a request
             // that was not yet visible to the kernel's cancel (the tail of a
@@ -703,9 +727,20 @@ impl Driver {
             if round % 10 == 0 {
                 let mut inner = lock(&self.inner);
                 for id in inner.ops.ids() {
-                    // (a completion from here is dropped, like the others)
-                    drop(self.cancel_locked(&mut inner, id));
+                    // (a completion from here is dropped, like the others,
+                    // but after the lock: it may hold the last lease of a
+                    // set of fixed buffers, whose drop talks to this driver)
+                    sink.extend(self.cancel_locked(&mut inner, id));
                 }
+                if started.elapsed() >= bufs::NOTIF_PATIENCE && inner.only_notifs_left() {
+                    let n = inner.abandon_notifs();
+                    tracing::warn!(
+                        "port close: {n} zero-copy sends still wait for the kernel to release \
+                         their buffers (a peer that does not read?); leaking those buffers"
+                    );
+                }
+                drop(inner);
+                sink.clear();
             }
             round += 1;
             sink.clear();
