@@ -3,6 +3,7 @@
 mod designs;
 mod echo;
 mod nop;
+mod transfer;
 
 use clap::Subcommand;
 
@@ -13,12 +14,19 @@ pub enum BenchCommand {
     Nop(nop::NopArgs),
     /// Closed-loop ping-pong load against an echo server.
     Echo(echo::EchoBenchArgs),
+    /// File → 127.0.0.1 socket throughput and sender CPU: send_file vs read + send vs read + send_zc.
+    Transfer(transfer::TransferArgs),
+    /// The transfer benchmark's sink (a child process of `bench transfer`).
+    #[command(hide = true)]
+    TransferSink(transfer::SinkArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
         BenchCommand::Nop(args) => nop::run(&args),
         BenchCommand::Echo(args) => echo::run(&args),
+        BenchCommand::Transfer(args) => transfer::run(&args),
+        BenchCommand::TransferSink(args) => transfer::sink(&args),
     }
 }
 
