@@ -32,7 +32,9 @@
 //!   wake the poller through an eventfd. `shutdown` never blocks: it is done
 //!   on the submitting thread, like a close.
 //! * `send_file` is `sendfile(2)` into the socket, tried and queued like a send
-//!   (`sock.rs`).
+//!   (`sock.rs`). `send_zc` is a plain (copying) send. Fixed buffers are plain
+//!   memory here: `read_fixed`/`write_fixed` are `pread`/`pwrite` on the file
+//!   workers, or `recv`/`send` tried and queued like any on a socket.
 //! * Timers are kept in a sorted set; the poller's `epoll_wait` timeout is
 //!   shortened to the next one. A linked timeout (`Op::timeout_after`) is a
 //!   timer entry too (its id tagged with [`DEADLINE_BIT`]): when it is due, the
@@ -53,6 +55,7 @@
 //! Difference: closing a socket through `Op::close` (or `disassociate`) cancels
 //! the operations still queued on it, which io_uring would leave pending.
 
+mod fixed;
 mod sock;
 pub(crate) use sock::block_sigpipe_here;
 
@@ -224,15 +227,6 @@ impl Driver {
 
     pub(crate) fn max_in_flight(&self) -> usize {
         self.max_in_flight
-    }
-
-    pub(crate) fn fixed_owner(&self) -> u64 {
-        self.fixed_owner
-    }
-
-    /// Whether `fd` is a socket registered with this driver.
-    fn is_registered(&self, fd: RawFd) -> bool {
-        lock(&self.shared.fds).contains_key(&fd)
     }
 
     /// The path of every kind of operation (for port statistics): files on
@@ -411,19 +405,9 @@ impl Driver {
                 self.notify();
                 Ok((id, None))
             }
-            OpBody::ReadFixed { buf, .. } | OpBody::WriteFixed { buf, .. }
-                if !buf.belongs_to(self.fixed_owner) =>
-            {
-                // A lease from another port's set.
-                let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
-                self.done_now(id, -libc::EINVAL, op.body)
-            }
-            OpBody::ReadFixed { fd, .. } | OpBody::WriteFixed { fd, .. }
-                if !self.is_registered(*fd) =>
-            {
-                let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
-                self.files.push(id, op.body);
-                Ok((id, None))
+            // (on a registered socket: below, like a receive or a send)
+            OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. } if !self.fixed_on_socket(&op) => {
+                self.submit_fixed(op, key, user_data)
             }
             OpBody::Read { .. }
             | OpBody::Write { .. }

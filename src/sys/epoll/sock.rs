@@ -44,7 +44,7 @@ pub(super) fn errno() -> i32 {
 }
 
 /// Turns a syscall's return value into an attempt. `EINTR` is retried by the caller.
-fn attempt(rc: isize) -> Result<Attempt, ()> {
+pub(super) fn attempt(rc: isize) -> Result<Attempt, ()> {
     if rc >= 0 {
         return Ok(Some(rc.min(i32::MAX as isize) as i32));
     }
@@ -220,34 +220,8 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
                     libc::sendfile(sock, file, &mut off, count)
                 }))
             }
-            // A registered buffer on a socket: receive or send in place. The
-            // offset must be 0, as for `read(2)` on a socket.
-            OpBody::ReadFixed { offset, .. } | OpBody::WriteFixed { offset, .. } if *offset != 0 => {
-                Ok(Some(-libc::ESPIPE))
-            }
-            OpBody::ReadFixed { fd, buf, .. } => {
-                // SAFETY: the kernel writes at most `capacity` bytes into the
-                // leased buffer, which this operation owns.
-                attempt(unsafe {
-                    libc::recv(
-                        *fd,
-                        buf.as_mut_ptr().cast(),
-                        buf.capacity(),
-                        libc::MSG_DONTWAIT,
-                    )
-                })
-            }
-            OpBody::WriteFixed { fd, buf, pos, .. } => {
-                let rest = &buf[*pos..];
-                // SAFETY: reads `rest.len()` initialised bytes of the lease.
-                attempt(unsafe {
-                    libc::send(
-                        *fd,
-                        rest.as_ptr().cast(),
-                        rest.len(),
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                })
+            body @ (OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. }) => {
+                super::fixed::try_fixed(body)
             }
             _ => Ok(Some(-libc::EINVAL)),
         };

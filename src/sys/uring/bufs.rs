@@ -144,11 +144,24 @@ pub(super) fn plain_send(body: &OpBody) -> Option<squeue::Entry> {
 }
 
 impl Inner {
+    /// Port close, `started` when it began: once [`NOTIF_PATIENCE`] has
+    /// passed with nothing but notifications left to wait for, stops waiting
+    /// for them (`abandon_notifs`).
+    pub(super) fn give_up_on_notifs(&mut self, started: std::time::Instant) {
+        if started.elapsed() >= NOTIF_PATIENCE && self.only_notifs_left() {
+            let n = self.abandon_notifs();
+            tracing::warn!(
+                "port close: {n} zero-copy sends still wait for the kernel to release their \
+                 buffers (a peer that does not read?); leaking those buffers"
+            );
+        }
+    }
+
     /// Ends the wait for notifications that have not come (port close): the
     /// records of zero-copy sends whose only missing CQE is the notification
     /// are dropped from the table, and their buffers leaked — the kernel may
     /// still read them, so they are never freed. Returns how many.
-    pub(super) fn abandon_notifs(&mut self) -> usize {
+    fn abandon_notifs(&mut self) -> usize {
         let mut n = 0;
         for id in self.ops.ids() {
             let waiting = matches!(
@@ -167,7 +180,7 @@ impl Inner {
 
     /// Whether every operation left is a zero-copy send waiting only for its
     /// notification.
-    pub(super) fn only_notifs_left(&self) -> bool {
+    fn only_notifs_left(&self) -> bool {
         self.ops
             .ids()
             .into_iter()

@@ -57,10 +57,13 @@
 //! missing takes another path instead of failing: `READV`/`WRITEV`/`OPENAT`/
 //! `STATX`/`FALLOCATE` run on worker threads (`fallback.rs`), `SHUTDOWN` is
 //! called on the submitting thread, `send_file` without `SPLICE` reads and sends
-//! through a buffer (`transfer.rs`), and a linked timeout without
-//! `LINK_TIMEOUT` is a timer that cancels the operation. `PortStats::op_paths`
+//! through a buffer (`transfer.rs`), a linked timeout without
+//! `LINK_TIMEOUT` is a timer that cancels the operation, and `send_zc` and
+//! fixed buffers have their own fallbacks (`bufs.rs`). `PortStats::op_paths`
 //! and `ringport info` show which path each kind takes;
 //! `RINGPORT_URING_OPS_OFF` forces the fallbacks for testing.
+//!
+//! `send_zc` is one SQE with two CQEs, one completion (`bufs.rs`).
 //!
 //! # Linked timeouts
 //!
@@ -727,18 +730,11 @@ impl Driver {
             if round % 10 == 0 {
                 let mut inner = lock(&self.inner);
                 for id in inner.ops.ids() {
-                    // (a completion from here is dropped, like the others,
-                    // but after the lock: it may hold the last lease of a
-                    // set of fixed buffers, whose drop talks to this driver)
+                    // (dropped like the others, but after the lock: it may
+                    // hold a set's last lease, whose drop calls this driver)
                     sink.extend(self.cancel_locked(&mut inner, id));
                 }
-                if started.elapsed() >= bufs::NOTIF_PATIENCE && inner.only_notifs_left() {
-                    let n = inner.abandon_notifs();
-                    tracing::warn!(
-                        "port close: {n} zero-copy sends still wait for the kernel to release \
-                         their buffers (a peer that does not read?); leaking those buffers"
-                    );
-                }
+                inner.give_up_on_notifs(started);
                 drop(inner);
                 sink.clear();
             }
