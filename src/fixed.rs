@@ -358,7 +358,9 @@ impl fmt::Debug for FixedBuffers {
 pub struct FixedBuf {
     set: Arc<FixedSet>,
     index: u32,
-    len: usize,
+    /// At most the capacity, which is at most [`MAX_FIXED_SIZE`] (so a
+    /// completion carrying a lease stays small).
+    len: u32,
 }
 
 impl FixedBuf {
@@ -369,7 +371,7 @@ impl FixedBuf {
 
     /// The bytes holding data (what a write sends).
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     /// True if no byte holds data.
@@ -380,7 +382,7 @@ impl FixedBuf {
     /// Marks the first `n` bytes (at most the capacity) as data. The bytes
     /// past the old length are whatever the buffer held before.
     pub fn set_len(&mut self, n: usize) {
-        self.len = n.min(self.capacity());
+        self.len = n.min(self.capacity()) as u32;
     }
 
     /// Empties the buffer (`len() == 0`).
@@ -390,9 +392,9 @@ impl FixedBuf {
 
     /// Appends as much of `data` as fits; returns how many bytes were copied.
     pub fn extend_from_slice(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(self.capacity() - self.len);
-        let start = self.len;
-        self.len += n;
+        let start = self.len();
+        let n = data.len().min(self.capacity() - start);
+        self.len += n as u32;
         self[start..].copy_from_slice(&data[..n]);
         n
     }
@@ -433,14 +435,14 @@ impl std::ops::Deref for FixedBuf {
         // mapping, then written only by us or the kernel), and this lease is the
         // only one for this index (see `FixedSet::free`), and the kernel is not
         // writing into it: an operation that uses it owns the lease meanwhile.
-        unsafe { std::slice::from_raw_parts(self.as_mut_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts(self.as_mut_ptr(), self.len()) }
     }
 }
 
 impl std::ops::DerefMut for FixedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`, and `&mut self` makes this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.len()) }
     }
 }
 
