@@ -544,3 +544,76 @@ backend_test!(
         drop(peer);
     }
 );
+
+backend_test!(
+    a_send_zc_with_a_linked_timeout_that_fires_hands_its_buffer_back,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let (mut sender, mut peer) = tcp_pair();
+        // Small buffers (no autotuning), filled with plain writes until they
+        // stay full (the peer does not read yet).
+        socket2::SockRef::from(&peer)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&sender)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let mut filled = 0usize;
+        let junk = vec![0u8; 1 << 16];
+        for _ in 0..100 {
+            let before = filled;
+            loop {
+                match sender.write(&junk) {
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+            if filled == before {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sender.set_nonblocking(false).unwrap();
+        port.associate(&sender, 1).unwrap();
+        // A send that waits for room and gives up after 50 ms.
+        let data = pattern(1 << 20);
+        let op = Op::send_zc(&sender, data.clone()).timeout_after(Duration::from_millis(50));
+        port.submit(op, 5).unwrap();
+        // The kernel releases what a zero-copy send queued only once it is
+        // sent, so the completion waits for the peer to read (the timer has
+        // fired by then, or, on a slow machine, the send got room: both are
+        // checked below).
+        std::thread::sleep(Duration::from_millis(200));
+        peer.set_read_timeout(Some(T)).unwrap();
+        let drain = std::thread::spawn(move || {
+            let mut n = 0;
+            let mut b = vec![0; 1 << 16];
+            loop {
+                match peer.read(&mut b).unwrap() {
+                    0 => return n,
+                    k => n += k,
+                }
+            }
+        });
+        let mut c = get(&port);
+        assert_eq!(c.user_data, 5);
+        assert_eq!(c.buf.take().expect("the buffer comes back"), data);
+        let sent = match c.result {
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ECANCELED), "{e:?}");
+                0
+            }
+            Ok(n) => n, // room appeared before the timer fired (a loaded machine)
+        };
+        port.disassociate(&sender).unwrap();
+        drop(sender);
+        let n = drain.join().unwrap();
+        assert_eq!(
+            n,
+            filled + sent,
+            "the peer got exactly what was reported sent"
+        );
+    }
+);
