@@ -617,3 +617,36 @@ backend_test!(
         );
     }
 );
+
+// `TcpStream::send_zc_all` on the async face: 4 MiB reach a std client intact,
+// and the buffer comes back.
+backend_test!(send_zc_on_the_async_face, |choice: BackendChoice| {
+    use crate::rt::{block, runtime, wait_idle};
+    let rt = runtime(choice);
+    let h = rt.handle().clone();
+    let listener = block(&h, async {
+        ringport::net::TcpListener::bind("127.0.0.1:0")
+    })
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map(|_| got)
+    });
+    let data = pattern(4 << 20);
+    let d = data.clone();
+    let back = block(&h, async move {
+        let (conn, _) = listener.accept().await?;
+        let (r, back) = conn.send_zc_all(d).await;
+        r?;
+        conn.shutdown(std::net::Shutdown::Write)?;
+        Ok::<_, std::io::Error>(back)
+    })
+    .unwrap();
+    assert!(back == data, "the buffer comes back unchanged");
+    let got = reader.join().unwrap().unwrap();
+    assert!(got == data, "the bytes differ");
+    wait_idle(&h);
+});
