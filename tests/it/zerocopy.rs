@@ -650,3 +650,96 @@ backend_test!(send_zc_on_the_async_face, |choice: BackendChoice| {
     assert!(got == data, "the bytes differ");
     wait_idle(&h);
 });
+
+/// Sets or clears `CAP_IPC_LOCK` in the calling thread's effective set
+/// (capabilities are per thread); returns whether it was set before.
+fn set_ipc_lock(on: bool) -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut h = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut d = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget writes two capability data structs into `d`, which we own.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    let was = d[0].effective & (1 << CAP_IPC_LOCK) != 0;
+    if on && d[0].permitted & (1 << CAP_IPC_LOCK) != 0 {
+        d[0].effective |= 1 << CAP_IPC_LOCK;
+    } else if !on {
+        d[0].effective &= !(1 << CAP_IPC_LOCK);
+    }
+    // SAFETY: capset reads the header and the two structs; it changes only
+    // this thread's capabilities.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+    was
+}
+
+// Pinned memory counts against RLIMIT_MEMLOCK for a ring made without
+// CAP_IPC_LOCK: a set over the limit fails with a message naming it (also
+// when the kernel pinned part of it first), and nothing is left registered.
+// On epoll nothing is pinned, so the same sets register.
+backend_test!(exclusive fixed_buffers_over_the_memlock_limit_fail_clearly, |choice: BackendChoice| {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on structs we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut old) };
+    let low = libc::rlimit {
+        rlim_cur: 128 << 10,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above; restored at the end of the test.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &low) }, 0);
+    let had = set_ipc_lock(false);
+    let result = std::panic::catch_unwind(|| {
+        // A small ring: its own memory is accounted too.
+        let port = build(builder(choice).max_in_flight(8).ring_entries(8));
+        let pinned = port.stats().op_paths.get(OpKind::ReadFixed) == Some(OpPath::Uring);
+        for (count, size) in [(4, 1 << 20), (8, 32 << 10)] {
+            match port.register_buffers(count, size) {
+                Err(e) if pinned => {
+                    assert_eq!(e.kind(), ErrorKind::OutOfMemory, "{e}");
+                    assert!(e.to_string().contains("RLIMIT_MEMLOCK"), "{e}");
+                }
+                Ok(_) if !pinned => {}
+                other => panic!("{count} × {size} (pinned: {pinned}): {other:?}"),
+            }
+        }
+        // What fits still registers, and works (the partly pinned set above
+        // was cleared, or this would not fit).
+        let bufs = port
+            .register_buffers(2, 16 << 10)
+            .expect("32 KiB fit in 128 KiB");
+        let file = temp_file();
+        port.associate(&file, 1).unwrap();
+        let mut b = bufs.lease().unwrap();
+        b.extend_from_slice(b"pinned");
+        port.submit(Op::write_fixed(&file, b, 0), 0).unwrap();
+        assert_eq!(get(&port).result.unwrap(), 6);
+    });
+    set_ipc_lock(had);
+    // SAFETY: restores the limit read above.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &old) };
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+});

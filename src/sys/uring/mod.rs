@@ -735,8 +735,6 @@ impl Driver {
                     sink.extend(self.cancel_locked(&mut inner, id));
                 }
                 inner.give_up_on_notifs(started);
-                drop(inner);
-                sink.clear();
             }
             round += 1;
             sink.clear();
