@@ -105,6 +105,8 @@ impl PoolBuilder {
                     // The epoll backend's `sendfile` then needs no signal-mask
                     // calls per operation on this thread (see `epoll/sock.rs`).
                     crate::sys::epoll::block_sigpipe_here();
+                    // Lives as long as the pool: may submit to io_uring itself.
+                    crate::sys::own_thread();
                     batch_submissions(true);
                     worker(&wport, &*handler, &shared);
                     batch_submissions(false);
@@ -133,6 +135,7 @@ impl PoolBuilder {
                     thread::Builder::new()
                         .name(format!("{}-stall", self.name))
                         .spawn(move || {
+                            crate::sys::own_thread();
                             // Tick fast (half the poll hand-off delay) only while the
                             // poll role is vacant behind a running handler; at half
                             // the stall threshold while handlers run otherwise; and

@@ -19,8 +19,8 @@
 //! # Ok::<(), ringport::Error>(())
 //! ```
 
+use rustc_hash::FxHashMap as HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -106,7 +106,7 @@ impl Builder {
                 sched: Sched::with_backup(concurrency, false),
                 backend,
                 reason,
-                assoc: Mutex::new(HashMap::new()),
+                assoc: Mutex::new(HashMap::default()),
                 closed: AtomicBool::new(false),
                 in_backend: AtomicUsize::new(0),
             }),

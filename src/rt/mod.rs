@@ -612,6 +612,8 @@ fn block_on_with<F: Future>(h: Handle, fut: F) -> F::Output {
         "Runtime::block_on called on a ringport worker thread; use .await or spawn_blocking"
     );
     let _enter = Enter::new(h);
+    // Submits to io_uring directly while here (see `sys/thread.rs`).
+    let _owned = crate::sys::OwnedScope::enter();
     let parker = Arc::new(Parker {
         thread: thread::current(),
         notified: AtomicBool::new(false),

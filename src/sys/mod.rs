@@ -49,6 +49,8 @@ use crate::op::Op;
 
 pub(crate) mod epoll;
 mod table;
+mod thread;
+pub(crate) use thread::{own_thread, thread_owned, OwnedScope};
 pub(crate) mod uring;
 mod workers;
 

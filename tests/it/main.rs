@@ -9,6 +9,7 @@
 mod common;
 
 mod cancel;
+mod chains;
 mod close;
 mod dgram;
 mod echo;

@@ -59,7 +59,8 @@ mod fixed;
 mod sock;
 pub(crate) use sock::block_sigpipe_here;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -214,7 +215,7 @@ impl Driver {
                 done: Vec::new(),
                 closed: false,
             }),
-            fds: Mutex::new(HashMap::new()),
+            fds: Mutex::new(HashMap::default()),
         });
         let workers = (2 * crate::port::num_cpus()).clamp(2, 16);
         Ok(Driver {
@@ -702,8 +703,23 @@ impl Driver {
         // finished meanwhile is not found, or loses the race: its own result
         // stands.
         for id in expired {
-            if let Ok(Some(c)) = self.cancel(id) {
-                out.push(c);
+            match self.cancel(id) {
+                Ok(Some(c)) => out.push(c),
+                Ok(None) => {
+                    // Not in its socket's queue. Either it is finishing (its
+                    // result stands), or `submit` has admitted it but not queued
+                    // it yet — then the deadline must not be lost: look again
+                    // shortly, while the operation still waits on a socket.
+                    let mut inner = lock(&self.shared.inner);
+                    if let Some(r) = inner.ops.get_mut(id) {
+                        if matches!(r.wait, Wait::Fd(_)) {
+                            let again = Instant::now() + Duration::from_micros(100);
+                            r.deadline = Some(again);
+                            inner.timers.insert((again, id.0 | DEADLINE_BIT));
+                        }
+                    }
+                }
+                Err(_) => {}
             }
         }
     }

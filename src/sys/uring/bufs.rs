@@ -53,7 +53,7 @@ use crate::sync::lock;
 
 use super::ops::Aux;
 use super::records::Inner;
-use super::Driver;
+use super::Core;
 
 /// How long `shutdown` waits for the notifications of zero-copy sends
 /// before it abandons their buffers.
@@ -245,7 +245,7 @@ const IORING_REGISTER_BUFFERS_UPDATE: libc::c_uint = 16;
 /// Which descriptors are sockets, as far as fixed-buffer operations care.
 pub(super) type SocketCache = HashMap<RawFd, bool>;
 
-impl Driver {
+impl Core {
     /// Replaces slots `base..base + bufs.len()` with `bufs` (null iovecs clear
     /// them). Returns how many the kernel updated: all, or fewer if it failed
     /// part-way (then the error of the next one is lost; the caller undoes).

@@ -8,10 +8,13 @@
 //!
 //! * **Submission** — any thread pushes SQEs under `inner`'s mutex. The mutex also
 //!   guards the table of operations in flight and every access to the CQ ring.
-//!   Submitting to the kernel (`io_uring_enter`) happens outside the mutex: the
-//!   kernel consumes SQEs under its own lock, and only published entries (the tail
-//!   is written with release ordering when the `SubmissionQueue` is dropped) are
-//!   ever visible to it.
+//!   Only threads the port owns (pool threads, a thread inside `block_on`, the
+//!   driver's submitter thread) hand SQEs to the kernel: io_uring ties a request
+//!   to the thread that submitted it and stops serving it when that thread exits
+//!   (`sys/thread.rs`). Another thread publishes its SQEs and wakes the
+//!   submitter thread (`Kicker`), which makes the `io_uring_enter`; if the SQ is
+//!   full, its chain waits in `backlog`, in order. Submitting enters pass an
+//!   exact count (see "Operations of several SQEs").
 //! * **Reaping** — the scheduler sends one idle thread at a time to `poll`; it waits
 //!   in `io_uring_enter(GETEVENTS)` without holding the mutex, then reaps the CQ
 //!   under it. A submitter waiting for room may reap too; both are serialised by
@@ -46,9 +49,10 @@
 //! of the operation carries the id itself. The record stays in the table until
 //! the operation's last CQE is reaped.
 //!
-//! Every `io_uring_enter` that submits does so under `inner` with the exact count
-//! published (see `Driver::submit_locked`), and a chain is published in one step,
-//! so the kernel never sees half a chain; waiting enters submit nothing.
+//! A chain is published in one step, and every `io_uring_enter` that submits
+//! passes an exact count, so the kernel never sees half a chain: see
+//! `Driver::submit_locked` and, for the one enter that submits and waits in a
+//! single call, `Driver::enter`.
 //!
 //! # What the kernel lacks
 //!
@@ -86,9 +90,11 @@ mod transfer;
 pub(crate) use probe::probe;
 use probe::{check_ops, Support};
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, OnceLock, Weak};
 use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -99,6 +105,7 @@ use crate::op::{Op, OpBody, OpKind, OpPath, OpPaths};
 use std::sync::Mutex;
 
 use crate::sync::lock;
+use crate::sys::{thread_owned, OwnedScope};
 
 use self::fallback::Fallback;
 use self::ops::Aux;
@@ -127,31 +134,21 @@ const LEG_BIT: u64 = 1 << 63;
 /// the driver cancels the operation.
 const TIMER_BIT: u64 = 1 << 62;
 
-/// The io_uring driver. See the module docs for its threading rules.
+/// The io_uring driver: its [`Core`], shared with the submitter thread.
 pub(crate) struct Driver {
-    ring: IoUring,
-    inner: Mutex<Inner>,
-    max_in_flight: usize,
-    support: Support,
-    /// Worker threads for opcodes the kernel lacks; made on first use.
-    fallback: OnceLock<Fallback>,
-    /// The fixed-buffer table's slots (`bufs.rs`). Never locked with `inner`
-    /// held, nor `inner` with it: a set is dropped (and clears its slots)
-    /// wherever its last lease goes.
-    slots: Mutex<bufs::Slots>,
-    /// This driver's id for fixed-buffer sets.
-    fixed_owner: u64,
-    /// Descriptors known to be sockets, or not (`bufs.rs`).
-    sockets: Mutex<bufs::SocketCache>,
+    core: Arc<Core>,
+}
+
+impl std::ops::Deref for Driver {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("uring::Driver")
-            .field("sq_entries", &self.ring.params().sq_entries())
-            .field("cq_entries", &self.ring.params().cq_entries())
-            .field("max_in_flight", &self.max_in_flight)
-            .finish()
+        self.core.fmt(f)
     }
 }
 
@@ -163,6 +160,105 @@ impl Driver {
     /// A driver whose optional opcodes are what the kernel offers, adjusted by
     /// `adjust` (tests switch them off to take the fallbacks).
     fn with_support(cfg: Config, adjust: impl FnOnce(&mut Support)) -> io::Result<Driver> {
+        let core = Core::with_support(cfg, adjust)?;
+        // A full round trip proves the ring works (some sandboxes let setup
+        // succeed and then fail every submission). A NOP is done when submitted,
+        // so this thread may submit it whatever it is.
+        let owned = OwnedScope::enter();
+        core.probe_nop()?;
+        drop(owned);
+        Ok(Driver { core })
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The submitter first: it holds only a weak reference, so once it is
+        // gone the core (and its shutdown, in `Core::drop`) ends here.
+        self.core.kicker.stop();
+    }
+}
+
+/// The submitter thread: hands the kernel what threads the port does not own
+/// published (see `sys/thread.rs`). Made on first use.
+#[derive(Debug, Default)]
+pub(crate) struct Kicker {
+    /// `pending`: published SQEs wait for the submitter; `stop`: the driver is
+    /// going away; `started`: the thread exists (its handle is in `thread`).
+    state: Mutex<KickState>,
+    cv: Condvar,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct KickState {
+    pending: bool,
+    stop: bool,
+    started: bool,
+}
+
+impl Kicker {
+    fn stop(&self) {
+        lock(&self.state).stop = true;
+        self.cv.notify_all();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The driver's state. See the module docs for its threading rules.
+pub(crate) struct Core {
+    ring: IoUring,
+    inner: Mutex<Inner>,
+    max_in_flight: usize,
+    support: Support,
+    /// Worker threads for opcodes the kernel lacks; made on first use.
+    fallback: OnceLock<Fallback>,
+    /// SQEs pushed since the ring was made. Written only under `inner` (so a
+    /// holder of `inner` reads a stable value); `pushed − SQ length` is then how
+    /// many the kernel has consumed.
+    pushed: AtomicU64,
+    /// The submit-and-wait `enter` in progress, if any: [`NO_COMBINED`], or the
+    /// value of `pushed` when it took its count. Set under `inner`, cleared
+    /// without it once that enter returns. While it is set and the kernel has
+    /// consumed fewer SQEs than it names, no other thread may submit (see
+    /// `submit_locked`): that enter's count is exact only if nobody moves the
+    /// SQ head before it reaches the kernel.
+    combined: AtomicU64,
+    /// Chains pushed while the SQ was full by threads that may not submit
+    /// (see `push_all_locked`), oldest first; `backlogged` counts them. Both
+    /// change only under `inner`.
+    backlog: Mutex<VecDeque<Vec<squeue::Entry>>>,
+    backlogged: AtomicUsize,
+    /// This core, for the submitter thread (which must not keep it alive).
+    me: Weak<Core>,
+    kicker: Kicker,
+    /// The fixed-buffer table's slots (`bufs.rs`). Never locked with `inner`
+    /// held, nor `inner` with it: a set is dropped (and clears its slots)
+    /// wherever its last lease goes.
+    slots: Mutex<bufs::Slots>,
+    /// This driver's id for fixed-buffer sets.
+    fixed_owner: u64,
+    /// Descriptors known to be sockets, or not (`bufs.rs`).
+    sockets: Mutex<bufs::SocketCache>,
+}
+
+/// `Driver::combined` when no submit-and-wait enter is in progress.
+const NO_COMBINED: u64 = u64::MAX;
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("uring::Driver")
+            .field("sq_entries", &self.ring.params().sq_entries())
+            .field("cq_entries", &self.ring.params().cq_entries())
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+impl Core {
+    fn with_support(cfg: Config, adjust: impl FnOnce(&mut Support)) -> io::Result<Arc<Core>> {
         let entries = cfg.entries.clamp(2, 32768).next_power_of_two();
         // The CQ must hold every operation in flight plus internal CQEs (wakes and
         // cancels), so it can never overflow: size it to twice max_in_flight.
@@ -185,7 +281,7 @@ impl Driver {
         let mut support = check_ops(&ring)?;
         support.fixed &= bufs::sparse_tables(&ring);
         adjust(&mut support);
-        let d = Driver {
+        Ok(Arc::new_cyclic(|me| Core {
             ring,
             inner: Mutex::new(Inner {
                 ops: OpTable::new(),
@@ -200,11 +296,49 @@ impl Driver {
             slots: Mutex::default(),
             fixed_owner: crate::fixed::next_owner_id(),
             sockets: Mutex::default(),
-        };
-        // A full round trip proves the ring works (some sandboxes let setup succeed
-        // and then fail every submission).
-        d.probe_nop()?;
-        Ok(d)
+            pushed: AtomicU64::new(0),
+            combined: AtomicU64::new(NO_COMBINED),
+            backlog: Mutex::new(VecDeque::new()),
+            backlogged: AtomicUsize::new(0),
+            me: me.clone(),
+            kicker: Kicker::default(),
+        }))
+    }
+
+    /// Asks the submitter thread to hand the kernel what is published (starting
+    /// it the first time). Returns false if it cannot: the driver is going away,
+    /// or no thread could be made; the caller then submits itself.
+    fn kick(&self) -> bool {
+        let k = &self.kicker;
+        let mut st = lock(&k.state);
+        if st.stop {
+            return false;
+        }
+        if st.pending {
+            return true;
+        }
+        st.pending = true;
+        if st.started {
+            drop(st);
+            k.cv.notify_one();
+            return true;
+        }
+        let me = self.me.clone();
+        let state = std::thread::Builder::new()
+            .name("ringport-submit".into())
+            .spawn(move || submitter(me));
+        match state {
+            Ok(t) => {
+                st.started = true;
+                *lock(&k.thread) = Some(t);
+                true
+            }
+            Err(e) => {
+                st.pending = false;
+                tracing::warn!("cannot start the io_uring submitter thread: {e}");
+                false
+            }
+        }
     }
 
     fn probe_nop(&self) -> io::Result<()> {
@@ -428,20 +562,46 @@ impl Driver {
         Ok(Transfer::start(sock, file, offset, len, pipe))
     }
 
-    /// Pushes an SQE; the caller holds `inner`. If the SQ is full, submits first.
+    /// Pushes an SQE; the caller holds `inner` (see `push_all_locked`).
     fn push_locked(&self, sqe: &squeue::Entry) {
+        self.push_all_locked(std::slice::from_ref(sqe));
+    }
+
+    /// Pushes the SQEs of one chain together, so the kernel never sees a linked
+    /// SQE without the ones it links to; the caller holds `inner`.
+    ///
+    /// When the SQ is full, a thread the port owns submits to make room; any
+    /// other thread must not (the requests would be tied to it, see
+    /// `sys/thread.rs`), so it parks the chain in `backlog` and wakes the
+    /// submitter. Once anything is parked, every push goes behind it, so SQEs
+    /// reach the kernel in the order they were pushed (a cancel never overtakes
+    /// the request it cancels).
+    fn push_all_locked(&self, sqes: &[squeue::Entry]) {
         loop {
-            // SAFETY: the `inner` mutex is held by our caller, and every
-            // SubmissionQueue in this driver is created under it, so no other exists.
-            let mut sq = unsafe { self.ring.submission_shared() };
-            // SAFETY: every pointer in `sqe` points into the record that was just
-            // stored in `inner.ops` (a heap buffer or a boxed aux value) and stays
-            // valid until its CQE is reaped; the record is only removed then.
-            if unsafe { sq.push(sqe) }.is_ok() {
+            if self.backlogged.load(Ordering::Relaxed) == 0 {
+                // SAFETY: the `inner` mutex is held by our caller, and every
+                // SubmissionQueue in this driver is created under it, so no
+                // other exists.
+                let mut sq = unsafe { self.ring.submission_shared() };
+                // SAFETY: every pointer in the entries points into the record
+                // stored in `inner.ops` (a heap buffer or a boxed aux value) and
+                // stays valid until its CQE is reaped; the record is only
+                // removed then.
+                if unsafe { sq.push_multiple(sqes) }.is_ok() {
+                    self.pushed.fetch_add(sqes.len() as u64, Ordering::Relaxed);
+                    return;
+                }
+            }
+            if !thread_owned() {
+                lock(&self.backlog).push_back(sqes.to_vec());
+                self.backlogged.fetch_add(1, Ordering::Relaxed);
+                if !self.kick() {
+                    // No submitter (the driver is going away): submit here.
+                    let _ = self.submit_locked();
+                }
                 return;
             }
-            drop(sq);
-            // SQ full: hand what is there to the kernel and retry.
+            // SQ full (or a backlog ahead): hand what is there to the kernel.
             if let Err(e) = self.submit_locked() {
                 if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
                     tracing::error!("io_uring_enter failed while the SQ was full: {e}");
@@ -450,24 +610,26 @@ impl Driver {
         }
     }
 
-    /// Pushes the SQEs of one chain together, so the kernel never sees a linked
-    /// SQE without the ones it links to; the caller holds `inner`.
-    fn push_all_locked(&self, sqes: &[squeue::Entry]) {
-        loop {
-            // SAFETY: as in `push_locked`: the mutex is held, and every pointer
-            // in the entries points into a record stored in `inner.ops`.
-            let mut sq = unsafe { self.ring.submission_shared() };
-            // SAFETY: as above.
-            if unsafe { sq.push_multiple(sqes) }.is_ok() {
-                return;
-            }
-            drop(sq);
-            if let Err(e) = self.submit_locked() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    tracing::error!("io_uring_enter failed while the SQ was full: {e}");
-                }
-            }
+    /// Moves parked chains into the SQ while they fit; the caller holds
+    /// `inner`. Returns true if none is left parked.
+    fn drain_backlog_locked(&self) -> bool {
+        if self.backlogged.load(Ordering::Relaxed) == 0 {
+            return true;
         }
+        let mut bl = lock(&self.backlog);
+        // SAFETY: as in `push_all_locked`.
+        let mut sq = unsafe { self.ring.submission_shared() };
+        while let Some(chain) = bl.front() {
+            // SAFETY: as in `push_all_locked`: the records the entries point
+            // into are in `inner.ops` until their CQEs are reaped.
+            if unsafe { sq.push_multiple(chain) }.is_err() {
+                break;
+            }
+            self.pushed.fetch_add(chain.len() as u64, Ordering::Relaxed);
+            bl.pop_front();
+            self.backlogged.fetch_sub(1, Ordering::Relaxed);
+        }
+        bl.is_empty()
     }
 
     /// Cancels operation `id`; the caller holds `inner`. An operation waiting
@@ -492,8 +654,17 @@ impl Driver {
         None
     }
 
-    /// Hands every published SQE to the kernel (`io_uring_enter` without a wait).
+    /// Hands every published SQE to the kernel (`io_uring_enter` without a
+    /// wait) — through the submitter thread if the port does not own this one.
     fn submit_all(&self) -> io::Result<usize> {
+        if !thread_owned() && self.kick() {
+            return Ok(0);
+        }
+        self.submit_all_here()
+    }
+
+    /// `submit_all` from this thread, whatever it is.
+    fn submit_all_here(&self) -> io::Result<usize> {
         let inner = lock(&self.inner);
         let r = self.submit_locked();
         drop(inner);
@@ -509,11 +680,41 @@ impl Driver {
     /// `GETEVENTS`: it returns at once when it submitted fewer than asked, so a
     /// poller would spin (found: one `io_uring_enter` per echoed message). So every
     /// enter that submits does so here, under `inner`, which also guards every
-    /// push: the count is exact and covers only whole chains. Waiting enters pass
-    /// no SQEs (`enter`).
+    /// push: the count is exact and covers only whole chains — provided no
+    /// other enter moves the SQ head between the count and the kernel, which is
+    /// why this first waits for a submit-and-wait `enter` that took its count
+    /// but has not reached the kernel yet (a window of a few instructions,
+    /// unless that thread was preempted; see `enter`).
     fn submit_locked(&self) -> io::Result<usize> {
-        // SAFETY: the caller holds `inner`; SubmissionQueues are only created under it.
-        let n = unsafe { self.ring.submission_shared() }.len() as u32;
+        let mut total = 0;
+        loop {
+            let drained = self.drain_backlog_locked();
+            total += self.submit_published_locked()?;
+            if drained {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One enter submitting exactly the SQEs published now (see `submit_locked`).
+    fn submit_published_locked(&self) -> io::Result<usize> {
+        let mut spins = 0u32;
+        let n = loop {
+            // SAFETY: the caller holds `inner`; SubmissionQueues are only created under it.
+            let len = unsafe { self.ring.submission_shared() }.len() as u64;
+            let pending = self.combined.load(Ordering::Acquire);
+            // `pushed` is stable: it only changes under `inner`, which we hold.
+            let consumed = self.pushed.load(Ordering::Relaxed) - len;
+            if pending == NO_COMBINED || consumed >= pending {
+                break len as u32;
+            }
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        };
         if n == 0 {
             return Ok(0);
         }
@@ -523,22 +724,66 @@ impl Driver {
         unsafe { self.ring.submitter().enter::<libc::sigset_t>(n, 0, 0, None) }
     }
 
-    /// Submits what is published (`submit_all`), then waits (with an optional
-    /// timeout) until `want` completions are there, passing no SQEs of its own.
+    /// Submits what is published, then waits (with an optional timeout) until
+    /// `want` completions are there — in one `io_uring_enter` when it can.
+    ///
+    /// The count it submits is taken under `inner` and the call made after
+    /// releasing it (it may sleep). The kernel returns at once, without waiting,
+    /// when it submits fewer SQEs than asked, and a count that another thread's
+    /// enter made stale could end inside a chain; so while this call is between
+    /// its count and the kernel, `combined` holds it and `submit_locked` lets no
+    /// other thread submit. Nobody else moves the SQ head meanwhile: the kernel
+    /// finds at least the counted SQEs, starting at the same head, and takes
+    /// exactly those (whole chains). Only one thread at a time does this; any
+    /// other submits with `submit_locked` and waits submitting nothing.
     ///
     /// `GETEVENTS` is always set: with `want == 0` it does not wait, but it
     /// makes the kernel move CQEs it kept aside when the CQ was full (`NODROP`)
     /// back into the CQ, so a non-blocking poll sees them too.
     fn enter(&self, want: u32, timeout: Option<Duration>) -> io::Result<usize> {
-        match self.submit_all() {
-            Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) => {}
-            Err(e) => return Err(e),
+        let inner = lock(&self.inner);
+        let owned = thread_owned();
+        if owned && !self.drain_backlog_locked() {
+            // More parked than fits: submit in rounds first.
+            if let Err(e) = self.submit_locked() {
+                if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) {
+                    return Err(e);
+                }
+            }
         }
-        let to_submit = 0;
+        // SAFETY: `inner` is held; SubmissionQueues are only created under it.
+        let n = unsafe { self.ring.submission_shared() }.len() as u32;
+        let backlog = self.backlogged.load(Ordering::Relaxed) > 0;
+        let combine = owned && n > 0 && self.combined.load(Ordering::Acquire) == NO_COMBINED;
+        let to_submit = if combine {
+            self.combined
+                .store(self.pushed.load(Ordering::Relaxed), Ordering::Release);
+            n
+        } else if (n > 0 || backlog) && (owned || !self.kick()) {
+            match self.submit_locked() {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) => {}
+                Err(e) => return Err(e),
+            }
+            0
+        } else {
+            0
+        };
+        drop(inner);
+        let r = self.enter_raw(to_submit, want, timeout);
+        if combine {
+            self.combined.store(NO_COMBINED, Ordering::Release);
+        }
+        r
+    }
+
+    /// One `io_uring_enter(to_submit, want, GETEVENTS)`, with a timeout if given.
+    fn enter_raw(&self, to_submit: u32, want: u32, timeout: Option<Duration>) -> io::Result<usize> {
         let getevents = io_uring::EnterFlags::GETEVENTS.bits();
         match timeout {
-            // SAFETY: io_uring_enter on our ring, submitting nothing.
+            // SAFETY: io_uring_enter on our ring; the SQEs it may submit were
+            // pushed under `inner` with every pointer they hold kept alive by
+            // their records (see `push_locked`), and `to_submit` is exact (`enter`).
             None => unsafe {
                 self.ring
                     .submitter()
@@ -565,8 +810,9 @@ impl Driver {
         let inner = lock(&self.inner);
         // SAFETY: the inner mutex is held; SubmissionQueues are only created under it.
         let n = unsafe { self.ring.submission_shared() }.len();
+        let parked = self.backlogged.load(Ordering::Relaxed);
         drop(inner);
-        n > 0
+        n > 0 || parked > 0
     }
 
     /// Submits every pushed SQE (one `io_uring_enter`, only if there are any).
@@ -713,6 +959,8 @@ impl Driver {
     /// Refuses new work, cancels everything in flight and waits until the kernel
     /// has released it all. Completions reaped here are dropped.
     pub(crate) fn shutdown(&self) {
+        // This thread waits here until every request is done: it may submit.
+        let _owned = OwnedScope::enter();
         lock(&self.inner).closed = true;
         // Queued worker jobs end as cancelled; running ones are waited for.
         // Their results come through the mailbox, which the loop below reaps.
@@ -761,11 +1009,36 @@ impl Driver {
     }
 }
 
-impl Drop for Driver {
+impl Drop for Core {
     fn drop(&mut self) {
         // The ring's memory and the records' buffers must outlive every request.
         if lock(&self.inner).ops.len() > 0 {
             self.shutdown();
+        }
+    }
+}
+
+/// The submitter thread's loop (see [`Kicker`]).
+fn submitter(core: Weak<Core>) {
+    crate::sys::own_thread();
+    loop {
+        let Some(strong) = core.upgrade() else { return };
+        let k = &strong.kicker;
+        let mut st = lock(&k.state);
+        while !st.pending && !st.stop {
+            // Waiting holds a strong reference only while `pending` is checked;
+            // `Driver::drop` sets `stop` and joins, so the wait ends.
+            st = k.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.stop {
+            return;
+        }
+        st.pending = false;
+        drop(st);
+        if let Err(e) = strong.submit_all_here() {
+            if !matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) {
+                tracing::debug!("io_uring submit (submitter thread): {e}");
+            }
         }
     }
 }
