@@ -8,6 +8,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use socket2::{socklen_t, SockAddr, SockAddrStorage};
 
+use crate::fixed::FixedBuf;
 use crate::op::OpKind;
 
 /// Identifies one submitted operation, for [`CompletionPort::cancel`](crate::CompletionPort::cancel).
@@ -75,6 +76,8 @@ enum Extra {
     Bufs(Box<Vec<Vec<u8>>>),
     /// A successful `statx`'s result.
     Statx(Box<libc::statx>),
+    /// A fixed-buffer operation's lease.
+    Fixed(FixedBuf),
 }
 
 impl Completion {
@@ -120,6 +123,7 @@ impl Completion {
             mut bufs,
             addr,
             statx,
+            mut fixed,
         } = out;
         let mut res = interrupted_is_cancelled(res);
         match kind {
@@ -144,6 +148,11 @@ impl Completion {
                 }
                 debug_assert_eq!(left, 0, "a readv read more than its buffers hold");
             }
+            OpKind::ReadFixed if res >= 0 => {
+                if let Some(b) = fixed.as_mut() {
+                    b.set_len(res as usize);
+                }
+            }
             OpKind::Timeout if res == -libc::ETIME => res = 0,
             _ => {}
         }
@@ -155,10 +164,11 @@ impl Completion {
             } else {
                 None
             };
-        let extra = match (addr, bufs, statx) {
-            (Some(a), _, _) if kind == OpKind::RecvFrom && res >= 0 => Extra::Addr(a),
-            (_, Some(b), _) => Extra::Bufs(Box::new(b)),
-            (_, _, Some(s)) if kind == OpKind::Statx && res >= 0 => Extra::Statx(s),
+        let extra = match (addr, bufs, statx, fixed) {
+            (_, _, _, Some(f)) => Extra::Fixed(f),
+            (Some(a), _, _, _) if kind == OpKind::RecvFrom && res >= 0 => Extra::Addr(a),
+            (_, Some(b), _, _) => Extra::Bufs(Box::new(b)),
+            (_, _, Some(s), _) if kind == OpKind::Statx && res >= 0 => Extra::Statx(s),
             _ => Extra::None,
         };
         Completion {
@@ -265,6 +275,24 @@ impl Completion {
     }
 }
 
+impl Completion {
+    /// For a [`read_fixed`](crate::Op::read_fixed) or
+    /// [`write_fixed`](crate::Op::write_fixed): the lease of the registered
+    /// buffer, handed back — after a successful read holding exactly the bytes
+    /// read; otherwise as it was given. Also after a failure or a cancel.
+    /// `None` for every other operation, and once taken. A completion dropped
+    /// without taking it returns the buffer to its set.
+    pub fn take_fixed(&mut self) -> Option<FixedBuf> {
+        match std::mem::replace(&mut self.extra, Extra::None) {
+            Extra::Fixed(b) => Some(b),
+            other => {
+                self.extra = other;
+                None
+            }
+        }
+    }
+}
+
 impl fmt::Debug for Completion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Completion")
@@ -293,6 +321,8 @@ pub(crate) struct Output {
     pub(crate) statx: Option<Box<libc::statx>>,
     /// A receive's source address.
     pub(crate) addr: Option<Box<SockAddr>>,
+    /// A fixed-buffer operation's lease.
+    pub(crate) fixed: Option<FixedBuf>,
 }
 
 /// `ERESTARTSYS`, `ERESTARTNOINTR`, `ERESTARTNOHAND` and `ERESTART_RESTARTBLOCK`

@@ -57,6 +57,7 @@
 
 mod completion;
 mod error;
+mod fixed;
 pub mod fs;
 pub mod net;
 pub mod op;
@@ -71,6 +72,7 @@ pub mod time;
 
 pub use completion::{Completion, OpId};
 pub use error::{Error, Result};
+pub use fixed::{FixedBuf, FixedBuffers, MAX_FIXED_BUFFERS, MAX_FIXED_SIZE};
 pub use op::{Op, OpKind};
 pub use pool::{Pool, PoolBuilder};
 pub use port::{batch_submissions, blocking, num_cpus, Builder, CompletionPort, PortStats};

@@ -513,6 +513,25 @@ impl CompletionPort {
         self.inner.backend.shutdown();
     }
 
+    /// Registers `count` buffers of `size` bytes each with this port (io_uring's
+    /// registered, or *fixed*, buffers), for [`Op::read_fixed`] and
+    /// [`Op::write_fixed`]; see [`FixedBuffers`](crate::FixedBuffers). A port
+    /// holds at most [`MAX_FIXED_BUFFERS`](crate::MAX_FIXED_BUFFERS) at once,
+    /// each at most [`MAX_FIXED_SIZE`](crate::MAX_FIXED_SIZE) bytes. Zero or
+    /// absurd sizes fail with `InvalidInput`; memory the kernel will not pin
+    /// (`RLIMIT_MEMLOCK`) fails with `OutOfMemory`, saying so; a closed port
+    /// with an error naming it.
+    pub fn register_buffers(
+        &self,
+        count: usize,
+        size: usize,
+    ) -> std::io::Result<crate::FixedBuffers> {
+        if self.is_closed() {
+            return Err(std::io::Error::other(Error::Closed.to_string()));
+        }
+        crate::fixed::register(&self.inner, count, size)
+    }
+
     /// True once `close` has been called.
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
@@ -572,6 +591,13 @@ impl CompletionPort {
             });
             slot
         })
+    }
+}
+
+impl PortInner {
+    /// The port's backend.
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 }
 

@@ -40,6 +40,7 @@ mod stream;
 mod tcp;
 mod udp;
 mod unix;
+mod zc;
 
 pub use tcp::{TcpListener, TcpStream};
 pub use udp::UdpSocket;

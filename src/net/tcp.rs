@@ -99,7 +99,7 @@ pub(crate) fn sock_addr(a: SockAddr) -> io::Result<SocketAddr> {
 
 /// A connected TCP stream.
 pub struct TcpStream {
-    core: Arc<Core>,
+    pub(super) core: Arc<Core>,
 }
 
 impl fmt::Debug for TcpStream {

@@ -1,5 +1,8 @@
 //! The kinds of operations, and how a backend carries out each kind.
 
+/// How many kinds of operations there are (all but [`OpKind::Post`]).
+const KINDS: usize = 24;
+
 /// The kind of an operation, as reported in its [`Completion`](crate::Completion).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -49,10 +52,13 @@ pub enum OpKind {
     /// Receive into a [`BufferPool`](crate::BufferPool), one completion per
     /// chunk received, from one submission.
     RecvMulti,
+    /// Send on a socket without copying the bytes (`Op::send_zc`).
+    SendZc,
+    /// Read at an offset into a registered buffer (`Op::read_fixed`).
+    ReadFixed,
+    /// Write from a registered buffer at an offset (`Op::write_fixed`).
+    WriteFixed,
 }
-
-/// The number of kinds of operations.
-const KINDS: usize = 21;
 
 impl OpKind {
     /// Every kind of operation an [`Op`](super::Op) can be (all but [`OpKind::Post`]),
@@ -68,8 +74,11 @@ impl OpKind {
         OpKind::Statx,
         OpKind::Fallocate,
         OpKind::Close,
+        OpKind::ReadFixed,
+        OpKind::WriteFixed,
         OpKind::Recv,
         OpKind::Send,
+        OpKind::SendZc,
         OpKind::RecvFrom,
         OpKind::SendTo,
         OpKind::Accept,
@@ -96,17 +105,20 @@ impl OpKind {
             OpKind::Statx => 7,
             OpKind::Fallocate => 8,
             OpKind::Close => 9,
-            OpKind::Recv => 10,
-            OpKind::Send => 11,
-            OpKind::RecvFrom => 12,
-            OpKind::SendTo => 13,
-            OpKind::Accept => 14,
-            OpKind::Connect => 15,
-            OpKind::Shutdown => 16,
-            OpKind::SendFile => 17,
-            OpKind::Timeout => 18,
-            OpKind::AcceptMulti => 19,
-            OpKind::RecvMulti => 20,
+            OpKind::ReadFixed => 10,
+            OpKind::WriteFixed => 11,
+            OpKind::Recv => 12,
+            OpKind::Send => 13,
+            OpKind::SendZc => 14,
+            OpKind::RecvFrom => 15,
+            OpKind::SendTo => 16,
+            OpKind::Accept => 17,
+            OpKind::Connect => 18,
+            OpKind::Shutdown => 19,
+            OpKind::SendFile => 20,
+            OpKind::Timeout => 21,
+            OpKind::AcceptMulti => 22,
+            OpKind::RecvMulti => 23,
         })
     }
 }

@@ -24,9 +24,12 @@ use std::time::Duration;
 use socket2::SockAddr;
 
 use crate::completion::Output;
+use crate::fixed::FixedBuf;
 
+mod fixed;
 mod kind;
 mod multishot;
+mod zc;
 
 pub use kind::{OpKind, OpPath, OpPaths};
 
@@ -138,6 +141,26 @@ pub(crate) enum OpBody {
         fd: RawFd,
         pool: std::sync::Arc<crate::provided::Shared>,
         flags: i32,
+    },
+    /// `Op::send_zc`: like `Send`, without copying the bytes (`zc.rs`).
+    SendZc {
+        fd: RawFd,
+        buf: Vec<u8>,
+        pos: usize,
+        flags: i32,
+    },
+    /// `Op::read_fixed` (`fixed.rs`).
+    ReadFixed {
+        fd: RawFd,
+        buf: FixedBuf,
+        offset: u64,
+    },
+    /// `Op::write_fixed`: writes `buf[pos..]`.
+    WriteFixed {
+        fd: RawFd,
+        buf: FixedBuf,
+        pos: usize,
+        offset: u64,
     },
 }
 
@@ -624,7 +647,10 @@ impl Op {
             | OpBody::Fallocate { fd, .. }
             | OpBody::Shutdown { fd, .. }
             | OpBody::AcceptMulti { fd }
-            | OpBody::RecvMulti { fd, .. } => Some(*fd),
+            | OpBody::RecvMulti { fd, .. }
+            | OpBody::SendZc { fd, .. }
+            | OpBody::ReadFixed { fd, .. }
+            | OpBody::WriteFixed { fd, .. } => Some(*fd),
             OpBody::SendFile { sock, .. } => Some(*sock),
             OpBody::Close { fd } => Some(fd.as_raw_fd()),
         }
@@ -655,6 +681,9 @@ impl OpBody {
             OpBody::Shutdown { .. } => OpKind::Shutdown,
             OpBody::AcceptMulti { .. } => OpKind::AcceptMulti,
             OpBody::RecvMulti { .. } => OpKind::RecvMulti,
+            OpBody::SendZc { .. } => OpKind::SendZc,
+            OpBody::ReadFixed { .. } => OpKind::ReadFixed,
+            OpBody::WriteFixed { .. } => OpKind::WriteFixed,
         }
     }
 }
@@ -673,12 +702,17 @@ impl OpBody {
             | OpBody::Write { buf, .. }
             | OpBody::Recv { buf, .. }
             | OpBody::Send { buf, .. }
+            | OpBody::SendZc { buf, .. }
             | OpBody::SendTo { buf, .. } => Output {
                 buf: Some(buf),
                 ..Output::default()
             },
             OpBody::ReadV { bufs, .. } | OpBody::WriteV { bufs, .. } => Output {
                 bufs: Some(bufs),
+                ..Output::default()
+            },
+            OpBody::ReadFixed { buf, .. } | OpBody::WriteFixed { buf, .. } => Output {
+                fixed: Some(buf),
                 ..Output::default()
             },
             OpBody::Statx { out, .. } => Output {

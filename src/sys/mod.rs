@@ -290,15 +290,19 @@ impl Backend {
     /// A handle was associated with the port.
     pub(crate) fn associate(&self, fd: std::os::fd::RawFd) -> Result<()> {
         match self {
-            Backend::Uring(_) => Ok(()),
+            Backend::Uring(d) => {
+                d.forget_fd(fd);
+                Ok(())
+            }
             Backend::Epoll(d) => d.associate(fd),
         }
     }
 
     /// A handle's association ended.
     pub(crate) fn disassociate(&self, fd: std::os::fd::RawFd) {
-        if let Backend::Epoll(d) = self {
-            d.disassociate(fd);
+        match self {
+            Backend::Uring(d) => d.forget_fd(fd),
+            Backend::Epoll(d) => d.disassociate(fd),
         }
     }
 
@@ -318,6 +322,31 @@ impl Backend {
         match self {
             Backend::Uring(d) => d.buffer_pool(count, size),
             Backend::Epoll(d) => d.buffer_pool(count, size),
+        }
+    }
+
+    /// This backend instance's id for fixed-buffer sets (`fixed.rs`).
+    pub(crate) fn fixed_owner(&self) -> u64 {
+        match self {
+            Backend::Uring(d) => d.fixed_owner(),
+            Backend::Epoll(d) => d.fixed_owner(),
+        }
+    }
+
+    /// Registers a set of fixed buffers: `Some(first slot)` if the kernel
+    /// holds them in a table, `None` where nothing is registered (epoll, or
+    /// io_uring without the support).
+    pub(crate) fn register_fixed(&self, bufs: &[libc::iovec]) -> io::Result<Option<u32>> {
+        match self {
+            Backend::Uring(d) => d.register_fixed(bufs),
+            Backend::Epoll(_) => Ok(None),
+        }
+    }
+
+    /// Clears the slots of a set of fixed buffers that is gone.
+    pub(crate) fn unregister_fixed(&self, base: u32, count: usize) {
+        if let Backend::Uring(d) = self {
+            d.unregister_fixed(base, count);
         }
     }
 

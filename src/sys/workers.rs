@@ -164,6 +164,35 @@ fn run(body: &mut OpBody) -> i32 {
                     )
                 }
             }
+            OpBody::ReadFixed { fd, buf, offset } => {
+                // SAFETY: the kernel writes at most `capacity` bytes into the
+                // leased buffer, which this job owns.
+                unsafe {
+                    libc::pread(
+                        *fd,
+                        buf.as_mut_ptr().cast(),
+                        buf.capacity(),
+                        *offset as libc::off_t,
+                    )
+                }
+            }
+            OpBody::WriteFixed {
+                fd,
+                buf,
+                pos,
+                offset,
+            } => {
+                let rest = &buf[*pos..];
+                // SAFETY: reads `rest.len()` initialised bytes of the lease.
+                unsafe {
+                    libc::pwrite(
+                        *fd,
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        *offset as libc::off_t,
+                    )
+                }
+            }
             OpBody::ReadV { fd, bufs, offset } => {
                 let iov: Vec<libc::iovec> = bufs
                     .iter_mut()

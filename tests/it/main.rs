@@ -26,3 +26,4 @@ mod queue;
 mod rt;
 mod rt_io;
 mod serve;
+mod zerocopy;

@@ -781,6 +781,8 @@ backend_test!(port_stats_say_how_each_op_runs, |choice: BackendChoice| {
         OpKind::OpenAt,
         OpKind::Statx,
         OpKind::Fallocate,
+        OpKind::ReadFixed,
+        OpKind::WriteFixed,
     ];
     match choice {
         BackendChoice::Epoll => {

@@ -32,7 +32,9 @@
 //!   wake the poller through an eventfd. `shutdown` never blocks: it is done
 //!   on the submitting thread, like a close.
 //! * `send_file` is `sendfile(2)` into the socket, tried and queued like a send
-//!   (`sock.rs`).
+//!   (`sock.rs`). `send_zc` is a plain (copying) send. Fixed buffers are plain
+//!   memory here: `read_fixed`/`write_fixed` are `pread`/`pwrite` on the file
+//!   workers, or `recv`/`send` tried and queued like any on a socket.
 //! * Timers are kept in a sorted set; the poller's `epoll_wait` timeout is
 //!   shortened to the next one. A linked timeout (`Op::timeout_after`) is a
 //!   timer entry too (its id tagged with [`DEADLINE_BIT`]): when it is due, the
@@ -53,6 +55,7 @@
 //! Difference: closing a socket through `Op::close` (or `disassociate`) cancels
 //! the operations still queued on it, which io_uring would leave pending.
 
+mod fixed;
 mod multi;
 mod sock;
 pub(crate) use sock::block_sigpipe_here;
@@ -172,6 +175,8 @@ pub(crate) struct Driver {
     max_in_flight: usize,
     /// Identifies this driver's buffer pools (`multi.rs`).
     owner: u64,
+    /// This driver's id for fixed-buffer sets (`fixed.rs`).
+    fixed_owner: u64,
 }
 
 impl Driver {
@@ -223,6 +228,7 @@ impl Driver {
             shared,
             max_in_flight: cfg.max_in_flight.max(1),
             owner: crate::provided::new_owner_id(),
+            fixed_owner: crate::fixed::next_owner_id(),
         })
     }
 
@@ -242,7 +248,10 @@ impl Driver {
             | OpKind::Fsync
             | OpKind::OpenAt
             | OpKind::Statx
-            | OpKind::Fallocate => OpPath::Worker,
+            | OpKind::Fallocate
+            // (on a socket: readiness, like a receive or a send)
+            | OpKind::ReadFixed
+            | OpKind::WriteFixed => OpPath::Worker,
             _ => OpPath::Emulated,
         };
         OpPaths::new(path, OpPath::Emulated)
@@ -404,6 +413,10 @@ impl Driver {
                 self.notify();
                 Ok((id, None))
             }
+            // (on a registered socket: below, like a receive or a send)
+            OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. } if !self.fixed_on_socket(&op) => {
+                self.submit_fixed(op, key, user_data)
+            }
             OpBody::Read { .. }
             | OpBody::Write { .. }
             | OpBody::Fsync { .. }
@@ -446,6 +459,9 @@ impl Driver {
             | OpBody::SendTo { fd, .. }
             | OpBody::Accept { fd }
             | OpBody::Connect { fd, .. }
+            | OpBody::SendZc { fd, .. }
+            | OpBody::ReadFixed { fd, .. }
+            | OpBody::WriteFixed { fd, .. }
             | OpBody::SendFile { sock: fd, .. } => {
                 let fd = *fd;
                 let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
@@ -467,7 +483,10 @@ impl Driver {
                 }
                 let is_read = matches!(
                     p.body,
-                    OpBody::Recv { .. } | OpBody::RecvFrom { .. } | OpBody::Accept { .. }
+                    OpBody::Recv { .. }
+                        | OpBody::RecvFrom { .. }
+                        | OpBody::Accept { .. }
+                        | OpBody::ReadFixed { .. }
                 );
                 // A connect must be started by its own system call.
                 let must_try = matches!(p.body, OpBody::Connect { .. });

@@ -44,7 +44,7 @@ pub(super) fn errno() -> i32 {
 }
 
 /// Turns a syscall's return value into an attempt. `EINTR` is retried by the caller.
-fn attempt(rc: isize) -> Result<Attempt, ()> {
+pub(super) fn attempt(rc: isize) -> Result<Attempt, ()> {
     if rc >= 0 {
         return Ok(Some(rc.min(i32::MAX as isize) as i32));
     }
@@ -72,6 +72,13 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
                 })
             }
             OpBody::Send {
+                fd,
+                buf,
+                pos,
+                flags,
+            }
+            // Zero-copy send on epoll: a plain, copying send (see `Op::send_zc`).
+            | OpBody::SendZc {
                 fd,
                 buf,
                 pos,
@@ -212,6 +219,9 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
                 attempt(without_sigpipe(|| unsafe {
                     libc::sendfile(sock, file, &mut off, count)
                 }))
+            }
+            body @ (OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. }) => {
+                super::fixed::try_fixed(body)
             }
             _ => Ok(Some(-libc::EINVAL)),
         };

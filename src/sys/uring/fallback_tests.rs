@@ -28,6 +28,8 @@ fn driver() -> Driver {
                 statx: false,
                 fallocate: false,
                 shutdown: false,
+                send_zc: false,
+                fixed: false,
             }
         },
     )
@@ -100,7 +102,61 @@ fn the_paths_say_where_each_op_goes() {
     assert_eq!(p.get(OpKind::SendFile), Some(OpPath::Emulated));
     assert_eq!(p.get(OpKind::Shutdown), Some(OpPath::Emulated));
     assert_eq!(p.get(OpKind::Recv), Some(OpPath::Uring));
+    assert_eq!(p.get(OpKind::SendZc), Some(OpPath::Emulated));
+    assert_eq!(p.get(OpKind::ReadFixed), Some(OpPath::Worker));
+    assert_eq!(p.get(OpKind::WriteFixed), Some(OpPath::Worker));
     assert_eq!(p.link_timeout(), OpPath::Emulated);
+}
+
+#[test]
+fn send_zc_without_the_opcode_is_a_plain_send() {
+    let d = driver();
+    let (a, mut b) = tcp_pair();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut sent = 0;
+    let mut buf = data.clone();
+    while sent < data.len() {
+        let mut c = run(&d, Op::send_zc_from(&a, buf, sent));
+        assert_eq!(c.kind(), OpKind::SendZc);
+        sent += c.result.expect("send");
+        buf = c.buf.take().expect("the buffer comes back");
+    }
+    assert_eq!(buf, data);
+    let mut got = vec![0; data.len()];
+    b.read_exact(&mut got).unwrap();
+    assert_eq!(got, data);
+    assert_quiet(&d);
+}
+
+#[test]
+fn fixed_buffers_without_registration_run_on_workers() {
+    let d = driver();
+    let set = crate::fixed::unregistered(d.fixed_owner(), 2, 64);
+    let (path, file) = temp_file("fixed");
+    let mut buf = set.lease().unwrap();
+    buf.extend_from_slice(b"fixed, on a worker");
+    let mut c = run(&d, Op::write_fixed(&file, buf, 0));
+    assert_eq!(
+        (c.kind(), c.result.as_ref().ok()),
+        (OpKind::WriteFixed, Some(&18))
+    );
+    let mut buf = c.take_fixed().unwrap();
+    buf.clear();
+    let mut c = run(&d, Op::read_fixed(&file, buf, 7));
+    assert_eq!(c.result.as_ref().ok(), Some(&11));
+    assert_eq!(&c.take_fixed().unwrap()[..], b"on a worker");
+    // A lease of another driver's set is refused, and comes back.
+    let other = crate::fixed::unregistered(u64::MAX, 1, 64);
+    let mut c = run(&d, Op::read_fixed(&file, other.lease().unwrap(), 0));
+    assert!(c.take_fixed().is_some());
+    assert_eq!(
+        c.result.as_ref().unwrap_err().raw_os_error(),
+        Some(libc::EINVAL)
+    );
+    drop(c);
+    assert_eq!((set.available(), other.available()), (2, 1));
+    std::fs::remove_file(path).unwrap();
+    assert_quiet(&d);
 }
 
 #[test]

@@ -61,10 +61,13 @@
 //! missing takes another path instead of failing: `READV`/`WRITEV`/`OPENAT`/
 //! `STATX`/`FALLOCATE` run on worker threads (`fallback.rs`), `SHUTDOWN` is
 //! called on the submitting thread, `send_file` without `SPLICE` reads and sends
-//! through a buffer (`transfer.rs`), and a linked timeout without
-//! `LINK_TIMEOUT` is a timer that cancels the operation. `PortStats::op_paths`
+//! through a buffer (`transfer.rs`), a linked timeout without
+//! `LINK_TIMEOUT` is a timer that cancels the operation, and `send_zc` and
+//! fixed buffers have their own fallbacks (`bufs.rs`). `PortStats::op_paths`
 //! and `ringport info` show which path each kind takes;
 //! `RINGPORT_URING_OPS_OFF` forces the fallbacks for testing.
+//!
+//! `send_zc` is one SQE with two CQEs, one completion (`bufs.rs`).
 //!
 //! # Linked timeouts
 //!
@@ -77,6 +80,7 @@
 //! `LINK_TIMEOUT`; found on 6.18, the timer simply never fired) and kernels
 //! without `LINK_TIMEOUT`.
 
+mod bufs;
 mod fallback;
 mod multi;
 mod ops;
@@ -243,6 +247,14 @@ pub(crate) struct Core {
     /// This core, for the submitter thread (which must not keep it alive).
     me: Weak<Core>,
     kicker: Kicker,
+    /// The fixed-buffer table's slots (`bufs.rs`). Never locked with `inner`
+    /// held, nor `inner` with it: a set is dropped (and clears its slots)
+    /// wherever its last lease goes.
+    slots: Mutex<bufs::Slots>,
+    /// This driver's id for fixed-buffer sets.
+    fixed_owner: u64,
+    /// Descriptors known to be sockets, or not (`bufs.rs`).
+    sockets: Mutex<bufs::SocketCache>,
 }
 
 /// `Driver::combined` when no submit-and-wait enter is in progress.
@@ -284,6 +296,7 @@ impl Core {
         let cq_entries = ring.params().cq_entries() as usize;
         let max_in_flight = cfg.max_in_flight.clamp(1, cq_entries / 2);
         let mut support = check_ops(&ring)?;
+        support.fixed &= bufs::sparse_tables(&ring);
         adjust(&mut support);
         Ok(Arc::new_cyclic(|me| Core {
             ring,
@@ -303,6 +316,9 @@ impl Core {
                 )
             }),
             bufs: multi::Pools::new(),
+            slots: Mutex::default(),
+            fixed_owner: crate::fixed::next_owner_id(),
+            sockets: Mutex::default(),
             pushed: AtomicU64::new(0),
             combined: AtomicU64::new(NO_COMBINED),
             backlog: Mutex::new(VecDeque::new()),
@@ -412,6 +428,11 @@ impl Core {
                 rec.aux = aux;
                 (None, sqe)
             })
+        } else if let Some(built) = self.build_bufs(&mut body) {
+            built.map(|(sqe, aux)| {
+                rec.aux = aux;
+                (None, sqe)
+            })
         } else if self.path(kind) == OpPath::Worker {
             return self.submit_to_worker(inner, rec, body, link, flush);
         } else if let (OpBody::Shutdown { fd, how }, false) = (&body, self.support.shutdown) {
@@ -426,6 +447,9 @@ impl Core {
                 0
             })
         } else {
+            if let OpBody::Close { fd } = &body {
+                self.forget_fd(std::os::fd::AsRawFd::as_raw_fd(fd));
+            }
             ops::build(&mut body).map(|(sqe, aux)| {
                 rec.aux = aux;
                 (None, sqe)
@@ -532,6 +556,8 @@ impl Core {
             OpKind::Fallocate => native(s.fallocate, OpPath::Worker),
             OpKind::AcceptMulti => native(self.multi.accept, OpPath::Emulated),
             OpKind::RecvMulti => native(self.multi.recv, OpPath::Emulated),
+            OpKind::SendZc => native(s.send_zc, OpPath::Emulated),
+            OpKind::ReadFixed | OpKind::WriteFixed => native(s.fixed, OpPath::Worker),
             _ => OpPath::Uring,
         }
     }
@@ -932,7 +958,7 @@ impl Core {
                         let (res, flags) = (cqe.result(), cqe.flags());
                         self.on_multi_cqe(&mut inner, id, res, flags, out, &mut follow);
                     } else {
-                        out.extend(inner.on_cqe(id, head, cqe.result(), &mut follow));
+                        out.extend(inner.on_cqe(id, head, cqe.result(), cqe.flags(), &mut follow));
                     }
                 }
             }
@@ -983,6 +1009,7 @@ impl Core {
         let mut sink = Vec::new();
         let mut woken = false;
         let mut round = 0u32;
+        let started = std::time::Instant::now();
         loop {
             // Cancel everything in flight, again every half second: a request
             // that was not yet visible to the kernel's cancel (the tail of a
@@ -990,9 +1017,11 @@ impl Core {
             if round % 10 == 0 {
                 let mut inner = lock(&self.inner);
                 for id in inner.ops.ids() {
-                    // (a completion from here is dropped, like the others)
-                    drop(self.cancel_locked(&mut inner, id));
+                    // (dropped like the others, but after the lock: it may
+                    // hold a set's last lease, whose drop calls this driver)
+                    sink.extend(self.cancel_locked(&mut inner, id));
                 }
+                inner.give_up_on_notifs(started);
             }
             round += 1;
             sink.clear();

@@ -15,6 +15,7 @@ use socket2::{socklen_t, SockAddr, SockAddrStorage};
 use crate::completion::raw_addr;
 use crate::op::OpBody;
 
+use super::bufs::ZeroCopy;
 use super::transfer::Transfer;
 
 /// What an SQE points into besides the op body, kept alive with the record.
@@ -35,6 +36,8 @@ pub(super) enum Aux {
     Worker,
     /// A multishot operation (`multi.rs`).
     Multi(super::multi::Multi),
+    /// A zero-copy send between its result and its notification (`bufs.rs`).
+    ZeroCopy(ZeroCopy),
 }
 
 /// The `iovec` array of a `READV`/`WRITEV`, one entry per buffer of the op body.
@@ -330,5 +333,10 @@ pub(super) fn build(body: &mut OpBody) -> Result<(squeue::Entry, Aux), i32> {
         OpBody::Shutdown { fd, how } => (opcode::Shutdown::new(Fd(*fd), *how).build(), Aux::None),
         // Built by the driver (`multi.rs`), which knows what the kernel offers.
         OpBody::AcceptMulti { .. } | OpBody::RecvMulti { .. } => return Err(-libc::EINVAL),
+        // Built by the driver (`bufs.rs`), which knows what the kernel offers;
+        // a fixed-buffer operation it leaves runs on a worker thread.
+        OpBody::SendZc { .. } | OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. } => {
+            return Err(-libc::EINVAL)
+        }
     })
 }

@@ -65,6 +65,8 @@ pub(crate) fn probe() -> io::Result<Probe> {
         ("MSG_RING", opcode::MsgRingData::CODE),
         ("SEND_ZC", opcode::SendZc::CODE),
         ("PROVIDE_BUFFERS", opcode::ProvideBuffers::CODE),
+        ("READ_FIXED", opcode::ReadFixed::CODE),
+        ("WRITE_FIXED", opcode::WriteFixed::CODE),
     ]
     .into_iter()
     .map(|(name, code)| (name, kp.is_supported(code)))
@@ -79,7 +81,7 @@ pub(crate) fn probe() -> io::Result<Probe> {
 }
 
 /// The optional opcodes, by name, that a driver can do without.
-const OPTIONAL: [(&str, u8); 8] = [
+const OPTIONAL: [(&str, u8); 11] = [
     ("SPLICE", opcode::Splice::CODE),
     ("LINK_TIMEOUT", opcode::LinkTimeout::CODE),
     ("READV", opcode::Readv::CODE),
@@ -88,6 +90,9 @@ const OPTIONAL: [(&str, u8); 8] = [
     ("STATX", opcode::Statx::CODE),
     ("FALLOCATE", opcode::Fallocate::CODE),
     ("SHUTDOWN", opcode::Shutdown::CODE),
+    ("SEND_ZC", opcode::SendZc::CODE),
+    ("READ_FIXED", opcode::ReadFixed::CODE),
+    ("WRITE_FIXED", opcode::WriteFixed::CODE),
 ];
 
 /// Which optional opcodes a driver may use (found once, at start).
@@ -104,6 +109,11 @@ pub(super) struct Support {
     pub(super) statx: bool,
     pub(super) fallocate: bool,
     pub(super) shutdown: bool,
+    /// `send_zc` as `SEND_ZC`; else a plain `SEND`.
+    pub(super) send_zc: bool,
+    /// Registered buffers (`READ_FIXED`, `WRITE_FIXED` and a sparse buffer
+    /// table, Linux 5.19); else fixed-buffer file operations on a worker.
+    pub(super) fixed: bool,
 }
 
 /// Fails if the kernel lacks an opcode ringport needs (then `auto` falls back);
@@ -165,5 +175,7 @@ pub(super) fn check_ops(ring: &IoUring) -> io::Result<Support> {
         statx: has("STATX"),
         fallocate: has("FALLOCATE"),
         shutdown: has("SHUTDOWN"),
+        send_zc: has("SEND_ZC"),
+        fixed: has("READ_FIXED") && has("WRITE_FIXED"),
     })
 }

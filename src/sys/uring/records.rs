@@ -7,6 +7,7 @@ use io_uring::{opcode, squeue, types};
 use crate::completion::{Completion, OpId};
 use crate::op::{OpBody, OpKind};
 
+use super::bufs::{plain_send, ZcStep};
 use super::ops::Aux;
 use super::transfer::{Pipe, Step, PIPE_POOL};
 use super::{CANCEL_TAG, LEG_BIT, TIMER_BIT};
@@ -50,6 +51,7 @@ impl Inner {
         id: OpId,
         head: bool,
         res: i32,
+        flags: u32,
         follow: &mut Vec<Vec<squeue::Entry>>,
     ) -> Option<Completion> {
         let closing = self.closed;
@@ -77,6 +79,15 @@ impl Inner {
                     return None;
                 }
                 Step::Done(res) => res,
+            },
+            Aux::ZeroCopy(z) => match z.on_cqe(res, flags, closing) {
+                ZcStep::Wait => return None,
+                ZcStep::Done(res) => res,
+                ZcStep::Resend => {
+                    let sqe = plain_send(&rec.body).expect("a zero-copy record holds a send_zc");
+                    follow.push(vec![sqe.user_data(id.0)]);
+                    return None;
+                }
             },
             _ if head => {
                 tracing::error!("head CQE for single-SQE operation {:#x}", id.0);

@@ -4,6 +4,7 @@ mod designs;
 mod echo;
 mod idle;
 mod nop;
+mod transfer;
 
 use clap::Subcommand;
 
@@ -16,6 +17,11 @@ pub enum BenchCommand {
     Echo(echo::EchoBenchArgs),
     /// Opens N connections to a server and holds them idle (see bench/idle-memory.sh).
     Idle(idle::IdleArgs),
+    /// File → 127.0.0.1 socket throughput and sender CPU: send_file vs read + send vs read + send_zc.
+    Transfer(transfer::TransferArgs),
+    /// The transfer benchmark's sink (a child process of `bench transfer`).
+    #[command(hide = true)]
+    TransferSink(transfer::SinkArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
@@ -23,6 +29,8 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
         BenchCommand::Nop(args) => nop::run(&args),
         BenchCommand::Echo(args) => echo::run(&args),
         BenchCommand::Idle(args) => idle::run(&args),
+        BenchCommand::Transfer(args) => transfer::run(&args),
+        BenchCommand::TransferSink(args) => transfer::sink(&args),
     }
 }
 
