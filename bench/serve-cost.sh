@@ -8,7 +8,8 @@
 #
 #   bench/serve-cost.sh                          # 5 s runs, c=32, all files, nginx + both backends
 #   DURATION=2 FILES=64k.bin CONNS=32 SERVERS="nginx uring" STRACE=1 bench/serve-cost.sh
-#   RINGPORT=/path/to/other/ringport bench/serve-cost.sh   # an A/B against another build
+#   RINGPORT=/path/to/other/ringport bench/serve-cost.sh   # another build
+#   SERVERS="uring:/tmp/old/ringport uring epoll:/tmp/old/ringport epoll" bench/serve-cost.sh  # A/B
 #
 # nginx: the same config as bench/vs-nginx.sh (2 workers, sendfile, tcp_nopush).
 set -euo pipefail
@@ -72,8 +73,10 @@ EOF
         PID[nginx]=$!
         PIDS+=($!)
     else
-        out="$WORK/ringport-$s.out"
-        "$RINGPORT" serve "$WORK/www" --listen 127.0.0.1:0 --backend "$s" >"$out" 2>&1 &
+        backend=${s%%:*} bin=$RINGPORT
+        [[ "$s" == *:* ]] && bin=${s#*:}
+        out="$WORK/ringport-${#PIDS[@]}.out"
+        "$bin" serve "$WORK/www" --listen 127.0.0.1:0 --backend "$backend" >"$out" 2>&1 &
         PID[$s]=$!
         PIDS+=($!)
         for _ in $(seq 100); do grep -q "http://" "$out" && break; sleep 0.1; done
@@ -107,8 +110,14 @@ run_wrk() {
     wrk -t"$WRK_THREADS" -c"$1" -d"${DURATION}s" --timeout 30s "$2" 2>&1
 }
 requests() { awk '/requests in/ {print $1}' <<<"$1"; }
+# MiB wrk received (responses still in flight at the end included).
+mib_read() {
+    awk '/requests in/ { v = $5; u = v; sub(/[0-9.]+/, "", u); sub(/[A-Za-z]+$/, "", v)
+        f = (u == "GB") ? 1024 : (u == "MB") ? 1 : (u == "KB") ? 1 / 1024 : 1 / 1048576
+        printf "%.3f", v * f }' <<<"$1"
+}
 
-printf '%-7s %-6s %-7s %10s %12s %14s\n' file conns server requests "cpu-us/req" "syscalls/req"
+printf '%-7s %-6s %-24s %10s %12s %12s %14s\n' file conns server requests "cpu-us/req" "cpu-us/MiB" "syscalls/req"
 for f in $FILES; do
     for c in $CONNS; do
         for s in $SERVERS; do
@@ -118,6 +127,8 @@ for f in $FILES; do
             out=$(run_wrk "$c" "$url")
             t1=$(cpu_ticks "${ps[@]}")
             n=$(requests "$out")
+            mib=$(mib_read "$out")
+            usm=$(awk -v d=$((t1 - t0)) -v m="$mib" -v hz="$TICK" 'BEGIN { printf "%.1f", (m > 0 ? d * 1e6 / hz / m : 0) }')
             us=$(awk -v d=$((t1 - t0)) -v n="$n" -v hz="$TICK" 'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }')
             sc=-
             if [ "$STRACE" = 1 ]; then
@@ -143,7 +154,7 @@ for f in $FILES; do
                 fi
                 rm -f "$WORK"/strace.*
             fi
-            printf '%-7s %-6s %-7s %10s %12s %14s\n' "$f" "$c" "$s" "$n" "$us" "$sc"
+            printf '%-7s %-6s %-24s %10s %12s %12s %14s\n' "$f" "$c" "$s" "$n" "$us" "$usm" "$sc"
         done
     done
 done

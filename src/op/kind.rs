@@ -44,12 +44,14 @@ pub enum OpKind {
     Fallocate,
     /// Shut down one or both directions of a socket.
     Shutdown,
+    /// Wait until a socket can take more bytes.
+    Writable,
 }
 
 impl OpKind {
     /// Every kind of operation an [`Op`](super::Op) can be (all but [`OpKind::Post`]),
     /// files first, then sockets, then the rest.
-    pub const ALL: [OpKind; 19] = [
+    pub const ALL: [OpKind; 20] = [
         OpKind::Nop,
         OpKind::Read,
         OpKind::Write,
@@ -68,6 +70,7 @@ impl OpKind {
         OpKind::Connect,
         OpKind::Shutdown,
         OpKind::SendFile,
+        OpKind::Writable,
         OpKind::Timeout,
     ];
 
@@ -94,7 +97,8 @@ impl OpKind {
             OpKind::Connect => 15,
             OpKind::Shutdown => 16,
             OpKind::SendFile => 17,
-            OpKind::Timeout => 18,
+            OpKind::Writable => 18,
+            OpKind::Timeout => 19,
         })
     }
 }

@@ -92,6 +92,9 @@ pub(crate) enum OpBody {
         offset: u64,
         len: usize,
     },
+    Writable {
+        fd: RawFd,
+    },
     ReadV {
         fd: RawFd,
         bufs: Vec<Vec<u8>>,
@@ -525,6 +528,15 @@ impl Op {
         })
     }
 
+    /// Completes when `socket` can take more bytes (at once if it can now):
+    /// for a program that sends with non-blocking calls of its own and waits
+    /// here after `EAGAIN`. `Ok(events)` (the `poll(2)` bits, `POLLOUT` set;
+    /// `POLLERR`/`POLLHUP` for a socket in error or shut down — the next send
+    /// reports why).
+    pub fn writable(socket: &impl AsFd) -> Op {
+        Op::new(OpBody::Writable { fd: raw(socket) })
+    }
+
     /// Shuts down the reading side, the writing side, or both, of a connected
     /// socket (`shutdown(2)`): after `Shutdown::Write` the peer reads end of
     /// stream once it has everything sent before. `Ok(0)`, or `ENOTCONN` for a
@@ -611,7 +623,8 @@ impl Op {
             | OpBody::ReadV { fd, .. }
             | OpBody::WriteV { fd, .. }
             | OpBody::Fallocate { fd, .. }
-            | OpBody::Shutdown { fd, .. } => Some(*fd),
+            | OpBody::Shutdown { fd, .. }
+            | OpBody::Writable { fd } => Some(*fd),
             OpBody::SendFile { sock, .. } => Some(*sock),
             OpBody::Close { fd } => Some(fd.as_raw_fd()),
         }
@@ -640,6 +653,7 @@ impl OpBody {
             OpBody::Statx { .. } => OpKind::Statx,
             OpBody::Fallocate { .. } => OpKind::Fallocate,
             OpBody::Shutdown { .. } => OpKind::Shutdown,
+            OpBody::Writable { .. } => OpKind::Writable,
         }
     }
 }

@@ -435,7 +435,8 @@ impl Driver {
             | OpBody::SendTo { fd, .. }
             | OpBody::Accept { fd }
             | OpBody::Connect { fd, .. }
-            | OpBody::SendFile { sock: fd, .. } => {
+            | OpBody::SendFile { sock: fd, .. }
+            | OpBody::Writable { fd } => {
                 let fd = *fd;
                 let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
                 let q = lock(&self.shared.fds).get(&fd).cloned();

@@ -326,5 +326,9 @@ pub(super) fn build(body: &mut OpBody) -> Result<(squeue::Entry, Aux), i32> {
             (sqe, Aux::None)
         }
         OpBody::Shutdown { fd, how } => (opcode::Shutdown::new(Fd(*fd), *how).build(), Aux::None),
+        OpBody::Writable { fd } => (
+            opcode::PollAdd::new(Fd(*fd), libc::POLLOUT as u32).build(),
+            Aux::None,
+        ),
     })
 }

@@ -11,6 +11,7 @@
 
 use std::io::{self, Write as _};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,6 +38,11 @@ const LINGER_BYTES: usize = 1 << 20;
 /// Serves one connection until it closes.
 pub async fn run(srv: Arc<Server>, stream: TcpStream, peer: SocketAddr, permit: Permit) {
     let _ = stream.set_nodelay(true);
+    if let Err(e) = body::nonblocking(&stream) {
+        // Inline sends must never block the task's thread.
+        tracing::warn!(%peer, "cannot make the socket non-blocking: {e}");
+        return;
+    }
     let watch = srv.watch();
     let mut c = Conn {
         srv,
@@ -330,7 +336,9 @@ impl Conn {
             Plan::NoBody(status) => (status, 0, 0),
         };
         let out = std::mem::take(&mut self.out);
-        self.out = self.write(out).await?;
+        // The body follows at once: the head may wait for it in the kernel.
+        let more = !head_only && len > 0 && !self.srv.cfg.copy_bodies;
+        self.out = self.write_more(out, more).await?;
         if head_only || len == 0 {
             return Ok(Sent { status, body: 0 });
         }
@@ -483,6 +491,18 @@ impl Conn {
 
     /// Sends all of `out` within the send timeout; returns the buffer cleared.
     async fn write(&mut self, out: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.write_more(out, false).await
+    }
+
+    /// [`write`](Self::write), tried inline first (see `body.rs`); `more`: a
+    /// body follows at once.
+    async fn write_more(&mut self, mut out: Vec<u8>, more: bool) -> io::Result<Vec<u8>> {
+        let sent = body::send_now(self.stream.as_raw_fd(), &out, more)?;
+        if sent == out.len() {
+            out.clear();
+            return Ok(out);
+        }
+        out.drain(..sent);
         let limit = self.srv.cfg.send_timeout;
         match self
             .watch
