@@ -24,3 +24,5 @@ mod queue;
 mod rt;
 mod rt_io;
 mod serve;
+mod serve_open;
+mod writable;
