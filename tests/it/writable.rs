@@ -23,10 +23,8 @@ async fn pair() -> (TcpStream, std::net::TcpStream) {
     let peer = peer.join().expect("connect thread");
     let mut on: libc::c_int = 1;
     // SAFETY: FIONBIO reads one int from a live local.
-    assert_eq!(
-        unsafe { libc::ioctl(ours.as_raw_fd(), libc::FIONBIO, &mut on) },
-        0
-    );
+    let rc = unsafe { libc::ioctl(ours.as_raw_fd(), libc::FIONBIO, &mut on) };
+    assert_eq!(rc, 0);
     (ours, peer)
 }
 
@@ -59,11 +57,11 @@ backend_test!(
     |choice: BackendChoice| {
         let rt = runtime(choice);
         let h = rt.handle();
-        block(&h, async {
+        block(h, async {
             let (ours, _peer) = pair().await;
             ours.writable().await.expect("room in a fresh socket");
         });
-        wait_idle(&h);
+        wait_idle(h);
     }
 );
 
@@ -72,7 +70,7 @@ backend_test!(
     |choice: BackendChoice| {
         let rt = runtime(choice);
         let h = rt.handle();
-        block(&h, async {
+        block(h, async {
             let (ours, mut peer) = pair().await;
             let sent = fill(&ours);
             assert!(sent > 0);
@@ -94,7 +92,7 @@ backend_test!(
             assert!(fill(&ours) > 0);
             drop(reader.join().expect("reader"));
         });
-        wait_idle(&h);
+        wait_idle(h);
     }
 );
 
@@ -103,7 +101,7 @@ backend_test!(
     |choice: BackendChoice| {
         let rt = runtime(choice);
         let h = rt.handle();
-        block(&h, async {
+        block(h, async {
             let (ours, peer) = pair().await;
             fill(&ours);
             {
@@ -114,6 +112,6 @@ backend_test!(
             drop(peer);
         });
         // Nothing left in flight, nothing waits.
-        wait_idle(&h);
+        wait_idle(h);
     }
 );
