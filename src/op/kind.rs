@@ -134,13 +134,13 @@ impl std::fmt::Display for OpPath {
 /// timeout ([`Op::timeout_after`](super::Op::timeout_after)).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct OpPaths {
-    paths: [OpPath; 19],
+    paths: [OpPath; OpKind::ALL.len()],
     link_timeout: OpPath,
 }
 
 impl OpPaths {
     pub(crate) fn new(mut path: impl FnMut(OpKind) -> OpPath, link_timeout: OpPath) -> OpPaths {
-        let mut paths = [OpPath::Emulated; 19];
+        let mut paths = [OpPath::Emulated; OpKind::ALL.len()];
         for (p, k) in paths.iter_mut().zip(OpKind::ALL) {
             *p = path(k);
         }
