@@ -40,7 +40,7 @@
 //! connection's buffer, each followed by `write_all`.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 use ringport::fs::File;
@@ -61,7 +61,7 @@ pub const CHUNK: usize = 256 * 1024;
 /// promised `len` bytes, so the connection must be closed.
 pub async fn send_body(
     stream: &TcpStream,
-    file: &File,
+    file: BorrowedFd<'_>,
     (offset, len): (u64, u64),
     watch: &Watch,
     limit: Duration,
@@ -71,7 +71,7 @@ pub async fn send_body(
     if copy {
         return copy_body(stream, file, offset, len, watch, limit, buf).await;
     }
-    let (sock, fd) = (stream.as_raw_fd(), file.as_fd().as_raw_fd());
+    let (sock, fd) = (stream.as_raw_fd(), file.as_raw_fd());
     let end = offset + len;
     let mut pos = offset;
     // The socket's buffer may have room: false after an inline attempt found
@@ -181,13 +181,17 @@ fn unsupported(e: &io::Error) -> bool {
 /// The copying path: read a chunk, send it, repeat.
 async fn copy_body(
     stream: &TcpStream,
-    file: &File,
+    file: BorrowedFd<'_>,
     offset: u64,
     len: u64,
     watch: &Watch,
     limit: Duration,
     buf: &mut Vec<u8>,
 ) -> io::Result<()> {
+    // Reads go through the port: the file joins it (a descriptor of its own,
+    // as this path is rare: `--copy-bodies`, or a file system without
+    // `sendfile`).
+    let file = File::from_std(std::fs::File::from(file.try_clone_to_owned()?))?;
     let end = offset + len;
     let mut pos = offset;
     while pos < end {

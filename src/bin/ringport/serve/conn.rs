@@ -11,7 +11,7 @@
 
 use std::io::{self, Write as _};
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -314,8 +314,14 @@ impl Conn {
         // The type comes from the name asked for (as nginx does), not from
         // where a symlink leads.
         let meta = FileMeta::of(rel, &m);
-        let file = File::from_std(std_file)?;
-        if m.len() <= self.srv.cache.max_file && !head_only {
+        // Only a file read into memory joins the port (the read is a port
+        // operation); a body is sent from the plain descriptor.
+        let (joined, plain) = if m.len() <= self.srv.cache.max_file && !head_only {
+            (Some(File::from_std(std_file)?), None)
+        } else {
+            (None, Some(std_file))
+        };
+        if let Some(file) = &joined {
             let (r, body) = file.read_at(Vec::with_capacity(m.len() as usize), 0).await;
             let n = r?;
             if n as u64 == m.len() {
@@ -343,9 +349,14 @@ impl Conn {
             return Ok(Sent { status, body: 0 });
         }
         let limit = self.srv.cfg.send_timeout;
+        let fd = match (&joined, &plain) {
+            (Some(f), _) => f.as_fd(),
+            (_, Some(f)) => f.as_fd(),
+            (None, None) => unreachable!("one of the two holds the file"),
+        };
         body::send_body(
             &self.stream,
-            &file,
+            fd,
             (start, len),
             &self.watch,
             limit,
