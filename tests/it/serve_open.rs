@@ -182,3 +182,30 @@ backend_test!(a_slow_reader_gets_every_byte, |choice: BackendChoice| {
     assert_eq!(sha256_hex(&all[end..]), want);
     srv.stop();
 });
+
+backend_test!(
+    a_large_file_edited_gets_fresh_headers,
+    |choice: BackendChoice| {
+        let site = Site::new();
+        // Too large to be kept in memory: its headers are kept instead.
+        let one = vec![b'1'; 100 << 10];
+        let two = vec![b'2'; 150 << 10];
+        site.write("grow.bin", &one);
+        let Some(srv) = Serve::start(choice, &site, &[]) else {
+            return;
+        };
+        let mut c = Client::connect(srv.addr);
+        let r = c.get("/grow.bin", "");
+        assert_eq!((r.must("Content-Length"), r.body == one), ("102400", true));
+        let etag = r.must("ETag").to_string();
+        assert_eq!(c.get("/grow.bin", "").must("ETag"), etag, "the same file");
+        site.write("grow.bin", &two);
+        let r = c.get("/grow.bin", "");
+        assert_eq!(r.must("Content-Length"), "153600");
+        assert!(r.body == two, "the new bytes");
+        assert_ne!(r.must("ETag"), etag, "a new ETag for the new version");
+        let r = c.get("/grow.bin", &format!("If-None-Match: {etag}\r\n"));
+        assert_eq!(r.status, 200, "the old ETag no longer matches");
+        srv.stop();
+    }
+);

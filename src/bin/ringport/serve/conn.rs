@@ -313,7 +313,7 @@ impl Conn {
         } = opened;
         // The type comes from the name asked for (as nginx does), not from
         // where a symlink leads.
-        let meta = FileMeta::of(rel, &m);
+        let id = FileId::of(&m);
         // Only a file read into memory joins the port (the read is a port
         // operation); a body is sent from the plain descriptor.
         let (joined, plain) = if m.len() <= self.srv.cache.max_file && !head_only {
@@ -327,8 +327,8 @@ impl Conn {
             if n as u64 == m.len() {
                 let entry = Arc::new(Entry {
                     file: self.srv.dir.path.join(rel),
-                    id: FileId::of(&m),
-                    meta,
+                    id,
+                    meta: FileMeta::of(rel, &m),
                     body: body.into_boxed_slice(),
                 });
                 self.srv.cache.insert(key, entry.clone());
@@ -336,6 +336,7 @@ impl Conn {
             }
             // Changed under us (or a short read): stream it instead.
         }
+        let meta = self.srv.cache.meta(&key, id, || FileMeta::of(rel, &m));
         let plan = self.head_for(req, keep, &meta);
         let (status, start, len) = match plan {
             Plan::Body { status, start, len } => (status, start, len),
