@@ -108,11 +108,14 @@ pub struct Entry {
 pub struct Cache {
     map: RwLock<Map>,
     /// Metadata of files served from disk, with the identity it was made for.
-    metas: RwLock<HashMap<Vec<u8>, (FileId, Arc<FileMeta>)>>,
+    metas: RwLock<Metas>,
     /// Largest file kept.
     pub max_file: u64,
     max_total: usize,
 }
+
+/// Request path → the identity of the file and the metadata made for it.
+type Metas = HashMap<Vec<u8>, (FileId, Arc<FileMeta>)>;
 
 /// Most entries of the metadata cache; when full, it starts over.
 const MAX_METAS: usize = 4096;
