@@ -197,6 +197,16 @@ impl TcpStream {
         Ok(())
     }
 
+    /// Waits until the socket can take more bytes (at once if it can now).
+    /// For a program that also sends with non-blocking system calls of its
+    /// own on this socket (made non-blocking) and waits here after `EAGAIN`,
+    /// as an epoll server would; `Err` if the wait could not be made.
+    /// Dropping the future cancels the wait.
+    pub async fn writable(&self) -> io::Result<()> {
+        let c = self.core.run(Op::writable(&self.core.fd)).await?;
+        c.result.map(drop)
+    }
+
     /// Sets `TCP_NODELAY`.
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
         SockRef::from(&self.core.fd).set_tcp_nodelay(on)

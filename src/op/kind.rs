@@ -1,7 +1,7 @@
 //! The kinds of operations, and how a backend carries out each kind.
 
 /// How many kinds of operations there are (all but [`OpKind::Post`]).
-const KINDS: usize = 24;
+const KINDS: usize = 25;
 
 /// The kind of an operation, as reported in its [`Completion`](crate::Completion).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +58,8 @@ pub enum OpKind {
     ReadFixed,
     /// Write from a registered buffer at an offset (`Op::write_fixed`).
     WriteFixed,
+    /// Wait until a socket can take more bytes.
+    Writable,
 }
 
 impl OpKind {
@@ -88,6 +90,7 @@ impl OpKind {
         OpKind::Timeout,
         OpKind::AcceptMulti,
         OpKind::RecvMulti,
+        OpKind::Writable,
     ];
 
     /// This kind's place in [`OpKind::ALL`]; `None` for `Post`. An exhaustive
@@ -119,6 +122,7 @@ impl OpKind {
             OpKind::Timeout => 21,
             OpKind::AcceptMulti => 22,
             OpKind::RecvMulti => 23,
+            OpKind::Writable => 24,
         })
     }
 }

@@ -96,6 +96,9 @@ pub(crate) enum OpBody {
         offset: u64,
         len: usize,
     },
+    Writable {
+        fd: RawFd,
+    },
     ReadV {
         fd: RawFd,
         bufs: Vec<Vec<u8>>,
@@ -559,6 +562,15 @@ impl Op {
         })
     }
 
+    /// Completes when `socket` can take more bytes (at once if it can now):
+    /// for a program that sends with non-blocking calls of its own and waits
+    /// here after `EAGAIN`. `Ok(events)` (the `poll(2)` bits, `POLLOUT` set;
+    /// `POLLERR`/`POLLHUP` for a socket in error or shut down — the next send
+    /// reports why).
+    pub fn writable(socket: &impl AsFd) -> Op {
+        Op::new(OpBody::Writable { fd: raw(socket) })
+    }
+
     /// Shuts down the reading side, the writing side, or both, of a connected
     /// socket (`shutdown(2)`): after `Shutdown::Write` the peer reads end of
     /// stream once it has everything sent before. `Ok(0)`, or `ENOTCONN` for a
@@ -650,7 +662,8 @@ impl Op {
             | OpBody::RecvMulti { fd, .. }
             | OpBody::SendZc { fd, .. }
             | OpBody::ReadFixed { fd, .. }
-            | OpBody::WriteFixed { fd, .. } => Some(*fd),
+            | OpBody::WriteFixed { fd, .. }
+            | OpBody::Writable { fd } => Some(*fd),
             OpBody::SendFile { sock, .. } => Some(*sock),
             OpBody::Close { fd } => Some(fd.as_raw_fd()),
         }
@@ -684,6 +697,7 @@ impl OpBody {
             OpBody::SendZc { .. } => OpKind::SendZc,
             OpBody::ReadFixed { .. } => OpKind::ReadFixed,
             OpBody::WriteFixed { .. } => OpKind::WriteFixed,
+            OpBody::Writable { .. } => OpKind::Writable,
         }
     }
 }

@@ -26,4 +26,6 @@ mod queue;
 mod rt;
 mod rt_io;
 mod serve;
+mod serve_open;
+mod writable;
 mod zerocopy;

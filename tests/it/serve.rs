@@ -32,13 +32,13 @@ const SECRET: &[u8] = b"TOP-SECRET-OUTSIDE-THE-ROOT";
 // ---------------------------------------------------------------------------
 
 /// A temp folder `base/` holding DIR (`base/root`) and a secret beside it.
-struct Site {
+pub(crate) struct Site {
     base: PathBuf,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 impl Site {
-    fn new() -> Site {
+    pub(crate) fn new() -> Site {
         static N: AtomicU64 = AtomicU64::new(0);
         let base = std::env::temp_dir().join(format!(
             "ringport-serve-{}-{}",
@@ -66,7 +66,7 @@ impl Site {
         site
     }
 
-    fn write(&self, rel: &str, bytes: &[u8]) {
+    pub(crate) fn write(&self, rel: &str, bytes: &[u8]) {
         std::fs::write(self.root.join(rel), bytes).unwrap();
     }
 }
@@ -88,9 +88,9 @@ fn pattern(n: usize) -> Vec<u8> {
 
 /// A running `ringport serve`. Dropping it without `stop` (a failed test) sends
 /// SIGTERM, then SIGKILL if it lingers, and reaps it.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// stdout lines after the ready line (the access log).
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
@@ -101,7 +101,7 @@ struct Serve {
 impl Serve {
     /// Starts `ringport serve site.root` on 127.0.0.1:0 and `choice`, or prints
     /// why the backend is skipped.
-    fn start(choice: BackendChoice, site: &Site, extra: &[&str]) -> Option<Serve> {
+    pub(crate) fn start(choice: BackendChoice, site: &Site, extra: &[&str]) -> Option<Serve> {
         let backend = match choice {
             BackendChoice::Epoll => "epoll",
             _ => "uring",
@@ -216,7 +216,7 @@ impl Serve {
     }
 
     /// SIGTERM, exit 0 within `T`.
-    fn stop(self) -> String {
+    pub(crate) fn stop(self) -> String {
         self.signal(libc::SIGTERM);
         self.wait_exit()
     }
@@ -251,10 +251,10 @@ impl Drop for Serve {
 // ---------------------------------------------------------------------------
 
 #[derive(Debug)]
-struct Resp {
-    status: u16,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Resp {
@@ -266,7 +266,7 @@ impl Resp {
     }
 
     #[track_caller]
-    fn must(&self, name: &str) -> &str {
+    pub(crate) fn must(&self, name: &str) -> &str {
         self.header(name)
             .unwrap_or_else(|| panic!("no {name} header in {self:?}"))
     }
@@ -276,13 +276,13 @@ impl Resp {
     }
 }
 
-struct Client {
+pub(crate) struct Client {
     s: TcpStream,
     buf: Vec<u8>,
 }
 
 impl Client {
-    fn connect(addr: SocketAddr) -> Client {
+    pub(crate) fn connect(addr: SocketAddr) -> Client {
         let s = TcpStream::connect_timeout(&addr, T)
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
         s.set_read_timeout(Some(T)).unwrap();
@@ -291,12 +291,12 @@ impl Client {
         Client { s, buf: Vec::new() }
     }
 
-    fn send(&mut self, raw: &[u8]) {
+    pub(crate) fn send(&mut self, raw: &[u8]) {
         self.s.write_all(raw).expect("send a request");
     }
 
     /// `GET target` (HTTP/1.1, keep-alive) with extra header lines.
-    fn get(&mut self, target: &str, extra: &str) -> Resp {
+    pub(crate) fn get(&mut self, target: &str, extra: &str) -> Resp {
         self.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes());
         self.response(false)
     }
@@ -318,7 +318,7 @@ impl Client {
     }
 
     #[track_caller]
-    fn response(&mut self, head_only: bool) -> Resp {
+    pub(crate) fn response(&mut self, head_only: bool) -> Resp {
         self.try_response(head_only)
             .unwrap_or_else(|e| panic!("reading a response: {e}"))
     }
@@ -396,11 +396,11 @@ fn fetch(addr: SocketAddr, raw: &str) -> Resp {
     c.response(raw.starts_with("HEAD "))
 }
 
-fn get(addr: SocketAddr, target: &str) -> Resp {
+pub(crate) fn get(addr: SocketAddr, target: &str) -> Resp {
     Client::connect(addr).get(target, "")
 }
 
-fn sha256_hex(data: impl AsRef<[u8]>) -> String {
+pub(crate) fn sha256_hex(data: impl AsRef<[u8]>) -> String {
     hex(&Sha256::digest(data.as_ref()))
 }
 
@@ -976,7 +976,7 @@ backend_test!(access_log_is_written_when_asked, |choice: BackendChoice| {
 });
 
 /// Writes `size` pseudo-random bytes to `path`; returns their SHA-256.
-fn write_random(path: &Path, size: usize) -> String {
+pub(crate) fn write_random(path: &Path, size: usize) -> String {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let mut h = Sha256::new();
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

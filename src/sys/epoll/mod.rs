@@ -462,7 +462,8 @@ impl Driver {
             | OpBody::SendZc { fd, .. }
             | OpBody::ReadFixed { fd, .. }
             | OpBody::WriteFixed { fd, .. }
-            | OpBody::SendFile { sock: fd, .. } => {
+            | OpBody::SendFile { sock: fd, .. }
+            | OpBody::Writable { fd } => {
                 let fd = *fd;
                 let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
                 let q = lock(&self.shared.fds).get(&fd).cloned();

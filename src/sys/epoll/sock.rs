@@ -223,6 +223,20 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
             body @ (OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. }) => {
                 super::fixed::try_fixed(body)
             }
+            OpBody::Writable { fd } => {
+                let mut p = libc::pollfd {
+                    fd: *fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: poll reads and writes the one pollfd we own; a zero
+                // timeout never waits.
+                match unsafe { libc::poll(&mut p, 1, 0) } {
+                    0 => Ok(None),
+                    n if n > 0 => Ok(Some(i32::from(p.revents))),
+                    _ => attempt(-1),
+                }
+            }
             _ => Ok(Some(-libc::EINVAL)),
         };
         if let Ok(a) = r {

@@ -338,5 +338,9 @@ pub(super) fn build(body: &mut OpBody) -> Result<(squeue::Entry, Aux), i32> {
         OpBody::SendZc { .. } | OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. } => {
             return Err(-libc::EINVAL)
         }
+        OpBody::Writable { fd } => (
+            opcode::PollAdd::new(Fd(*fd), libc::POLLOUT as u32).build(),
+            Aux::None,
+        ),
     })
 }

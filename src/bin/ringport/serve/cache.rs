@@ -6,6 +6,15 @@
 //! so an edited file is re-read, and a path that now leads somewhere else (a
 //! swapped symlink) misses and is resolved and checked afresh. The total size is
 //! bounded; when a new entry does not fit, older ones are dropped.
+//!
+//! Files too large to keep get their response metadata kept instead (type,
+//! validators, the head lines of a 200: [`FileMeta`], a name lookup and a few
+//! formatted dates less per response), keyed by request path and checked
+//! against the identity of the file each request opened — so it is never
+//! stale. Open descriptors are not kept: a hit would still need a `stat` of
+//! the path to see that it leads to the same file (an `openat2` and a `close`
+//! saved, two of about eight system calls), and every descriptor kept would be
+//! taken from the connections' share of the descriptor limit.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -98,10 +107,18 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct Cache {
     map: RwLock<Map>,
+    /// Metadata of files served from disk, with the identity it was made for.
+    metas: RwLock<Metas>,
     /// Largest file kept.
     pub max_file: u64,
     max_total: usize,
 }
+
+/// Request path → the identity of the file and the metadata made for it.
+type Metas = HashMap<Vec<u8>, (FileId, Arc<FileMeta>)>;
+
+/// Most entries of the metadata cache; when full, it starts over.
+const MAX_METAS: usize = 4096;
 
 #[derive(Debug, Default)]
 struct Map {
@@ -115,6 +132,7 @@ impl Cache {
     pub fn new(max_total: usize, max_file: u64) -> Cache {
         Cache {
             map: RwLock::new(Map::default()),
+            metas: RwLock::new(HashMap::new()),
             max_file: if max_total == 0 {
                 0
             } else {
@@ -122,6 +140,29 @@ impl Cache {
             },
             max_total,
         }
+    }
+
+    /// The metadata of the file `key` names, which has identity `id` (from
+    /// the descriptor just opened): kept from an earlier response, or made by
+    /// `make` and kept.
+    pub fn meta(&self, key: &[u8], id: FileId, make: impl FnOnce() -> FileMeta) -> Arc<FileMeta> {
+        if let Some((was, m)) = self
+            .metas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
+            if *was == id {
+                return m.clone();
+            }
+        }
+        let m = Arc::new(make());
+        let mut metas = self.metas.write().unwrap_or_else(|p| p.into_inner());
+        if metas.len() >= MAX_METAS {
+            metas.clear();
+        }
+        metas.insert(key.to_vec(), (id, m.clone()));
+        m
     }
 
     /// The entry for `key` if its file still has the identity it was read with.

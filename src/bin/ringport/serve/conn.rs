@@ -11,8 +11,8 @@
 
 use std::io::{self, Write as _};
 use std::net::{Shutdown, SocketAddr};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use ringport::net::TcpStream;
 
 use super::cache::{Entry, FileId, FileMeta};
 use super::http::{self, Method, Parsed, RangeAsk, Request};
+use super::open::Opened;
 use super::path::{self, NotServed, Refused, UrlPath};
 use super::{body, listing, Permit, Server, Waited, Watch};
 
@@ -37,6 +38,11 @@ const LINGER_BYTES: usize = 1 << 20;
 /// Serves one connection until it closes.
 pub async fn run(srv: Arc<Server>, stream: TcpStream, peer: SocketAddr, permit: Permit) {
     let _ = stream.set_nodelay(true);
+    if let Err(e) = body::nonblocking(&stream) {
+        // Inline sends must never block the task's thread.
+        tracing::warn!(%peer, "cannot make the socket non-blocking: {e}");
+        return;
+    }
     let watch = srv.watch();
     let mut c = Conn {
         srv,
@@ -228,24 +234,29 @@ impl Conn {
         if let Some(e) = self.srv.cache.get(&key) {
             return self.send_entry(req, keep, &e).await;
         }
-        let root = self.srv.root.clone();
         let rel = url.relative();
-        let found = match path::resolve(&root, &rel) {
+        let found = match self.srv.dir.open_beneath(&rel) {
             Ok(f) => f,
             Err(e) => return self.refuse(e, keep, head_only).await,
         };
         if found.meta.is_dir() {
+            drop(found);
             if !url.slash {
                 return self.redirect(req, &url, keep, head_only).await;
             }
             let index = rel.join("index.html");
-            return match path::resolve(&root, &index) {
-                Ok(f) if f.meta.is_file() => {
-                    self.send_file(req, keep, f.path, root.join(&index), key)
-                        .await
-                }
+            return match self.srv.dir.open_beneath(&index) {
+                Ok(f) if f.meta.is_file() => self.send_file(req, keep, f, &index, key).await,
                 Ok(_) | Err(NotServed::NotFound) => {
-                    self.listing(found.path, &url, keep, head_only).await
+                    // The listing is made from the canonical path (rare: no
+                    // need for the fast path here).
+                    match path::resolve(&self.srv.dir.path, &rel) {
+                        Ok(d) if d.meta.is_dir() => {
+                            self.listing(d.path, &url, keep, head_only).await
+                        }
+                        Ok(_) => self.error(404, keep, head_only, &[]).await,
+                        Err(e) => self.refuse(e, keep, head_only).await,
+                    }
                 }
                 Err(e) => self.refuse(e, keep, head_only).await,
             };
@@ -256,8 +267,7 @@ impl Conn {
         if url.slash {
             return self.error(404, keep, head_only, &[]).await;
         }
-        self.send_file(req, keep, found.path, root.join(&rel), key)
-            .await
+        self.send_file(req, keep, found, &rel, key).await
     }
 
     async fn refuse(&mut self, e: NotServed, keep: bool, head_only: bool) -> io::Result<Sent> {
@@ -286,42 +296,39 @@ impl Conn {
         self.error(301, keep, head_only, &[("Location", &to)]).await
     }
 
-    /// Opens a resolved file and answers from it: small ones through the cache.
+    /// Answers from an opened file (`rel`: its path under DIR, as asked):
+    /// small ones through the cache.
     async fn send_file(
         &mut self,
         req: &Request,
         keep: bool,
-        canonical: PathBuf,
-        lookup: PathBuf,
+        opened: Opened,
+        rel: &Path,
         key: Vec<u8>,
     ) -> io::Result<Sent> {
         let head_only = req.method == Method::Head;
-        // No FIFO can block the open; the canonical path ends in no symlink.
-        let std_file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-            .open(&canonical)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return self.error(403, keep, head_only, &[]).await
-            }
-            Err(_) => return self.error(404, keep, head_only, &[]).await,
+        let Opened {
+            file: std_file,
+            meta: m,
+        } = opened;
+        // The type comes from the name asked for (as nginx does), not from
+        // where a symlink leads.
+        let id = FileId::of(&m);
+        // Only a file read into memory joins the port (the read is a port
+        // operation); a body is sent from the plain descriptor.
+        let (joined, plain) = if m.len() <= self.srv.cache.max_file && !head_only {
+            (Some(File::from_std(std_file)?), None)
+        } else {
+            (None, Some(std_file))
         };
-        let m = std_file.metadata()?;
-        if !m.is_file() {
-            return self.error(403, keep, head_only, &[]).await;
-        }
-        let meta = FileMeta::of(&canonical, &m);
-        let file = File::from_std(std_file)?;
-        if m.len() <= self.srv.cache.max_file && !head_only {
+        if let Some(file) = &joined {
             let (r, body) = file.read_at(Vec::with_capacity(m.len() as usize), 0).await;
             let n = r?;
             if n as u64 == m.len() {
                 let entry = Arc::new(Entry {
-                    file: lookup,
-                    id: FileId::of(&m),
-                    meta,
+                    file: self.srv.dir.path.join(rel),
+                    id,
+                    meta: FileMeta::of(rel, &m),
                     body: body.into_boxed_slice(),
                 });
                 self.srv.cache.insert(key, entry.clone());
@@ -329,20 +336,28 @@ impl Conn {
             }
             // Changed under us (or a short read): stream it instead.
         }
+        let meta = self.srv.cache.meta(&key, id, || FileMeta::of(rel, &m));
         let plan = self.head_for(req, keep, &meta);
         let (status, start, len) = match plan {
             Plan::Body { status, start, len } => (status, start, len),
             Plan::NoBody(status) => (status, 0, 0),
         };
         let out = std::mem::take(&mut self.out);
-        self.out = self.write(out).await?;
+        // The body follows at once: the head may wait for it in the kernel.
+        let more = !head_only && len > 0 && !self.srv.cfg.copy_bodies;
+        self.out = self.write_more(out, more).await?;
         if head_only || len == 0 {
             return Ok(Sent { status, body: 0 });
         }
         let limit = self.srv.cfg.send_timeout;
+        let fd = match (&joined, &plain) {
+            (Some(f), _) => f.as_fd(),
+            (_, Some(f)) => f.as_fd(),
+            (None, None) => unreachable!("one of the two holds the file"),
+        };
         body::send_body(
             &self.stream,
-            &file,
+            fd,
             (start, len),
             &self.watch,
             limit,
@@ -488,6 +503,18 @@ impl Conn {
 
     /// Sends all of `out` within the send timeout; returns the buffer cleared.
     async fn write(&mut self, out: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.write_more(out, false).await
+    }
+
+    /// [`write`](Self::write), tried inline first (see `body.rs`); `more`: a
+    /// body follows at once.
+    async fn write_more(&mut self, mut out: Vec<u8>, more: bool) -> io::Result<Vec<u8>> {
+        let sent = body::send_now(self.stream.as_raw_fd(), &out, more)?;
+        if sent == out.len() {
+            out.clear();
+            return Ok(out);
+        }
+        out.drain(..sent);
         let limit = self.srv.cfg.send_timeout;
         match self
             .watch

@@ -19,7 +19,8 @@
 //! program exits 0. If connections are still busy after `--grace-ms`, they are
 //! cut.
 //!
-//! Files: `path.rs` (target → file under DIR, the traversal walls), `http.rs`
+//! Files: `path.rs` (target → path under DIR, the traversal walls), `open.rs`
+//! (opening it: `openat2` beneath DIR), `http.rs`
 //! (parsing, limits, heads, ranges, conditionals), `conn.rs` (a connection),
 //! `body.rs` (a file body onto the socket, copy-free), `cache.rs` (small files
 //! in memory),
@@ -30,6 +31,7 @@ mod cache;
 mod conn;
 mod http;
 mod listing;
+mod open;
 mod path;
 
 use std::collections::HashMap;
@@ -92,6 +94,10 @@ pub struct ServeArgs {
     /// Copy file bodies through a buffer instead of the copy-free transfer.
     #[arg(long, hide = true)]
     copy_bodies: bool,
+    /// Resolve paths with canonicalize + open instead of `openat2` (the
+    /// fallback for kernels without it; for tests and comparisons).
+    #[arg(long, hide = true)]
+    no_openat2: bool,
     /// Time busy connections get to finish after a shutdown signal.
     #[arg(long, default_value_t = 30_000, hide = true)]
     grace_ms: u64,
@@ -100,8 +106,8 @@ pub struct ServeArgs {
 /// What every connection task shares.
 #[derive(Debug)]
 pub struct Server {
-    /// DIR, canonical.
-    pub root: PathBuf,
+    /// DIR, open: requests' files are opened beneath it.
+    pub dir: open::Root,
     pub cfg: Config,
     pub cache: cache::Cache,
     stopping: AtomicBool,
@@ -360,8 +366,10 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .block_on(async { TcpListener::bind(args.listen) })
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr()?;
+    let dir = open::Root::open(root.clone(), !args.no_openat2)
+        .map_err(|e| format!("cannot serve {}: {e}", args.dir.display()))?;
     let srv = Arc::new(Server {
-        root: root.clone(),
+        dir,
         cfg: Config {
             header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(1)),

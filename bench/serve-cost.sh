@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Per-request cost of `ringport serve` and nginx (issue 7), measured so that a
+# busy machine matters less than for wrk's requests/s: the servers' CPU time
+# (utime + stime of every process and thread, from /proc/<pid>/stat, io_uring
+# io-wq workers included) divided by the requests wrk completed, and with
+# STRACE=1 the system calls per request (`strace -c -f` attached for one more
+# run; strace slows the server, but the count per request is what matters).
+#
+#   bench/serve-cost.sh                          # 5 s runs, c=32, all files, nginx + both backends
+#   DURATION=2 FILES=64k.bin CONNS=32 SERVERS="nginx uring" STRACE=1 bench/serve-cost.sh
+#   RINGPORT=/path/to/other/ringport bench/serve-cost.sh   # another build
+#   SERVERS="uring:/tmp/old/ringport uring epoll:/tmp/old/ringport epoll" bench/serve-cost.sh  # A/B
+#
+# nginx: the same config as bench/vs-nginx.sh (2 workers, sendfile, tcp_nopush).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-32}
+FILES=${FILES:-1k.bin 64k.bin 16m.bin}
+SERVERS=${SERVERS:-nginx uring epoll}
+STRACE=${STRACE:-0}
+WRK_THREADS=${WRK_THREADS:-2}
+declare -A SIZE=([1k.bin]=1024 [64k.bin]=65536 [16m.bin]=16777216)
+
+for t in nginx wrk; do
+    command -v $t >/dev/null || { echo "needs $t (see bench/vs-nginx.sh)" >&2; exit 1; }
+done
+[ "$STRACE" = 1 ] && { command -v strace >/dev/null || { echo "needs strace" >&2; exit 1; }; }
+if [ -z "${RINGPORT:-}" ]; then
+    cargo build --release --quiet --bin ringport
+    RINGPORT=$PWD/target/release/ringport
+fi
+TICK=$(getconf CLK_TCK)
+
+WORK=$(mktemp -d /tmp/ringport-serve-cost.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+mkdir -p "$WORK/www" "$WORK/nginx/logs" "$WORK/nginx/tmp"
+for f in $FILES; do head -c "${SIZE[$f]}" /dev/urandom >"$WORK/www/$f"; done
+chmod -R a+rX "$WORK"
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+declare -A PORT PID
+for s in $SERVERS; do
+    if [ "$s" = nginx ]; then
+        PORT[nginx]=$(free_port)
+        cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 2;
+user root;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 8192; }
+http {
+    access_log off; sendfile on; tcp_nopush on; tcp_nodelay on;
+    keepalive_timeout 75s; keepalive_requests 1000000;
+    default_type application/octet-stream;
+    client_body_temp_path $WORK/nginx/tmp/body; proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi; uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    server { listen 127.0.0.1:${PORT[nginx]}; root $WORK/www; }
+}
+EOF
+        nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+        PID[nginx]=$!
+        PIDS+=($!)
+    else
+        backend=${s%%:*} bin=$RINGPORT
+        [[ "$s" == *:* ]] && bin=${s#*:}
+        out="$WORK/ringport-${#PIDS[@]}.out"
+        "$bin" serve "$WORK/www" --listen 127.0.0.1:0 --backend "$backend" >"$out" 2>&1 &
+        PID[$s]=$!
+        PIDS+=($!)
+        for _ in $(seq 100); do grep -q "http://" "$out" && break; sleep 0.1; done
+        line=$(grep "http://" "$out") || { cat "$out" >&2; exit 1; }
+        PORT[$s]=$(sed -E 's#.*http://[^:]+:([0-9]+)/.*#\1#' <<<"$line")
+    fi
+done
+sleep 0.5
+for s in $SERVERS; do
+    curl -sf -o /dev/null "http://127.0.0.1:${PORT[$s]}/$(set -- $FILES; echo "$1")" \
+        || { echo "$s does not answer" >&2; exit 1; }
+done
+
+# The server's processes: nginx's master and workers, or ringport's one process.
+procs() {
+    local p=$1
+    echo "$p"
+    pgrep -P "$p" || true
+}
+# utime + stime of the processes, in clock ticks (every thread, dead ones too).
+cpu_ticks() {
+    local sum=0 p f
+    for p in "$@"; do
+        f=$(sed -E 's/^.*\) //' "/proc/$p/stat" 2>/dev/null) || continue
+        set -- $f
+        sum=$((sum + ${12} + ${13}))
+    done
+    echo "$sum"
+}
+run_wrk() {
+    wrk -t"$WRK_THREADS" -c"$1" -d"${DURATION}s" --timeout 30s "$2" 2>&1
+}
+requests() { awk '/requests in/ {print $1}' <<<"$1"; }
+# MiB wrk received (responses still in flight at the end included).
+mib_read() {
+    awk '/requests in/ { v = $5; u = v; sub(/[0-9.]+/, "", u); sub(/[A-Za-z]+$/, "", v)
+        f = (u == "GB") ? 1024 : (u == "MB") ? 1 : (u == "KB") ? 1 / 1024 : 1 / 1048576
+        printf "%.3f", v * f }' <<<"$1"
+}
+
+printf '%-7s %-6s %-24s %10s %12s %12s %14s\n' file conns server requests "cpu-us/req" "cpu-us/MiB" "syscalls/req"
+for f in $FILES; do
+    for c in $CONNS; do
+        for s in $SERVERS; do
+            url="http://127.0.0.1:${PORT[$s]}/$f"
+            mapfile -t ps < <(procs "${PID[$s]}")
+            t0=$(cpu_ticks "${ps[@]}")
+            out=$(run_wrk "$c" "$url")
+            t1=$(cpu_ticks "${ps[@]}")
+            n=$(requests "$out")
+            mib=$(mib_read "$out")
+            usm=$(awk -v d=$((t1 - t0)) -v m="$mib" -v hz="$TICK" 'BEGIN { printf "%.1f", (m > 0 ? d * 1e6 / hz / m : 0) }')
+            us=$(awk -v d=$((t1 - t0)) -v n="$n" -v hz="$TICK" 'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }')
+            sc=-
+            if [ "$STRACE" = 1 ]; then
+                st=()
+                for p in "${ps[@]}"; do
+                    strace -c -f -p "$p" -o "$WORK/strace.$p" 2>/dev/null &
+                    st+=($!)
+                done
+                sleep 1
+                out=$(run_wrk "$c" "$url")
+                for p in "${st[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+                for p in "${st[@]}"; do wait "$p" 2>/dev/null || true; done
+                n2=$(requests "$out")
+                calls=0
+                for p in "${ps[@]}"; do
+                    # The `total` line: % time, seconds, usecs/call, calls, [errors].
+                    k=$(awk '$NF == "total" { print $4 }' "$WORK/strace.$p" 2>/dev/null || true)
+                    calls=$((calls + ${k:-0}))
+                done
+                sc=$(awk -v k="$calls" -v n="$n2" 'BEGIN { printf "%.2f", n ? k / n : 0 }')
+                if [ -n "${STRACE_SHOW:-}" ]; then
+                    cat "$WORK"/strace.* >&2
+                fi
+                rm -f "$WORK"/strace.*
+            fi
+            printf '%-7s %-6s %-24s %10s %12s %12s %14s\n' "$f" "$c" "$s" "$n" "$us" "$usm" "$sc"
+        done
+    done
+done

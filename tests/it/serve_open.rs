@@ -1,0 +1,211 @@
+//! `ringport serve`, continued (see `serve.rs` for the harness): how files are
+//! opened beneath DIR (`openat2` with `RESOLVE_BENEATH`, and the canonical
+//! path it falls back to, forced with `--no-openat2`), and the inline send
+//! path (head with `MSG_MORE`, non-blocking `sendfile`, waiting for room).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::symlink;
+use std::time::Duration;
+
+use ringport::BackendChoice;
+
+use crate::common::T;
+use crate::serve::{get, sha256_hex, write_random, Client, Serve, Site};
+
+/// Both ways of opening a file.
+const MODES: [&[&str]; 2] = [&[], &["--no-openat2"]];
+
+/// Links beyond `Site`'s: a symlinked directory, an absolute link inside DIR,
+/// a loop, a chain, and a link climbing out through a directory.
+fn more_links(site: &Site) {
+    let r = &site.root;
+    symlink("sub", r.join("dir-link")).unwrap();
+    symlink(r.join("hello.txt"), r.join("abs-in-link")).unwrap();
+    symlink("loop-b", r.join("loop-a")).unwrap();
+    symlink("loop-a", r.join("loop-b")).unwrap();
+    symlink("in-link", r.join("chain-link")).unwrap();
+    symlink("..", r.join("sub/up")).unwrap();
+    symlink("../..", r.join("sub/up2")).unwrap();
+}
+
+backend_test!(
+    symlinks_inside_dir_are_followed_and_loops_are_404,
+    |choice: BackendChoice| {
+        let site = Site::new();
+        more_links(&site);
+        for mode in MODES {
+            let Some(srv) = Serve::start(choice, &site, mode) else {
+                return;
+            };
+            let hello = b"hello, world\n";
+            for t in [
+                "/hello.txt",
+                "/in-link",
+                "/chain-link",
+                "/abs-in-link",
+                "/sub/up/hello.txt",
+                "/dir-link/up/in-link",
+            ] {
+                let r = get(srv.addr, t);
+                assert_eq!(
+                    (r.status, r.body.as_slice()),
+                    (200, &hello[..]),
+                    "{t} {mode:?}"
+                );
+            }
+            let r = get(srv.addr, "/dir-link/index.html");
+            assert_eq!(r.status, 200, "through a symlinked directory {mode:?}");
+            assert_eq!(r.body, b"<h1>sub index</h1>\n");
+            assert_eq!(get(srv.addr, "/dir-link/").status, 200, "{mode:?}");
+            assert_eq!(get(srv.addr, "/dir-link").status, 301, "{mode:?}");
+            assert_eq!(get(srv.addr, "/loop-a").status, 404, "a loop {mode:?}");
+            assert_eq!(get(srv.addr, "/loop-b/x").status, 404, "{mode:?}");
+            for t in [
+                "/sub/up2/secret.txt",
+                "/dir-link/up2/secret.txt",
+                "/out-link",
+                "/up-link/secret.txt",
+                "/etc-link/passwd",
+            ] {
+                let r = get(srv.addr, t);
+                assert!(
+                    r.status == 403 || r.status == 404,
+                    "{t} {mode:?}: {}",
+                    r.status
+                );
+                assert!(
+                    !String::from_utf8_lossy(&r.body).contains("TOP-SECRET"),
+                    "{t} {mode:?}"
+                );
+            }
+            srv.stop();
+        }
+    }
+);
+
+backend_test!(
+    a_link_swapped_to_outside_is_refused_after_it_was_served,
+    |choice: BackendChoice| {
+        let site = Site::new();
+        // Large enough not to be kept in memory: opened for every request.
+        let big = vec![b'x'; 100 << 10];
+        site.write("big.bin", &big);
+        symlink("big.bin", site.root.join("swap")).unwrap();
+        for mode in MODES {
+            let Some(srv) = Serve::start(choice, &site, mode) else {
+                return;
+            };
+            assert_eq!(get(srv.addr, "/swap").body, big, "{mode:?}");
+            std::fs::remove_file(site.root.join("swap")).unwrap();
+            symlink("../secret.txt", site.root.join("swap")).unwrap();
+            let r = get(srv.addr, "/swap");
+            assert!(r.status == 403 || r.status == 404, "{mode:?}: {}", r.status);
+            std::fs::remove_file(site.root.join("swap")).unwrap();
+            symlink("big.bin", site.root.join("swap")).unwrap();
+            srv.stop();
+        }
+    }
+);
+
+backend_test!(
+    pipelined_large_responses_keep_heads_and_bodies_in_order,
+    |choice: BackendChoice| {
+        let site = Site::new();
+        let a: Vec<u8> = (0..100_000).map(|i| (i % 253) as u8).collect();
+        let b: Vec<u8> = (0..300_000).map(|i| (i % 241) as u8).collect();
+        site.write("a.bin", &a);
+        site.write("b.bin", &b);
+        let Some(srv) = Serve::start(choice, &site, &[]) else {
+            return;
+        };
+        let mut c = Client::connect(srv.addr);
+        let mut reqs = Vec::new();
+        for name in ["a", "b", "a", "b", "a"] {
+            reqs.extend_from_slice(
+                format!("GET /{name}.bin HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+            );
+        }
+        reqs.extend_from_slice(b"HEAD /b.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+        reqs.extend_from_slice(b"GET /b.bin HTTP/1.1\r\nHost: t\r\nRange: bytes=1000-1999\r\n\r\n");
+        c.send(&reqs);
+        for want in [&a, &b, &a, &b, &a] {
+            let r = c.response(false);
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body.len(), want.len());
+            assert!(r.body == *want, "a body out of place");
+        }
+        let r = c.response(true);
+        assert_eq!((r.status, r.must("Content-Length")), (200, "300000"));
+        let r = c.response(false);
+        assert_eq!(r.status, 206);
+        assert_eq!(r.body, &b[1000..2000]);
+        srv.stop();
+    }
+);
+
+backend_test!(a_slow_reader_gets_every_byte, |choice: BackendChoice| {
+    let site = Site::new();
+    let size = 12 << 20;
+    let want = write_random(&site.root.join("large.bin"), size);
+    let Some(srv) = Serve::start(choice, &site, &[]) else {
+        return;
+    };
+    let mut s = TcpStream::connect_timeout(&srv.addr, T).expect("connect");
+    s.set_read_timeout(Some(T)).unwrap();
+    // A small receive buffer, read in small pieces with pauses: the
+    // server's socket fills again and again, and it waits for room.
+    let _ = socket2::SockRef::from(&s).set_recv_buffer_size(16 << 10);
+    s.write_all(b"GET /large.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::with_capacity(size + 512);
+    let mut buf = vec![0u8; 32 << 10];
+    let mut reads = 0u64;
+    loop {
+        let n = s.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+        reads += 1;
+        if reads % 16 == 0 && all.len() < 4 << 20 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(all.starts_with(b"HTTP/1.1 200 "));
+    assert_eq!(all.len() - end, size);
+    assert_eq!(sha256_hex(&all[end..]), want);
+    srv.stop();
+});
+
+backend_test!(
+    a_large_file_edited_gets_fresh_headers,
+    |choice: BackendChoice| {
+        let site = Site::new();
+        // Too large to be kept in memory: its headers are kept instead.
+        let one = vec![b'1'; 100 << 10];
+        let two = vec![b'2'; 150 << 10];
+        site.write("grow.bin", &one);
+        let Some(srv) = Serve::start(choice, &site, &[]) else {
+            return;
+        };
+        let mut c = Client::connect(srv.addr);
+        let r = c.get("/grow.bin", "");
+        assert_eq!((r.must("Content-Length"), r.body == one), ("102400", true));
+        let etag = r.must("ETag").to_string();
+        assert_eq!(c.get("/grow.bin", "").must("ETag"), etag, "the same file");
+        site.write("grow.bin", &two);
+        let r = c.get("/grow.bin", "");
+        assert_eq!(r.must("Content-Length"), "153600");
+        assert!(r.body == two, "the new bytes");
+        assert_ne!(r.must("ETag"), etag, "a new ETag for the new version");
+        let r = c.get("/grow.bin", &format!("If-None-Match: {etag}\r\n"));
+        assert_eq!(r.status, 200, "the old ETag no longer matches");
+        srv.stop();
+    }
+);
