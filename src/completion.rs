@@ -9,6 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use socket2::{socklen_t, SockAddr, SockAddrStorage};
 
 use crate::op::OpKind;
+use crate::sched::Priority;
 
 /// Identifies one submitted operation, for [`CompletionPort::cancel`](crate::CompletionPort::cancel).
 ///
@@ -51,6 +52,8 @@ pub struct Completion {
     pub(crate) op: Option<OpId>,
     pub(crate) kind: OpKind,
     pub(crate) fd: Option<OwnedFd>,
+    /// The lane it is queued in: its operation's or packet's priority.
+    pub(crate) priority: Priority,
     /// What only some kinds hand back.
     extra: Extra,
 }
@@ -82,6 +85,7 @@ impl Completion {
             op: None,
             kind: OpKind::Post,
             fd: None,
+            priority: Priority::Normal,
             extra: Extra::None,
         }
     }
@@ -159,6 +163,7 @@ impl Completion {
             op: Some(op),
             kind,
             fd,
+            priority: Priority::Normal,
             extra,
         }
     }
@@ -258,6 +263,7 @@ impl fmt::Debug for Completion {
             .field("key", &self.key)
             .field("user_data", &self.user_data)
             .field("kind", &self.kind)
+            .field("priority", &self.priority)
             .field("result", &self.result)
             .field("buf_len", &self.buf.as_ref().map(Vec::len))
             .field("fd", &self.fd)

@@ -341,11 +341,8 @@ impl CompletionPort {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if self
-            .inner
-            .sched
-            .push_prio(Completion::packet(key, user_data, bytes), priority, true)
-        {
+        let packet = Completion::packet(key, user_data, bytes).with_priority(priority);
+        if self.inner.sched.push(packet) {
             self.inner.backend.notify();
         }
         Ok(())

@@ -26,6 +26,7 @@ use socket2::SockAddr;
 use crate::completion::Output;
 
 mod kind;
+mod prio;
 
 pub use kind::{OpKind, OpPath, OpPaths};
 
@@ -186,6 +187,8 @@ pub struct Op {
     pub(crate) key: Option<u64>,
     /// Set by [`Op::timeout_after`].
     pub(crate) link_timeout: Option<Duration>,
+    /// Set by [`Op::priority`].
+    pub(crate) prio: crate::Priority,
 }
 
 impl Op {
@@ -194,6 +197,7 @@ impl Op {
             body,
             key: None,
             link_timeout: None,
+            prio: crate::Priority::Normal,
         }
     }
 

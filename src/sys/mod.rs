@@ -48,6 +48,7 @@ use crate::error::{Error, Result};
 use crate::op::Op;
 
 pub(crate) mod epoll;
+mod ioprio;
 mod table;
 pub(crate) mod uring;
 mod workers;

@@ -97,6 +97,8 @@ struct Record {
     kind: OpKind,
     key: u64,
     user_data: u64,
+    /// Its completion's lane (`Op::priority`).
+    prio: crate::Priority,
     wait: Wait,
     /// Its linked timeout (`Op::timeout_after`): a timer entry
     /// `(deadline, id | DEADLINE_BIT)` cancels it if it is still waiting then.
@@ -358,6 +360,7 @@ impl Driver {
             kind: op.kind(),
             key,
             user_data,
+            prio: op.prio,
             wait: wait(),
             deadline,
         });
@@ -405,7 +408,7 @@ impl Driver {
             | OpBody::Statx { .. }
             | OpBody::Fallocate { .. } => {
                 let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
-                self.files.push(id, op.body);
+                self.files.push(id, op.body, op.prio);
                 Ok((id, None))
             }
             OpBody::Shutdown { fd, how } => {
@@ -759,12 +762,9 @@ fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Complet
     if let Some(at) = rec.deadline {
         inner.timers.remove(&(at, id.0 | DEADLINE_BIT));
     }
-    Some(Completion::from_raw(
-        id,
-        rec.kind,
-        rec.key,
-        rec.user_data,
-        res,
-        body.into_output(),
-    ))
+    let out = body.into_output();
+    Some(
+        Completion::from_raw(id, rec.kind, rec.key, rec.user_data, res, out)
+            .with_priority(rec.prio),
+    )
 }

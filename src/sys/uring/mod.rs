@@ -227,12 +227,13 @@ impl Driver {
             return Err((Error::QueueFull, Some(op)));
         }
         let kind = op.kind();
-        let link = op.link_timeout;
+        let (link, prio) = (op.link_timeout, op.prio);
         let mut body = op.body;
         let mut rec = Record {
             kind,
             key,
             user_data,
+            prio,
             body: OpBody::Nop,
             aux: Aux::None,
             link_ts: None,
@@ -264,7 +265,7 @@ impl Driver {
                 0
             })
         } else {
-            ops::build(&mut body).map(|(sqe, aux)| {
+            ops::build(&mut body, prio).map(|(sqe, aux)| {
                 rec.aux = aux;
                 (None, sqe)
             })
@@ -348,7 +349,8 @@ impl Driver {
             let ts: &types::Timespec = rec.link_ts.insert(Box::new(d.into()));
             self.push_locked(&opcode::Timeout::new(ts).build().user_data(id.0 | TIMER_BIT));
         }
-        fb.workers.push(id, body);
+        let prio = inner.ops.get(id).expect("just inserted").prio;
+        fb.workers.push(id, body, prio);
         drop(inner);
         if flush {
             self.flush();
