@@ -480,6 +480,13 @@ impl<T: Prioritized> Sched<T> {
     pub(crate) fn max(&self) -> usize {
         lock(&self.state).max
     }
+
+    /// Whether a completion not yet queued could be taken before what is:
+    /// something is queued, none of it `High`, and the port is open.
+    pub(crate) fn could_be_overtaken(&self) -> bool {
+        let st = lock(&self.state);
+        !st.closed && !st.queue.is_empty() && !st.queue.has_high()
+    }
 }
 
 impl<T: Prioritized> State<T> {

@@ -75,6 +75,11 @@ impl<T: Prioritized> PrioQueue<T> {
         self.len == 0
     }
 
+    /// Whether a `High` item is queued.
+    pub(crate) fn has_high(&self) -> bool {
+        !self.lanes[0].is_empty()
+    }
+
     /// Queues in the item's own lane.
     pub(crate) fn push_back(&mut self, item: T) {
         let p = item.priority();

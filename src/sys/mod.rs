@@ -238,6 +238,17 @@ impl Backend {
         }
     }
 
+    /// Appends the completions the backend can gather without waiting or a
+    /// system call (io_uring: the CQ ring; epoll: worker results and due
+    /// timers), so that a priority dequeue sees them. Never blocks on the
+    /// kernel; loses no wake-up.
+    pub(crate) fn reap_ready(&self, out: &mut Vec<Completion>) {
+        match self {
+            Backend::Uring(d) => d.reap_ready(out),
+            Backend::Epoll(d) => d.reap_ready(out),
+        }
+    }
+
     pub(crate) fn flush(&self) {
         match self {
             Backend::Uring(d) => d.flush(),

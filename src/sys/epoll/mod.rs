@@ -663,6 +663,12 @@ impl Driver {
         }
     }
 
+    /// Worker completions and due timers, without `epoll_wait` (see
+    /// `Backend::reap_ready`; the eventfd's wake-up stays for the poller).
+    pub(crate) fn reap_ready(&self, out: &mut Vec<Completion>) {
+        self.collect(out);
+    }
+
     /// Moves worker completions and due timers into `out`.
     fn collect(&self, out: &mut Vec<Completion>) {
         let mut inner = lock(&self.shared.inner);

@@ -616,6 +616,15 @@ impl Driver {
         self.repost((woken || woken2) && !waker)
     }
 
+    /// The CQ ring's completions, without entering the kernel (see
+    /// `Backend::reap_ready`); a wake-up consumed on the way is given back.
+    pub(crate) fn reap_ready(&self, out: &mut Vec<Completion>) {
+        let (_, woken) = self.reap(out);
+        if woken {
+            self.notify();
+        }
+    }
+
     fn repost(&self, consumed_wake: bool) -> io::Result<()> {
         if consumed_wake {
             self.notify();
