@@ -48,6 +48,7 @@ use crate::error::{Error, Result};
 use crate::op::Op;
 
 pub(crate) mod epoll;
+mod inline_read;
 mod ioprio;
 mod table;
 pub(crate) mod uring;
@@ -220,6 +221,17 @@ impl Backend {
     }
 
     pub(crate) fn submit(&self, op: Op, key: u64, user_data: u64, flush: bool) -> SubmitResult {
+        let mut op = op;
+        if let crate::op::OpBody::Close { fd } = &op.body {
+            inline_read::forget(std::os::fd::AsRawFd::as_raw_fd(fd));
+        }
+        // A buffered read served by the page cache ends here (`inline_read.rs`).
+        if let Some(res) = inline_read::try_read(&mut op.body) {
+            return match self {
+                Backend::Uring(d) => d.complete_inline(op, key, user_data, res),
+                Backend::Epoll(d) => d.complete_inline(op, key, user_data, res),
+            };
+        }
         match self {
             Backend::Uring(d) => d.submit(op, key, user_data, flush),
             Backend::Epoll(d) => d.submit(op, key, user_data, flush),
@@ -299,6 +311,7 @@ impl Backend {
 
     /// A handle was associated with the port.
     pub(crate) fn associate(&self, fd: std::os::fd::RawFd) -> Result<()> {
+        inline_read::on_associate(fd);
         match self {
             Backend::Uring(_) => Ok(()),
             Backend::Epoll(d) => d.associate(fd),
@@ -307,6 +320,7 @@ impl Backend {
 
     /// A handle's association ended.
     pub(crate) fn disassociate(&self, fd: std::os::fd::RawFd) {
+        inline_read::forget(fd);
         if let Backend::Epoll(d) = self {
             d.disassociate(fd);
         }

@@ -380,6 +380,19 @@ impl Driver {
         Ok((id, op))
     }
 
+    /// Records an operation that already finished (an inline read, see
+    /// `sys/inline_read.rs`) and returns its completion.
+    pub(crate) fn complete_inline(
+        &self,
+        op: Op,
+        key: u64,
+        user_data: u64,
+        res: i32,
+    ) -> SubmitResult {
+        let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
+        self.done_now(id, res, op.body)
+    }
+
     /// Completes an operation that finished during `submit`.
     fn done_now(&self, id: OpId, res: i32, body: OpBody) -> SubmitResult {
         let c = finish(&mut lock(&self.shared.inner), id, res, body);

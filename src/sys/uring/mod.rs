@@ -76,6 +76,7 @@
 mod fallback;
 mod ops;
 mod probe;
+mod ready;
 mod records;
 mod transfer;
 
@@ -614,15 +615,6 @@ impl Driver {
         }
         let (_, woken2) = self.reap(out);
         self.repost((woken || woken2) && !waker)
-    }
-
-    /// The CQ ring's completions, without entering the kernel (see
-    /// `Backend::reap_ready`); a wake-up consumed on the way is given back.
-    pub(crate) fn reap_ready(&self, out: &mut Vec<Completion>) {
-        let (_, woken) = self.reap(out);
-        if woken {
-            self.notify();
-        }
     }
 
     fn repost(&self, consumed_wake: bool) -> io::Result<()> {

@@ -1,7 +1,9 @@
 //! `ringport bench …`: measurements.
 
+mod aligned;
 mod designs;
 mod echo;
+mod file;
 mod nop;
 
 use clap::Subcommand;
@@ -13,12 +15,15 @@ pub enum BenchCommand {
     Nop(nop::NopArgs),
     /// Closed-loop ping-pong load against an echo server.
     Echo(echo::EchoBenchArgs),
+    /// Random aligned reads from one file at a fixed queue depth (see bench/vs-fio.sh).
+    File(file::FileBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
         BenchCommand::Nop(args) => nop::run(&args),
         BenchCommand::Echo(args) => echo::run(&args),
+        BenchCommand::File(args) => file::run(&args),
     }
 }
 

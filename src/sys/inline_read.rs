@@ -1,0 +1,274 @@
+//! Inline file reads: a buffered read whose data is in the page cache is done
+//! on the submitting thread, and its completion queued at once, instead of
+//! taking the queued path (a worker thread on epoll, a ring round trip on
+//! io_uring).
+//!
+//! # The rule (how ringport decides between inline and queued file reads)
+//!
+//! A `read_at` or `readv_at` is tried inline, with one
+//! `preadv2(…, RWF_NOWAIT)`, when all of these hold:
+//!
+//! 1. its descriptor was associated with the port as a **regular file opened
+//!    without `O_DIRECT`** (checked once, at `associate`: `fstat` + `F_GETFL`).
+//!    A direct read always goes to the device, and a synchronous
+//!    `RWF_NOWAIT` direct read would wait for it on the submitting thread;
+//! 2. it asks for at most [`INLINE_MAX`] bytes (a larger copy is left to the
+//!    queued path, where it does not hold up the submitter);
+//! 3. recent inline tries have not all missed (below).
+//!
+//! `RWF_NOWAIT` makes the kernel return `EAGAIN` instead of starting disk I/O
+//! or waiting for a page lock. So the outcome is one of:
+//!
+//! * **all the bytes asked for** (or fewer, at the end of the file): done; the
+//!   completion is queued on the submitting thread;
+//! * **`EAGAIN`, or part of the data**: a miss. The read takes the queued path
+//!   in full (the bytes already copied are read again — a partial result is
+//!   never reported, so an inline read returns what a queued one would);
+//! * **`EOPNOTSUPP`** (a file system without `RWF_NOWAIT`): the descriptor is
+//!   marked not eligible, and every later read on it is queued.
+//!
+//! **Back-off.** A miss costs one system call on top of the queued read. After
+//! [`MISS_STREAK`] misses in a row (a cold file, random reads larger than the
+//! cache) the next [`SKIP`] reads go straight to the queued path, then the
+//! inline try is probed again; a hit resets the streak. The counters are
+//! process-wide and relaxed: a guess, never a correctness matter.
+//!
+//! `RINGPORT_INLINE_READS=off` turns it off (for measurements).
+//!
+//! # Why
+//!
+//! A page-cache hit is a copy of a few microseconds at most. On epoll the queued
+//! path costs a hand-off to a worker and back (two wake-ups); on io_uring an
+//! SQE, its share of an `io_uring_enter`, and a CQE through the shared ring's
+//! lock. fio's numbers on this machine (docs/design.md) show the plain
+//! `pread` loop beating io_uring by about 1.5 × for buffered 4 KiB random reads.
+//!
+//! # The descriptor table
+//!
+//! One bit per descriptor number below [`MAX_FD`], process-wide (a descriptor's
+//! file and flags are the process's, not a port's): set at `associate` when the
+//! descriptor qualifies, cleared when it does not, at `disassociate`, and at an
+//! `Op::close` of it. Since every `associate` recomputes the bit, a number that
+//! is reused for another file or a socket gets the right answer when it is
+//! associated. (A file closed by the caller without `disassociate` and reused
+//! for an `O_DIRECT` file on the same port keeps a stale bit: its reads are
+//! still correct, but a miss-free direct read then waits on the submitting
+//! thread. The port's rule is already to disassociate before closing.)
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use crate::op::OpBody;
+
+/// Descriptor numbers at or above this are never read inline.
+pub(crate) const MAX_FD: usize = 1 << 16;
+/// The largest read tried inline.
+pub(crate) const INLINE_MAX: usize = 64 * 1024;
+/// Misses in a row that start a back-off.
+pub(crate) const MISS_STREAK: u32 = 8;
+/// Reads queued without a try during a back-off.
+pub(crate) const SKIP: u32 = 256;
+
+/// Bit `fd % 64` of word `fd / 64`: `fd` is a buffered regular file.
+/// Invariant: a bit is only ever set by `associate` after checking the file.
+static ELIGIBLE: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+/// Misses since the last hit.
+static MISSES: AtomicU32 = AtomicU32::new(0);
+/// Reads still to queue without a try.
+static SKIPPING: AtomicU32 = AtomicU32::new(0);
+
+fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("RINGPORT_INLINE_READS").as_deref(),
+            Ok("off" | "0" | "no")
+        )
+    })
+}
+
+fn set(fd: RawFd, on: bool) {
+    let Ok(fd) = usize::try_from(fd) else { return };
+    if fd >= MAX_FD {
+        return;
+    }
+    let (w, b) = (fd / 64, 1u64 << (fd % 64));
+    if on {
+        ELIGIBLE[w].fetch_or(b, Ordering::Relaxed);
+    } else {
+        ELIGIBLE[w].fetch_and(!b, Ordering::Relaxed);
+    }
+}
+
+fn eligible(fd: RawFd) -> bool {
+    let Ok(fd) = usize::try_from(fd) else {
+        return false;
+    };
+    fd < MAX_FD && ELIGIBLE[fd / 64].load(Ordering::Relaxed) & (1 << (fd % 64)) != 0
+}
+
+/// A descriptor was associated with a port: records whether its reads may be
+/// tried inline.
+pub(crate) fn on_associate(fd: RawFd) {
+    // SAFETY: `stat` is a plain C struct of integers; all zeroes is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into the stat struct we own; a bad fd gives an error.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    let regular = ok && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    let flags = if regular {
+        // SAFETY: F_GETFL on a descriptor reads its flags; no memory is passed.
+        unsafe { libc::fcntl(fd, libc::F_GETFL) }
+    } else {
+        -1
+    };
+    set(fd, regular && flags >= 0 && flags & libc::O_DIRECT == 0);
+}
+
+/// A descriptor's association ended, or it is being closed.
+pub(crate) fn forget(fd: RawFd) {
+    set(fd, false);
+}
+
+/// Tries `body` inline if the rule allows (see the module docs). `Some(res)`:
+/// it is done with the raw result `res`; `None`: take the queued path (the
+/// body is as it was, its buffers' contents aside).
+pub(crate) fn try_read(body: &mut OpBody) -> Option<i32> {
+    let (fd, offset, mut iov): (RawFd, u64, Vec<libc::iovec>) = match body {
+        OpBody::Read { fd, buf, offset } => (
+            *fd,
+            *offset,
+            vec![libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.capacity(),
+            }],
+        ),
+        OpBody::ReadV { fd, bufs, offset } if bufs.len() <= 8 => (
+            *fd,
+            *offset,
+            bufs.iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.capacity(),
+                })
+                .collect(),
+        ),
+        _ => return None,
+    };
+    let want: usize = iov.iter().map(|v| v.iov_len).sum();
+    if want == 0 || want > INLINE_MAX || !eligible(fd) || !enabled() {
+        return None;
+    }
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return None;
+    };
+    if SKIPPING.load(Ordering::Relaxed) > 0 {
+        let _ = SKIPPING.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(1));
+        return None;
+    }
+    // SAFETY: each iovec covers one buffer's allocation up to its capacity;
+    // the op owns the buffers and nothing else touches them during the call.
+    let rc = unsafe {
+        libc::preadv2(
+            fd,
+            iov.as_mut_ptr(),
+            iov.len() as libc::c_int,
+            off,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if rc >= 0 && (rc as usize == want || rc == 0 || short_at_eof(fd, offset, rc as usize)) {
+        MISSES.store(0, Ordering::Relaxed);
+        return Some(rc.min(i32::MAX as isize) as i32);
+    }
+    if rc < 0 {
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => {}
+            Some(libc::EOPNOTSUPP) => {
+                forget(fd);
+                return None;
+            }
+            // Any other error is the read's own (EBADF, EINVAL, EISDIR, EIO…):
+            // the queued path would give the same.
+            Some(e) if e != libc::EINTR => return Some(-e),
+            _ => return None,
+        }
+    }
+    if MISSES.fetch_add(1, Ordering::Relaxed) + 1 >= MISS_STREAK {
+        MISSES.store(0, Ordering::Relaxed);
+        SKIPPING.store(SKIP, Ordering::Relaxed);
+    }
+    None
+}
+
+/// Whether a short read of `n` bytes at `offset` ended at the end of the file
+/// (then it is the whole answer, as a queued read would give it).
+fn short_at_eof(fd: RawFd, offset: u64, n: usize) -> bool {
+    // SAFETY: `stat` is a plain C struct of integers; all zeroes is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    offset.saturating_add(n as u64) >= st.st_size as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    fn temp() -> std::fs::File {
+        let p = std::env::temp_dir().join(format!(
+            "ringport-inline-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        std::fs::remove_file(&p).unwrap();
+        f.write_all(&[5u8; 10_000]).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_cached_buffered_read_is_done_inline_and_sockets_never() {
+        let f = temp();
+        let fd = f.as_raw_fd();
+        let mut body = OpBody::Read {
+            fd,
+            buf: Vec::with_capacity(4096),
+            offset: 0,
+        };
+        assert_eq!(try_read(&mut body), None, "not associated: never inline");
+        on_associate(fd);
+        // (A back-off from another test may be running: drain it.)
+        SKIPPING.store(0, Ordering::Relaxed);
+        assert_eq!(try_read(&mut body), Some(4096));
+        // At the end of the file: the short read is the whole answer.
+        let mut tail = OpBody::Read {
+            fd,
+            buf: Vec::with_capacity(4096),
+            offset: 8192,
+        };
+        assert_eq!(try_read(&mut tail), Some(10_000 - 8192));
+        // Too big for inline.
+        let mut big = OpBody::Read {
+            fd,
+            buf: Vec::with_capacity(INLINE_MAX + 1),
+            offset: 0,
+        };
+        assert_eq!(try_read(&mut big), None);
+        forget(fd);
+        assert_eq!(try_read(&mut body), None);
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        on_associate(a.as_raw_fd());
+        assert!(!eligible(a.as_raw_fd()), "a socket is not a file");
+    }
+}
