@@ -30,8 +30,8 @@
 //! **Back-off.** A miss costs one system call on top of the queued read. After
 //! [`MISS_STREAK`] misses in a row (a cold file, random reads larger than the
 //! cache) the next [`SKIP`] reads go straight to the queued path, then the
-//! inline try is probed again; a hit resets the streak. The counters are
-//! process-wide and relaxed: a guess, never a correctness matter.
+//! inline try is probed again; a hit resets the streak. The counts are kept
+//! per descriptor and updated racily (a lost update only moves a guess).
 //!
 //! `RINGPORT_INLINE_READS=off` turns it off (for measurements).
 //!
@@ -40,23 +40,26 @@
 //! A page-cache hit is a copy of a few microseconds at most. On epoll the queued
 //! path costs a hand-off to a worker and back (two wake-ups); on io_uring an
 //! SQE, its share of an `io_uring_enter`, and a CQE through the shared ring's
-//! lock. fio's numbers on this machine (docs/design.md) show the plain
-//! `pread` loop beating io_uring by about 1.5 × for buffered 4 KiB random reads.
+//! lock. On this machine fio's plain `pread` loop beats its io_uring engine by
+//! about 1.5 × for buffered 4 KiB random reads (shared/reference/measured.md);
+//! `ringport bench file` measured the two paths (docs/design.md, "Op priority
+//! and inline reads").
 //!
 //! # The descriptor table
 //!
-//! One bit per descriptor number below [`MAX_FD`], process-wide (a descriptor's
-//! file and flags are the process's, not a port's): set at `associate` when the
-//! descriptor qualifies, cleared when it does not, at `disassociate`, and at an
-//! `Op::close` of it. Since every `associate` recomputes the bit, a number that
+//! One state word per descriptor number below [`MAX_FD`] (128 KiB, zeroed,
+//! process-wide: a descriptor's file and flags are the process's, not a
+//! port's): made eligible at `associate` when the descriptor qualifies, not
+//! eligible when it does not, at `disassociate`, and at an `Op::close` of it.
+//! Since every `associate` recomputes it, a number that
 //! is reused for another file or a socket gets the right answer when it is
 //! associated. (A file closed by the caller without `disassociate` and reused
-//! for an `O_DIRECT` file on the same port keeps a stale bit: its reads are
+//! for an `O_DIRECT` file on the same port keeps a stale state: its reads are
 //! still correct, but a miss-free direct read then waits on the submitting
 //! thread. The port's rule is already to disassociate before closing.)
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::OnceLock;
 
 use crate::op::OpBody;
@@ -66,17 +69,23 @@ pub(crate) const MAX_FD: usize = 1 << 16;
 /// The largest read tried inline.
 pub(crate) const INLINE_MAX: usize = 64 * 1024;
 /// Misses in a row that start a back-off.
-pub(crate) const MISS_STREAK: u32 = 8;
+pub(crate) const MISS_STREAK: u16 = 8;
 /// Reads queued without a try during a back-off.
-pub(crate) const SKIP: u32 = 256;
+pub(crate) const SKIP: u16 = 256;
 
-/// Bit `fd % 64` of word `fd / 64`: `fd` is a buffered regular file.
-/// Invariant: a bit is only ever set by `associate` after checking the file.
-static ELIGIBLE: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
-/// Misses since the last hit.
-static MISSES: AtomicU32 = AtomicU32::new(0);
-/// Reads still to queue without a try.
-static SKIPPING: AtomicU32 = AtomicU32::new(0);
+/// Each descriptor's state, one word per descriptor number:
+///
+/// * `0`: not eligible (never associated as a buffered regular file, or no
+///   longer);
+/// * `1..=MISS_STREAK`: eligible, tried inline; `state - 1` misses in a row;
+/// * above `MISS_STREAK`: eligible, backing off: each read is queued without
+///   a try and counts the state down; at `MISS_STREAK` the next read probes
+///   again (one more miss starts another back-off, a hit resets to 1).
+///
+/// Invariant: only `associate` turns a `0` into anything else (after checking
+/// the file); every other change is a compare-and-swap from a non-zero value,
+/// so a `forget` (a store of 0) is never undone by a read racing with it.
+static STATE: [AtomicU16; MAX_FD] = [const { AtomicU16::new(0) }; MAX_FD];
 
 fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -88,24 +97,19 @@ fn enabled() -> bool {
     })
 }
 
+fn slot(fd: RawFd) -> Option<&'static AtomicU16> {
+    usize::try_from(fd).ok().and_then(|i| STATE.get(i))
+}
+
 fn set(fd: RawFd, on: bool) {
-    let Ok(fd) = usize::try_from(fd) else { return };
-    if fd >= MAX_FD {
-        return;
-    }
-    let (w, b) = (fd / 64, 1u64 << (fd % 64));
-    if on {
-        ELIGIBLE[w].fetch_or(b, Ordering::Relaxed);
-    } else {
-        ELIGIBLE[w].fetch_and(!b, Ordering::Relaxed);
+    if let Some(s) = slot(fd) {
+        s.store(u16::from(on), Ordering::Relaxed);
     }
 }
 
-fn eligible(fd: RawFd) -> bool {
-    let Ok(fd) = usize::try_from(fd) else {
-        return false;
-    };
-    fd < MAX_FD && ELIGIBLE[fd / 64].load(Ordering::Relaxed) & (1 << (fd % 64)) != 0
+/// Moves `fd`'s state from `from` to `to`, unless it changed meanwhile.
+fn step(s: &AtomicU16, from: u16, to: u16) {
+    let _ = s.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed);
 }
 
 /// A descriptor was associated with a port: records whether its reads may be
@@ -156,16 +160,21 @@ pub(crate) fn try_read(body: &mut OpBody) -> Option<i32> {
         _ => return None,
     };
     let want: usize = iov.iter().map(|v| v.iov_len).sum();
-    if want == 0 || want > INLINE_MAX || !eligible(fd) || !enabled() {
+    if want == 0 || want > INLINE_MAX || !enabled() {
+        return None;
+    }
+    let st = slot(fd)?;
+    let state = st.load(Ordering::Relaxed);
+    if state == 0 {
+        return None;
+    }
+    if state > MISS_STREAK {
+        step(st, state, state - 1);
         return None;
     }
     let Ok(off) = libc::off_t::try_from(offset) else {
         return None;
     };
-    if SKIPPING.load(Ordering::Relaxed) > 0 {
-        let _ = SKIPPING.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(1));
-        return None;
-    }
     // SAFETY: each iovec covers one buffer's allocation up to its capacity;
     // the op owns the buffers and nothing else touches them during the call.
     let rc = unsafe {
@@ -178,14 +187,14 @@ pub(crate) fn try_read(body: &mut OpBody) -> Option<i32> {
         )
     };
     if rc >= 0 && (rc as usize == want || rc == 0 || short_at_eof(fd, offset, rc as usize)) {
-        MISSES.store(0, Ordering::Relaxed);
+        step(st, state, 1);
         return Some(rc.min(i32::MAX as isize) as i32);
     }
     if rc < 0 {
         match std::io::Error::last_os_error().raw_os_error() {
             Some(libc::EAGAIN) => {}
             Some(libc::EOPNOTSUPP) => {
-                forget(fd);
+                step(st, state, 0);
                 return None;
             }
             // Any other error is the read's own (EBADF, EINVAL, EISDIR, EIO…):
@@ -194,10 +203,13 @@ pub(crate) fn try_read(body: &mut OpBody) -> Option<i32> {
             _ => return None,
         }
     }
-    if MISSES.fetch_add(1, Ordering::Relaxed) + 1 >= MISS_STREAK {
-        MISSES.store(0, Ordering::Relaxed);
-        SKIPPING.store(SKIP, Ordering::Relaxed);
-    }
+    // A miss (EAGAIN, or only part of the data was cached).
+    let next = if state >= MISS_STREAK {
+        MISS_STREAK + SKIP
+    } else {
+        state + 1
+    };
+    step(st, state, next);
     None
 }
 
@@ -206,7 +218,7 @@ pub(crate) fn try_read(body: &mut OpBody) -> Option<i32> {
 fn short_at_eof(fd: RawFd, offset: u64, n: usize) -> bool {
     // SAFETY: `stat` is a plain C struct of integers; all zeroes is valid.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
+    // SAFETY: fstat writes into the stat struct we own; a bad fd gives an error.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         return false;
     }
@@ -248,8 +260,6 @@ mod tests {
         };
         assert_eq!(try_read(&mut body), None, "not associated: never inline");
         on_associate(fd);
-        // (A back-off from another test may be running: drain it.)
-        SKIPPING.store(0, Ordering::Relaxed);
         assert_eq!(try_read(&mut body), Some(4096));
         // At the end of the file: the short read is the whole answer.
         let mut tail = OpBody::Read {
@@ -269,6 +279,73 @@ mod tests {
         assert_eq!(try_read(&mut body), None);
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         on_associate(a.as_raw_fd());
-        assert!(!eligible(a.as_raw_fd()), "a socket is not a file");
+        assert_eq!(
+            slot(a.as_raw_fd()).unwrap().load(Ordering::Relaxed),
+            0,
+            "a socket is not a file"
+        );
+    }
+
+    #[test]
+    fn misses_in_a_row_back_off_then_probe_again() {
+        let p = std::env::temp_dir().join(format!("ringport-inline-cold-{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        std::fs::remove_file(&p).unwrap();
+        f.write_all(&vec![1u8; 32 << 20]).unwrap();
+        f.sync_all().unwrap();
+        let fd = f.as_raw_fd();
+        // SAFETY: advice on a descriptor we own; no memory is passed.
+        unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+        on_associate(fd);
+        let st = slot(fd).unwrap();
+        let mut tried = 0;
+        for k in 0..u64::from(MISS_STREAK) {
+            let mut body = OpBody::Read {
+                fd,
+                buf: Vec::with_capacity(4096),
+                offset: k * (2 << 20),
+            };
+            if try_read(&mut body).is_some() {
+                eprintln!("skipped: the page cache kept the file (no cold reads here)");
+                return;
+            }
+            tried += 1;
+        }
+        assert_eq!(tried, MISS_STREAK);
+        assert_eq!(
+            st.load(Ordering::Relaxed),
+            MISS_STREAK + SKIP,
+            "backing off"
+        );
+        for _ in 0..SKIP {
+            let mut body = OpBody::Read {
+                fd,
+                buf: Vec::with_capacity(4096),
+                offset: 0,
+            };
+            assert_eq!(try_read(&mut body), None, "queued without a try");
+        }
+        assert_eq!(st.load(Ordering::Relaxed), MISS_STREAK, "probing again");
+        // A hit (a page read into the cache just now) resets the streak.
+        let mut page = vec![0u8; 4096];
+        // SAFETY: reads into a buffer we own, at most its length.
+        assert_eq!(
+            unsafe { libc::pread(fd, page.as_mut_ptr().cast(), 4096, 0) },
+            4096
+        );
+        let mut body = OpBody::Read {
+            fd,
+            buf: Vec::with_capacity(4096),
+            offset: 0,
+        };
+        assert_eq!(try_read(&mut body), Some(4096));
+        assert_eq!(st.load(Ordering::Relaxed), 1);
+        forget(fd);
     }
 }

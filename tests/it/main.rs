@@ -14,6 +14,7 @@ mod dgram;
 mod echo;
 mod fallback;
 mod hyper_bridge;
+mod inline_read;
 mod op_priority;
 mod ops;
 mod ops2;
