@@ -405,6 +405,7 @@ impl CompletionPort {
         timeout: Option<Duration>,
     ) -> Result<usize> {
         let from = out.len();
+        self.inner.backend.new_burst();
         let r = self.dequeue_inner(out, limit, timeout);
         self.dequeued(&out[from.min(out.len())..]);
         r

@@ -14,7 +14,15 @@
 //!    `RWF_NOWAIT` direct read would wait for it on the submitting thread;
 //! 2. it asks for at most [`INLINE_MAX`] bytes (a larger copy is left to the
 //!    queued path, where it does not hold up the submitter);
-//! 3. recent inline tries have not all missed (below).
+//! 3. recent inline tries on it have not all missed (below);
+//! 4. on io_uring, for a thread that batches its submissions (pool workers,
+//!    `batch_submissions(true)`): it is among the first [`BURST_INLINE`] reads
+//!    the thread submits before it next calls `get`. The rest of a burst go
+//!    to the ring, which takes them all in one `io_uring_enter` — cheaper per
+//!    read than a `preadv2` each once there are several (docs/design.md). A
+//!    thread that does not batch pays an `io_uring_enter` per queued read, so
+//!    its reads are always tried inline; so are epoll's, whose queued path is a
+//!    worker hand-off.
 //!
 //! `RWF_NOWAIT` makes the kernel return `EAGAIN` instead of starting disk I/O
 //! or waiting for a page lock. So the outcome is one of:
@@ -58,6 +66,7 @@
 //! still correct, but a miss-free direct read then waits on the submitting
 //! thread. The port's rule is already to disassociate before closing.)
 
+use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::OnceLock;
@@ -70,6 +79,8 @@ pub(crate) const MAX_FD: usize = 1 << 16;
 pub(crate) const INLINE_MAX: usize = 64 * 1024;
 /// Misses in a row that start a back-off.
 pub(crate) const MISS_STREAK: u16 = 8;
+/// On io_uring, with batched submissions: reads of one burst tried inline.
+pub(crate) const BURST_INLINE: u32 = 4;
 /// Reads queued without a try during a back-off.
 pub(crate) const SKIP: u16 = 256;
 
@@ -134,10 +145,23 @@ pub(crate) fn forget(fd: RawFd) {
     set(fd, false);
 }
 
+thread_local! {
+    /// Reads this thread tried inline since it last came back for completions.
+    static BURST: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The calling thread is back for completions (`get`): its next reads start
+/// a new burst.
+pub(crate) fn new_burst() {
+    BURST.with(|b| b.set(0));
+}
+
 /// Tries `body` inline if the rule allows (see the module docs). `Some(res)`:
 /// it is done with the raw result `res`; `None`: take the queued path (the
-/// body is as it was, its buffers' contents aside).
-pub(crate) fn try_read(body: &mut OpBody) -> Option<i32> {
+/// body is as it was, its buffers' contents aside). `ring_batches`: the
+/// queued path would hand this read to an io_uring together with the thread's
+/// other submissions (rule 4).
+pub(crate) fn try_read(body: &mut OpBody, ring_batches: bool) -> Option<i32> {
     let (fd, offset, mut iov): (RawFd, u64, Vec<libc::iovec>) = match body {
         OpBody::Read { fd, buf, offset } => (
             *fd,
@@ -175,6 +199,13 @@ pub(crate) fn try_read(body: &mut OpBody) -> Option<i32> {
     let Ok(off) = libc::off_t::try_from(offset) else {
         return None;
     };
+    if ring_batches {
+        let n = BURST.with(Cell::get);
+        if n >= BURST_INLINE {
+            return None;
+        }
+        BURST.with(|b| b.set(n + 1));
+    }
     // SAFETY: each iovec covers one buffer's allocation up to its capacity;
     // the op owns the buffers and nothing else touches them during the call.
     let rc = unsafe {
@@ -258,25 +289,38 @@ mod tests {
             buf: Vec::with_capacity(4096),
             offset: 0,
         };
-        assert_eq!(try_read(&mut body), None, "not associated: never inline");
+        assert_eq!(
+            try_read(&mut body, false),
+            None,
+            "not associated: never inline"
+        );
         on_associate(fd);
-        assert_eq!(try_read(&mut body), Some(4096));
+        assert_eq!(try_read(&mut body, false), Some(4096));
         // At the end of the file: the short read is the whole answer.
         let mut tail = OpBody::Read {
             fd,
             buf: Vec::with_capacity(4096),
             offset: 8192,
         };
-        assert_eq!(try_read(&mut tail), Some(10_000 - 8192));
+        assert_eq!(try_read(&mut tail, false), Some(10_000 - 8192));
         // Too big for inline.
         let mut big = OpBody::Read {
             fd,
             buf: Vec::with_capacity(INLINE_MAX + 1),
             offset: 0,
         };
-        assert_eq!(try_read(&mut big), None);
+        assert_eq!(try_read(&mut big, false), None);
+        // A batching thread on io_uring: the first reads of a burst only.
+        new_burst();
+        for _ in 0..BURST_INLINE {
+            assert_eq!(try_read(&mut body, true), Some(4096));
+        }
+        assert_eq!(try_read(&mut body, true), None, "the rest go to the ring");
+        assert_eq!(try_read(&mut body, false), Some(4096), "unbatched: inline");
+        new_burst();
+        assert_eq!(try_read(&mut body, true), Some(4096), "a new burst");
         forget(fd);
-        assert_eq!(try_read(&mut body), None);
+        assert_eq!(try_read(&mut body, false), None);
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         on_associate(a.as_raw_fd());
         assert_eq!(
@@ -311,7 +355,7 @@ mod tests {
                 buf: Vec::with_capacity(4096),
                 offset: k * (2 << 20),
             };
-            if try_read(&mut body).is_some() {
+            if try_read(&mut body, false).is_some() {
                 eprintln!("skipped: the page cache kept the file (no cold reads here)");
                 return;
             }
@@ -329,7 +373,7 @@ mod tests {
                 buf: Vec::with_capacity(4096),
                 offset: 0,
             };
-            assert_eq!(try_read(&mut body), None, "queued without a try");
+            assert_eq!(try_read(&mut body, false), None, "queued without a try");
         }
         assert_eq!(st.load(Ordering::Relaxed), MISS_STREAK, "probing again");
         // A hit (a page read into the cache just now) resets the streak.
@@ -344,7 +388,7 @@ mod tests {
             buf: Vec::with_capacity(4096),
             offset: 0,
         };
-        assert_eq!(try_read(&mut body), Some(4096));
+        assert_eq!(try_read(&mut body, false), Some(4096));
         assert_eq!(st.load(Ordering::Relaxed), 1);
         forget(fd);
     }

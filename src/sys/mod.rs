@@ -226,7 +226,8 @@ impl Backend {
             inline_read::forget(std::os::fd::AsRawFd::as_raw_fd(fd));
         }
         // A buffered read served by the page cache ends here (`inline_read.rs`).
-        if let Some(res) = inline_read::try_read(&mut op.body) {
+        let ring_batches = matches!(self, Backend::Uring(_)) && !flush;
+        if let Some(res) = inline_read::try_read(&mut op.body, ring_batches) {
             return match self {
                 Backend::Uring(d) => d.complete_inline(op, key, user_data, res),
                 Backend::Epoll(d) => d.complete_inline(op, key, user_data, res),
@@ -259,6 +260,11 @@ impl Backend {
             Backend::Uring(d) => d.reap_ready(out),
             Backend::Epoll(d) => d.reap_ready(out),
         }
+    }
+
+    /// The calling thread is back for completions (see `inline_read.rs`).
+    pub(crate) fn new_burst(&self) {
+        inline_read::new_burst();
     }
 
     pub(crate) fn flush(&self) {
