@@ -333,3 +333,36 @@ backend_test!(
         }
     }
 );
+
+backend_test!(
+    async_file_writes_take_the_futures_priority,
+    |choice: BackendChoice| {
+        use ringport::rt::with_priority;
+        let rt = crate::rt::runtime(choice);
+        let mut f = temp_file();
+        f.write_all(&[3u8; 8192]).unwrap();
+        // A write goes to the kernel (a worker on epoll) even when reads are served
+        // from the page cache: its class is the one observed.
+        let file = crate::rt::block(rt.handle(), async move { ringport::fs::File::from_std(f) });
+        let file = Arc::new(file.unwrap());
+        for (p, level) in [(Priority::Low, 7u16), (Priority::High, 0)] {
+            let fl = file.clone();
+            let (r, buf) = crate::rt::block(
+                rt.handle(),
+                with_priority(p, async move { fl.write_at(vec![9u8; 512], 0).await }),
+            );
+            assert_eq!(r.unwrap(), 512);
+            assert_eq!(buf.len(), 512);
+            if choice == BackendChoice::Epoll {
+                let want = (2u16 << 13) | level;
+                let seen = ioprios_of_threads("ringport-worker");
+                assert!(
+                    seen.contains(&want),
+                    "{p:?}: no worker thread at ioprio {want:#x}: {seen:x?}"
+                );
+            } else {
+                eprintln!("io_uring: the write's SQE carries the class (unit tests)");
+            }
+        }
+    }
+);
