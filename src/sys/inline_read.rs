@@ -379,10 +379,8 @@ mod tests {
         // A hit (a page read into the cache just now) resets the streak.
         let mut page = vec![0u8; 4096];
         // SAFETY: reads into a buffer we own, at most its length.
-        assert_eq!(
-            unsafe { libc::pread(fd, page.as_mut_ptr().cast(), 4096, 0) },
-            4096
-        );
+        let n = unsafe { libc::pread(fd, page.as_mut_ptr().cast(), 4096, 0) };
+        assert_eq!(n, 4096);
         let mut body = OpBody::Read {
             fd,
             buf: Vec::with_capacity(4096),
