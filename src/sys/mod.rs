@@ -27,6 +27,17 @@
 //!   thread is sent to `poll` by the scheduler, but a backend must tolerate
 //!   `submit` and `cancel` from other threads meanwhile, and a second reaper (a
 //!   submitter waiting for room).
+//! * **`reap_ready(out)`** appends what `poll` would return at once, without
+//!   waiting and without a system call (the port calls it before a dequeue
+//!   while a `High` operation is in flight, so a completion still in the
+//!   kernel's ring can overtake queued lower-priority ones; `port/prio.rs`).
+//! * **Priority.** Every completion carries its operation's `Priority`
+//!   (`Completion::with_priority` from the record), however it ended; file
+//!   reads and writes pass it to the kernel as their I/O class (`ioprio.rs`).
+//! * **Inline reads.** Before a backend sees a `read_at`/`readv_at`, `submit`
+//!   tries it on the calling thread if the page cache may hold it
+//!   (`inline_read.rs`); a hit is recorded and completed at once
+//!   (`complete_inline`), a miss goes to the backend as usual.
 //! * **`notify()`** makes a thread blocked in `poll` return soon, even with nothing.
 //! * **`cancel(id)`** asks for the operation to stop. The operation's completion
 //!   always arrives: with `ECANCELED` if the cancel won, or its real result if it

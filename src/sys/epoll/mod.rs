@@ -29,7 +29,8 @@
 //! * Regular files cannot be waited on with epoll (`EPERM`), so reads, writes
 //!   (plain and vectored), fsyncs, opens, `statx` and `fallocate` run on a few
 //!   blocking worker threads (`sys/workers.rs`), which queue their completions and
-//!   wake the poller through an eventfd. `shutdown` never blocks: it is done
+//!   wake the poller through an eventfd. (A buffered read the page cache holds
+//!   is done on the submitting thread instead: `sys/inline_read.rs`.) `shutdown` never blocks: it is done
 //!   on the submitting thread, like a close.
 //! * `send_file` is `sendfile(2)` into the socket, tried and queued like a send
 //!   (`sock.rs`).
