@@ -10,6 +10,7 @@ use socket2::{socklen_t, SockAddr, SockAddrStorage};
 
 use crate::fixed::FixedBuf;
 use crate::op::OpKind;
+use crate::sched::Priority;
 
 /// Identifies one submitted operation, for [`CompletionPort::cancel`](crate::CompletionPort::cancel).
 ///
@@ -52,6 +53,8 @@ pub struct Completion {
     pub(crate) op: Option<OpId>,
     pub(crate) kind: OpKind,
     pub(crate) fd: Option<OwnedFd>,
+    /// The lane it is queued in: its operation's or packet's priority.
+    pub(crate) priority: Priority,
     /// What only some kinds hand back.
     extra: Extra,
     /// A multishot receive's buffer (`op/multishot.rs`).
@@ -91,6 +94,7 @@ impl Completion {
             op: None,
             kind: OpKind::Post,
             fd: None,
+            priority: Priority::Normal,
             extra: Extra::None,
             pooled: None,
             more: false,
@@ -179,6 +183,7 @@ impl Completion {
             op: Some(op),
             kind,
             fd,
+            priority: Priority::Normal,
             extra,
             pooled: None,
             more: false,
@@ -299,6 +304,7 @@ impl fmt::Debug for Completion {
             .field("key", &self.key)
             .field("user_data", &self.user_data)
             .field("kind", &self.kind)
+            .field("priority", &self.priority)
             .field("result", &self.result)
             .field("buf_len", &self.buf.as_ref().map(Vec::len))
             .field("fd", &self.fd)

@@ -33,6 +33,8 @@ use crate::sched::{Next, Priority, Sched, SchedStats, SlotId};
 use crate::sync::lock;
 use crate::sys::{Backend, BackendChoice, BackendKind, Config, PollMode};
 
+mod prio;
+
 static NEXT_PORT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Builds a [`CompletionPort`] (IOCP's `CreateIoCompletionPort`).
@@ -109,6 +111,7 @@ impl Builder {
                 assoc: Mutex::new(HashMap::default()),
                 closed: AtomicBool::new(false),
                 in_backend: AtomicUsize::new(0),
+                high_in_flight: AtomicUsize::new(0),
             }),
         })
     }
@@ -141,6 +144,9 @@ pub(crate) struct PortInner {
     /// before it reads this (both SeqCst), so either the thread sees the close or
     /// the close sees the thread.
     in_backend: AtomicUsize,
+    /// `High` operations submitted whose completions have not been dequeued
+    /// yet (see `port/prio.rs`).
+    high_in_flight: AtomicUsize,
 }
 
 /// Statistics of a port, for tests and `ringport info`.
@@ -279,7 +285,12 @@ impl CompletionPort {
         }
         // Pool threads batch: their next `get` submits everything at once.
         let batching = DEFER_SUBMIT.with(Cell::get);
-        let (id, done) = self.inner.backend.submit(op, key, user_data, !batching)?;
+        let high = self.count_high(&op);
+        let (id, done) = self
+            .inner
+            .backend
+            .submit(op, key, user_data, !batching)
+            .inspect_err(|_| self.uncount_high(high))?;
         if batching && done.is_none() && self.inner.backend.defers_submission() {
             HOLDING.with(|h| h.set(true));
         }
@@ -346,11 +357,8 @@ impl CompletionPort {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if self
-            .inner
-            .sched
-            .push_prio(Completion::packet(key, user_data, bytes), priority, true)
-        {
+        let packet = Completion::packet(key, user_data, bytes).with_priority(priority);
+        if self.inner.sched.push(packet) {
             self.inner.backend.notify();
         }
         Ok(())
@@ -401,6 +409,19 @@ impl CompletionPort {
         limit: usize,
         timeout: Option<Duration>,
     ) -> Result<usize> {
+        let from = out.len();
+        self.inner.backend.new_burst();
+        let r = self.dequeue_inner(out, limit, timeout);
+        self.dequeued(&out[from.min(out.len())..]);
+        r
+    }
+
+    fn dequeue_inner(
+        &self,
+        out: &mut Vec<Completion>,
+        limit: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let slot = self.slot();
         let inner = &self.inner;
@@ -411,6 +432,7 @@ impl CompletionPort {
             // Only this thread's own held-back submissions matter: another thread's
             // are its own to hand over when it comes back.
             let may_sleep = !HOLDING.with(Cell::get);
+            self.gather_high();
             let (next, wake) = inner.sched.dequeue(slot, out, limit, deadline, may_sleep);
             if wake {
                 inner.backend.notify();

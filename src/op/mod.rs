@@ -29,6 +29,7 @@ use crate::fixed::FixedBuf;
 mod fixed;
 mod kind;
 mod multishot;
+mod prio;
 mod zc;
 
 pub use kind::{OpKind, OpPath, OpPaths};
@@ -223,6 +224,8 @@ pub struct Op {
     pub(crate) key: Option<u64>,
     /// Set by [`Op::timeout_after`].
     pub(crate) link_timeout: Option<Duration>,
+    /// Set by [`Op::priority`].
+    pub(crate) prio: crate::Priority,
 }
 
 impl Op {
@@ -231,6 +234,7 @@ impl Op {
             body,
             key: None,
             link_timeout: None,
+            prio: crate::Priority::Normal,
         }
     }
 

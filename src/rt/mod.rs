@@ -32,6 +32,7 @@
 
 mod blocking;
 pub(crate) mod op;
+mod prio;
 mod registry;
 mod state;
 mod task;
@@ -54,6 +55,7 @@ use crate::port::CompletionPort;
 use crate::sync::lock;
 use crate::sys::{BackendChoice, BackendKind};
 
+pub use prio::{with_priority, WithPriority};
 pub use task::{Cancelled, JoinError, JoinHandle};
 
 use blocking::BlockingPool;

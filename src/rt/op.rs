@@ -91,7 +91,8 @@ impl OpFuture {
     pub(crate) fn new(shared: Arc<Shared>, op: Op, hold: Option<Hold>) -> Self {
         OpFuture {
             shared,
-            stage: Stage::New(op.key(IO_KEY), hold),
+            // A `with_priority` around the caller's future lanes its ops.
+            stage: Stage::New(op.key(IO_KEY).priority(super::prio::current()), hold),
         }
     }
 

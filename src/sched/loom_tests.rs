@@ -7,6 +7,8 @@ use loom::thread;
 /// ends exactly once: taken by a worker or dropped by close, never lost.
 struct Item(u32, Arc<Mutex<Vec<u32>>>);
 
+impl Prioritized for Item {}
+
 impl Drop for Item {
     fn drop(&mut self) {
         lock(&self.1).push(self.0);

@@ -42,6 +42,7 @@ use crate::sync::model::{lock, Arc, Condvar, Mutex};
 
 mod prio;
 use prio::PrioQueue;
+pub(crate) use prio::Prioritized;
 pub use prio::{Priority, AGE_LIMIT};
 
 /// A thread's registration with one scheduler.
@@ -139,7 +140,7 @@ pub(crate) struct Sched<T> {
     state: Mutex<State<T>>,
 }
 
-impl<T> Sched<T> {
+impl<T: Prioritized> Sched<T> {
     #[cfg(any(test, loom))]
     pub(crate) fn new(max: usize) -> Self {
         Self::with_backup(max, false)
@@ -350,17 +351,13 @@ impl<T> Sched<T> {
     /// Queues a completion; with `dispatch = false` nobody is woken for it (the
     /// caller is a running thread that takes it at its next dequeue; the stall
     /// detector hands it on if that thread stalls).
+    /// Every item goes in its own priority lane (see `prio.rs`).
     pub(crate) fn push_with(&self, item: T, dispatch: bool) -> bool {
-        self.push_prio(item, Priority::Normal, dispatch)
-    }
-
-    /// Queues a completion in its priority lane (see `prio.rs`).
-    pub(crate) fn push_prio(&self, item: T, p: Priority, dispatch: bool) -> bool {
         let mut st = lock(&self.state);
         if st.closed {
             return false;
         }
-        st.queue.push(item, p);
+        st.queue.push_back(item);
         dispatch && st.dispatch()
     }
 
@@ -483,9 +480,16 @@ impl<T> Sched<T> {
     pub(crate) fn max(&self) -> usize {
         lock(&self.state).max
     }
+
+    /// Whether a completion not yet queued could be taken before what is:
+    /// something is queued, none of it `High`, and the port is open.
+    pub(crate) fn could_be_overtaken(&self) -> bool {
+        let st = lock(&self.state);
+        !st.closed && !st.queue.is_empty() && !st.queue.has_high()
+    }
 }
 
-impl<T> State<T> {
+impl<T: Prioritized> State<T> {
     fn slot(&self, id: SlotId) -> &Slot<T> {
         self.slots[id].as_ref().expect("registered slot")
     }

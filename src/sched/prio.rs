@@ -36,6 +36,19 @@ impl Priority {
 /// Dequeues a front may wait through before it is taken regardless of lanes.
 pub const AGE_LIMIT: u64 = 64;
 
+/// What the queue needs to know of an item: the lane it goes in. A completion
+/// carries the priority of the operation (or packet) it came from, so every
+/// path that queues one — the poller's batch, an inline completion, a cancel —
+/// puts it in its lane without being told.
+pub(crate) trait Prioritized {
+    fn priority(&self) -> Priority {
+        Priority::Normal
+    }
+}
+
+#[cfg(any(test, loom))]
+impl Prioritized for u32 {}
+
 #[derive(Debug)]
 pub(crate) struct PrioQueue<T> {
     /// Each entry: the `taken` count when it was queued, and the item.
@@ -45,7 +58,7 @@ pub(crate) struct PrioQueue<T> {
     len: usize,
 }
 
-impl<T> PrioQueue<T> {
+impl<T: Prioritized> PrioQueue<T> {
     pub(crate) fn new() -> Self {
         PrioQueue {
             lanes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
@@ -62,9 +75,15 @@ impl<T> PrioQueue<T> {
         self.len == 0
     }
 
-    /// Queues at `Normal`.
+    /// Whether a `High` item is queued.
+    pub(crate) fn has_high(&self) -> bool {
+        !self.lanes[0].is_empty()
+    }
+
+    /// Queues in the item's own lane.
     pub(crate) fn push_back(&mut self, item: T) {
-        self.push(item, Priority::Normal);
+        let p = item.priority();
+        self.push(item, p);
     }
 
     pub(crate) fn push(&mut self, item: T, p: Priority) {
@@ -72,7 +91,7 @@ impl<T> PrioQueue<T> {
         self.len += 1;
     }
 
-    /// Queues each at `Normal`.
+    /// Queues each in its own lane.
     pub(crate) fn extend(&mut self, items: impl IntoIterator<Item = T>) {
         for i in items {
             self.push_back(i);
@@ -123,6 +142,8 @@ impl<T> PrioQueue<T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    impl Prioritized for i32 {}
 
     #[test]
     fn high_jumps_the_queue_low_is_never_starved() {

@@ -27,6 +27,17 @@
 //!   thread is sent to `poll` by the scheduler, but a backend must tolerate
 //!   `submit` and `cancel` from other threads meanwhile, and a second reaper (a
 //!   submitter waiting for room).
+//! * **`reap_ready(out)`** appends what `poll` would return at once, without
+//!   waiting and without a system call (the port calls it before a dequeue
+//!   while a `High` operation is in flight, so a completion still in the
+//!   kernel's ring can overtake queued lower-priority ones; `port/prio.rs`).
+//! * **Priority.** Every completion carries its operation's `Priority`
+//!   (`Completion::with_priority` from the record), however it ended; file
+//!   reads and writes pass it to the kernel as their I/O class (`ioprio.rs`).
+//! * **Inline reads.** Before a backend sees a `read_at`/`readv_at`, `submit`
+//!   tries it on the calling thread if the page cache may hold it
+//!   (`inline_read.rs`); a hit is recorded and completed at once
+//!   (`complete_inline`), a miss goes to the backend as usual.
 //! * **`notify()`** makes a thread blocked in `poll` return soon, even with nothing.
 //! * **`cancel(id)`** asks for the operation to stop. The operation's completion
 //!   always arrives: with `ECANCELED` if the cancel won, or its real result if it
@@ -48,6 +59,8 @@ use crate::error::{Error, Result};
 use crate::op::Op;
 
 pub(crate) mod epoll;
+mod inline_read;
+mod ioprio;
 mod table;
 mod thread;
 pub(crate) use thread::{own_thread, thread_owned, OwnedScope};
@@ -221,6 +234,18 @@ impl Backend {
     }
 
     pub(crate) fn submit(&self, op: Op, key: u64, user_data: u64, flush: bool) -> SubmitResult {
+        let mut op = op;
+        if let crate::op::OpBody::Close { fd } = &op.body {
+            inline_read::forget(std::os::fd::AsRawFd::as_raw_fd(fd));
+        }
+        // A buffered read served by the page cache ends here (`inline_read.rs`).
+        let ring_batches = matches!(self, Backend::Uring(_)) && !flush;
+        if let Some(res) = inline_read::try_read(&mut op.body, ring_batches) {
+            return match self {
+                Backend::Uring(d) => d.complete_inline(op, key, user_data, res),
+                Backend::Epoll(d) => d.complete_inline(op, key, user_data, res),
+            };
+        }
         match self {
             Backend::Uring(d) => d.submit(op, key, user_data, flush),
             Backend::Epoll(d) => d.submit(op, key, user_data, flush),
@@ -237,6 +262,22 @@ impl Backend {
             Backend::Uring(d) => d.poll(timeout, out, mode),
             Backend::Epoll(d) => d.poll(timeout, out, mode),
         }
+    }
+
+    /// Appends the completions the backend can gather without waiting or a
+    /// system call (io_uring: the CQ ring; epoll: worker results and due
+    /// timers), so that a priority dequeue sees them. Never blocks on the
+    /// kernel; loses no wake-up.
+    pub(crate) fn reap_ready(&self, out: &mut Vec<Completion>) {
+        match self {
+            Backend::Uring(d) => d.reap_ready(out),
+            Backend::Epoll(d) => d.reap_ready(out),
+        }
+    }
+
+    /// The calling thread is back for completions (see `inline_read.rs`).
+    pub(crate) fn new_burst(&self) {
+        inline_read::new_burst();
     }
 
     pub(crate) fn flush(&self) {
@@ -289,6 +330,7 @@ impl Backend {
 
     /// A handle was associated with the port.
     pub(crate) fn associate(&self, fd: std::os::fd::RawFd) -> Result<()> {
+        inline_read::on_associate(fd);
         match self {
             Backend::Uring(d) => {
                 d.forget_fd(fd);
@@ -300,6 +342,7 @@ impl Backend {
 
     /// A handle's association ended.
     pub(crate) fn disassociate(&self, fd: std::os::fd::RawFd) {
+        inline_read::forget(fd);
         match self {
             Backend::Uring(d) => d.forget_fd(fd),
             Backend::Epoll(d) => d.disassociate(fd),

@@ -3,7 +3,8 @@
 //! the operations a kernel lacks the opcode for. Workers start on demand, up to
 //! a fixed number; each runs one `pread`/`pwrite`/`preadv`/`pwritev`/`fsync`/
 //! `openat`/`statx`/`fallocate` at a time and hands the result to the backend's
-//! [`Sink`], which queues the completion and wakes the poller.
+//! [`Sink`], which queues the completion and wakes the poller. A worker runs
+//! each operation at its priority's I/O class (`ioprio.rs`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -11,7 +12,10 @@ use std::thread::{self, JoinHandle};
 
 use crate::completion::OpId;
 use crate::op::OpBody;
+use crate::sched::Priority;
 use crate::sync::lock;
+
+use super::ioprio::ThreadIoprio;
 
 /// Where a backend takes the results of its worker threads.
 pub(crate) trait Sink: Send + Sync + std::fmt::Debug + 'static {
@@ -23,7 +27,7 @@ pub(crate) trait Sink: Send + Sync + std::fmt::Debug + 'static {
 
 #[derive(Debug, Default)]
 struct State {
-    jobs: VecDeque<(OpId, OpBody)>,
+    jobs: VecDeque<(OpId, OpBody, Priority)>,
     threads: usize,
     idle: usize,
     stop: bool,
@@ -59,14 +63,14 @@ impl<S: Sink> Workers<S> {
     }
 
     /// Queues a file operation; starts a worker if none is idle.
-    pub(crate) fn push(&self, id: OpId, body: OpBody) {
+    pub(crate) fn push(&self, id: OpId, body: OpBody, prio: Priority) {
         let mut st = lock(&self.pool.st);
         if st.stop {
             drop(st);
             self.shared.done(id, -libc::ECANCELED, body);
             return;
         }
-        st.jobs.push_back((id, body));
+        st.jobs.push_back((id, body, prio));
         if st.idle == 0 && st.threads < self.max {
             st.threads += 1;
             let (pool, shared) = (self.pool.clone(), self.shared.clone());
@@ -88,19 +92,19 @@ impl<S: Sink> Workers<S> {
     /// Takes back a queued (not yet started) operation's body.
     pub(crate) fn try_cancel(&self, id: OpId) -> Option<OpBody> {
         let mut st = lock(&self.pool.st);
-        let i = st.jobs.iter().position(|(j, _)| *j == id)?;
-        st.jobs.remove(i).map(|(_, b)| b)
+        let i = st.jobs.iter().position(|(j, _, _)| *j == id)?;
+        st.jobs.remove(i).map(|(_, b, _)| b)
     }
 
     /// Cancels queued jobs (completing them with `ECANCELED`), lets running ones
     /// finish, and joins the workers.
     pub(crate) fn shutdown(&self) {
-        let jobs: Vec<(OpId, OpBody)> = {
+        let jobs: Vec<(OpId, OpBody, Priority)> = {
             let mut st = lock(&self.pool.st);
             st.stop = true;
             st.jobs.drain(..).collect()
         };
-        for (id, body) in jobs {
+        for (id, body, _) in jobs {
             self.shared.done(id, -libc::ECANCELED, body);
         }
         self.pool.cv.notify_all();
@@ -111,8 +115,9 @@ impl<S: Sink> Workers<S> {
 }
 
 fn work<S: Sink>(pool: &Pool, shared: &S) {
+    let mut ioprio = ThreadIoprio::default();
     loop {
-        let (id, mut body) = {
+        let (id, mut body, prio) = {
             let mut st = lock(&pool.st);
             loop {
                 if let Some(job) = st.jobs.pop_front() {
@@ -126,6 +131,7 @@ fn work<S: Sink>(pool: &Pool, shared: &S) {
                 st.idle -= 1;
             }
         };
+        ioprio.apply(prio);
         let res = run(&mut body);
         shared.done(id, res, body);
     }

@@ -44,7 +44,7 @@ impl Driver {
         if foreign {
             return self.done_now(id, -libc::EINVAL, op.body);
         }
-        self.files.push(id, op.body);
+        self.files.push(id, op.body, op.prio);
         Ok((id, None))
     }
 }

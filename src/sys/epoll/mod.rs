@@ -29,7 +29,8 @@
 //! * Regular files cannot be waited on with epoll (`EPERM`), so reads, writes
 //!   (plain and vectored), fsyncs, opens, `statx` and `fallocate` run on a few
 //!   blocking worker threads (`sys/workers.rs`), which queue their completions and
-//!   wake the poller through an eventfd. `shutdown` never blocks: it is done
+//!   wake the poller through an eventfd. (A buffered read the page cache holds
+//!   is done on the submitting thread instead: `sys/inline_read.rs`.) `shutdown` never blocks: it is done
 //!   on the submitting thread, like a close.
 //! * `send_file` is `sendfile(2)` into the socket, tried and queued like a send
 //!   (`sock.rs`). `send_zc` is a plain (copying) send. Fixed buffers are plain
@@ -102,6 +103,8 @@ struct Record {
     kind: OpKind,
     key: u64,
     user_data: u64,
+    /// Its completion's lane (`Op::priority`).
+    prio: crate::Priority,
     wait: Wait,
     /// Its linked timeout (`Op::timeout_after`): a timer entry
     /// `(deadline, id | DEADLINE_BIT)` cancels it if it is still waiting then.
@@ -374,6 +377,7 @@ impl Driver {
             kind: op.kind(),
             key,
             user_data,
+            prio: op.prio,
             wait: wait(),
             deadline,
             parts: 0,
@@ -392,6 +396,19 @@ impl Driver {
             }
         }
         Ok((id, op))
+    }
+
+    /// Records an operation that already finished (an inline read, see
+    /// `sys/inline_read.rs`) and returns its completion.
+    pub(crate) fn complete_inline(
+        &self,
+        op: Op,
+        key: u64,
+        user_data: u64,
+        res: i32,
+    ) -> SubmitResult {
+        let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
+        self.done_now(id, res, op.body)
     }
 
     /// Completes an operation that finished during `submit`.
@@ -426,7 +443,7 @@ impl Driver {
             | OpBody::Statx { .. }
             | OpBody::Fallocate { .. } => {
                 let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
-                self.files.push(id, op.body);
+                self.files.push(id, op.body, op.prio);
                 Ok((id, None))
             }
             OpBody::Shutdown { fd, how } => {
@@ -709,6 +726,12 @@ impl Driver {
         }
     }
 
+    /// Worker completions and due timers, without `epoll_wait` (see
+    /// `Backend::reap_ready`; the eventfd's wake-up stays for the poller).
+    pub(crate) fn reap_ready(&self, out: &mut Vec<Completion>) {
+        self.collect(out);
+    }
+
     /// Moves worker completions and due timers into `out`.
     fn collect(&self, out: &mut Vec<Completion>) {
         let mut inner = lock(&self.shared.inner);
@@ -830,7 +853,8 @@ fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Complet
         rec.user_data,
         res,
         body.into_output(),
-    );
+    )
+    .with_priority(rec.prio);
     // (A multishot operation's final completion comes after its `parts`.)
     Some(c.multishot(false, None, rec.parts))
 }

@@ -146,7 +146,8 @@ pub(super) fn part_completions(
         };
         let seq = r.parts;
         r.parts += 1;
-        let c = Completion::from_raw(id, r.kind, r.key, r.user_data, res, Output::default());
+        let c = Completion::from_raw(id, r.kind, r.key, r.user_data, res, Output::default())
+            .with_priority(r.prio);
         out.push(c.multishot(true, lease, seq));
     }
 }

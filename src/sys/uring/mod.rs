@@ -85,6 +85,7 @@ mod fallback;
 mod multi;
 mod ops;
 mod probe;
+mod ready;
 mod records;
 mod transfer;
 
@@ -400,12 +401,13 @@ impl Core {
             return Err((Error::QueueFull, Some(op)));
         }
         let kind = op.kind();
-        let link = op.link_timeout;
+        let (link, prio) = (op.link_timeout, op.prio);
         let mut body = op.body;
         let mut rec = Record {
             kind,
             key,
             user_data,
+            prio,
             body: OpBody::Nop,
             aux: Aux::None,
             link_ts: None,
@@ -450,7 +452,7 @@ impl Core {
             if let OpBody::Close { fd } = &body {
                 self.forget_fd(std::os::fd::AsRawFd::as_raw_fd(fd));
             }
-            ops::build(&mut body).map(|(sqe, aux)| {
+            ops::build(&mut body, prio).map(|(sqe, aux)| {
                 rec.aux = aux;
                 (None, sqe)
             })
@@ -534,7 +536,8 @@ impl Core {
             let ts: &types::Timespec = rec.link_ts.insert(Box::new(d.into()));
             self.push_locked(&opcode::Timeout::new(ts).build().user_data(id.0 | TIMER_BIT));
         }
-        fb.workers.push(id, body);
+        let prio = inner.ops.get(id).expect("just inserted").prio;
+        fb.workers.push(id, body, prio);
         drop(inner);
         if flush {
             self.flush();

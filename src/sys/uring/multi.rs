@@ -267,6 +267,7 @@ impl Core {
         m.seq += 1;
         let partial = |rec: &super::records::Record, lease| {
             Completion::from_raw(id, rec.kind, rec.key, rec.user_data, res, Output::default())
+                .with_priority(rec.prio)
                 .multishot(true, lease, seq)
         };
         if m.native {

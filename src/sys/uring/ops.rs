@@ -14,6 +14,7 @@ use socket2::{socklen_t, SockAddr, SockAddrStorage};
 
 use crate::completion::raw_addr;
 use crate::op::OpBody;
+use crate::sched::Priority;
 
 use super::bufs::ZeroCopy;
 use super::transfer::Transfer;
@@ -173,14 +174,20 @@ impl std::fmt::Debug for MsgAux {
 ///
 /// `Err(res)`: the operation needs no SQE, it has already ended with the raw
 /// result `res` (a path with a NUL byte).
-pub(super) fn build(body: &mut OpBody) -> Result<(squeue::Entry, Aux), i32> {
+///
+/// Reads and writes carry `prio`'s I/O priority in the SQE's `ioprio` field
+/// (`sys/ioprio.rs`); no other opcode does (for socket opcodes that field holds
+/// flags).
+pub(super) fn build(body: &mut OpBody, prio: Priority) -> Result<(squeue::Entry, Aux), i32> {
     use types::Fd;
+    let ioprio = crate::sys::ioprio::ioprio(prio);
     Ok(match body {
         OpBody::Nop | OpBody::SendFile { .. } => (opcode::Nop::new().build(), Aux::None),
         OpBody::Read { fd, buf, offset } => {
             let len = buf.capacity().min(u32::MAX as usize) as u32;
             let sqe = opcode::Read::new(Fd(*fd), buf.as_mut_ptr(), len)
                 .offset(*offset)
+                .ioprio(ioprio)
                 .build();
             (sqe, Aux::None)
         }
@@ -195,6 +202,7 @@ pub(super) fn build(body: &mut OpBody) -> Result<(squeue::Entry, Aux), i32> {
             let ptr = unsafe { buf.as_ptr().add(*pos) };
             let sqe = opcode::Write::new(Fd(*fd), ptr, len)
                 .offset(*offset)
+                .ioprio(ioprio)
                 .build();
             (sqe, Aux::None)
         }
@@ -273,6 +281,7 @@ pub(super) fn build(body: &mut OpBody) -> Result<(squeue::Entry, Aux), i32> {
             let iov = IoVecs::new(bufs, true);
             let sqe = opcode::Readv::new(Fd(*fd), iov.as_ptr(), iov.len())
                 .offset(*offset)
+                .ioprio(ioprio)
                 .build();
             (sqe, Aux::Iov(iov))
         }
@@ -282,6 +291,7 @@ pub(super) fn build(body: &mut OpBody) -> Result<(squeue::Entry, Aux), i32> {
             let iov = IoVecs::new(bufs, false);
             let sqe = opcode::Writev::new(Fd(*fd), iov.as_ptr(), iov.len())
                 .offset(*offset)
+                .ioprio(ioprio)
                 .build();
             (sqe, Aux::Iov(iov))
         }
@@ -343,4 +353,67 @@ pub(super) fn build(body: &mut OpBody) -> Result<(squeue::Entry, Aux), i32> {
             Aux::None,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `ioprio` field of an SQE (bytes 2–3 of `struct io_uring_sqe`).
+    fn sqe_ioprio(sqe: &squeue::Entry) -> u16 {
+        assert_eq!(std::mem::size_of::<squeue::Entry>(), 64);
+        // SAFETY: `Entry` is `#[repr(C)]` around the kernel's 64-byte
+        // `io_uring_sqe`, whose layout starts `u8 opcode, u8 flags, u16 ioprio`;
+        // reading its first 4 bytes as plain bytes is valid.
+        let head: [u8; 4] = unsafe { std::ptr::read((sqe as *const squeue::Entry).cast()) };
+        u16::from_ne_bytes([head[2], head[3]])
+    }
+
+    #[test]
+    fn only_reads_and_writes_carry_the_io_priority() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&a);
+        let low = (2 << 13) | 7;
+        for (mut body, want) in [
+            (
+                OpBody::Read {
+                    fd,
+                    buf: Vec::with_capacity(8),
+                    offset: 0,
+                },
+                low,
+            ),
+            (
+                OpBody::Write {
+                    fd,
+                    buf: vec![1],
+                    pos: 0,
+                    offset: 0,
+                },
+                low,
+            ),
+            (
+                OpBody::ReadV {
+                    fd,
+                    bufs: vec![Vec::with_capacity(8)],
+                    offset: 0,
+                },
+                low,
+            ),
+            (
+                OpBody::Recv {
+                    fd,
+                    buf: Vec::with_capacity(8),
+                    flags: 0,
+                },
+                0,
+            ),
+            (OpBody::Fsync { fd, datasync: true }, 0),
+        ] {
+            let (sqe, _aux) = build(&mut body, Priority::Low).unwrap();
+            assert_eq!(sqe_ioprio(&sqe), want, "{body:?}");
+            let (sqe, _aux) = build(&mut body, Priority::Normal).unwrap();
+            assert_eq!(sqe_ioprio(&sqe), 0, "{body:?}");
+        }
+    }
 }

@@ -6,6 +6,7 @@ use io_uring::{opcode, squeue, types};
 
 use crate::completion::{Completion, OpId};
 use crate::op::{OpBody, OpKind};
+use crate::sched::Priority;
 
 use super::bufs::{plain_send, ZcStep};
 use super::ops::Aux;
@@ -19,6 +20,8 @@ pub(super) struct Record {
     pub(super) kind: OpKind,
     pub(super) key: u64,
     pub(super) user_data: u64,
+    /// Its completion's lane (`Op::priority`).
+    pub(super) prio: Priority,
     /// The operation: it owns the buffers its SQE points into.
     pub(super) body: OpBody,
     pub(super) aux: Aux,
@@ -150,14 +153,10 @@ impl Inner {
                 }
             }
         }
-        Some(Completion::from_raw(
-            id,
-            rec.kind,
-            rec.key,
-            rec.user_data,
-            res,
-            out,
-        ))
+        Some(
+            Completion::from_raw(id, rec.kind, rec.key, rec.user_data, res, out)
+                .with_priority(rec.prio),
+        )
     }
 }
 

@@ -1,7 +1,9 @@
 //! `ringport bench …`: measurements.
 
+mod aligned;
 mod designs;
 mod echo;
+mod file;
 mod idle;
 mod nop;
 mod transfer;
@@ -22,6 +24,8 @@ pub enum BenchCommand {
     /// The transfer benchmark's sink (a child process of `bench transfer`).
     #[command(hide = true)]
     TransferSink(transfer::SinkArgs),
+    /// Random aligned reads from one file at a fixed queue depth (see bench/vs-fio.sh).
+    File(file::FileBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
@@ -31,6 +35,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
         BenchCommand::Idle(args) => idle::run(&args),
         BenchCommand::Transfer(args) => transfer::run(&args),
         BenchCommand::TransferSink(args) => transfer::sink(&args),
+        BenchCommand::File(args) => file::run(&args),
     }
 }
 
