@@ -1,0 +1,189 @@
+//! Waiting: `epoll_wait` with the next timer as its timeout, retrying each
+//! ready socket's queued operations in order, and collecting worker
+//! completions and due timers (see the module docs of `epoll`).
+
+use super::*;
+
+impl Driver {
+    /// Waits for readiness, timers, or worker completions (see `sys/mod.rs`).
+    pub(crate) fn poll(
+        &self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion>,
+        mode: PollMode,
+    ) -> io::Result<()> {
+        let before = out.len();
+        self.collect(out);
+        if out.len() > before {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let next_timer = lock(&self.shared.inner)
+            .timers
+            .first()
+            .map(|(at, _)| at.saturating_duration_since(now));
+        let wait = match (timeout, next_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let ms: i32 = match wait {
+            None => -1,
+            // Round up so a timer is never polled for just before it is due.
+            Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+        };
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        // SAFETY: epfd is open; `events` is a writable array of 64 entries.
+        let n =
+            unsafe { libc::epoll_wait(self.shared.epfd.as_raw_fd(), events.as_mut_ptr(), 64, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+        for ev in events.iter().take(n.max(0) as usize) {
+            let (bits, token) = (ev.events, ev.u64);
+            if token == WAKE_TOKEN {
+                let mut buf = 0u64;
+                // SAFETY: reads 8 bytes into a u64 we own from our eventfd.
+                unsafe {
+                    libc::read(
+                        self.shared.wake.as_raw_fd(),
+                        (&mut buf as *mut u64).cast(),
+                        8,
+                    )
+                };
+                // A reaper that is not the poller must not swallow the poller's
+                // wake-up: give it back.
+                if mode == PollMode::Other {
+                    self.notify();
+                }
+                continue;
+            }
+            let Some(q) = lock(&self.shared.fds).get(&(token as RawFd)).cloned() else {
+                continue;
+            };
+            let readable = bits
+                & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32
+                != 0;
+            let writable = bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+            let closed = bits & (libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
+            self.retry(&q, readable, writable, closed, out);
+        }
+        self.collect(out);
+        Ok(())
+    }
+
+    /// Retries a socket's queued operations after readiness, in order, until one
+    /// would block.
+    pub(super) fn retry(
+        &self,
+        q: &FdQueue,
+        readable: bool,
+        writable: bool,
+        closed: bool,
+        out: &mut Vec<Completion>,
+    ) {
+        let mut g = lock(&q.q);
+        let g = &mut *g;
+        g.read_closed |= closed;
+        let read_closed = g.read_closed;
+        let mut finished = Vec::new();
+        let mut parts = Vec::new();
+        for (ready, queue, blocked) in [
+            (readable, &mut g.read, &mut g.read_blocked),
+            (writable, &mut g.write, &mut g.write_blocked),
+        ] {
+            if !ready {
+                continue;
+            }
+            *blocked = false;
+            while let Some(front) = queue.front_mut() {
+                if multi::is_multi(&front.body) {
+                    // Until it would block (or is drained), or it ends.
+                    let Some(res) = multi::run(front, q.stream, read_closed, &mut parts).0 else {
+                        *blocked = true;
+                        break;
+                    };
+                    finished.extend(queue.pop_front().map(|p| (p, res)));
+                    continue;
+                }
+                match try_op(front) {
+                    None => {
+                        *blocked = true;
+                        break;
+                    }
+                    Some(res) => {
+                        let p = queue.pop_front().expect("front exists");
+                        if drained_after(&p, res, q.stream, read_closed) {
+                            // Drained: the rest of the queue waits for an edge.
+                            *blocked = true;
+                            finished.push((p, res));
+                            break;
+                        }
+                        finished.push((p, res));
+                    }
+                }
+            }
+        }
+        if finished.is_empty() && parts.is_empty() {
+            return;
+        }
+        let mut inner = lock(&self.shared.inner);
+        // A multishot operation's partial results come before its end.
+        multi::part_completions(&mut inner, parts, out);
+        for (p, res) in finished {
+            out.extend(finish(&mut inner, p.id, res, p.body));
+        }
+    }
+
+    /// Worker completions and due timers, without `epoll_wait` (see
+    /// `Backend::reap_ready`; the eventfd's wake-up stays for the poller).
+    pub(crate) fn reap_ready(&self, out: &mut Vec<Completion>) {
+        self.collect(out);
+    }
+
+    /// Moves worker completions and due timers into `out`.
+    pub(super) fn collect(&self, out: &mut Vec<Completion>) {
+        let mut inner = lock(&self.shared.inner);
+        out.append(&mut inner.done);
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        while let Some(&(at, raw)) = inner.timers.first() {
+            if at > now {
+                break;
+            }
+            inner.timers.pop_first();
+            if raw & DEADLINE_BIT != 0 {
+                expired.push(OpId(raw & !DEADLINE_BIT));
+            } else {
+                out.extend(finish(&mut inner, OpId(raw), 0, OpBody::Nop));
+            }
+        }
+        drop(inner);
+        // Linked timeouts that fired: cancel their operations (a cancel takes
+        // the socket's queue lock, which comes before `inner`). One that has
+        // finished meanwhile is not found, or loses the race: its own result
+        // stands.
+        for id in expired {
+            match self.cancel(id) {
+                Ok(Some(c)) => out.push(c),
+                Ok(None) => {
+                    // Not in its socket's queue. Either it is finishing (its
+                    // result stands), or `submit` has admitted it but not queued
+                    // it yet — then the deadline must not be lost: look again
+                    // shortly, while the operation still waits on a socket.
+                    let mut inner = lock(&self.shared.inner);
+                    if let Some(r) = inner.ops.get_mut(id) {
+                        if matches!(r.wait, Wait::Fd(_)) {
+                            let again = Instant::now() + Duration::from_micros(100);
+                            r.deadline = Some(again);
+                            inner.timers.insert((again, id.0 | DEADLINE_BIT));
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
