@@ -71,8 +71,8 @@ start_server() {
     case $name in
         multishot) "$RINGPORT" echo --listen 127.0.0.1:0 --backend uring >"$out" 2>&1 & ;;
         plain) "$RINGPORT" echo --listen 127.0.0.1:0 --backend uring --plain-recv >"$out" 2>&1 & ;;
-        multishot-epoll) "$RINGPORT" echo --listen 127.0.0.1:0 --backend epoll >"$out" 2>&1 & ;;
-        plain-epoll) "$RINGPORT" echo --listen 127.0.0.1:0 --backend epoll --plain-recv >"$out" 2>&1 & ;;
+        multishot-epoll) "$RINGPORT" echo --listen 127.0.0.1:0 --backend epoll --multishot >"$out" 2>&1 & ;;
+        plain-epoll) "$RINGPORT" echo --listen 127.0.0.1:0 --backend epoll >"$out" 2>&1 & ;;
         async) "$RINGPORT" echo --listen 127.0.0.1:0 --backend uring --async >"$out" 2>&1 & ;;
         tokio) "$PEER" --server tokio-mt --listen 127.0.0.1:0 >"$out" 2>&1 & ;;
         *) echo "unknown server $name" >&2; exit 2 ;;

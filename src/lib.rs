@@ -75,7 +75,9 @@ pub use error::{Error, Result};
 pub use fixed::{FixedBuf, FixedBuffers, MAX_FIXED_BUFFERS, MAX_FIXED_SIZE};
 pub use op::{Op, OpKind};
 pub use pool::{Pool, PoolBuilder};
-pub use port::{batch_submissions, blocking, num_cpus, Builder, CompletionPort, PortStats};
+pub use port::{
+    batch_submissions, blocking, long_lived_thread, num_cpus, Builder, CompletionPort, PortStats,
+};
 pub use provided::{BufferPool, PooledBuf};
 pub use rt::{spawn, spawn_blocking, yield_now, Handle, JoinError, JoinHandle, Runtime};
 pub use sched::{Priority, SchedStats, AGE_LIMIT};

@@ -663,6 +663,22 @@ thread_local! {
     static HOLDING: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Promises that the calling thread outlives every operation it submits (or
+/// the ports it submits them to), so it may hand them to the kernel itself.
+///
+/// io_uring ties a request to the thread that submitted it and stops serving
+/// it when that thread exits; so a port's io_uring backend lets only threads
+/// it knows will stay (pool workers, a thread inside `Runtime::block_on`) enter
+/// the kernel with requests, and hands any other thread's submissions to a
+/// submitter thread of its own — one thread hop per batch. A program whose
+/// own long-lived thread submits and dequeues (a benchmark loop, a hand-made
+/// event loop) calls this once to skip that hop. Promising it on a thread that
+/// then exits with operations in flight leaves those operations stuck
+/// (io_uring) until they are cancelled. The epoll backend ignores it.
+pub fn long_lived_thread() {
+    crate::sys::own_thread();
+}
+
 /// Turns submission batching on or off for the calling thread.
 ///
 /// With batching on, operations this thread submits are handed to the kernel at

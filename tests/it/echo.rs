@@ -54,16 +54,18 @@ macro_rules! echo_test {
                 super::run("epoll", concat!(module_path!(), "::epoll"), $excl, body);
             }
 
-            // The same against `ringport echo --plain-recv` (a recv with its own
-            // buffer per connection instead of the multishot receive).
+            // The same against the other receive path: on io_uring
+            // `--plain-recv` (a recv with its own buffer per connection instead
+            // of the default multishot receive), on epoll `--multishot` (the
+            // emulated multishot receive instead of the default plain one).
             #[test]
             fn uring_plain() {
                 super::run("uring+plain", concat!(module_path!(), "::uring_plain"), $excl, body);
             }
 
             #[test]
-            fn epoll_plain() {
-                super::run("epoll+plain", concat!(module_path!(), "::epoll_plain"), $excl, body);
+            fn epoll_multi() {
+                super::run("epoll+multi", concat!(module_path!(), "::epoll_multi"), $excl, body);
             }
         }
     };
@@ -170,13 +172,17 @@ impl Server {
     /// Runs `ringport echo --listen listen --backend backend` and waits (at most
     /// `T`) until it prints `listening on ...` or exits.
     fn launch(backend: &'static str, listen: SocketAddr) -> Launch {
-        // "uring+plain": `--backend uring --plain-recv`.
-        let (name, plain) = backend
-            .split_once('+')
-            .map_or((backend, false), |(b, _)| (b, true));
+        // "uring+plain": `--backend uring --plain-recv`; "epoll+multi":
+        // `--backend epoll --multishot`.
+        let (name, variant) = backend.split_once('+').unwrap_or((backend, ""));
+        let flag = match variant {
+            "plain" => Some("--plain-recv"),
+            "multi" => Some("--multishot"),
+            _ => None,
+        };
         let mut child = Command::new(BIN)
             .args(["echo", "--listen", &listen.to_string(), "--backend", name])
-            .args(plain.then_some("--plain-recv"))
+            .args(flag)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

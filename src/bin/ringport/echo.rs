@@ -42,9 +42,16 @@ pub struct EchoArgs {
     #[arg(long, default_value_t = 4096)]
     pub(crate) buf_size: usize,
     /// Receive with one recv and its own buffer per connection, instead of a
-    /// multishot receive into a shared provided-buffer pool (the default).
-    #[arg(long)]
+    /// multishot receive into a shared provided-buffer pool. The default is
+    /// the multishot receive where the kernel has it (io_uring with native
+    /// multishot `RECV`), the plain receive elsewhere: emulated on epoll, the
+    /// multishot path costs about twice the CPU per 4 KiB message here (it
+    /// copies each chunk into the connection's send queue), see BENCHMARKS.md.
+    #[arg(long, conflicts_with = "multishot")]
     pub(crate) plain_recv: bool,
+    /// Use the multishot receive even where it is emulated (epoll).
+    #[arg(long)]
+    pub(crate) multishot: bool,
     /// Operations in flight at most: each open connection keeps one receive
     /// in flight, so this caps the connections served (io_uring allows up to
     /// 32768).
@@ -106,7 +113,9 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.backend(b);
     }
     let port = builder.build()?;
-    if !args.plain_recv {
+    let native =
+        port.stats().op_paths.get(ringport::OpKind::RecvMulti) == Some(ringport::op::OpPath::Uring);
+    if args.multishot || (!args.plain_recv && native) {
         return crate::echo_multi::run(args, port);
     }
     let listener = TcpListener::bind(args.listen)

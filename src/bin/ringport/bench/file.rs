@@ -98,6 +98,8 @@ pub fn run(args: &FileBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut failure: Option<String> = None;
     // Submissions are handed to the kernel together at the next `get_many`
     // (one `io_uring_enter` per batch on io_uring), as a pool thread's are.
+    // This thread submits and dequeues until the port is gone.
+    ringport::long_lived_thread();
     ringport::batch_submissions(true);
     let s = measure(args.duration, |deadline| {
         let mut reads = 0u64;
@@ -120,8 +122,16 @@ pub fn run(args: &FileBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 failure = Some(format!("get: {e}"));
                 break;
             }
-            for mut c in out.drain(..) {
+            let batch = out.len();
+            for (i, mut c) in out.drain(..).enumerate() {
                 in_flight -= 1;
+                // The last read of a batch goes out unbatched, which hands the
+                // whole batch to the kernel at once: a thread that finds more
+                // completions queued takes them before it would flush, and the
+                // reads it held would not count towards the queue depth.
+                if i + 1 == batch {
+                    ringport::batch_submissions(false);
+                }
                 match &c.result {
                     Ok(n) if *n == args.bs => reads += 1,
                     Ok(n) => {
@@ -143,6 +153,7 @@ pub fn run(args: &FileBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                     }
                 }
             }
+            ringport::batch_submissions(true);
             if !stopping && Instant::now() >= deadline {
                 stopping = true;
             }

@@ -171,6 +171,8 @@ fn port_thread(args: &NopArgs) -> Result<Sample, Box<dyn std::error::Error>> {
         .backend(args.backend)
         .concurrency(1)
         .build()?;
+    // This thread submits and dequeues until the port is gone.
+    ringport::long_lived_thread();
     ringport::batch_submissions(true);
     let s = measure(args.duration, |deadline| {
         let mut ops = 0u64;

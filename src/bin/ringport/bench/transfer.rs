@@ -281,6 +281,8 @@ fn one(
         .ok_or("the sink printed nothing")??
         .trim()
         .parse()?;
+    // This thread submits and dequeues for as long as the port lives.
+    ringport::long_lived_thread();
     let port = CompletionPort::builder().backend(backend).build()?;
     let sock = TcpStream::connect(("127.0.0.1", port_no))?;
     port.associate(&sock, 1)?;
