@@ -42,6 +42,11 @@ backend_test!(
     high_op_completing_last_is_dequeued_next,
     |choice: BackendChoice| {
         let port = build(builder(choice).concurrency(1));
+        // This thread submits the High operation and dequeues right after: it
+        // must hand its submissions to the kernel itself, not through the
+        // io_uring submitter thread, for the High one to have completed by
+        // then (it does not exit before its operations end).
+        ringport::long_lived_thread();
         for i in 0..LOWS {
             port.submit(Op::nop().priority(Priority::Low), i).unwrap();
         }
@@ -75,6 +80,11 @@ backend_test!(
         // The same with reads that finish on worker threads (epoll) or in the
         // kernel (io_uring), not on the submitting thread.
         let port = build(builder(choice).concurrency(1));
+        // This thread submits the High operation and dequeues right after: it
+        // must hand its submissions to the kernel itself, not through the
+        // io_uring submitter thread, for the High one to have completed by
+        // then (it does not exit before its operations end).
+        ringport::long_lived_thread();
         let mut f = temp_file();
         f.write_all(&[7u8; 4096]).unwrap();
         port.associate(&f, 3).unwrap();
@@ -114,6 +124,11 @@ backend_test!(
         // Highs keep arriving. The thousand Low ops queued meanwhile all come out,
         // the first after at most AGE_LIMIT (+ the Highs in flight) others.
         let port = build(builder(choice).concurrency(1));
+        // This thread submits the High operation and dequeues right after: it
+        // must hand its submissions to the kernel itself, not through the
+        // io_uring submitter thread, for the High one to have completed by
+        // then (it does not exit before its operations end).
+        ringport::long_lived_thread();
         let order = Arc::new(Mutex::new(Vec::<Priority>::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
