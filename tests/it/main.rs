@@ -8,6 +8,7 @@
 #[macro_use]
 mod common;
 
+mod bench_echo;
 mod cancel;
 mod chains;
 mod close;
@@ -26,8 +27,11 @@ mod pool;
 mod priority;
 mod queue;
 mod rt;
+mod rt_files;
 mod rt_io;
 mod serve;
+mod serve_limits;
 mod serve_open;
+mod timeout_after;
 mod writable;
 mod zerocopy;
