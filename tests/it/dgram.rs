@@ -415,12 +415,30 @@ backend_test!(
         let dead = dir.path("dead.sock");
         drop(unix_dgram(Some(&dead)));
         assert!(dead.exists());
-        port.submit(
-            Op::send_to(&a, b"x".to_vec(), SockAddr::unix(&dead).unwrap()),
-            2,
-        )
-        .unwrap();
-        assert_errno(&get(&port).result, libc::ECONNREFUSED);
+        // Another test forking a child at the moment of the drop gives the child
+        // a copy of the socket's descriptor until it execs (close-on-exec acts
+        // only then), keeping the socket alive for a moment: a send may still be
+        // taken then. Once that copy is gone, every send is refused.
+        let mut last = None;
+        for attempt in 0..100 {
+            port.submit(
+                Op::send_to(&a, b"x".to_vec(), SockAddr::unix(&dead).unwrap()),
+                2,
+            )
+            .unwrap();
+            let r = get(&port).result;
+            match &r {
+                Ok(_) if attempt < 99 => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    last = Some(r);
+                }
+                _ => {
+                    last = Some(r);
+                    break;
+                }
+            }
+        }
+        assert_errno(&last.expect("one attempt at least"), libc::ECONNREFUSED);
     }
 );
 
