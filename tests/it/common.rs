@@ -215,6 +215,48 @@ pub fn fd_count() -> usize {
         .count()
 }
 
+/// This process's open descriptors, each with what it refers to
+/// (`3 -> socket:[12345]`), so a number reused for something else differs.
+pub fn fd_snapshot() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some(format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            ))
+        })
+        .collect()
+}
+
+/// Asserts that no descriptor open now was not open at `before` — waiting (at
+/// most `T`) for ones still being closed. Descriptors closed since (a thread of
+/// an earlier test finishing its shutdown) are not leaks and do not count.
+#[track_caller]
+pub fn assert_no_new_fds(before: &std::collections::BTreeSet<String>, what: &str) {
+    let new = |now: &std::collections::BTreeSet<String>| -> Vec<String> {
+        now.iter()
+            .filter(|d| !before.contains(*d) && !d.contains("/proc/"))
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + T;
+    loop {
+        let left = new(&fd_snapshot());
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: descriptors opened during the test are still open: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// True if descriptor number `fd` is open in this process. Only meaningful in an
 /// exclusive test (no other test may open a descriptor meanwhile).
 pub fn fd_is_open(fd: RawFd) -> bool {

@@ -201,7 +201,7 @@ backend_test!(exclusive dropping_an_accept_completion_closes_the_socket, |choice
     drop(get(&port));
     drop(client);
 
-    let before = fd_count();
+    let before = fd_snapshot();
     for i in 0..50 {
         port.submit(Op::accept(&listener), i).unwrap();
         let client = TcpStream::connect(addr).unwrap();
@@ -212,7 +212,7 @@ backend_test!(exclusive dropping_an_accept_completion_closes_the_socket, |choice
         assert!(!fd_is_open(n), "round {i}: dropping the completion must close accepted descriptor {n}");
         drop(client);
     }
-    assert_eq!(fd_count(), before, "descriptors leaked by dropped accept completions");
+    assert_no_new_fds(&before, "dropped accept completions");
 });
 
 backend_test!(connect_to_a_listener_succeeds, |choice: BackendChoice| {

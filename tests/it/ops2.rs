@@ -205,7 +205,7 @@ backend_test!(exclusive send_file_to_a_closed_peer_is_an_error_not_a_signal, |ch
 backend_test!(exclusive cancel_of_a_blocked_send_file_frees_everything, |choice: BackendChoice| {
     let data = pattern(4 << 20);
     let file = file_with(&data);
-    let before = fd_count();
+    let before = fd_snapshot();
     {
         let port = port(choice);
         let (sender, peer) = tcp_pair();
@@ -253,7 +253,7 @@ backend_test!(exclusive cancel_of_a_blocked_send_file_frees_everything, |choice:
         sender.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(reader.join().unwrap().ends_with(&data[..100_000]));
     }
-    assert_eq!(fd_count(), before, "descriptors leaked (a pipe?) by a cancelled send_file");
+    assert_no_new_fds(&before, "a cancelled send_file (a pipe?)");
 });
 
 backend_test!(
@@ -441,13 +441,13 @@ backend_test!(exclusive dropping_an_openat_completion_closes_the_file, |choice: 
     let port = port(choice);
     port.submit(Op::openat(None, "/dev/null", libc::O_RDONLY, 0), 0).unwrap();
     drop(get(&port));
-    let before = fd_count();
+    let before = fd_snapshot();
     for i in 0..20 {
         port.submit(Op::openat(None, "/dev/null", libc::O_RDONLY, 0), i).unwrap();
         let c = get(&port);
         assert!(c.result.is_ok());
     }
-    assert_eq!(fd_count(), before, "descriptors leaked by dropped openat completions");
+    assert_no_new_fds(&before, "dropped openat completions");
 });
 
 backend_test!(statx_reports_size_and_mode, |choice: BackendChoice| {

@@ -467,7 +467,7 @@ backend_test!(leases_outlive_a_closed_port, |choice: BackendChoice| {
 });
 
 backend_test!(exclusive fixed_buffers_and_send_zc_leak_no_descriptors, |choice: BackendChoice| {
-    let before = fd_count();
+    let before = fd_snapshot();
     {
         let port = port(choice);
         let bufs = port.register_buffers(8, 4096).unwrap();
@@ -488,7 +488,7 @@ backend_test!(exclusive fixed_buffers_and_send_zc_leak_no_descriptors, |choice: 
         drop(port);
         drop(bufs);
     }
-    assert_eq!(fd_count(), before, "descriptors leaked");
+    assert_no_new_fds(&before, "zero-copy and fixed-buffer operations");
 });
 
 backend_test!(register_while_ops_are_in_flight, |choice: BackendChoice| {
