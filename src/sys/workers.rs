@@ -137,68 +137,54 @@ fn work<S: Sink>(pool: &Pool, shared: &S) {
     }
 }
 
+/// `pread(2)` of up to `cap` bytes into `ptr`.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `cap` bytes for the whole call.
+unsafe fn pread_into(fd: i32, ptr: *mut u8, cap: usize, offset: u64) -> isize {
+    // SAFETY: the caller promises `ptr..ptr + cap` is writable memory it owns.
+    unsafe { libc::pread(fd, ptr.cast(), cap, offset as libc::off_t) }
+}
+
+/// `pwrite(2)` of all of `bytes`.
+fn pwrite_from(fd: i32, bytes: &[u8], offset: u64) -> isize {
+    // SAFETY: reads `bytes.len()` initialised bytes of a live slice.
+    unsafe {
+        libc::pwrite(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            offset as libc::off_t,
+        )
+    }
+}
+
 /// Runs one operation to completion, blocking; returns the raw result.
 fn run(body: &mut OpBody) -> i32 {
     loop {
         let rc: isize = match body {
             OpBody::Read { fd, buf, offset } => {
-                // SAFETY: the kernel writes at most `capacity` bytes into the
-                // buffer's allocation, which this job owns.
-                unsafe {
-                    libc::pread(
-                        *fd,
-                        buf.as_mut_ptr().cast(),
-                        buf.capacity(),
-                        *offset as libc::off_t,
-                    )
-                }
+                // SAFETY: the buffer's allocation holds `capacity` bytes and
+                // this job owns it.
+                unsafe { pread_into(*fd, buf.as_mut_ptr(), buf.capacity(), *offset) }
             }
             OpBody::Write {
                 fd,
                 buf,
                 pos,
                 offset,
-            } => {
-                let rest = &buf[*pos..];
-                // SAFETY: reads `rest.len()` initialised bytes this job owns.
-                unsafe {
-                    libc::pwrite(
-                        *fd,
-                        rest.as_ptr().cast(),
-                        rest.len(),
-                        *offset as libc::off_t,
-                    )
-                }
-            }
+            } => pwrite_from(*fd, &buf[*pos..], *offset),
             OpBody::ReadFixed { fd, buf, offset } => {
-                // SAFETY: the kernel writes at most `capacity` bytes into the
-                // leased buffer, which this job owns.
-                unsafe {
-                    libc::pread(
-                        *fd,
-                        buf.as_mut_ptr().cast(),
-                        buf.capacity(),
-                        *offset as libc::off_t,
-                    )
-                }
+                // SAFETY: the leased buffer holds `capacity` bytes and this job
+                // owns the lease.
+                unsafe { pread_into(*fd, buf.as_mut_ptr(), buf.capacity(), *offset) }
             }
             OpBody::WriteFixed {
                 fd,
                 buf,
                 pos,
                 offset,
-            } => {
-                let rest = &buf[*pos..];
-                // SAFETY: reads `rest.len()` initialised bytes of the lease.
-                unsafe {
-                    libc::pwrite(
-                        *fd,
-                        rest.as_ptr().cast(),
-                        rest.len(),
-                        *offset as libc::off_t,
-                    )
-                }
-            }
+            } => pwrite_from(*fd, &buf[*pos..], *offset),
             OpBody::ReadV { fd, bufs, offset } => {
                 let iov: Vec<libc::iovec> = bufs
                     .iter_mut()

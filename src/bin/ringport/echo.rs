@@ -159,11 +159,7 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .filter(|c| c.is_some())
         .count();
-    eprintln!(
-        "echo: signal {sig}: stopped; {} connections accepted, {} closed by peers, {open} closed at shutdown",
-        server.accepted.load(Ordering::Relaxed),
-        server.closed.load(Ordering::Relaxed)
-    );
+    report_stop(sig, &server.accepted, &server.closed, open);
     Ok(())
 }
 
@@ -279,4 +275,13 @@ pub(crate) fn spin(d: Duration) {
     while t.elapsed() < d {
         std::hint::spin_loop();
     }
+}
+
+/// The line both raw-completion echo servers print when a signal stops them.
+pub(crate) fn report_stop(sig: i32, accepted: &AtomicU64, closed: &AtomicU64, open: usize) {
+    eprintln!(
+        "echo: signal {sig}: stopped; {} connections accepted, {} closed by peers, {open} closed at shutdown",
+        accepted.load(Ordering::Relaxed),
+        closed.load(Ordering::Relaxed)
+    );
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use ringport::{BufferPool, Completion, CompletionPort, Op, OpId, Pool};
 
-use crate::echo::{spin, EchoArgs};
+use crate::echo::{report_stop, spin, EchoArgs};
 use crate::signals;
 
 const ACCEPT: u64 = 1;
@@ -137,11 +137,7 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
         .iter()
         .filter(|c| c.is_some())
         .count();
-    eprintln!(
-        "echo: signal {sig}: stopped; {} connections accepted, {} closed by peers, {open} closed at shutdown",
-        server.accepted.load(Ordering::Relaxed),
-        server.closed.load(Ordering::Relaxed)
-    );
+    report_stop(sig, &server.accepted, &server.closed, open);
     Ok(())
 }
 
