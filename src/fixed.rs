@@ -24,11 +24,11 @@
 
 use std::fmt;
 use std::io;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::port::PortInner;
+use crate::provided::Mapping;
 use crate::sync::lock;
 
 /// The largest buffer the kernel registers (`io_uring`'s limit is 1 GiB each).
@@ -45,46 +45,9 @@ pub(crate) fn next_owner_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// An anonymous, private, zero-filled memory mapping.
-struct Region {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Region {
-    fn new(len: usize) -> io::Result<Region> {
-        // SAFETY: an anonymous private mapping at an address of the kernel's
-        // choosing: no existing memory is touched; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
-        Ok(Region { ptr, len })
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: the mapping came from `mmap` in `new` with this length and is
-        // unmapped only here; the set that owns it is dropped only when no lease
-        // (and so no operation in flight) refers to it any more.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
 /// The shared state of one set of fixed buffers.
 pub(crate) struct FixedSet {
-    region: Region,
+    region: Mapping,
     size: usize,
     count: usize,
     /// Indices of the buffers not leased.
@@ -172,7 +135,7 @@ pub(crate) fn register(
             ),
         ));
     }
-    let region = Region::new(total).map_err(|e| {
+    let region = Mapping::new(total).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("fixed buffers: cannot map {total} bytes: {e}"),
@@ -206,7 +169,7 @@ pub(crate) fn register(
 #[cfg(all(test, not(loom)))]
 pub(crate) fn unregistered(owner: u64, count: usize, size: usize) -> FixedBuffers {
     let set = FixedSet {
-        region: Region::new(count * size).expect("map a test set"),
+        region: Mapping::new(count * size).expect("map a test set"),
         size,
         count,
         free: Mutex::new((0..count as u32).rev().collect()),

@@ -267,15 +267,16 @@ impl fmt::Debug for PooledBuf {
     }
 }
 
-/// An anonymous private mapping: reserved address space, resident only where
-/// touched.
+/// An anonymous private mapping: reserved address space, zero-filled and
+/// resident only where touched. Pools (this module) and fixed-buffer sets
+/// (`fixed.rs`) keep their buffers in one.
 pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
+    pub(crate) ptr: NonNull<u8>,
     len: usize,
 }
 
 impl Mapping {
-    fn new(len: usize) -> io::Result<Mapping> {
+    pub(crate) fn new(len: usize) -> io::Result<Mapping> {
         // SAFETY: an anonymous private mapping at an address of the kernel's
         // choosing; no existing memory is affected.
         let p = unsafe {
@@ -301,7 +302,9 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping `new` made; nothing refers to it
-        // any more (its owner, `Shared`, is being dropped: see the invariant).
+        // any more: its owner (a pool's `Shared`, or a `FixedSet`) is dropped
+        // only when no lease and no operation in flight refers to its memory
+        // (see the invariants there).
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
