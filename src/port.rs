@@ -160,6 +160,14 @@ pub struct PortStats {
     /// worker thread, or emulated (fixed when the port is built, from what the
     /// kernel offers).
     pub op_paths: crate::op::OpPaths,
+    /// How a request's completion work reaches the threads: io_uring's task-run
+    /// mode, `"coop"` or `"default"` (`"none"` on epoll).
+    pub task_run: &'static str,
+    /// Why that mode (the kernel, `membarrier`, or `RINGPORT_URING_COOP`).
+    pub task_run_reason: &'static str,
+    /// Kicks sent to make running threads release held completion work (io_uring
+    /// `COOP_TASKRUN`; see the crate docs on threads).
+    pub task_work_kicks: u64,
 }
 
 impl CompletionPort {
@@ -473,9 +481,22 @@ impl CompletionPort {
                             break;
                         }
                         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                        if let Err(e) = inner.backend.poll(left, &mut batch, mode) {
+                        // While other threads run handlers, completions of requests
+                        // they submitted may wait for them (io_uring COOP_TASKRUN):
+                        // wait in short slices, and release such work when a slice
+                        // ends empty (`sys/uring/taskrun.rs`).
+                        let slice = inner
+                            .backend
+                            .task_work_check()
+                            .filter(|s| left.is_none_or(|l| *s < l))
+                            .filter(|_| inner.sched.handlers_out());
+                        let wait = slice.or(left);
+                        if let Err(e) = inner.backend.poll(wait, &mut batch, mode) {
                             tracing::error!("backend poll failed: {e}");
                             break;
+                        }
+                        if slice.is_some() && batch.is_empty() {
+                            inner.backend.kick_task_work();
                         }
                         // Woken with nothing to do and nothing changed: a stale
                         // wake-up. Keep the role and wait again, rather than
@@ -567,10 +588,14 @@ impl CompletionPort {
 
     /// Current statistics.
     pub fn stats(&self) -> PortStats {
+        let (task_run, task_run_reason, task_work_kicks) = self.inner.backend.task_run();
         PortStats {
             sched: self.inner.sched.stats(),
             in_flight: self.inner.backend.in_flight(),
             op_paths: self.inner.backend.op_paths(),
+            task_run,
+            task_run_reason,
+            task_work_kicks,
         }
     }
 

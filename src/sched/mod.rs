@@ -335,6 +335,14 @@ impl<T: Prioritized> Sched<T> {
         !st.closed && st.queue.is_empty() && (st.poller == Some(id) || st.backup == Some(id))
     }
 
+    /// Whether any registered thread is out running a handler (counted, stalled
+    /// or inside `blocking`): such a thread may hold completion work of requests
+    /// it submitted (see `sys/uring/taskrun.rs`).
+    pub(crate) fn handlers_out(&self) -> bool {
+        let st = lock(&self.state);
+        st.running > 0 || st.slots.iter().flatten().any(|s| s.run != Run::Idle)
+    }
+
     /// Whether a thread other than `id` holds the poller or backup role (and so may
     /// be waiting in the backend for a wake-up that `id` consumed).
     #[cfg(loom)]

@@ -322,6 +322,31 @@ impl Backend {
         }
     }
 
+    /// How long a poller may wait while other threads run handlers before it
+    /// checks for completion work they hold (io_uring with `COOP_TASKRUN`, see
+    /// `uring/taskrun.rs`); `None` where completions never wait for a busy thread.
+    pub(crate) fn task_work_check(&self) -> Option<Duration> {
+        match self {
+            Backend::Uring(d) => d.task_work_check(),
+            Backend::Epoll(_) => None,
+        }
+    }
+
+    /// Releases completion work held by running threads, if the kernel has any.
+    pub(crate) fn kick_task_work(&self) {
+        if let Backend::Uring(d) = self {
+            d.kick_task_work();
+        }
+    }
+
+    /// How completion work reaches threads, and the kicks sent (`PortStats`).
+    pub(crate) fn task_run(&self) -> (&'static str, &'static str, u64) {
+        match self {
+            Backend::Uring(d) => d.task_run(),
+            Backend::Epoll(_) => ("none", "readiness: no task work", 0),
+        }
+    }
+
     /// Whether `submit(.., flush = false)` leaves the operation for a later
     /// `poll` or `flush` to hand to the kernel.
     pub(crate) fn defers_submission(&self) -> bool {

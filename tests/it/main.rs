@@ -32,6 +32,7 @@ mod rt_io;
 mod serve;
 mod serve_limits;
 mod serve_open;
+mod taskrun;
 mod timeout_after;
 mod writable;
 mod zerocopy;

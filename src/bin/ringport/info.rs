@@ -34,7 +34,9 @@ pub fn run(args: &InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
                 port.backend_reason()
             );
             println!("max in flight: {}", port.max_in_flight());
-            let paths = port.stats().op_paths;
+            let stats = port.stats();
+            println!("task run:     {} ({})", stats.task_run, stats.task_run_reason);
+            let paths = stats.op_paths;
             println!("operations ({}):", port.backend());
             let mut list: Vec<(String, OpPath)> =
                 paths.iter().map(|(k, p)| (format!("{k:?}"), p)).collect();

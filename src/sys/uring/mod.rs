@@ -19,12 +19,12 @@
 //!   in `io_uring_enter(GETEVENTS)` without holding the mutex, then reaps the CQ
 //!   under it. A submitter waiting for room may reap too; both are serialised by
 //!   the mutex, so every CQE is consumed exactly once.
-//! * **No task-run flags.** `SINGLE_ISSUER`/`DEFER_TASKRUN` need one submitting and
-//!   reaping thread, and `COOP_TASKRUN` lets a request's task work wait until its
-//!   submitting thread next enters the kernel — which a thread asleep on the
-//!   scheduler's condvar may never do. The default notification (a signal-style
-//!   wake of the submitter) is the only mode that is correct with any thread
-//!   submitting and any thread waiting.
+//! * **Task run: `COOP_TASKRUN`.** `SINGLE_ISSUER`/`DEFER_TASKRUN` need one
+//!   submitting and reaping thread, so the ring takes `COOP_TASKRUN` where it can:
+//!   a request's completion work still wakes its sleeping submitter, but no longer
+//!   interrupts one that runs user code; the poller releases work held by a long
+//!   handler with a `membarrier` kick. Why, what it saves and what it costs:
+//!   `taskrun.rs`.
 //!
 //! # Operation records
 //!
@@ -88,6 +88,7 @@ mod probe;
 mod ready;
 mod records;
 mod submit;
+mod taskrun;
 use submit::{Kicker, NO_COMBINED};
 mod transfer;
 
@@ -230,6 +231,8 @@ pub(crate) struct Core {
     fixed_owner: u64,
     /// Descriptors known to be sockets, or not (`bufs.rs`).
     sockets: Mutex<bufs::SocketCache>,
+    /// The ring's task-run mode (`taskrun.rs`).
+    taskrun: taskrun::TaskRun,
 }
 
 impl std::fmt::Debug for Core {
@@ -255,10 +258,26 @@ impl Core {
             .next_power_of_two()
             .max(entries as usize * 2);
         let cq = cq.min(65536) as u32;
-        let ring = IoUring::builder()
-            .setup_cqsize(cq)
-            .setup_clamp()
-            .build(entries)?;
+        let build = |coop: bool| {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(cq).setup_clamp();
+            if coop {
+                b.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            b.build(entries)
+        };
+        let (ring, taskrun) = match taskrun::want_coop() {
+            Ok(()) => match build(true) {
+                Ok(ring) => (ring, taskrun::TaskRun::new(true, "COOP_TASKRUN")),
+                // Kernels before 5.19 reject the flags.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (
+                    build(false)?,
+                    taskrun::TaskRun::new(false, "kernel lacks COOP_TASKRUN"),
+                ),
+                Err(e) => return Err(e),
+            },
+            Err(why) => (build(false)?, taskrun::TaskRun::new(false, why)),
+        };
         if !ring.params().is_feature_nodrop() || !ring.params().is_feature_ext_arg() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -297,6 +316,7 @@ impl Core {
             backlogged: AtomicUsize::new(0),
             me: me.clone(),
             kicker: Kicker::default(),
+            taskrun,
         }))
     }
 
@@ -316,6 +336,37 @@ impl Core {
             io::ErrorKind::TimedOut,
             "io_uring NOP probe never completed",
         ))
+    }
+
+    /// How long a poller may wait, while other threads run handlers, before it
+    /// looks for completion work they hold (`taskrun.rs`); `None` in the default
+    /// task-run mode, where the kernel interrupts them itself.
+    pub(crate) fn task_work_check(&self) -> Option<Duration> {
+        self.taskrun.coop.then_some(taskrun::KICK_AFTER)
+    }
+
+    /// If the ring says completion work is pending for some thread, makes the
+    /// running threads enter the kernel so it runs (`taskrun.rs`).
+    pub(crate) fn kick_task_work(&self) {
+        if !self.taskrun.coop {
+            return;
+        }
+        let inner = lock(&self.inner);
+        // SAFETY: `inner` is held; SubmissionQueues are only created under it.
+        let pending = unsafe { self.ring.submission_shared() }.taskrun();
+        drop(inner);
+        if pending {
+            taskrun::kick(&self.taskrun);
+        }
+    }
+
+    /// The task-run mode, why, and the kicks it sent.
+    pub(crate) fn task_run(&self) -> (&'static str, &'static str, u64) {
+        (
+            if self.taskrun.coop { "coop" } else { "default" },
+            self.taskrun.why,
+            self.taskrun.kicks.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn max_in_flight(&self) -> usize {

@@ -124,6 +124,10 @@ struct Cli {
     /// Extra arguments for `ringport echo`, whitespace-separated, e.g. "--threads 2 --concurrency 1".
     #[arg(long, allow_hyphen_values = true)]
     ringport_args: Option<String>,
+    /// Environment of the `ringport-uring-x` server (an A/B experiment), whitespace-separated
+    /// KEY=VALUE pairs, e.g. "RINGPORT_URING_COOP=off".
+    #[arg(long, default_value = "")]
+    x_env: String,
     /// Client threads (`ringport bench echo --threads`).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
@@ -282,6 +286,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
         syscalls,
         cli.base_port,
     );
+    tools.x_env = cli.x_env.split_whitespace().map(String::from).collect();
     // Attaching perf (or strace) costs the servers CPU and throughput, so by
     // default syscalls are counted in a pass of their own after the timed rounds.
     let syscall_pass = syscalls != SysMethod::Off && !cli.syscalls_inline && !cli.skewed;

@@ -19,6 +19,8 @@ use crate::procfs;
 pub enum ServerKind {
     /// `ringport echo --backend uring`.
     RingportUring,
+    /// `ringport echo --backend uring` in the environment `--x-env` gives (an A/B experiment).
+    RingportUringX,
     /// `ringport echo --backend epoll`.
     RingportEpoll,
     /// `ringport echo --async --backend uring` (the async face).
@@ -37,6 +39,7 @@ impl ServerKind {
     pub fn name(self) -> &'static str {
         match self {
             ServerKind::RingportUring => "ringport-uring",
+            ServerKind::RingportUringX => "ringport-uring-x",
             ServerKind::RingportEpoll => "ringport-epoll",
             ServerKind::RingportAsync => "ringport-async",
             ServerKind::RingportAsyncEpoll => "ringport-async-epoll",
@@ -50,6 +53,7 @@ impl ServerKind {
         matches!(
             self,
             ServerKind::RingportUring
+                | ServerKind::RingportUringX
                 | ServerKind::RingportEpoll
                 | ServerKind::RingportAsync
                 | ServerKind::RingportAsyncEpoll
@@ -85,6 +89,8 @@ pub struct Tools {
     pub peer_echo: PathBuf,
     /// Extra arguments for `ringport echo`.
     pub ringport_args: Vec<String>,
+    /// Environment of `ringport-uring-x` (KEY=VALUE).
+    pub x_env: Vec<String>,
     pub client_threads: usize,
     pub syscalls: SysMethod,
     next_port: u16,
@@ -103,6 +109,7 @@ impl Tools {
             ringport,
             peer_echo,
             ringport_args,
+            x_env: Vec::new(),
             client_threads,
             syscalls,
             next_port: base_port,
@@ -463,11 +470,16 @@ fn server_argv(tools: &Tools, spec: &Spec, port: u16) -> Vec<String> {
     let listen = format!("127.0.0.1:{port}");
     match spec.server {
         ServerKind::RingportUring
+        | ServerKind::RingportUringX
         | ServerKind::RingportEpoll
         | ServerKind::RingportAsync
         | ServerKind::RingportAsyncEpoll => {
+            if spec.server == ServerKind::RingportUringX {
+                argv.push("env".into());
+                argv.extend(tools.x_env.iter().cloned());
+            }
             let backend = match spec.server {
-                ServerKind::RingportUring | ServerKind::RingportAsync => "uring",
+                ServerKind::RingportUring | ServerKind::RingportUringX | ServerKind::RingportAsync => "uring",
                 _ => "epoll",
             };
             argv.push(tools.ringport.display().to_string());
