@@ -136,8 +136,9 @@ impl PoolBuilder {
                         .name(format!("{}-stall", self.name))
                         .spawn(move || {
                             crate::sys::own_thread();
-                            // Tick fast (half the poll hand-off delay) only while the
-                            // poll role is vacant behind a running handler; at half
+                            // While the poll role is vacant behind a running handler,
+                            // look again when that vacancy reaches the hand-off delay
+                            // (at most every half delay); at half
                             // the stall threshold while handlers run otherwise; and
                             // back off (up to 4 × the threshold) while the port is
                             // idle, so an idle server hardly wakes at all.
@@ -149,8 +150,8 @@ impl PoolBuilder {
                                 thread::park_timeout(tick);
                                 let watch = port.stall_scan(threshold, POLL_HANDOFF);
                                 let st = port.sched_stats();
-                                tick = if watch {
-                                    fast
+                                tick = if let Some(left) = watch {
+                                    left.max(fast)
                                 } else if st.running == 0 && st.queued == 0 {
                                     (tick * 2).min(idle_max)
                                 } else {

@@ -607,9 +607,9 @@ impl CompletionPort {
 
     /// Runs the stall detector once (the pool's monitor thread calls this), and
     /// sends an idle thread to poll if nobody has for `poll_delay` while a
-    /// handler runs. Returns whether the poll role is vacant behind a running
-    /// handler (the monitor then looks again soon).
-    pub(crate) fn stall_scan(&self, threshold: Duration, poll_delay: Duration) -> bool {
+    /// handler runs. Returns when to look again if the poll role is vacant behind
+    /// a running handler (`None` otherwise).
+    pub(crate) fn stall_scan(&self, threshold: Duration, poll_delay: Duration) -> Option<Duration> {
         let now = Instant::now();
         let watch = self.inner.sched.poll_scan(now, poll_delay);
         let (_, wake) = self.inner.sched.stall_scan(now, threshold);

@@ -111,6 +111,11 @@ struct State<T> {
     /// (a wake-up per completion); the pool's monitor hands it over if the
     /// handler runs long (`poll_scan`).
     lazy_poll: bool,
+    /// Since when nobody has held the poll role: set when a poller leaves it to
+    /// run a completion, cleared whenever a thread takes it. The monitor hands the
+    /// role over only once this is old (`poll_scan`) — not merely because some
+    /// handler runs long while other threads keep coming back to poll.
+    vacant_since: Option<Instant>,
     closed: bool,
     stats: SchedStats,
 }
@@ -161,6 +166,7 @@ impl<T: Prioritized> Sched<T> {
                 backup: None,
                 backup_enabled,
                 lazy_poll: false,
+                vacant_since: None,
                 closed: false,
                 stats: SchedStats::default(),
             }),
@@ -228,6 +234,7 @@ impl<T: Prioritized> Sched<T> {
                     st.stats.poll_steals += 1;
                 }
                 st.poller = Some(id);
+                st.vacant_since = None;
                 st.poller_notified = false;
                 return (Next::Poll, wake);
             }
@@ -309,6 +316,7 @@ impl<T: Prioritized> Sched<T> {
         // A deposed poller (another thread took the role over) leaves it alone.
         if was_poller && st.poller == Some(id) {
             st.poller = None;
+            st.vacant_since = Some(Instant::now());
             st.poller_notified = false;
         }
         if was_poller && st.backup == Some(id) {
@@ -424,12 +432,16 @@ impl<T: Prioritized> Sched<T> {
         lock(&self.state).lazy_poll = on;
     }
 
-    /// The monitor's half of lazy handoff: if nobody polls while a thread has run
-    /// one handler for `delay` or longer, the newest idle thread takes the poll
-    /// role, so completions behind a long handler do not wait for it. Returns
-    /// whether the role is (still) vacant behind a running handler, i.e. whether
-    /// the monitor should look again soon.
-    pub(crate) fn poll_scan(&self, now: Instant, delay: Duration) -> bool {
+    /// The monitor's half of lazy handoff: if the poll role has been vacant for
+    /// `delay` or longer while a thread runs a handler, the newest idle thread
+    /// takes it, so completions behind a long handler do not wait for it. Returns
+    /// when the monitor should look again: `Some(left)` while the role is vacant
+    /// behind a running handler (the rest of `delay`), `None` otherwise.
+    ///
+    /// The age of the vacancy, not the age of the oldest handler, decides: while
+    /// one thread runs a long handler, another that runs short ones takes the
+    /// role back after each, and handing it to a third would only wake threads.
+    pub(crate) fn poll_scan(&self, now: Instant, delay: Duration) -> Option<Duration> {
         let mut st = lock(&self.state);
         // Completions already queued are the stall detector's business: polling
         // would not get them taken sooner.
@@ -440,21 +452,21 @@ impl<T: Prioritized> Sched<T> {
             || st.running == 0
             || !st.queue.is_empty()
         {
-            return false;
+            return None;
         }
-        let long = st.slots.iter().flatten().any(|s| {
-            matches!(s.run, Run::Running(since) if now.saturating_duration_since(since) >= delay)
-        });
-        if !long {
-            return true;
+        let since = *st.vacant_since.get_or_insert(now);
+        let age = now.saturating_duration_since(since);
+        if age < delay {
+            return Some(delay - age);
         }
         let id = st.waiters.pop().expect("waiters is not empty");
         st.poller = Some(id);
+        st.vacant_since = None;
         st.poller_notified = false;
         let slot = st.slot_mut(id);
         slot.handoff = Handoff::Poll;
         slot.cv.notify_one();
-        false
+        None
     }
 
     /// Closes: every waiter wakes with `Closed`; queued completions are returned so
@@ -553,6 +565,7 @@ impl<T: Prioritized> State<T> {
         {
             if let Some(id) = self.waiters.pop() {
                 self.poller = Some(id);
+                self.vacant_since = None;
                 self.poller_notified = false;
                 let slot = self.slot_mut(id);
                 slot.handoff = Handoff::Poll;

@@ -35,7 +35,10 @@ pub fn run(args: &InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
             );
             println!("max in flight: {}", port.max_in_flight());
             let stats = port.stats();
-            println!("task run:     {} ({})", stats.task_run, stats.task_run_reason);
+            println!(
+                "task run:     {} ({})",
+                stats.task_run, stats.task_run_reason
+            );
             let paths = stats.op_paths;
             println!("operations ({}):", port.backend());
             let mut list: Vec<(String, OpPath)> =

@@ -365,7 +365,9 @@ impl Core {
         (
             if self.taskrun.coop { "coop" } else { "default" },
             self.taskrun.why,
-            self.taskrun.kicks.load(std::sync::atomic::Ordering::Relaxed),
+            self.taskrun
+                .kicks
+                .load(std::sync::atomic::Ordering::Relaxed),
         )
     }
 

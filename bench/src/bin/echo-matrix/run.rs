@@ -479,7 +479,9 @@ fn server_argv(tools: &Tools, spec: &Spec, port: u16) -> Vec<String> {
                 argv.extend(tools.x_env.iter().cloned());
             }
             let backend = match spec.server {
-                ServerKind::RingportUring | ServerKind::RingportUringX | ServerKind::RingportAsync => "uring",
+                ServerKind::RingportUring
+                | ServerKind::RingportUringX
+                | ServerKind::RingportAsync => "uring",
                 _ => "epoll",
             };
             argv.push(tools.ringport.display().to_string());
