@@ -87,7 +87,9 @@ struct Cli {
     /// with --skewed: 64x64,16x64).
     #[arg(long, value_delimiter = ',')]
     cells: Vec<Cell>,
-    /// Servers to run, comma-separated (default: all five; with --skewed: ringport-uring,tokio-mt,epoll-tpc).
+    /// Servers to run, comma-separated (default: ringport-uring,ringport-epoll,tokio-mt,tokio-ct,epoll-tpc;
+    /// with --skewed: ringport-uring,tokio-mt,epoll-tpc). uring-tpc, the raw io_uring
+    /// thread-per-core server (the io_uring limit), runs only when named.
     #[arg(long, value_delimiter = ',', value_enum)]
     servers: Vec<ServerKind>,
     /// The skewed-load workload instead of the matrix (unpinned; every K-th message costs N µs).

@@ -33,6 +33,8 @@ pub enum ServerKind {
     TokioCt,
     /// `peer-echo --server epoll-tpc`.
     EpollTpc,
+    /// `peer-echo --server uring-tpc` (raw io_uring, thread per core; not in the default list).
+    UringTpc,
 }
 
 impl ServerKind {
@@ -46,6 +48,7 @@ impl ServerKind {
             ServerKind::TokioMt => "tokio-mt",
             ServerKind::TokioCt => "tokio-ct",
             ServerKind::EpollTpc => "epoll-tpc",
+            ServerKind::UringTpc => "uring-tpc",
         }
     }
 

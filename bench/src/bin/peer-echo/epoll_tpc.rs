@@ -22,7 +22,7 @@ const LISTENER: u64 = u64::MAX;
 /// Epoll token of the shutdown eventfd (shared by all threads).
 const STOP: u64 = u64::MAX - 1;
 
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -35,12 +35,12 @@ fn errno() -> i32 {
 }
 
 /// Closes `fd`, which the caller owns and no longer uses.
-fn close(fd: RawFd) {
+pub(crate) fn close(fd: RawFd) {
     // SAFETY: the caller owns `fd` and never uses the number again.
     unsafe { libc::close(fd) };
 }
 
-fn setsockopt_int(
+pub(crate) fn setsockopt_int(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
@@ -162,13 +162,10 @@ struct Worker {
     accepted: u64,
 }
 
-/// Runs the server until SIGINT/SIGTERM.
-pub fn run(listen: SocketAddr, spin_for: Duration) -> io::Result<()> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    // Bind every listener before saying we listen. With port 0, the first
-    // listener picks the port and the others join it.
+/// Binds `n` non-blocking `SO_REUSEPORT` listeners on `listen` and returns the
+/// address they share (with port 0, the first listener picks the port and the
+/// others join it) and their descriptors, which the caller owns.
+pub(crate) fn listeners(listen: SocketAddr, n: usize) -> io::Result<(SocketAddr, Vec<RawFd>)> {
     let first = listener(listen)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
     // SAFETY: `first` is an open listening socket we own; it is taken back with
@@ -176,11 +173,29 @@ pub fn run(listen: SocketAddr, spin_for: Duration) -> io::Result<()> {
     let std_first = unsafe { TcpListener::from_raw_fd(first) };
     let local = std_first.local_addr();
     let first = std_first.into_raw_fd();
-    let local = local?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(listener(local)?);
+    let mut fds = vec![first];
+    let r = local.and_then(|local| {
+        for _ in 1..n {
+            fds.push(listener(local)?);
+        }
+        Ok(local)
+    });
+    match r {
+        Ok(local) => Ok((local, fds)),
+        Err(e) => {
+            fds.into_iter().for_each(close);
+            Err(e)
+        }
     }
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub fn run(listen: SocketAddr, spin_for: Duration) -> io::Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // Bind every listener before saying we listen.
+    let (local, listeners) = listeners(listen, threads)?;
     // SAFETY: plain eventfd(2) call; the result is checked.
     let stop = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
     let mut handles = Vec::new();

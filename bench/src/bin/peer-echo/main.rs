@@ -4,6 +4,7 @@
 //! peer-echo --server tokio-mt  --listen 127.0.0.1:7001   # tokio, multi-thread runtime, 2 workers
 //! peer-echo --server tokio-ct  --listen 127.0.0.1:7001   # tokio, current-thread runtime
 //! peer-echo --server epoll-tpc --listen 127.0.0.1:7001   # raw epoll, one thread per CPU, SO_REUSEPORT
+//! peer-echo --server uring-tpc --listen 127.0.0.1:7001   # raw io_uring, one ring and thread per CPU
 //! ```
 //!
 //! Every server reads into a 4096-byte buffer and writes back what it read, sets
@@ -15,6 +16,7 @@
 mod epoll_tpc;
 mod sig;
 mod tokio_srv;
+mod uring_tpc;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -30,6 +32,9 @@ enum Server {
     TokioCt,
     /// Raw epoll, one thread per CPU, each with its own SO_REUSEPORT listener.
     EpollTpc,
+    /// Raw io_uring, one thread per CPU, each with its own SO_REUSEPORT listener and
+    /// ring (DEFER_TASKRUN, multishot accept, multishot recv with a provided-buffer ring).
+    UringTpc,
 }
 
 #[derive(Debug, Parser)]
@@ -70,6 +75,7 @@ fn main() {
         Server::TokioMt => tokio_srv::run(cli.listen, Some(2), spin_for),
         Server::TokioCt => tokio_srv::run(cli.listen, None, spin_for),
         Server::EpollTpc => epoll_tpc::run(cli.listen, spin_for),
+        Server::UringTpc => uring_tpc::run(cli.listen, spin_for),
     };
     if let Err(e) = r {
         eprintln!("peer-echo: {e}");
