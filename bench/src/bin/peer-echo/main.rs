@@ -49,6 +49,9 @@ struct Cli {
     /// Burn this many microseconds of CPU before echoing a chunk whose first byte is '!'.
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
+    /// uring-tpc only: the io_uring task-run flags to ask for, for A/B runs (default: defer).
+    #[arg(long, value_enum)]
+    taskrun: Option<uring_tpc::TaskRun>,
 }
 
 /// Receive buffer size of every server.
@@ -70,12 +73,20 @@ fn main() {
         eprintln!("peer-echo: cannot block signals: {e}");
         std::process::exit(1);
     }
+    if cli.taskrun.is_some() && cli.server != Server::UringTpc {
+        eprintln!("peer-echo: --taskrun applies to --server uring-tpc only");
+        std::process::exit(2);
+    }
     let spin_for = Duration::from_micros(cli.spin_us);
     let r = match cli.server {
         Server::TokioMt => tokio_srv::run(cli.listen, Some(2), spin_for),
         Server::TokioCt => tokio_srv::run(cli.listen, None, spin_for),
         Server::EpollTpc => epoll_tpc::run(cli.listen, spin_for),
-        Server::UringTpc => uring_tpc::run(cli.listen, spin_for),
+        Server::UringTpc => uring_tpc::run(
+            cli.listen,
+            spin_for,
+            cli.taskrun.unwrap_or(uring_tpc::TaskRun::Defer),
+        ),
     };
     if let Err(e) = r {
         eprintln!("peer-echo: {e}");

@@ -5,7 +5,8 @@
 //! One thread per CPU (`available_parallelism`), each with its own `SO_REUSEPORT`
 //! listener on the same address and its own ring, built in that thread with
 //! `SINGLE_ISSUER | DEFER_TASKRUN` (falling back to `COOP_TASKRUN | TASKRUN_FLAG`,
-//! then to neither, if the kernel refuses; stderr says which). Each thread loops
+//! then to neither, if the kernel refuses; stderr says which; `--taskrun` asks
+//! for a weaker one, for A/B runs). Each thread loops
 //! on one `submit_and_wait(1)`: it submits what the previous batch of completions
 //! queued, waits for at least one completion, handles all there are, repeats.
 //!
@@ -203,23 +204,40 @@ impl Drop for BufRing {
     }
 }
 
-/// Builds a ring with the best task-run flags the kernel takes, and says which.
-fn build_ring() -> io::Result<(IoUring, &'static str)> {
-    if let Ok(r) = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_cqsize(CQ_ENTRIES)
-        .build(SQ_ENTRIES)
-    {
-        return Ok((r, "SINGLE_ISSUER|DEFER_TASKRUN"));
+/// The task-run flags to ask for (`peer-echo --taskrun`, for A/B runs; each
+/// falls back to the next weaker one if the kernel refuses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TaskRun {
+    /// `SINGLE_ISSUER | DEFER_TASKRUN` (the default).
+    Defer,
+    /// `COOP_TASKRUN | TASKRUN_FLAG`.
+    Coop,
+    /// Neither: completion work interrupts the thread (IPIs, task work on any return).
+    None,
+}
+
+/// Builds a ring with the task-run flags of `want` or, if the kernel refuses,
+/// the next weaker ones, and says which it got.
+fn build_ring(want: TaskRun) -> io::Result<(IoUring, &'static str)> {
+    if want == TaskRun::Defer {
+        if let Ok(r) = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(CQ_ENTRIES)
+            .build(SQ_ENTRIES)
+        {
+            return Ok((r, "SINGLE_ISSUER|DEFER_TASKRUN"));
+        }
     }
-    if let Ok(r) = IoUring::builder()
-        .setup_coop_taskrun()
-        .setup_taskrun_flag()
-        .setup_cqsize(CQ_ENTRIES)
-        .build(SQ_ENTRIES)
-    {
-        return Ok((r, "COOP_TASKRUN|TASKRUN_FLAG"));
+    if want != TaskRun::None {
+        if let Ok(r) = IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .setup_cqsize(CQ_ENTRIES)
+            .build(SQ_ENTRIES)
+        {
+            return Ok((r, "COOP_TASKRUN|TASKRUN_FLAG"));
+        }
     }
     IoUring::builder()
         .setup_cqsize(CQ_ENTRIES)
@@ -300,7 +318,7 @@ struct Worker {
 }
 
 /// Runs the server until SIGINT/SIGTERM.
-pub fn run(listen: SocketAddr, spin_for: Duration) -> io::Result<()> {
+pub fn run(listen: SocketAddr, spin_for: Duration, taskrun: TaskRun) -> io::Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -321,7 +339,7 @@ pub fn run(listen: SocketAddr, spin_for: Duration) -> io::Result<()> {
         let ready = ready_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("uring-{i}"))
-            .spawn(move || thread_main(l, stop, spin_for, ready));
+            .spawn(move || thread_main(l, stop, spin_for, taskrun, ready));
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -393,9 +411,10 @@ fn thread_main(
     listener: RawFd,
     stop: RawFd,
     spin_for: Duration,
+    taskrun: TaskRun,
     ready: mpsc::Sender<io::Result<&'static str>>,
 ) -> io::Result<u64> {
-    match Worker::new(listener, stop, spin_for) {
+    match Worker::new(listener, stop, spin_for, taskrun) {
         Ok((mut w, mode)) => {
             let _ = ready.send(Ok(mode));
             w.run()
@@ -409,15 +428,20 @@ fn thread_main(
 }
 
 impl Worker {
-    fn new(listener: RawFd, stop: RawFd, spin: Duration) -> io::Result<(Worker, &'static str)> {
+    fn new(
+        listener: RawFd,
+        stop: RawFd,
+        spin: Duration,
+        taskrun: TaskRun,
+    ) -> io::Result<(Worker, &'static str)> {
         // io_uring waits for a blocking socket's readiness itself; make the
         // listener blocking so that no accept ever completes with EAGAIN.
         // SAFETY: fcntl(2) on a descriptor we own; results are checked.
         let fl = cvt(unsafe { libc::fcntl(listener, libc::F_GETFL) })?;
         // SAFETY: as above.
         cvt(unsafe { libc::fcntl(listener, libc::F_SETFL, fl & !libc::O_NONBLOCK) })?;
-        let (ring, mode) =
-            build_ring().map_err(|e| io::Error::new(e.kind(), format!("io_uring_setup: {e}")))?;
+        let (ring, mode) = build_ring(taskrun)
+            .map_err(|e| io::Error::new(e.kind(), format!("io_uring_setup: {e}")))?;
         let bufs = BufRing::new()?;
         bufs.register(&ring).map_err(|e| {
             io::Error::new(e.kind(), format!("registering a provided-buffer ring: {e}"))
