@@ -302,8 +302,10 @@ impl Conn {
     }
 }
 
-/// One thread's server. Field order matters: the ring is dropped first (which
-/// ends every request), then the memory those requests pointed to.
+/// One thread's server. Field order matters: the ring is dropped first, then
+/// the memory its requests point to. Closing the ring makes the kernel cancel
+/// what is left; socket requests wait on poll rather than run in io-wq
+/// threads here (no `IOSQE_ASYNC`), so none is reading a buffer meanwhile.
 struct Worker {
     sq: Ring,
     bufs: BufRing,
@@ -335,16 +337,19 @@ pub fn run(listen: SocketAddr, spin_for: Duration, taskrun: TaskRun) -> io::Resu
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();
     let mut failed = None;
-    for (i, l) in listeners.into_iter().enumerate() {
+    let mut rest = listeners.into_iter().enumerate();
+    while let Some((i, l)) = rest.next() {
         let ready = ready_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("uring-{i}"))
-            .spawn(move || thread_main(l, stop, spin_for, taskrun, ready));
+            .spawn(move || thread_main(i, l, stop, spin_for, taskrun, ready));
         match spawned {
             Ok(h) => handles.push(h),
             Err(e) => {
-                // The closure, with `l`, was dropped without running.
+                // The closure was dropped without running: `l` and the
+                // listeners of the threads not started are still ours.
                 close(l);
+                rest.for_each(|(_, l)| close(l));
                 failed = Some(e);
                 break;
             }
@@ -408,6 +413,7 @@ pub fn run(listen: SocketAddr, spin_for: Duration, taskrun: TaskRun) -> io::Resu
 /// A worker thread: builds its ring (a `SINGLE_ISSUER` ring belongs to the
 /// thread that creates it), reports on `ready`, serves until stopped.
 fn thread_main(
+    index: usize,
     listener: RawFd,
     stop: RawFd,
     spin_for: Duration,
@@ -417,7 +423,11 @@ fn thread_main(
     match Worker::new(listener, stop, spin_for, taskrun) {
         Ok((mut w, mode)) => {
             let _ = ready.send(Ok(mode));
-            w.run()
+            let r = w.run();
+            if let Err(e) = &r {
+                eprintln!("peer-echo: uring-{index} stopped: {e}");
+            }
+            r
         }
         Err(e) => {
             close(listener);
@@ -506,11 +516,13 @@ impl Worker {
         Ok(self.accepted)
     }
 
-    /// Closes every connection and the listener (requests still in flight end
-    /// when the ring is dropped, with the `Worker`).
+    /// Closes every connection's descriptor and the listener; called once, as
+    /// the thread stops. The connections themselves stay: a send still in
+    /// flight points into one, and requests end only when the ring is dropped,
+    /// before the connections (`Worker` field order).
     fn close_all(&mut self) {
-        for (fd, c) in self.conns.iter_mut().enumerate() {
-            if c.take().is_some() {
+        for (fd, c) in self.conns.iter().enumerate() {
+            if c.is_some() {
                 close(fd as RawFd);
             }
         }
