@@ -166,7 +166,7 @@ pub struct PortStats {
     /// Why that mode (the kernel, `membarrier`, or `RINGPORT_URING_COOP`).
     pub task_run_reason: &'static str,
     /// Kicks sent to make running threads release held completion work (io_uring
-    /// `COOP_TASKRUN`; see the crate docs on threads).
+    /// `COOP_TASKRUN`; see `docs/design.md`, "Task run").
     pub task_work_kicks: u64,
 }
 

@@ -19,13 +19,28 @@ use ringport::{BackendChoice, Completion, CompletionPort, Op, Pool};
 
 use crate::signals;
 
+impl EchoArgs {
+    /// Worker threads to start (`--threads`, or its default).
+    pub(crate) fn workers(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            ringport::num_cpus().max(2)
+        }
+    }
+}
+
 /// Flags of `ringport echo`.
 #[derive(Debug, Args)]
 pub struct EchoArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub(crate) listen: SocketAddr,
-    /// Worker threads (0 = 2 × CPUs).
+    /// Worker threads (0 = CPUs, at least 2). Echo handlers never block, so the
+    /// pool's usual 2 × CPUs (IOCP's rule for handlers that may) only adds threads
+    /// that contend for the CPUs: unpinned, with the client on the same two CPUs,
+    /// 4 workers made 4–5 × tokio's context switches and 1.4–1.5 × its p99 on the
+    /// skewed load, 2 workers about tokio's (BENCHMARKS.md, session 4).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
     /// Handlers running at once (0 = CPUs).
@@ -133,7 +148,7 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     });
     let s = server.clone();
     let pool = Pool::builder()
-        .threads(args.threads)
+        .threads(args.workers())
         .name("echo")
         .spawn(&port, move |port, c| s.handle(port, c))?;
     for _ in 0..args.accepts.max(1) {

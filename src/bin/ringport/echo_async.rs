@@ -22,7 +22,7 @@ struct Counts {
 pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     signals::block()?;
     let mut b = Runtime::builder()
-        .threads(args.threads)
+        .threads(args.workers())
         .concurrency(args.concurrency);
     if let Some(backend) = args.backend {
         b = b.backend(backend);

@@ -109,7 +109,7 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
     });
     let s = server.clone();
     let workers = Pool::builder()
-        .threads(args.threads)
+        .threads(args.workers())
         .name("echo")
         .spawn(&port, move |port, c| s.handle(port, c))?;
     port.submit(Op::accept_multishot(&server.listener), ud(ACCEPT, 0, 0))?;
