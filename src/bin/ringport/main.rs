@@ -42,6 +42,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Info(_) | Command::Bench(_)) {
+        // Reports go to stdout, often into a pipe (`| head`): a reader that goes
+        // away ends the program quietly, as with any Unix tool, instead of
+        // `println!` panicking on EPIPE. (Rust starts with SIGPIPE ignored; the
+        // servers keep it so, and every socket send passes MSG_NOSIGNAL anyway.)
+        // SAFETY: setting a signal's disposition to the default takes no
+        // pointers; no other thread exists yet to race with.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Serve(args) => serve::run(&args),
