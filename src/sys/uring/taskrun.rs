@@ -15,7 +15,7 @@
 //!   one running user code runs it only at its next kernel entry: a system call,
 //!   or an interrupt such as the scheduler tick (4 ms at `HZ=250`). In a busy
 //!   server that entry is the thread's next `io_uring_enter`, so the work is
-//!   batched for free. Measured (echo matrix, paired): 6–15 % less server CPU per
+//!   batched for free. Measured (echo matrix, paired A/B): 3–23 % less server CPU per
 //!   message at 64 and 1000 connections.
 //! * `DEFER_TASKRUN` needs one thread that both submits and reaps; this ring is
 //!   shared (see `mod.rs`), so it is not an option.
