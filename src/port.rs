@@ -476,6 +476,11 @@ impl CompletionPort {
                     HOLDING.with(|h| h.set(false));
                     let mut batch = Vec::new();
                     inner.in_backend.fetch_add(1, Ordering::SeqCst);
+                    // The slice of the wait while handlers are out (below): it
+                    // doubles, up to a scheduler tick, while slices end with
+                    // nothing held, so a port whose threads run long without
+                    // holding anything wakes its poller rarely.
+                    let mut slice_len = inner.backend.task_work_check();
                     loop {
                         if inner.closed.load(Ordering::SeqCst) {
                             break;
@@ -485,18 +490,21 @@ impl CompletionPort {
                         // they submitted may wait for them (io_uring COOP_TASKRUN):
                         // wait in short slices, and release such work when a slice
                         // ends empty (`sys/uring/taskrun.rs`).
-                        let slice = inner
-                            .backend
-                            .task_work_check()
+                        let slice = slice_len
                             .filter(|s| left.is_none_or(|l| *s < l))
                             .filter(|_| inner.sched.handlers_out());
+                        let seen = slice.is_some() && inner.backend.task_work_pending();
                         let wait = slice.or(left);
                         if let Err(e) = inner.backend.poll(wait, &mut batch, mode) {
                             tracing::error!("backend poll failed: {e}");
                             break;
                         }
                         if slice.is_some() && batch.is_empty() {
-                            inner.backend.kick_task_work();
+                            slice_len = if inner.backend.kick_task_work(seen) {
+                                inner.backend.task_work_check()
+                            } else {
+                                slice_len.map(|s| (s * 2).min(Duration::from_millis(4)))
+                            };
                         }
                         // Woken with nothing to do and nothing changed: a stale
                         // wake-up. Keep the role and wait again, rather than

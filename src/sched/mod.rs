@@ -343,12 +343,14 @@ impl<T: Prioritized> Sched<T> {
         !st.closed && st.queue.is_empty() && (st.poller == Some(id) || st.backup == Some(id))
     }
 
-    /// Whether any registered thread is out running a handler (counted, stalled
-    /// or inside `blocking`): such a thread may hold completion work of requests
-    /// it submitted (see `sys/uring/taskrun.rs`).
+    /// Whether any registered thread is out running a handler (counted, or
+    /// caught by the stall detector): such a thread may hold completion work of
+    /// requests it submitted (see `sys/uring/taskrun.rs`). A thread inside
+    /// `blocking` is not counted: it sleeps in the kernel, which wakes it for
+    /// its own work.
     pub(crate) fn handlers_out(&self) -> bool {
         let st = lock(&self.state);
-        st.running > 0 || st.slots.iter().flatten().any(|s| s.run != Run::Idle)
+        st.running > 0 || st.slots.iter().flatten().any(|s| s.run == Run::Stalled)
     }
 
     /// Whether a thread other than `id` holds the poller or backup role (and so may
@@ -441,6 +443,9 @@ impl<T: Prioritized> Sched<T> {
     /// The age of the vacancy, not the age of the oldest handler, decides: while
     /// one thread runs a long handler, another that runs short ones takes the
     /// role back after each, and handing it to a third would only wake threads.
+    /// The clock runs on while running threads work through queued completions:
+    /// a vacancy that outlives the queue means every running thread is in a long
+    /// handler, and the role is handed over at once.
     pub(crate) fn poll_scan(&self, now: Instant, delay: Duration) -> Option<Duration> {
         let mut st = lock(&self.state);
         // Completions already queued are the stall detector's business: polling

@@ -139,3 +139,52 @@ fn poller_and_backup_roles_are_unique() {
     // With a backup waiting, the poller leaving does not wake anyone else.
     assert_eq!(s.stats().queued, 1);
 }
+
+#[test]
+fn lazy_poll_vacancy_clock_restarts_when_the_role_is_taken_back() {
+    let s: Sched<u32> = Sched::new(2);
+    s.set_lazy_poll(true);
+    let a = s.register();
+    let mut out = Vec::new();
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Poll);
+    let sc = std::sync::Arc::new(s);
+    let s2 = sc.clone();
+    let b = std::thread::spawn(move || {
+        let b = s2.register();
+        let mut out = Vec::new();
+        s2.dequeue(
+            b,
+            &mut out,
+            1,
+            Some(Instant::now() + Duration::from_secs(10)),
+            true,
+        )
+        .0
+    });
+    while lock(&sc.state).waiters.is_empty() {
+        std::thread::yield_now();
+    }
+    let delay = Duration::from_secs(60);
+    // The poller takes a completion: the role is vacant from now.
+    assert_eq!(sc.poll_done(a, [1], &mut out, 1).0, Some(Next::Got(1)));
+    assert!(sc.poll_scan(Instant::now(), delay).is_some());
+    std::thread::sleep(Duration::from_millis(20));
+    // It comes back with nothing queued and takes the role again...
+    assert_eq!(sc.dequeue(a, &mut out, 1, None, true).0, Next::Poll);
+    assert_eq!(
+        sc.poll_scan(Instant::now(), delay),
+        None,
+        "held: no vacancy"
+    );
+    // ...and leaves it again: a new vacancy, timed from now, not from the first.
+    let t2 = Instant::now();
+    assert_eq!(sc.poll_done(a, [2], &mut out, 1).0, Some(Next::Got(1)));
+    assert!(
+        sc.poll_scan(t2 + delay - Duration::from_millis(10), delay)
+            .is_some(),
+        "the vacancy clock restarted when the role was taken back"
+    );
+    assert_eq!(lock(&sc.state).waiters.len(), 1, "nobody was sent to poll");
+    let _ = sc.close();
+    assert_eq!(b.join().unwrap(), Next::Closed);
+}

@@ -332,10 +332,20 @@ impl Backend {
         }
     }
 
-    /// Releases completion work held by running threads, if the kernel has any.
-    pub(crate) fn kick_task_work(&self) {
-        if let Backend::Uring(d) = self {
-            d.kick_task_work();
+    /// Whether the kernel says completion work waits for some thread (a hint).
+    pub(crate) fn task_work_pending(&self) -> bool {
+        match self {
+            Backend::Uring(d) => d.task_work_pending(),
+            Backend::Epoll(_) => false,
+        }
+    }
+
+    /// Releases completion work held by running threads, if the kernel has any
+    /// (or had, `seen`, before a wait). Returns whether it kicked.
+    pub(crate) fn kick_task_work(&self, seen: bool) -> bool {
+        match self {
+            Backend::Uring(d) => d.kick_task_work(seen),
+            Backend::Epoll(_) => false,
         }
     }
 

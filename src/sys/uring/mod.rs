@@ -345,19 +345,29 @@ impl Core {
         self.taskrun.coop.then_some(taskrun::KICK_AFTER)
     }
 
-    /// If the ring says completion work is pending for some thread, makes the
-    /// running threads enter the kernel so it runs (`taskrun.rs`).
-    pub(crate) fn kick_task_work(&self) {
+    /// Whether the ring says completion work is pending for some thread
+    /// (`IORING_SQ_TASKRUN`; one flag for the whole ring, cleared whenever any
+    /// thread runs its work: a hint, see `taskrun.rs`).
+    pub(crate) fn task_work_pending(&self) -> bool {
         if !self.taskrun.coop {
-            return;
+            return false;
         }
         let inner = lock(&self.inner);
         // SAFETY: `inner` is held; SubmissionQueues are only created under it.
         let pending = unsafe { self.ring.submission_shared() }.taskrun();
         drop(inner);
-        if pending {
-            taskrun::kick(&self.taskrun);
+        pending
+    }
+
+    /// If completion work is pending for some thread (the ring's flag now, or
+    /// `seen` — the flag as read before a wait), makes the running threads enter
+    /// the kernel so it runs (`taskrun.rs`). Returns whether it kicked.
+    pub(crate) fn kick_task_work(&self, seen: bool) -> bool {
+        if !self.taskrun.coop || !(seen || self.task_work_pending()) {
+            return false;
         }
+        taskrun::kick(&self.taskrun);
+        true
     }
 
     /// The task-run mode, why, and the kicks it sent.
@@ -779,6 +789,11 @@ impl Core {
             woken |= self.reap(&mut sink).1;
             if lock(&self.inner).ops.len() == 0 {
                 break;
+            }
+            // Cancelled socket operations complete as task work of the threads
+            // that submitted them: release any a running thread holds (COOP).
+            if round > 1 {
+                self.kick_task_work(true);
             }
             // (shutdown waits like a poller)
             if let Err(e) = self.enter(1, Some(Duration::from_millis(50))) {

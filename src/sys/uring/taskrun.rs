@@ -26,14 +26,24 @@
 //! wait up to a tick for them — the head-of-line blocking IOCP exists to avoid.
 //! So the poller, while other threads of the port run handlers, waits at most
 //! [`KICK_AFTER`] at a time; when such a wait ends with nothing and the ring says
-//! task work is pending (`IORING_SQ_TASKRUN`, from `TASKRUN_FLAG`), it forces
-//! every running thread of the process through a kernel entry with
-//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` — an IPI only to the CPUs that
-//! run our threads, only when completions are stuck. On the way back to user
-//! mode each thread runs its task work, the CQEs appear, and the poller wakes.
-//! An idle port never sets the shorter wait (no extra wake-ups), and a thread
-//! outside the pool that submits and then computes for long (a
-//! `long_lived_thread()`) is bounded by the tick alone.
+//! task work is pending (`IORING_SQ_TASKRUN`, from `TASKRUN_FLAG`, read before
+//! and after the wait), it forces every running thread of the process through a
+//! kernel entry with `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` — an IPI
+//! only to the CPUs that run our threads. On the way back to user mode each
+//! thread runs its task work, the CQEs appear, and the poller wakes. While
+//! slices end with nothing pending the slice doubles, up to a tick, so a port
+//! whose handlers run long without holding anything wakes its poller rarely; an
+//! idle port never slices at all. `close` kicks too, between its waits for
+//! cancelled operations.
+//!
+//! What this does not cover (bounded by the scheduler tick, 4 ms here; on a
+//! `nohz_full` CPU by the thread's next system call): the flag is one per ring
+//! and cleared whenever *any* thread runs its work, so work held by a busy
+//! thread can hide behind a clear flag; a slice that ends with other
+//! completions does not kick; threads that submit outside a handler — a
+//! `Runtime::block_on` thread running a future that computes, a
+//! `long_lived_thread()` — are not seen as running handlers; and a poller that
+//! began an unsliced wait (no handler out) keeps it when a handler starts.
 //!
 //! COOP is used when the kernel has it and `membarrier` can be registered
 //! (seccomp profiles may forbid it); otherwise the default mode, with the reason
@@ -81,7 +91,14 @@ pub(crate) fn want_coop() -> Result<(), &'static str> {
         Ok("on" | "1" | "yes") | Err(_) => {}
         Ok(_) => return Err("RINGPORT_URING_COOP not one of on/off; default mode"),
     }
-    register_membarrier().map_err(|_| "membarrier(PRIVATE_EXPEDITED) unavailable")
+    register_membarrier().map_err(|_| "membarrier(REGISTER_PRIVATE_EXPEDITED) refused")?;
+    // A filter may allow the registration and refuse the command: try it once.
+    // SAFETY: as in `register_membarrier`.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
+    if r < 0 {
+        return Err("membarrier(PRIVATE_EXPEDITED) refused");
+    }
+    Ok(())
 }
 
 fn register_membarrier() -> io::Result<()> {
