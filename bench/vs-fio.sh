@@ -13,7 +13,8 @@
 # iodepth for it), so at depth 32 it runs numjobs=32 threads of one pread each,
 # reported together (group_reporting) — 32 reads in flight, as the others have.
 # ringport: `ringport bench file` (one thread, QD reads in flight, through the
-# port), on each backend in BACKENDS. Buffered runs: the page cache is warmed
+# port; O_DIRECT reads handed to the kernel one by one as fio does, buffered ones
+# in batches: see run_ringport), on each backend in BACKENDS. Buffered runs: the page cache is warmed
 # first and fio is told not to drop it (invalidate=0).
 #
 # Installs fio with apt-get when missing. The file (1 GiB of random bytes,
@@ -79,7 +80,12 @@ run_fio() {
 # ringport BACKEND DEPTH MODE -> IOPS
 run_ringport() {
     local backend=$1 qd=$2 mode=$3 flags=()
-    [ "$mode" = direct ] && flags+=(--direct)
+    # O_DIRECT: each new read goes to the kernel at once, keeping the device's
+    # queue full (fio's default too). Buffered: batched, which lets a burst of
+    # page-cache reads run inline and the rest on the ring (src/sys/inline_read.rs);
+    # unbatched, every one runs inline on the one thread (about 0.5 x fio psync's
+    # 32 threads at depth 32; BENCHMARKS.md, session 4).
+    if [ "$mode" = direct ]; then flags+=(--direct); else flags+=(--batch); fi
     "$RINGPORT" bench file --path "$FILE" --bs $BS --qd "$qd" --duration "$DURATION" \
         --backend "$backend" "${flags[@]}" | sed -n 's/^RESULT iops=\([0-9]*\).*/\1/p'
 }

@@ -1,7 +1,8 @@
 //! `ringport bench file`: random aligned reads from one file through the port,
 //! at a fixed queue depth (the shape of fio's `randread` with one job), on one
 //! thread: submit `--qd` reads, then take completions and submit a new read at
-//! a fresh random offset for each. `bench/vs-fio.sh` runs it beside fio.
+//! a fresh random offset for each, at once (or, with `--batch`, a batch at a
+//! time). `bench/vs-fio.sh` runs it beside fio.
 //!
 //! With `--direct` the file is opened `O_DIRECT` (the buffers are page-aligned,
 //! see `aligned.rs`); otherwise reads go through the page cache, which the
@@ -43,6 +44,14 @@ pub struct FileBenchArgs {
     /// Backend of the port.
     #[arg(long, default_value = "auto")]
     backend: BackendChoice,
+    /// Hold the new reads of a batch of completions and hand them to the kernel
+    /// together (one `io_uring_enter` per batch). Without it each new read goes
+    /// to the kernel as soon as the completion it replaces is handled, so the
+    /// queue stays full — as fio does (`iodepth_batch_submit=1`). On this VM's
+    /// disk, O_DIRECT at depth 32: 67–70k IOPS at 6 µs CPU per read batched,
+    /// 92–95k at 9.4–10 µs unbatched (BENCHMARKS.md, session 4).
+    #[arg(long)]
+    batch: bool,
 }
 
 /// A small, fast generator for offsets (xorshift64*); not for anything else.
@@ -96,11 +105,12 @@ pub fn run(args: &FileBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     port.associate(&file, 1)?;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
     let mut failure: Option<String> = None;
-    // Submissions are handed to the kernel together at the next `get_many`
-    // (one `io_uring_enter` per batch on io_uring), as a pool thread's are.
-    // This thread submits and dequeues until the port is gone.
+    // With `--batch`, submissions are handed to the kernel together at the next
+    // `get_many` (one `io_uring_enter` per batch on io_uring), as a pool
+    // thread's are; without it each goes at once. This thread submits and
+    // dequeues until the port is gone.
     ringport::long_lived_thread();
-    ringport::batch_submissions(true);
+    ringport::batch_submissions(args.batch);
     let s = measure(args.duration, |deadline| {
         let mut reads = 0u64;
         let submit = |buf: Vec<u8>, rng: &mut Rng| {
@@ -129,7 +139,7 @@ pub fn run(args: &FileBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                 // whole batch to the kernel at once: a thread that finds more
                 // completions queued takes them before it would flush, and the
                 // reads it held would not count towards the queue depth.
-                if i + 1 == batch {
+                if args.batch && i + 1 == batch {
                     ringport::batch_submissions(false);
                 }
                 match &c.result {
@@ -153,7 +163,7 @@ pub fn run(args: &FileBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
                     }
                 }
             }
-            ringport::batch_submissions(true);
+            ringport::batch_submissions(args.batch);
             if !stopping && Instant::now() >= deadline {
                 stopping = true;
             }
