@@ -25,6 +25,11 @@ pub(crate) trait Sink: Send + Sync + std::fmt::Debug + 'static {
     fn done(&self, id: OpId, res: i32, body: OpBody);
 }
 
+/// Workers kept however long they idle; the others leave after [`IDLE_EXIT`].
+const KEEP: usize = 2;
+/// How long a worker beyond the first [`KEEP`] waits for work before it leaves.
+const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Default)]
 struct State {
     jobs: VecDeque<(OpId, OpBody, Priority)>,
@@ -78,7 +83,12 @@ impl<S: Sink> Workers<S> {
                 .name("ringport-worker".into())
                 .spawn(move || work(&pool, &*shared))
             {
-                Ok(h) => lock(&self.handles).push(h),
+                Ok(h) => {
+                    let mut handles = lock(&self.handles);
+                    // (workers that left on their own: nothing to join)
+                    handles.retain(|h| !h.is_finished());
+                    handles.push(h);
+                }
                 Err(e) => {
                     st.threads -= 1;
                     tracing::error!("cannot start a file worker: {e}");
@@ -127,8 +137,18 @@ fn work<S: Sink>(pool: &Pool, shared: &S) {
                     return;
                 }
                 st.idle += 1;
-                st = pool.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                let (g, waited) = pool
+                    .cv
+                    .wait_timeout(st, IDLE_EXIT)
+                    .unwrap_or_else(|p| p.into_inner());
+                st = g;
                 st.idle -= 1;
+                // A burst may have started many workers: the ones beyond the
+                // first KEEP leave after IDLE_EXIT without work.
+                if waited.timed_out() && st.jobs.is_empty() && !st.stop && st.threads > KEEP {
+                    st.threads -= 1;
+                    return;
+                }
             }
         };
         ioprio.apply(prio);

@@ -27,8 +27,9 @@
 //!   The try-then-queue step and the retry step hold the socket's queue lock, so
 //!   an edge that arrives between a failed attempt and its queueing is never lost.
 //! * Regular files cannot be waited on with epoll (`EPERM`), so reads, writes
-//!   (plain and vectored), fsyncs, opens, `statx` and `fallocate` run on a few
-//!   blocking worker threads (`sys/workers.rs`), which queue their completions and
+//!   (plain and vectored), fsyncs, opens, `statx` and `fallocate` run on
+//!   blocking worker threads (`sys/workers.rs`; up to 64, started as operations
+//!   queue, two kept when idle), which queue their completions and
 //!   wake the poller through an eventfd. (A buffered read the page cache holds
 //!   is done on the submitting thread instead: `sys/inline_read.rs`.) `shutdown` never blocks: it is done
 //!   on the submitting thread, like a close.
@@ -226,7 +227,12 @@ impl Driver {
             }),
             fds: Mutex::new(HashMap::default()),
         });
-        let workers = (2 * crate::port::num_cpus()).clamp(2, 16);
+        // Each file operation in flight blocks a worker, so the cap is the
+        // deepest queue a device sees from this port: 64, like a program's own
+        // threads at fio depth 32 (BENCHMARKS.md, session 4: 4 workers made
+        // O_DIRECT depth 32 a depth of 4). Workers beyond two leave after 10 s
+        // without work (`workers.rs`).
+        let workers = 64;
         Ok(Driver {
             files: Workers::new(shared.clone(), workers),
             shared,
