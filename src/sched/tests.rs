@@ -76,8 +76,14 @@ fn stall_detector_releases_when_work_waits() {
     assert_eq!(s.stats().running, 1);
 }
 
-#[test]
-fn lazy_poll_handoff_waits_for_a_long_handler() {
+/// A lazy-poll scheduler (concurrency 2) whose thread `a` (this one) holds the
+/// poll role while a second thread sleeps idle in `dequeue`, whose handle (its
+/// `Next`, within 10 s) is returned.
+fn lazy_poller_and_sleeper() -> (
+    std::sync::Arc<Sched<u32>>,
+    SlotId,
+    std::thread::JoinHandle<Next>,
+) {
     let s: Sched<u32> = Sched::new(2);
     s.set_lazy_poll(true);
     let a = s.register();
@@ -100,6 +106,13 @@ fn lazy_poll_handoff_waits_for_a_long_handler() {
     while lock(&sc.state).waiters.is_empty() {
         std::thread::yield_now();
     }
+    (sc, a, b)
+}
+
+#[test]
+fn lazy_poll_handoff_waits_for_a_long_handler() {
+    let (sc, a, b) = lazy_poller_and_sleeper();
+    let mut out = Vec::new();
     // The poller takes a completion and runs: nobody else is sent to poll...
     let (next, _) = sc.poll_done(a, [1], &mut out, 1);
     assert_eq!(next, Some(Next::Got(1)));
@@ -142,28 +155,8 @@ fn poller_and_backup_roles_are_unique() {
 
 #[test]
 fn lazy_poll_vacancy_clock_restarts_when_the_role_is_taken_back() {
-    let s: Sched<u32> = Sched::new(2);
-    s.set_lazy_poll(true);
-    let a = s.register();
+    let (sc, a, b) = lazy_poller_and_sleeper();
     let mut out = Vec::new();
-    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Poll);
-    let sc = std::sync::Arc::new(s);
-    let s2 = sc.clone();
-    let b = std::thread::spawn(move || {
-        let b = s2.register();
-        let mut out = Vec::new();
-        s2.dequeue(
-            b,
-            &mut out,
-            1,
-            Some(Instant::now() + Duration::from_secs(10)),
-            true,
-        )
-        .0
-    });
-    while lock(&sc.state).waiters.is_empty() {
-        std::thread::yield_now();
-    }
     let delay = Duration::from_secs(60);
     // The poller takes a completion: the role is vacant from now.
     assert_eq!(sc.poll_done(a, [1], &mut out, 1).0, Some(Next::Got(1)));

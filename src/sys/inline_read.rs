@@ -262,7 +262,8 @@ mod tests {
     use std::io::Write;
     use std::os::fd::AsRawFd;
 
-    fn temp() -> std::fs::File {
+    /// An unlinked temporary file holding `len` bytes of `byte`.
+    fn temp(byte: u8, len: usize) -> std::fs::File {
         let p = std::env::temp_dir().join(format!(
             "ringport-inline-{}-{:?}",
             std::process::id(),
@@ -276,13 +277,13 @@ mod tests {
             .open(&p)
             .unwrap();
         std::fs::remove_file(&p).unwrap();
-        f.write_all(&[5u8; 10_000]).unwrap();
+        f.write_all(&vec![byte; len]).unwrap();
         f
     }
 
     #[test]
     fn a_cached_buffered_read_is_done_inline_and_sockets_never() {
-        let f = temp();
+        let f = temp(5, 10_000);
         let fd = f.as_raw_fd();
         let mut body = OpBody::Read {
             fd,
@@ -332,16 +333,7 @@ mod tests {
 
     #[test]
     fn misses_in_a_row_back_off_then_probe_again() {
-        let p = std::env::temp_dir().join(format!("ringport-inline-cold-{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        std::fs::remove_file(&p).unwrap();
-        f.write_all(&vec![1u8; 32 << 20]).unwrap();
+        let f = temp(1, 32 << 20);
         f.sync_all().unwrap();
         let fd = f.as_raw_fd();
         // SAFETY: advice on a descriptor we own; no memory is passed.

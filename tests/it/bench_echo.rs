@@ -73,17 +73,13 @@ impl Drop for Corrupter {
     }
 }
 
-// Not per backend: no ringport server is involved, only the bench client.
-#[test]
-fn bench_echo_fails_against_a_server_that_corrupts_a_byte() {
-    let _gate = gate(false);
-    let bad = Corrupter::start();
-    let addr = bad.addr.to_string();
-    let out = run_bin(&[
+/// `ringport bench echo --json` at `addr`: 2 connections, 64 B, 1 s.
+fn short_bench_echo(addr: &str) -> std::process::Output {
+    run_bin(&[
         "bench",
         "echo",
         "--target",
-        &addr,
+        addr,
         "--conns",
         "2",
         "--size",
@@ -91,7 +87,16 @@ fn bench_echo_fails_against_a_server_that_corrupts_a_byte() {
         "--duration",
         "1",
         "--json",
-    ]);
+    ])
+}
+
+// Not per backend: no ringport server is involved, only the bench client.
+#[test]
+fn bench_echo_fails_against_a_server_that_corrupts_a_byte() {
+    let _gate = gate(false);
+    let bad = Corrupter::start();
+    let addr = bad.addr.to_string();
+    let out = short_bench_echo(&addr);
     drop(bad);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -113,19 +118,7 @@ fn bench_echo_fails_against_a_server_that_corrupts_a_byte() {
 fn bench_echo_fails_clearly_when_nothing_listens() {
     let _gate = gate(false);
     let addr = closed_addr().to_string();
-    let out = run_bin(&[
-        "bench",
-        "echo",
-        "--target",
-        &addr,
-        "--conns",
-        "2",
-        "--size",
-        "64",
-        "--duration",
-        "1",
-        "--json",
-    ]);
+    let out = short_bench_echo(&addr);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),

@@ -91,28 +91,18 @@ pub(crate) fn want_coop() -> Result<(), &'static str> {
         Ok("on" | "1" | "yes") | Err(_) => {}
         Ok(_) => return Err("RINGPORT_URING_COOP not one of on/off; default mode"),
     }
-    register_membarrier().map_err(|_| "membarrier(REGISTER_PRIVATE_EXPEDITED) refused")?;
+    membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED)
+        .map_err(|_| "membarrier(REGISTER_PRIVATE_EXPEDITED) refused")?;
     // A filter may allow the registration and refuse the command: try it once.
-    // SAFETY: as in `register_membarrier`.
-    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
-    if r < 0 {
-        return Err("membarrier(PRIVATE_EXPEDITED) refused");
-    }
-    Ok(())
+    membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)
+        .map_err(|_| "membarrier(PRIVATE_EXPEDITED) refused")
 }
 
-fn register_membarrier() -> io::Result<()> {
+/// One `membarrier(cmd, 0, 0)`.
+fn membarrier(cmd: libc::c_int) -> io::Result<()> {
     // SAFETY: membarrier takes plain integers and touches no user memory;
     // registering twice is harmless (the kernel keeps one registration).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_membarrier,
-            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
-            0,
-            0,
-        )
-    };
-    if r < 0 {
+    if unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) } < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(())
@@ -122,12 +112,12 @@ fn register_membarrier() -> io::Result<()> {
 /// Makes every thread of this process that runs on another CPU enter the
 /// kernel once (an IPI), which runs its pending task work on the way back.
 pub(crate) fn kick(tr: &TaskRun) {
-    // SAFETY: as in `register_membarrier`; the process registered for this
-    // command before the ring was built with COOP (`want_coop`).
-    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
-    if r < 0 {
-        tracing::debug!("membarrier: {}", io::Error::last_os_error());
-    } else {
-        tr.kicks.fetch_add(1, Ordering::Relaxed);
+    // The process registered for this command before the ring was built with
+    // COOP (`want_coop`).
+    match membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) {
+        Ok(()) => {
+            tr.kicks.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tracing::debug!("membarrier: {e}"),
     }
 }
