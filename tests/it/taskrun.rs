@@ -24,8 +24,10 @@ const SPIN: Duration = Duration::from_millis(300);
 /// would make every clock read a system call) until the main thread stops it,
 /// `SPIN` after the data was sent, or once B has the completion. Thread B waits
 /// in `get`. Returns whether B had the receive's completion while A was still
-/// spinning, and the task-work kicks the port sent.
-fn episode(port: &CompletionPort) -> (bool, u64) {
+/// spinning, the task-work kicks the port sent, and whether A was preempted
+/// while it spun (a preempted thread runs its task work when it is scheduled
+/// again, so that episode needed no kick).
+fn episode(port: &CompletionPort) -> (bool, u64, bool) {
     let (mut client, server) = tcp_pair();
     port.associate(&server, 7).unwrap();
     let spinning = Arc::new(AtomicBool::new(true));
@@ -46,13 +48,14 @@ fn episode(port: &CompletionPort) -> (bool, u64) {
             assert_eq!(go.key, 1);
             port.submit(Op::recv(&server, Vec::with_capacity(16)), 2)
                 .unwrap();
+            let before = preemptions();
             let mut x = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 x = x.wrapping_mul(31).wrapping_add(1);
                 std::hint::black_box(x);
             }
             spinning.store(false, Ordering::SeqCst);
-            server
+            (server, preemptions() != before)
         })
     };
     // Let A take the packet and submit before B starts waiting.
@@ -80,13 +83,32 @@ fn episode(port: &CompletionPort) -> (bool, u64) {
     }
     stop.store(true, Ordering::SeqCst);
     let during = b.join().expect("waiter");
-    let server = a.join().expect("submitter");
+    let (server, preempted) = a.join().expect("submitter");
     port.disassociate(&server).unwrap();
-    (during, port.stats().task_work_kicks - kicks_before)
+    (
+        during,
+        port.stats().task_work_kicks - kicks_before,
+        preempted,
+    )
 }
 
+/// This thread's involuntary context switches so far.
+fn preemptions() -> u64 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .expect("/proc/self/task/<tid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("nonvoluntary_ctxt_switches in /proc status")
+}
+
+// Exclusive: with the rest of the suite running beside it on two CPUs the
+// submitter is preempted in every episode and never needs a kick.
 backend_test!(
-    a_completion_does_not_wait_for_its_busy_submitter,
+    exclusive a_completion_does_not_wait_for_its_busy_submitter,
     |choice: BackendChoice| {
         // Concurrency 2 whatever the CPUs: B must be allowed to run the
         // receive's completion while A counts as running.
@@ -110,20 +132,29 @@ backend_test!(
             eprintln!("note: one CPU: the busy submitter is preempted before the waiter runs; no kick to check");
         }
         let mut kicks = 0;
+        let mut unpreempted = 0;
         for _ in 0..10 {
-            let (during, k) = episode(&port);
+            let (during, k, preempted) = episode(&port);
             assert!(
                 during,
                 "the receive completed only after its submitter stopped computing ({:?})",
                 port.stats()
             );
             kicks += k;
+            unpreempted += u32::from(!preempted);
             if kicks > 0 || !expect_kick {
                 break;
             }
         }
-        if expect_kick {
-            assert!(kicks > 0, "no task-work kick in 10 episodes");
+        if expect_kick && kicks == 0 && unpreempted < 3 {
+            // Another process kept taking the submitter's CPU: each time it ran
+            // again it ran its task work itself.
+            eprintln!("skipped: the submitter was preempted in {} of 10 episodes (a busy machine); the kick was never needed", 10 - unpreempted);
+        } else if expect_kick {
+            assert!(
+                kicks > 0,
+                "no task-work kick in 10 episodes ({unpreempted} without preemption)"
+            );
         } else if !coop {
             assert_eq!(kicks, 0, "kicks counted without COOP_TASKRUN");
         }
