@@ -8,6 +8,7 @@
 #
 #   bench/vs-nginx.sh                       # 5 s per run, 2 rounds, io_uring and epoll
 #   DURATION=10 ROUNDS=3 BACKENDS=uring bench/vs-nginx.sh
+#   ROUNDS=5 RESULTS_OUT=/tmp/raw.tsv bench/vs-nginx.sh   # keep the per-run figures
 #
 # nginx: 2 workers, sendfile on, access_log off, on a free port, with its own
 # config, prefix and temp folders. Installs nginx and wrk with apt-get when
@@ -188,3 +189,38 @@ awk -F'\t' -v servers="${SERVERS[*]}" '
             printf "\n"
         }
     }' "$RESULTS"
+
+# Paired: within each round, each ringport figure over nginx's in the same cell
+# (run back to back), then the median of those ratios over the rounds — the
+# machine's drift between rounds cancels out, which a ratio of means does not.
+echo
+echo "== paired: median over the $ROUNDS rounds of each round's ratio to nginx (requests/s, MiB/s); per-round ratios in brackets"
+python3 - "$RESULTS" <<'PY'
+import sys, statistics
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+val = {(r, f, c, s): (float(q), float(m)) for r, f, c, s, q, m in rows}
+cells, servers = [], []
+for r, f, c, s, _, _ in rows:
+    if (f, c) not in cells:
+        cells.append((f, c))
+    if s != "nginx" and s not in servers:
+        servers.append(s)
+rounds = sorted({r for r, *_ in rows}, key=int)
+print("| file | conns | " + " | ".join(f"{s} / nginx req/s | {s} / nginx MiB/s" for s in servers) + " |")
+print("|---|---:|" + "---:|---:|" * len(servers))
+for f, c in cells:
+    out = []
+    for s in servers:
+        rq, mb = [], []
+        for r in rounds:
+            a, b = val.get((r, f, c, s)), val.get((r, f, c, "nginx"))
+            if a and b and b[0] > 0 and b[1] > 0:
+                rq.append(a[0] / b[0]); mb.append(a[1] / b[1])
+        if not rq:
+            out += ["-", "-"]
+            continue
+        out.append(f"**{statistics.median(rq):.2f}** [{' '.join(f'{x:.2f}' for x in rq)}]")
+        out.append(f"**{statistics.median(mb):.2f}**")
+    print(f"| {f} | {c} | " + " | ".join(out) + " |")
+PY
+if [ -n "${RESULTS_OUT:-}" ]; then cp "$RESULTS" "$RESULTS_OUT"; fi

@@ -112,7 +112,11 @@ impl OpFuture {
                         unreachable!()
                     };
                     match self.shared.submit(op, hold, cx) {
-                        Submitted::Yes(key, id) => self.stage = Stage::InFlight { key, id },
+                        Submitted::Yes(key, id) => {
+                            // The slot holds this waker: the completion wakes it.
+                            self.stage = Stage::InFlight { key, id };
+                            return Poll::Pending;
+                        }
                         Submitted::Wait(op, hold) => {
                             self.stage = Stage::New(op, hold);
                             return Poll::Pending;
@@ -214,9 +218,12 @@ impl Shared {
         let mut op = op;
         let mut hold = hold;
         for attempt in 0..2 {
+            // The waker goes in with the slot: the completion may be delivered
+            // (by another worker) before `submit` returns, and the first poll
+            // after submitting needs no second visit to the registry.
             let key = self.ops.insert(OpSlot {
                 done: None,
-                waker: None,
+                waker: Some(cx.waker().clone()),
                 orphan: None,
                 hold: hold.take(),
             });
@@ -244,18 +251,20 @@ impl Shared {
     /// Takes the completion if it has come (freeing the slot); otherwise
     /// remembers the waker.
     fn poll_done(&self, key: u64, cx: &mut Context<'_>) -> Poll<io::Result<Completion>> {
+        // On removal the slot is dropped under the shard lock: the waker is
+        // taken out first and dropped here (`hold` went in `complete_op`).
         let r = self.ops.update(key, |s| match s.done.take() {
-            Some(c) => (Some(c), true),
+            Some(c) => ((Some(c), s.waker.take()), true),
             None => {
                 match &s.waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => s.waker = Some(cx.waker().clone()),
                 }
-                (None, false)
+                ((None, None), false)
             }
         });
         match r {
-            Some((Some(c), _slot)) => Poll::Ready(Ok(c)),
+            Some((Some(c), _waker)) => Poll::Ready(Ok(c)),
             Some((None, _)) => Poll::Pending,
             // Only after shutdown drained the registry.
             None => Poll::Ready(Err(Error::Closed.into())),
@@ -267,23 +276,23 @@ impl Shared {
     fn orphan(&self, key: u64, orphan: Orphan) -> bool {
         let mut orphan = Some(orphan);
         let r = self.ops.update(key, |s| {
-            s.waker = None;
+            let waker = s.waker.take();
             match s.done.take() {
-                Some(c) => (Some(c), true),
+                Some(c) => ((Some(c), waker), true),
                 None => {
                     s.orphan = orphan.take();
-                    (None, false)
+                    ((None, waker), false)
                 }
             }
         });
         match r {
-            Some((Some(c), _slot)) => {
+            Some((Some(c), _waker)) => {
                 if let Some(o) = orphan {
                     o(c);
                 }
                 false
             }
-            Some((None, _)) => true,
+            Some((None, _waker)) => true,
             None => false,
         }
     }
@@ -303,7 +312,9 @@ impl Shared {
                 }
             }
         });
-        if let Some(((orphan, waker, hold), _slot)) = r {
+        // On removal (an orphan's) nothing is left in the slot to drop: the
+        // orphan and the hold are taken, the waker was taken by `orphan`.
+        if let Some((orphan, waker, hold)) = r {
             if let (Some(o), Some(c)) = (orphan, c.take()) {
                 o(c);
             }

@@ -123,12 +123,13 @@ impl<T> Registry<T> {
     }
 
     /// Runs `f` on the value a key names, if it is still there; `f` also says
-    /// whether to remove it (then it is returned too).
-    pub(crate) fn update<R>(
-        &self,
-        key: u64,
-        f: impl FnOnce(&mut T) -> (R, bool),
-    ) -> Option<(R, Option<T>)> {
+    /// whether to remove it. A removed value is dropped here, in its slot and
+    /// under the shard's lock (not moved out: these values are large, and the
+    /// move was most of this call's cost), so `f` must first take out of it
+    /// anything whose drop could run foreign code — a waker, a closure, an
+    /// `Arc` of something else — and hand it back in `R` to be dropped after
+    /// the lock is released.
+    pub(crate) fn update<R>(&self, key: u64, f: impl FnOnce(&mut T) -> (R, bool)) -> Option<R> {
         let (s, idx, gen) = split(key);
         let mut sh = lock(self.shards.get(s)?);
         let sh = &mut *sh;
@@ -137,16 +138,15 @@ impl<T> Registry<T> {
             return None;
         }
         let (r, remove) = f(slot.val.as_mut()?);
-        if !remove {
-            return Some((r, None));
+        if remove {
+            slot.val = None;
+            if slot.gen != u32::MAX {
+                slot.gen += 1;
+                sh.free.push(idx as u32);
+            }
+            self.len.fetch_sub(1, Ordering::Relaxed);
         }
-        let val = slot.val.take();
-        if slot.gen != u32::MAX {
-            slot.gen += 1;
-            sh.free.push(idx as u32);
-        }
-        self.len.fetch_sub(1, Ordering::Relaxed);
-        Some((r, val))
+        Some(r)
     }
 
     /// Takes every value out (at shutdown).
