@@ -104,43 +104,38 @@ impl OpFuture {
     /// Polls: submits on the first call (waiting for room if `max_in_flight`
     /// operations are outstanding), then waits for the completion.
     pub(crate) fn poll_op(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Completion>> {
-        loop {
-            match &mut self.stage {
-                Stage::New(..) => {
-                    let Stage::New(op, hold) = std::mem::replace(&mut self.stage, Stage::Done)
-                    else {
-                        unreachable!()
-                    };
-                    match self.shared.submit(op, hold, cx) {
-                        Submitted::Yes(key, id) => {
-                            // The slot holds this waker: the completion wakes it.
-                            self.stage = Stage::InFlight { key, id };
-                            return Poll::Pending;
-                        }
-                        Submitted::Wait(op, hold) => {
-                            self.stage = Stage::New(op, hold);
-                            return Poll::Pending;
-                        }
-                        Submitted::Failed(e) => return Poll::Ready(Err(e)),
+        match &mut self.stage {
+            Stage::New(..) => {
+                let Stage::New(op, hold) = std::mem::replace(&mut self.stage, Stage::Done) else {
+                    unreachable!()
+                };
+                match self.shared.submit(op, hold, cx) {
+                    Submitted::Yes(key, id) => {
+                        // The slot holds this waker: the completion wakes it.
+                        self.stage = Stage::InFlight { key, id };
+                        Poll::Pending
                     }
+                    Submitted::Wait(op, hold) => {
+                        self.stage = Stage::New(op, hold);
+                        Poll::Pending
+                    }
+                    Submitted::Failed(e) => Poll::Ready(Err(e)),
                 }
-                Stage::Failed(e) => {
-                    let e = e
-                        .take()
-                        .unwrap_or_else(|| io::Error::other("operation failed"));
-                    self.stage = Stage::Done;
-                    return Poll::Ready(Err(e));
-                }
-                Stage::InFlight { key, .. } => {
-                    let r = std::task::ready!(self.shared.poll_done(*key, cx));
-                    self.stage = Stage::Done;
-                    return Poll::Ready(r);
-                }
-                Stage::Done => {
-                    return Poll::Ready(Err(io::Error::other(
-                        "operation polled after it completed",
-                    )))
-                }
+            }
+            Stage::Failed(e) => {
+                let e = e
+                    .take()
+                    .unwrap_or_else(|| io::Error::other("operation failed"));
+                self.stage = Stage::Done;
+                Poll::Ready(Err(e))
+            }
+            Stage::InFlight { key, .. } => {
+                let r = std::task::ready!(self.shared.poll_done(*key, cx));
+                self.stage = Stage::Done;
+                Poll::Ready(r)
+            }
+            Stage::Done => {
+                Poll::Ready(Err(io::Error::other("operation polled after it completed")))
             }
         }
     }
