@@ -151,6 +151,8 @@ pub(crate) struct PortInner {
 
 /// Statistics of a port, for tests and `ringport info`.
 #[derive(Debug, Clone, Copy)]
+// Fields are added as the port learns to count more: built only here.
+#[non_exhaustive]
 pub struct PortStats {
     /// Scheduler counters: running threads, peak, stalls, handoffs, queued.
     pub sched: SchedStats,

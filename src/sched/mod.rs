@@ -77,6 +77,8 @@ struct Slot<T> {
 
 /// Counters a test or `ringport info` can read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+// Fields are added as the port learns to count more: built only here.
+#[non_exhaustive]
 pub struct SchedStats {
     /// Threads counted as running now.
     pub running: usize,
