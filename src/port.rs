@@ -111,6 +111,7 @@ impl Builder {
                 assoc: Mutex::new(HashMap::default()),
                 closed: AtomicBool::new(false),
                 in_backend: AtomicUsize::new(0),
+                unsliced_wait: AtomicBool::new(false),
                 high_in_flight: AtomicUsize::new(0),
             }),
         })
@@ -144,6 +145,15 @@ pub(crate) struct PortInner {
     /// before it reads this (both SeqCst), so either the thread sees the close or
     /// the close sees the thread.
     in_backend: AtomicUsize,
+    /// A poller waits without a slice although the ring holds completion work
+    /// for running threads (io_uring `COOP_TASKRUN`, `sys/uring/taskrun.rs`):
+    /// it saw no handler out when it began. A thread that then starts a
+    /// handler clears this and wakes the poller, which waits again in slices.
+    /// Set before the poller looks at the handlers, read after a handler is
+    /// counted (both SeqCst, the count under the scheduler's lock), so either
+    /// the poller sees the handler or the handler sees the flag. One flag for
+    /// the poller and a backup poller: a hint, a missed wake leaves the tick.
+    unsliced_wait: AtomicBool,
     /// `High` operations submitted whose completions have not been dequeued
     /// yet (see `port/prio.rs`).
     high_in_flight: AtomicUsize,
@@ -423,6 +433,14 @@ impl CompletionPort {
         self.inner.backend.new_burst();
         let r = self.dequeue_inner(out, limit, timeout);
         self.dequeued(&out[from.min(out.len())..]);
+        // This thread now counts as running a handler: a poller that began an
+        // unsliced wait must slice it (see `unsliced_wait`).
+        if r.is_ok()
+            && self.inner.unsliced_wait.load(Ordering::SeqCst)
+            && self.inner.unsliced_wait.swap(false, Ordering::SeqCst)
+        {
+            self.inner.backend.notify();
+        }
         r
     }
 
@@ -492,12 +510,21 @@ impl CompletionPort {
                         // they submitted may wait for them (io_uring COOP_TASKRUN):
                         // wait in short slices, and release such work when a slice
                         // ends empty (`sys/uring/taskrun.rs`).
-                        let slice = slice_len
-                            .filter(|s| left.is_none_or(|l| *s < l))
-                            .filter(|_| inner.sched.handlers_out());
+                        let may_slice = slice_len.filter(|s| left.is_none_or(|l| *s < l));
+                        if may_slice.is_some() {
+                            inner.unsliced_wait.store(true, Ordering::SeqCst);
+                        }
+                        let slice = may_slice.filter(|_| inner.sched.handlers_out());
+                        if slice.is_some() {
+                            inner.unsliced_wait.store(false, Ordering::SeqCst);
+                        }
                         let seen = slice.is_some() && inner.backend.task_work_pending();
                         let wait = slice.or(left);
-                        if let Err(e) = inner.backend.poll(wait, &mut batch, mode) {
+                        let polled = inner.backend.poll(wait, &mut batch, mode);
+                        if may_slice.is_some() && slice.is_none() {
+                            inner.unsliced_wait.store(false, Ordering::SeqCst);
+                        }
+                        if let Err(e) = polled {
                             tracing::error!("backend poll failed: {e}");
                             break;
                         }

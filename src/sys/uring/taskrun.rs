@@ -42,8 +42,11 @@
 //! thread can hide behind a clear flag; a slice that ends with other
 //! completions does not kick; threads that submit outside a handler — a
 //! `Runtime::block_on` thread running a future that computes, a
-//! `long_lived_thread()` — are not seen as running handlers; and a poller that
-//! began an unsliced wait (no handler out) keeps it when a handler starts.
+//! `long_lived_thread()` — are not seen as running handlers.
+//!
+//! A poller that began its wait with no handler out waits unsliced; the
+//! thread that starts a handler next wakes it (`port.rs`, `unsliced_wait`),
+//! and it waits again in slices.
 //!
 //! COOP is used when the kernel has it and `membarrier` can be registered
 //! (seccomp profiles may forbid it); otherwise the default mode, with the reason
