@@ -8,7 +8,8 @@
 //! non-blocking system call, in the thread that submits it:
 //!
 //! * If it finishes (data was there, the send fitted, a connection was waiting),
-//!   its completion is queued in the port straight away — no epoll call at all.
+//!   its completion is queued in the port straight away — no epoll call at all,
+//!   and no entry in the op table (its id is numbered apart: `INLINE_BIT`).
 //!   This is the common case under load, and it is why the epoll backend makes
 //!   fewer system calls per message than a readiness loop that waits first.
 //!   (It skips the attempt when the last one in the same direction said `EAGAIN`
@@ -67,6 +68,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,6 +90,11 @@ const WAKE_TOKEN: u64 = u64::MAX;
 /// as opposed to a `timeout` operation's own timer. Op ids never have it: their
 /// generations stay below 2^31 (see `table.rs`).
 const DEADLINE_BIT: u64 = 1 << 63;
+
+/// Set in the id of an operation that finished inside `submit` and never
+/// entered the op table (see `submit_socket`): no table id has it, so such an
+/// id is never found again (a cancel says `NotFound`: it has completed).
+const INLINE_BIT: u64 = 1 << 62;
 
 /// Where an operation in flight is waiting.
 #[derive(Debug)]
@@ -123,6 +130,9 @@ struct Inner {
     /// `poll` hands them out.
     done: Vec<Completion>,
     closed: bool,
+    /// `ops.len()`, kept after each insert and remove (under this lock) for
+    /// readers that do not take it (`Shared::live`).
+    live: Arc<AtomicUsize>,
 }
 
 /// An operation waiting for readiness, with everything it owns.
@@ -170,6 +180,13 @@ pub(crate) struct Shared {
     wake: OwnedFd,
     inner: Mutex<Inner>,
     fds: Mutex<HashMap<RawFd, Arc<FdQueue>>>,
+    /// Operations in the table (`Inner::live`): the in-flight cap applied to
+    /// an operation that may finish without entering the table.
+    live: Arc<AtomicUsize>,
+    /// `Inner::closed`, readable without its lock (set under it, first).
+    closed: AtomicBool,
+    /// Numbers the ids of operations finished inside `submit` (`INLINE_BIT`).
+    inline_ids: AtomicU64,
 }
 
 /// The epoll driver. See the module docs.
@@ -216,6 +233,7 @@ impl Driver {
         {
             return Err(io::Error::last_os_error());
         }
+        let live = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             epfd,
             wake,
@@ -224,8 +242,12 @@ impl Driver {
                 timers: BTreeSet::new(),
                 done: Vec::new(),
                 closed: false,
+                live: live.clone(),
             }),
             fds: Mutex::new(HashMap::default()),
+            live,
+            closed: AtomicBool::new(false),
+            inline_ids: AtomicU64::new(0),
         });
         // Each file operation in flight blocks a worker, so the cap is the
         // deepest queue a device sees from this port: 64, like a program's own
@@ -372,23 +394,42 @@ impl Driver {
         user_data: u64,
         wait: impl FnOnce() -> Wait,
     ) -> Result<(OpId, Op), (Error, Option<Op>)> {
+        match self.admit_parts(op.kind(), key, user_data, op.prio, op.link_timeout, wait) {
+            Ok(id) => Ok((id, op)),
+            Err(Error::QueueFull) => Err((Error::QueueFull, Some(op))),
+            Err(e) => Err((e, None)),
+        }
+    }
+
+    /// Enters an operation in the table (its timers too); `Closed` or
+    /// `QueueFull` if it cannot be.
+    fn admit_parts(
+        &self,
+        kind: OpKind,
+        key: u64,
+        user_data: u64,
+        prio: crate::Priority,
+        link_timeout: Option<Duration>,
+        wait: impl FnOnce() -> Wait,
+    ) -> Result<OpId, Error> {
         let mut inner = lock(&self.shared.inner);
         if inner.closed {
-            return Err((Error::Closed, None));
+            return Err(Error::Closed);
         }
         if inner.ops.len() >= self.max_in_flight {
-            return Err((Error::QueueFull, Some(op)));
+            return Err(Error::QueueFull);
         }
-        let deadline = op.link_timeout.map(|d| Instant::now() + d);
+        let deadline = link_timeout.map(|d| Instant::now() + d);
         let id = inner.ops.insert(Record {
-            kind: op.kind(),
+            kind,
             key,
             user_data,
-            prio: op.prio,
+            prio,
             wait: wait(),
             deadline,
             parts: 0,
         });
+        inner.live.store(inner.ops.len(), Ordering::Relaxed);
         if let Wait::Timer(at) = inner.ops.get(id).map(|r| &r.wait).expect("just inserted") {
             let at = *at;
             inner.timers.insert((at, id.0));
@@ -402,7 +443,7 @@ impl Driver {
                 self.notify();
             }
         }
-        Ok((id, op))
+        Ok(id)
     }
 
     /// Records an operation that already finished (an inline read, see
@@ -489,53 +530,107 @@ impl Driver {
             | OpBody::SendFile { sock: fd, .. }
             | OpBody::Writable { fd } => {
                 let fd = *fd;
-                let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
-                let q = lock(&self.shared.fds).get(&fd).cloned();
-                let mut p = Pending {
-                    id,
-                    body: op.body,
-                    connecting: false,
-                };
-                let Some(q) = q else {
-                    // Not a registered socket: one attempt, whatever it gives.
-                    let res = try_op(&mut p).unwrap_or(-libc::EAGAIN);
-                    return self.done_now(id, res, p.body);
-                };
-                let mut g = lock(&q.q);
-                if g.dead {
-                    drop(g);
-                    return self.done_now(id, -libc::ECANCELED, p.body);
-                }
-                let is_read = matches!(
-                    p.body,
-                    OpBody::Recv { .. }
-                        | OpBody::RecvFrom { .. }
-                        | OpBody::Accept { .. }
-                        | OpBody::ReadFixed { .. }
-                );
-                // A connect must be started by its own system call.
-                let must_try = matches!(p.body, OpBody::Connect { .. });
-                let g = &mut *g;
-                let closed = g.read_closed;
-                let (queue, blocked) = if is_read {
-                    (&mut g.read, &mut g.read_blocked)
-                } else {
-                    (&mut g.write, &mut g.write_blocked)
-                };
-                if queue.is_empty() && (!*blocked || must_try) {
-                    match try_op(&mut p) {
-                        Some(res) => {
-                            if drained_after(&p, res, q.stream, closed) {
-                                *blocked = true;
-                            }
-                            return self.done_now(id, res, p.body);
-                        }
-                        None => *blocked = true,
+                self.submit_socket(op, fd, key, user_data)
+            }
+        }
+    }
+
+    /// A socket operation: tried at once when nothing is queued before it in
+    /// its direction and the socket has not said `EAGAIN` since its last edge;
+    /// queued for readiness otherwise.
+    ///
+    /// One that finishes in that attempt never enters the op table: its id is
+    /// numbered apart (`INLINE_BIT`) and its completion is built here, without
+    /// the table's lock — the common case of a busy server (a send with room,
+    /// a receive with data waiting) costs one socket lock and the system call.
+    /// Admission is checked as `admit` would (closed, the in-flight cap, from
+    /// their lock-free copies), so the port refuses what it would refuse
+    /// anyway. One that must wait is entered in the table under the socket's
+    /// lock (the lock order: a socket's queues, then `Inner`).
+    fn submit_socket(&self, op: Op, fd: RawFd, key: u64, user_data: u64) -> SubmitResult {
+        let q = lock(&self.shared.fds).get(&fd).cloned();
+        let Some(q) = q else {
+            // Not a registered socket: one attempt, whatever it gives.
+            let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
+            let mut p = Pending {
+                id,
+                body: op.body,
+                connecting: false,
+            };
+            let res = try_op(&mut p).unwrap_or(-libc::EAGAIN);
+            return self.done_now(id, res, p.body);
+        };
+        let mut g = lock(&q.q);
+        if g.dead {
+            drop(g);
+            let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
+            return self.done_now(id, -libc::ECANCELED, op.body);
+        }
+        let kind = op.kind();
+        let is_read = matches!(
+            op.body,
+            OpBody::Recv { .. }
+                | OpBody::RecvFrom { .. }
+                | OpBody::Accept { .. }
+                | OpBody::ReadFixed { .. }
+        );
+        // A connect must be started by its own system call.
+        let must_try = matches!(op.body, OpBody::Connect { .. });
+        let g = &mut *g;
+        let closed = g.read_closed;
+        let (queue, blocked) = if is_read {
+            (&mut g.read, &mut g.read_blocked)
+        } else {
+            (&mut g.write, &mut g.write_blocked)
+        };
+        let Op {
+            body,
+            key: op_key,
+            link_timeout,
+            prio,
+        } = op;
+        let give_back = |body| Op {
+            body,
+            key: op_key,
+            link_timeout,
+            prio,
+        };
+        let mut p = Pending {
+            id: OpId(0),
+            body,
+            connecting: false,
+        };
+        if queue.is_empty() && (!*blocked || must_try) {
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err((Error::Closed, None));
+            }
+            if self.shared.live.load(Ordering::Relaxed) >= self.max_in_flight {
+                return Err((Error::QueueFull, Some(give_back(p.body))));
+            }
+            match try_op(&mut p) {
+                Some(res) => {
+                    if drained_after(&p, res, q.stream, closed) {
+                        *blocked = true;
                     }
+                    let n = self.shared.inline_ids.fetch_add(1, Ordering::Relaxed);
+                    let id = OpId(INLINE_BIT | (n & (INLINE_BIT - 1)));
+                    let c =
+                        Completion::from_raw(id, kind, key, user_data, res, p.body.into_output())
+                            .with_priority(prio)
+                            .multishot(false, None, 0);
+                    return Ok((id, Some(c)));
                 }
+                None => *blocked = true,
+            }
+        }
+        match self.admit_parts(kind, key, user_data, prio, link_timeout, || Wait::Fd(fd)) {
+            Ok(id) => {
+                p.id = id;
                 queue.push_back(p);
                 Ok((id, None))
             }
+            Err(Error::QueueFull) => Err((Error::QueueFull, Some(give_back(p.body)))),
+            Err(e) => Err((e, None)),
         }
     }
 
@@ -605,6 +700,7 @@ impl Driver {
     /// operations, and drops every completion.
     pub(crate) fn shutdown(&self) {
         lock(&self.shared.inner).closed = true;
+        self.shared.closed.store(true, Ordering::Release);
         let fds: Vec<RawFd> = lock(&self.shared.fds).keys().copied().collect();
         for fd in fds {
             self.disassociate(fd);
@@ -616,6 +712,7 @@ impl Driver {
             // (A deadline's operation is cancelled where it waits.)
             if raw & DEADLINE_BIT == 0 {
                 inner.ops.remove(OpId(raw));
+                inner.live.store(inner.ops.len(), Ordering::Relaxed);
             }
         }
         inner.done.clear();
@@ -668,6 +765,7 @@ impl Sink for Shared {
 /// (and a received datagram's source address) taken back from its body.
 fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Completion> {
     let rec = inner.ops.remove(id)?;
+    inner.live.store(inner.ops.len(), Ordering::Relaxed);
     if let Some(at) = rec.deadline {
         inner.timers.remove(&(at, id.0 | DEADLINE_BIT));
     }
