@@ -470,7 +470,7 @@ impl CompletionPort {
                     // Hand our submissions over and take whatever is ready now,
                     // rather than sleeping while they complete.
                     HOLDING.with(|h| h.set(false));
-                    let mut batch = Vec::new();
+                    let mut batch = take_batch();
                     if let Err(e) =
                         inner
                             .backend
@@ -478,7 +478,8 @@ impl CompletionPort {
                     {
                         tracing::error!("backend flush failed: {e}");
                     }
-                    let offered = inner.sched.offer(slot, false, batch, out, limit);
+                    let offered = inner.sched.offer(slot, false, batch.drain(..), out, limit);
+                    give_batch(batch);
                     if let Some(r) = self.after_offer(offered) {
                         return r;
                     }
@@ -494,7 +495,7 @@ impl CompletionPort {
                     };
                     // The wait hands this thread's submissions over too.
                     HOLDING.with(|h| h.set(false));
-                    let mut batch = Vec::new();
+                    let mut batch = take_batch();
                     inner.in_backend.fetch_add(1, Ordering::SeqCst);
                     // The slice of the wait while handlers are out (below): it
                     // doubles, up to a scheduler tick, while slices end with
@@ -552,7 +553,8 @@ impl CompletionPort {
                     if others > 0 && inner.closed.load(Ordering::SeqCst) {
                         inner.backend.notify();
                     }
-                    let offered = inner.sched.poll_done(slot, batch, out, limit);
+                    let offered = inner.sched.poll_done(slot, batch.drain(..), out, limit);
+                    give_batch(batch);
                     if let Some(r) = self.after_offer(offered) {
                         return r;
                     }
@@ -723,6 +725,22 @@ thread_local! {
     static DEFER_SUBMIT: Cell<bool> = const { Cell::new(false) };
     /// This thread holds submissions it has not handed to the kernel yet.
     static HOLDING: Cell<bool> = const { Cell::new(false) };
+    /// The thread's buffer for completions reaped by one wait, kept between
+    /// waits (an allocation and a free per wait otherwise).
+    static BATCH: Cell<Vec<Completion>> = const { Cell::new(Vec::new()) };
+}
+
+/// Takes this thread's reaping buffer (empty).
+fn take_batch() -> Vec<Completion> {
+    BATCH.with(Cell::take)
+}
+
+/// Gives the reaping buffer back, emptied; one that grew large is let go.
+fn give_batch(mut batch: Vec<Completion>) {
+    batch.clear();
+    if batch.capacity() <= 1024 {
+        BATCH.with(|b| b.set(batch));
+    }
 }
 
 /// Promises that the calling thread outlives every operation it submits (or

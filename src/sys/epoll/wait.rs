@@ -3,6 +3,14 @@
 //! completions and due timers (see the module docs of `epoll`).
 
 use super::*;
+use std::cell::Cell;
+use std::mem::MaybeUninit;
+
+thread_local! {
+    /// The poller's list of operations a readiness edge finished, kept
+    /// between edges (an allocation and a free per edge otherwise).
+    static FINISHED: Cell<Vec<(Pending, i32)>> = const { Cell::new(Vec::new()) };
+}
 
 impl Driver {
     /// Waits for readiness, timers, or worker completions (see `sys/mod.rs`).
@@ -31,10 +39,19 @@ impl Driver {
             // Round up so a timer is never polled for just before it is due.
             Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
         };
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        // SAFETY: epfd is open; `events` is a writable array of 64 entries.
-        let n =
-            unsafe { libc::epoll_wait(self.shared.epfd.as_raw_fd(), events.as_mut_ptr(), 64, ms) };
+        // Not zeroed first (768 bytes per wait): only the entries the kernel
+        // filled are read.
+        let mut events = [const { MaybeUninit::<libc::epoll_event>::uninit() }; 64];
+        // SAFETY: epfd is open; `events` is a writable array of 64 entries
+        // (`MaybeUninit<T>` has `T`'s layout).
+        let n = unsafe {
+            libc::epoll_wait(
+                self.shared.epfd.as_raw_fd(),
+                events.as_mut_ptr().cast(),
+                64,
+                ms,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINTR) {
@@ -42,6 +59,8 @@ impl Driver {
             }
         }
         for ev in events.iter().take(n.max(0) as usize) {
+            // SAFETY: epoll_wait wrote the first `n` entries.
+            let ev = unsafe { ev.assume_init_ref() };
             let (bits, token) = (ev.events, ev.u64);
             if token == WAKE_TOKEN {
                 let mut buf = 0u64;
@@ -88,7 +107,7 @@ impl Driver {
         let g = &mut *g;
         g.read_closed |= closed;
         let read_closed = g.read_closed;
-        let mut finished = Vec::new();
+        let mut finished = FINISHED.with(Cell::take);
         let mut parts = Vec::new();
         for (ready, queue, blocked) in [
             (readable, &mut g.read, &mut g.read_blocked),
@@ -127,13 +146,18 @@ impl Driver {
             }
         }
         if finished.is_empty() && parts.is_empty() {
+            FINISHED.with(|f| f.set(finished));
             return;
         }
         let mut inner = lock(&self.shared.inner);
         // A multishot operation's partial results come before its end.
         multi::part_completions(&mut inner, parts, out);
-        for (p, res) in finished {
+        for (p, res) in finished.drain(..) {
             out.extend(finish(&mut inner, p.id, res, p.body));
+        }
+        drop(inner);
+        if finished.capacity() <= 64 {
+            FINISHED.with(|f| f.set(finished));
         }
     }
 
