@@ -21,7 +21,8 @@ use crate::sched::Priority;
 pub struct OpId(pub(crate) u64);
 
 impl OpId {
-    /// The raw 64-bit value (slot index and generation), for logs.
+    /// The raw 64-bit value, for logs (a backend's own numbering: an op-table
+    /// slot and generation, or a tagged sequence number).
     pub fn as_u64(self) -> u64 {
         self.0
     }

@@ -111,7 +111,7 @@ impl Builder {
                 assoc: Mutex::new(HashMap::default()),
                 closed: AtomicBool::new(false),
                 in_backend: AtomicUsize::new(0),
-                unsliced_wait: AtomicBool::new(false),
+                unsliced_waiters: AtomicUsize::new(0),
                 high_in_flight: AtomicUsize::new(0),
             }),
         })
@@ -145,15 +145,16 @@ pub(crate) struct PortInner {
     /// before it reads this (both SeqCst), so either the thread sees the close or
     /// the close sees the thread.
     in_backend: AtomicUsize,
-    /// A poller waits without a slice although the ring holds completion work
-    /// for running threads (io_uring `COOP_TASKRUN`, `sys/uring/taskrun.rs`):
-    /// it saw no handler out when it began. A thread that then starts a
-    /// handler clears this and wakes the poller, which waits again in slices.
-    /// Set before the poller looks at the handlers, read after a handler is
-    /// counted (both SeqCst, the count under the scheduler's lock), so either
-    /// the poller sees the handler or the handler sees the flag. One flag for
-    /// the poller and a backup poller: a hint, a missed wake leaves the tick.
-    unsliced_wait: AtomicBool,
+    /// Threads waiting in the backend without a slice although the ring may
+    /// come to hold completion work for running threads (io_uring
+    /// `COOP_TASKRUN`, `sys/uring/taskrun.rs`): they saw no handler out when
+    /// they began. A thread that then starts a handler wakes them, and they
+    /// wait again in slices. Raised before a waiter looks at the handlers (the
+    /// count of running threads, under the scheduler's lock), lowered when it
+    /// slices or wakes; a handler is counted under that lock before it reads
+    /// this — so either the waiter sees the handler or the handler sees the
+    /// waiter.
+    unsliced_waiters: AtomicUsize,
     /// `High` operations submitted whose completions have not been dequeued
     /// yet (see `port/prio.rs`).
     high_in_flight: AtomicUsize,
@@ -434,11 +435,8 @@ impl CompletionPort {
         let r = self.dequeue_inner(out, limit, timeout);
         self.dequeued(&out[from.min(out.len())..]);
         // This thread now counts as running a handler: a poller that began an
-        // unsliced wait must slice it (see `unsliced_wait`).
-        if r.is_ok()
-            && self.inner.unsliced_wait.load(Ordering::SeqCst)
-            && self.inner.unsliced_wait.swap(false, Ordering::SeqCst)
-        {
+        // unsliced wait must slice it (see `unsliced_waiters`).
+        if r.is_ok() && self.inner.unsliced_waiters.load(Ordering::SeqCst) > 0 {
             self.inner.backend.notify();
         }
         r
@@ -513,17 +511,17 @@ impl CompletionPort {
                         // ends empty (`sys/uring/taskrun.rs`).
                         let may_slice = slice_len.filter(|s| left.is_none_or(|l| *s < l));
                         if may_slice.is_some() {
-                            inner.unsliced_wait.store(true, Ordering::SeqCst);
+                            inner.unsliced_waiters.fetch_add(1, Ordering::SeqCst);
                         }
                         let slice = may_slice.filter(|_| inner.sched.handlers_out());
                         if slice.is_some() {
-                            inner.unsliced_wait.store(false, Ordering::SeqCst);
+                            inner.unsliced_waiters.fetch_sub(1, Ordering::SeqCst);
                         }
                         let seen = slice.is_some() && inner.backend.task_work_pending();
                         let wait = slice.or(left);
                         let polled = inner.backend.poll(wait, &mut batch, mode);
                         if may_slice.is_some() && slice.is_none() {
-                            inner.unsliced_wait.store(false, Ordering::SeqCst);
+                            inner.unsliced_waiters.fetch_sub(1, Ordering::SeqCst);
                         }
                         if let Err(e) = polled {
                             tracing::error!("backend poll failed: {e}");
@@ -726,7 +724,8 @@ thread_local! {
     /// This thread holds submissions it has not handed to the kernel yet.
     static HOLDING: Cell<bool> = const { Cell::new(false) };
     /// The thread's buffer for completions reaped by one wait, kept between
-    /// waits (an allocation and a free per wait otherwise).
+    /// waits (an allocation and a free per wait otherwise; at most 256
+    /// entries' room is kept).
     static BATCH: Cell<Vec<Completion>> = const { Cell::new(Vec::new()) };
 }
 
@@ -738,7 +737,7 @@ fn take_batch() -> Vec<Completion> {
 /// Gives the reaping buffer back, emptied; one that grew large is let go.
 fn give_batch(mut batch: Vec<Completion>) {
     batch.clear();
-    if batch.capacity() <= 1024 {
+    if batch.capacity() <= 256 {
         BATCH.with(|b| b.set(batch));
     }
 }

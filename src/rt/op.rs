@@ -109,7 +109,7 @@ impl OpFuture {
                 let Stage::New(op, hold) = std::mem::replace(&mut self.stage, Stage::Done) else {
                     unreachable!()
                 };
-                match self.shared.submit(op, hold, cx) {
+                match self.shared.submit(op, hold, cx, true) {
                     Submitted::Yes(key, id) => {
                         // The slot holds this waker: the completion wakes it.
                         self.stage = Stage::InFlight { key, id };
@@ -147,7 +147,7 @@ impl OpFuture {
             let Stage::New(op, hold) = std::mem::replace(&mut self.stage, Stage::Done) else {
                 unreachable!()
             };
-            self.stage = match self.shared.submit(op, hold, cx) {
+            self.stage = match self.shared.submit(op, hold, cx, false) {
                 Submitted::Yes(key, id) => Stage::InFlight { key, id },
                 Submitted::Wait(op, hold) => Stage::New(op, hold),
                 Submitted::Failed(e) => Stage::Failed(Some(e)),
@@ -209,16 +209,26 @@ pub(crate) enum Submitted {
 
 impl Shared {
     /// Submits `op` under a fresh registry key.
-    pub(crate) fn submit(&self, op: Op, hold: Option<Hold>, cx: &mut Context<'_>) -> Submitted {
+    ///
+    /// `wait`: the caller will wait for the completion (`poll_op`), so the
+    /// waker goes in with the slot — the completion may be delivered (by
+    /// another worker) before `submit` returns, and the first poll after
+    /// submitting needs no second visit to the registry. `start` (submit now,
+    /// wait later) leaves it out: its task must not be woken by a completion
+    /// it is not waiting for yet.
+    pub(crate) fn submit(
+        &self,
+        op: Op,
+        hold: Option<Hold>,
+        cx: &mut Context<'_>,
+        wait: bool,
+    ) -> Submitted {
         let mut op = op;
         let mut hold = hold;
         for attempt in 0..2 {
-            // The waker goes in with the slot: the completion may be delivered
-            // (by another worker) before `submit` returns, and the first poll
-            // after submitting needs no second visit to the registry.
             let key = self.ops.insert(OpSlot {
                 done: None,
-                waker: Some(cx.waker().clone()),
+                waker: wait.then(|| cx.waker().clone()),
                 orphan: None,
                 hold: hold.take(),
             });
@@ -246,17 +256,16 @@ impl Shared {
     /// Takes the completion if it has come (freeing the slot); otherwise
     /// remembers the waker.
     fn poll_done(&self, key: u64, cx: &mut Context<'_>) -> Poll<io::Result<Completion>> {
-        // On removal the slot is dropped under the shard lock: the waker is
-        // taken out first and dropped here (`hold` went in `complete_op`).
+        // A waker leaving the slot — the slot removed, or the waker replaced —
+        // is dropped here, after the shard lock: it may be the last reference
+        // to a task, whose drop can reach this registry again (`hold` went in
+        // `complete_op`).
         let r = self.ops.update(key, |s| match s.done.take() {
             Some(c) => ((Some(c), s.waker.take()), true),
-            None => {
-                match &s.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => s.waker = Some(cx.waker().clone()),
-                }
-                ((None, None), false)
-            }
+            None => match &s.waker {
+                Some(w) if w.will_wake(cx.waker()) => ((None, None), false),
+                _ => ((None, s.waker.replace(cx.waker().clone())), false),
+            },
         });
         match r {
             Some((Some(c), _waker)) => Poll::Ready(Ok(c)),

@@ -210,3 +210,52 @@ backend_test!(
         port.close();
     }
 );
+
+backend_test!(
+    a_connect_that_waits_for_room_connects_once,
+    |choice: BackendChoice| {
+        // A connect refused for room must come back untouched: `submit` retries
+        // the same operation, and a connect already started would fail the
+        // retry (`EALREADY`) although the connection was made. (On epoll a
+        // connect is admitted before its attempt; the race that ordering
+        // closes — the cap filled between its lock-free check and admission —
+        // is not forced here.)
+        let port = build(builder(choice).max_in_flight(1));
+        let (_c1, s1) = tcp_pair();
+        port.associate(&s1, 1).unwrap();
+        let recv = port
+            .try_submit(Op::recv(&s1, Vec::with_capacity(8)), 1)
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        port.associate(&sock, 2).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connecting = {
+            let port = port.clone();
+            std::thread::spawn(move || {
+                let r = port.submit(Op::connect(&sock, addr), 2);
+                (r, sock)
+            })
+        };
+        // Let it be refused at least once, then make room.
+        std::thread::sleep(Duration::from_millis(50));
+        port.cancel(recv).unwrap();
+        let (r, sock) = connecting.join().unwrap();
+        r.expect("the connect is submitted once room frees");
+        let mut results = Vec::new();
+        while results.len() < 2 {
+            let c = get(&port);
+            results.push((c.user_data, c.result.map_err(|e| e.to_string())));
+        }
+        results.sort();
+        assert!(
+            matches!(&results[0], (1, Err(_))),
+            "the receive was cancelled: {results:?}"
+        );
+        assert_eq!(results[1], (2, Ok(0)), "the connect succeeded once");
+        let (_accepted, peer) = listener.accept().unwrap();
+        assert_eq!(peer, sock.local_addr().unwrap().as_socket().unwrap());
+        port.close();
+    }
+);

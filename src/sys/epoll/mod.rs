@@ -88,7 +88,7 @@ const WAKE_TOKEN: u64 = u64::MAX;
 
 /// Set in a timer entry's id for an operation's linked timeout (its deadline),
 /// as opposed to a `timeout` operation's own timer. Op ids never have it: their
-/// generations stay below 2^31 (see `table.rs`).
+/// generations stay below 2^30 (see `table.rs`).
 const DEADLINE_BIT: u64 = 1 << 63;
 
 /// Set in the id of an operation that finished inside `submit` and never
@@ -600,7 +600,28 @@ impl Driver {
             body,
             connecting: false,
         };
-        if queue.is_empty() && (!*blocked || must_try) {
+        if must_try {
+            // A connect's attempt starts the connection: it must be admitted
+            // first, so a refusal (`QueueFull`) hands back an operation that
+            // has done nothing, as io_uring's would.
+            let id = match self
+                .admit_parts(kind, key, user_data, prio, link_timeout, || Wait::Fd(fd))
+            {
+                Ok(id) => id,
+                Err(Error::QueueFull) => return Err((Error::QueueFull, Some(give_back(p.body)))),
+                Err(e) => return Err((e, None)),
+            };
+            p.id = id;
+            if queue.is_empty() {
+                if let Some(res) = try_op(&mut p) {
+                    return self.done_now(id, res, p.body);
+                }
+                *blocked = true;
+            }
+            queue.push_back(p);
+            return Ok((id, None));
+        }
+        if queue.is_empty() && !*blocked {
             if self.shared.closed.load(Ordering::Acquire) {
                 return Err((Error::Closed, None));
             }

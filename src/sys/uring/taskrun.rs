@@ -45,7 +45,7 @@
 //! `long_lived_thread()` — are not seen as running handlers.
 //!
 //! A poller that began its wait with no handler out waits unsliced; the
-//! thread that starts a handler next wakes it (`port.rs`, `unsliced_wait`),
+//! thread that starts a handler next wakes it (`port.rs`, `unsliced_waiters`),
 //! and it waits again in slices.
 //!
 //! COOP is used when the kernel has it and `membarrier` can be registered
