@@ -21,15 +21,11 @@ impl Driver {
         mode: PollMode,
     ) -> io::Result<()> {
         let before = out.len();
-        self.collect(out);
+        let next_timer = self.collect_next(out);
         if out.len() > before {
             return Ok(());
         }
-        let now = Instant::now();
-        let next_timer = lock(&self.shared.inner)
-            .timers
-            .first()
-            .map(|(at, _)| at.saturating_duration_since(now));
+        let next_timer = next_timer.map(|at| at.saturating_duration_since(Instant::now()));
         let wait = match (timeout, next_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -169,9 +165,19 @@ impl Driver {
 
     /// Moves worker completions and due timers into `out`.
     pub(super) fn collect(&self, out: &mut Vec<Completion>) {
+        self.collect_next(out);
+    }
+
+    /// `collect`, returning when the next timer is due (read under the same
+    /// lock; the clock is read only when there are timers).
+    fn collect_next(&self, out: &mut Vec<Completion>) -> Option<Instant> {
         let mut inner = lock(&self.shared.inner);
         out.append(&mut inner.done);
-        let now = Instant::now();
+        let now = if inner.timers.is_empty() {
+            return None;
+        } else {
+            Instant::now()
+        };
         let mut expired = Vec::new();
         while let Some(&(at, raw)) = inner.timers.first() {
             if at > now {
@@ -184,6 +190,7 @@ impl Driver {
                 out.extend(finish(&mut inner, OpId(raw), 0, OpBody::Nop));
             }
         }
+        let mut next = inner.timers.first().map(|&(at, _)| at);
         drop(inner);
         // Linked timeouts that fired: cancel their operations (a cancel takes
         // the socket's queue lock, which comes before `inner`). One that has
@@ -203,11 +210,13 @@ impl Driver {
                             let again = Instant::now() + Duration::from_micros(100);
                             r.deadline = Some(again);
                             inner.timers.insert((again, id.0 | DEADLINE_BIT));
+                            next = Some(next.map_or(again, |n| n.min(again)));
                         }
                     }
                 }
                 Err(_) => {}
             }
         }
+        next
     }
 }
