@@ -111,7 +111,6 @@ impl Builder {
                 assoc: Mutex::new(HashMap::default()),
                 closed: AtomicBool::new(false),
                 in_backend: AtomicUsize::new(0),
-                unsliced_waiters: AtomicUsize::new(0),
                 high_in_flight: AtomicUsize::new(0),
             }),
         })
@@ -145,16 +144,6 @@ pub(crate) struct PortInner {
     /// before it reads this (both SeqCst), so either the thread sees the close or
     /// the close sees the thread.
     in_backend: AtomicUsize,
-    /// Threads waiting in the backend without a slice although the ring may
-    /// come to hold completion work for running threads (io_uring
-    /// `COOP_TASKRUN`, `sys/uring/taskrun.rs`): they saw no handler out when
-    /// they began. A thread that then starts a handler wakes them, and they
-    /// wait again in slices. Raised before a waiter looks at the handlers (the
-    /// count of running threads, under the scheduler's lock), lowered when it
-    /// slices or wakes; a handler is counted under that lock before it reads
-    /// this — so either the waiter sees the handler or the handler sees the
-    /// waiter.
-    unsliced_waiters: AtomicUsize,
     /// `High` operations submitted whose completions have not been dequeued
     /// yet (see `port/prio.rs`).
     high_in_flight: AtomicUsize,
@@ -434,11 +423,6 @@ impl CompletionPort {
         self.inner.backend.new_burst();
         let r = self.dequeue_inner(out, limit, timeout);
         self.dequeued(&out[from.min(out.len())..]);
-        // This thread now counts as running a handler: a poller that began an
-        // unsliced wait must slice it (see `unsliced_waiters`).
-        if r.is_ok() && self.inner.unsliced_waiters.load(Ordering::SeqCst) > 0 {
-            self.inner.backend.notify();
-        }
         r
     }
 
@@ -509,21 +493,16 @@ impl CompletionPort {
                         // they submitted may wait for them (io_uring COOP_TASKRUN):
                         // wait in short slices, and release such work when a slice
                         // ends empty (`sys/uring/taskrun.rs`).
-                        let may_slice = slice_len.filter(|s| left.is_none_or(|l| *s < l));
-                        if may_slice.is_some() {
-                            inner.unsliced_waiters.fetch_add(1, Ordering::SeqCst);
-                        }
-                        let slice = may_slice.filter(|_| inner.sched.handlers_out());
-                        if slice.is_some() {
-                            inner.unsliced_waiters.fetch_sub(1, Ordering::SeqCst);
-                        }
+                        // (A poller that begins its wait with no handler out
+                        // keeps it unsliced when one starts: waking it then was
+                        // measured to cost the skewed load's p99 — see
+                        // `sys/uring/taskrun.rs`.)
+                        let slice = slice_len
+                            .filter(|s| left.is_none_or(|l| *s < l))
+                            .filter(|_| inner.sched.handlers_out());
                         let seen = slice.is_some() && inner.backend.task_work_pending();
                         let wait = slice.or(left);
-                        let polled = inner.backend.poll(wait, &mut batch, mode);
-                        if may_slice.is_some() && slice.is_none() {
-                            inner.unsliced_waiters.fetch_sub(1, Ordering::SeqCst);
-                        }
-                        if let Err(e) = polled {
+                        if let Err(e) = inner.backend.poll(wait, &mut batch, mode) {
                             tracing::error!("backend poll failed: {e}");
                             break;
                         }

@@ -23,17 +23,6 @@ const SPIN: Duration = Duration::from_millis(300);
 /// kick can (the kick follows the first empty 250 µs slice, the tick is 4 ms).
 const EPISODES: usize = 20;
 
-/// Which thread starts waiting first in an episode.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Order {
-    /// The submitter takes its go packet, then the waiter begins to wait: it
-    /// sees a handler out and waits in slices from the start.
-    SubmitterFirst,
-    /// The waiter is already polling, unsliced (nothing was running), when the
-    /// other thread takes the go packet: the port must make it slice its wait.
-    WaiterFirst,
-}
-
 /// What one of the two threads did in an episode.
 enum Role {
     /// Took the go packet, submitted the receive, computed.
@@ -54,7 +43,7 @@ enum Role {
 /// The main thread sleeps in one wait until the waiter has the completion: a
 /// thread that wakes on the submitter's CPU preempts it, and a preempted
 /// thread runs its task work when it is scheduled again — no kick needed.
-fn episode(port: &CompletionPort, order: Order) -> (bool, u64) {
+fn episode(port: &CompletionPort) -> (bool, u64) {
     let (mut client, server) = tcp_pair();
     port.associate(&server, 7).unwrap();
     let server = Arc::new(server);
@@ -93,32 +82,18 @@ fn episode(port: &CompletionPort, order: Order) -> (bool, u64) {
             }
         })
     };
-    let (first, second) = match order {
-        Order::SubmitterFirst => {
-            port.post(1, 0, 0).unwrap();
-            let first = thread();
-            wait_until("the submitter runs its handler", || {
-                port.stats().sched.running == 1
-            });
-            // Let it submit; then the waiter begins, seeing a handler out.
-            thread::sleep(Duration::from_millis(2));
-            (first, thread())
-        }
-        Order::WaiterFirst => {
-            // The first thread becomes the poller and sleeps in the kernel
-            // with nothing running; the second waits behind it. The go packet
-            // goes to the thread that waited last (LIFO), whichever it is.
-            let first = thread();
-            thread::sleep(Duration::from_millis(20));
-            let second = thread();
-            thread::sleep(Duration::from_millis(20));
-            port.post(1, 0, 0).unwrap();
-            wait_until("a thread runs its handler", || {
-                port.stats().sched.running == 1
-            });
-            (first, second)
-        }
-    };
+    // The submitter takes its go packet, then the waiter begins to wait: it
+    // sees a handler out and waits in slices from the start. (A waiter that
+    // began to wait before any handler ran keeps an unsliced wait, bounded by
+    // the tick: `sys/uring/taskrun.rs`.)
+    port.post(1, 0, 0).unwrap();
+    let first = thread();
+    wait_until("the submitter runs its handler", || {
+        port.stats().sched.running == 1
+    });
+    // Let it submit; then the waiter begins, seeing a handler out.
+    thread::sleep(Duration::from_millis(2));
+    let second = thread();
     // Soon after, so that the waiter's slices (which double while they end
     // with nothing held, up to a tick) are still short when the data comes:
     // the receive is armed by now (a receive submitted after its data came
@@ -140,8 +115,8 @@ fn episode(port: &CompletionPort, order: Order) -> (bool, u64) {
     )
 }
 
-/// Episodes in `order` until one kicks (or `EPISODES` went by).
-fn kicks_release_held_work(choice: BackendChoice, order: Order) {
+/// Episodes until one kicks (or `EPISODES` went by).
+fn kicks_release_held_work(choice: BackendChoice) {
     // Concurrency 2 whatever the CPUs: the waiter must be allowed to run the
     // receive's completion while the submitter counts as running.
     let port = build(builder(choice).concurrency(2));
@@ -165,10 +140,10 @@ fn kicks_release_held_work(choice: BackendChoice, order: Order) {
     }
     let mut kicks = 0;
     for _ in 0..EPISODES {
-        let (during, k) = episode(&port, order);
+        let (during, k) = episode(&port);
         assert!(
             during,
-            "{order:?}: the receive completed only after its submitter stopped computing ({:?})",
+            "the receive completed only after its submitter stopped computing ({:?})",
             port.stats()
         );
         kicks += k;
@@ -177,10 +152,7 @@ fn kicks_release_held_work(choice: BackendChoice, order: Order) {
         }
     }
     if expect_kick {
-        assert!(
-            kicks > 0,
-            "{order:?}: no task-work kick in {EPISODES} episodes"
-        );
+        assert!(kicks > 0, "no task-work kick in {EPISODES} episodes");
     } else if !coop {
         assert_eq!(kicks, 0, "kicks counted without COOP_TASKRUN");
     }
@@ -191,15 +163,6 @@ fn kicks_release_held_work(choice: BackendChoice, order: Order) {
 backend_test!(
     exclusive a_completion_does_not_wait_for_its_busy_submitter,
     |choice: BackendChoice| {
-        kicks_release_held_work(choice, Order::SubmitterFirst);
-    }
-);
-
-// The poller began its wait before any handler ran (so without slices); the
-// handler that starts next makes it slice the wait, and the kick follows.
-backend_test!(
-    exclusive a_poller_waiting_since_idle_still_releases_held_work,
-    |choice: BackendChoice| {
-        kicks_release_held_work(choice, Order::WaiterFirst);
+        kicks_release_held_work(choice);
     }
 );
