@@ -30,6 +30,7 @@ use crate::completion::{Completion, OpId};
 use crate::error::{Error, Result};
 use crate::op::{Op, OpBody};
 use crate::sched::{Next, Priority, Sched, SchedStats, SlotId};
+use crate::sync::give_back;
 use crate::sync::lock;
 use crate::sys::{Backend, BackendChoice, BackendKind, Config, PollMode};
 
@@ -452,7 +453,7 @@ impl CompletionPort {
                     // Hand our submissions over and take whatever is ready now,
                     // rather than sleeping while they complete.
                     HOLDING.with(|h| h.set(false));
-                    let mut batch = take_batch();
+                    let mut batch = BATCH.take();
                     if let Err(e) =
                         inner
                             .backend
@@ -461,7 +462,7 @@ impl CompletionPort {
                         tracing::error!("backend flush failed: {e}");
                     }
                     let offered = inner.sched.offer(slot, false, batch.drain(..), out, limit);
-                    give_batch(batch);
+                    give_back(&BATCH, batch, BATCH_KEEP);
                     if let Some(r) = self.after_offer(offered) {
                         return r;
                     }
@@ -477,7 +478,7 @@ impl CompletionPort {
                     };
                     // The wait hands this thread's submissions over too.
                     HOLDING.with(|h| h.set(false));
-                    let mut batch = take_batch();
+                    let mut batch = BATCH.take();
                     inner.in_backend.fetch_add(1, Ordering::SeqCst);
                     // The slice of the wait while handlers are out (below): it
                     // doubles, up to a scheduler tick, while slices end with
@@ -531,7 +532,7 @@ impl CompletionPort {
                         inner.backend.notify();
                     }
                     let offered = inner.sched.poll_done(slot, batch.drain(..), out, limit);
-                    give_batch(batch);
+                    give_back(&BATCH, batch, BATCH_KEEP);
                     if let Some(r) = self.after_offer(offered) {
                         return r;
                     }
@@ -703,23 +704,12 @@ thread_local! {
     /// This thread holds submissions it has not handed to the kernel yet.
     static HOLDING: Cell<bool> = const { Cell::new(false) };
     /// The thread's buffer for completions reaped by one wait, kept between
-    /// waits (an allocation and a free per wait otherwise; at most 256
-    /// entries' room is kept).
+    /// waits (an allocation and a free per wait otherwise).
     static BATCH: Cell<Vec<Completion>> = const { Cell::new(Vec::new()) };
 }
 
-/// Takes this thread's reaping buffer (empty).
-fn take_batch() -> Vec<Completion> {
-    BATCH.with(Cell::take)
-}
-
-/// Gives the reaping buffer back, emptied; one that grew large is let go.
-fn give_batch(mut batch: Vec<Completion>) {
-    batch.clear();
-    if batch.capacity() <= 256 {
-        BATCH.with(|b| b.set(batch));
-    }
-}
+/// Room kept in a thread's reaping buffer (`BATCH`) between waits.
+const BATCH_KEEP: usize = 256;
 
 /// Promises that the calling thread outlives every operation it submits (or
 /// the ports it submits them to), so it may hand them to the kernel itself.

@@ -32,3 +32,19 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         Err(p) => p.into_inner(),
     }
 }
+
+/// Puts a thread's reusable buffer back in its thread-local (taken with
+/// `LocalKey::take`, so a nested taker gets a fresh one), emptied; one that grew
+/// past `keep` items' room is let go instead, so a burst does not pin its memory
+/// for the thread's life. For hot loops that would otherwise allocate and free
+/// a `Vec` each time.
+pub(crate) fn give_back<T: 'static>(
+    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<T>>>,
+    mut v: Vec<T>,
+    keep: usize,
+) {
+    v.clear();
+    if v.capacity() <= keep {
+        key.set(v);
+    }
+}

@@ -61,6 +61,7 @@
 mod fixed;
 mod multi;
 mod sock;
+mod submit;
 mod wait;
 pub(crate) use sock::block_sigpipe_here;
 
@@ -133,6 +134,15 @@ struct Inner {
     /// `ops.len()`, kept after each insert and remove (under this lock) for
     /// readers that do not take it (`Shared::live`).
     live: Arc<AtomicUsize>,
+}
+
+impl Inner {
+    /// Takes an operation's record out of the table, keeping `live` in step.
+    fn remove_op(&mut self, id: OpId) -> Option<Record> {
+        let rec = self.ops.remove(id);
+        self.live.store(self.ops.len(), Ordering::Relaxed);
+        rec
+    }
 }
 
 /// An operation waiting for readiness, with everything it owns.
@@ -535,126 +545,6 @@ impl Driver {
         }
     }
 
-    /// A socket operation: tried at once when nothing is queued before it in
-    /// its direction and the socket has not said `EAGAIN` since its last edge;
-    /// queued for readiness otherwise.
-    ///
-    /// One that finishes in that attempt never enters the op table: its id is
-    /// numbered apart (`INLINE_BIT`) and its completion is built here, without
-    /// the table's lock — the common case of a busy server (a send with room,
-    /// a receive with data waiting) costs one socket lock and the system call.
-    /// Admission is checked as `admit` would (closed, the in-flight cap, from
-    /// their lock-free copies), so the port refuses what it would refuse
-    /// anyway. One that must wait is entered in the table under the socket's
-    /// lock (the lock order: a socket's queues, then `Inner`).
-    fn submit_socket(&self, op: Op, fd: RawFd, key: u64, user_data: u64) -> SubmitResult {
-        let q = lock(&self.shared.fds).get(&fd).cloned();
-        let Some(q) = q else {
-            // Not a registered socket: one attempt, whatever it gives.
-            let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
-            let mut p = Pending {
-                id,
-                body: op.body,
-                connecting: false,
-            };
-            let res = try_op(&mut p).unwrap_or(-libc::EAGAIN);
-            return self.done_now(id, res, p.body);
-        };
-        let mut g = lock(&q.q);
-        if g.dead {
-            drop(g);
-            let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
-            return self.done_now(id, -libc::ECANCELED, op.body);
-        }
-        let kind = op.kind();
-        let is_read = matches!(
-            op.body,
-            OpBody::Recv { .. }
-                | OpBody::RecvFrom { .. }
-                | OpBody::Accept { .. }
-                | OpBody::ReadFixed { .. }
-        );
-        // A connect must be started by its own system call.
-        let must_try = matches!(op.body, OpBody::Connect { .. });
-        let g = &mut *g;
-        let closed = g.read_closed;
-        let (queue, blocked) = if is_read {
-            (&mut g.read, &mut g.read_blocked)
-        } else {
-            (&mut g.write, &mut g.write_blocked)
-        };
-        let Op {
-            body,
-            key: op_key,
-            link_timeout,
-            prio,
-        } = op;
-        let give_back = |body| Op {
-            body,
-            key: op_key,
-            link_timeout,
-            prio,
-        };
-        let mut p = Pending {
-            id: OpId(0),
-            body,
-            connecting: false,
-        };
-        if must_try {
-            // A connect's attempt starts the connection: it must be admitted
-            // first, so a refusal (`QueueFull`) hands back an operation that
-            // has done nothing, as io_uring's would.
-            let id = match self
-                .admit_parts(kind, key, user_data, prio, link_timeout, || Wait::Fd(fd))
-            {
-                Ok(id) => id,
-                Err(Error::QueueFull) => return Err((Error::QueueFull, Some(give_back(p.body)))),
-                Err(e) => return Err((e, None)),
-            };
-            p.id = id;
-            if queue.is_empty() {
-                if let Some(res) = try_op(&mut p) {
-                    return self.done_now(id, res, p.body);
-                }
-                *blocked = true;
-            }
-            queue.push_back(p);
-            return Ok((id, None));
-        }
-        if queue.is_empty() && !*blocked {
-            if self.shared.closed.load(Ordering::Acquire) {
-                return Err((Error::Closed, None));
-            }
-            if self.shared.live.load(Ordering::Relaxed) >= self.max_in_flight {
-                return Err((Error::QueueFull, Some(give_back(p.body))));
-            }
-            match try_op(&mut p) {
-                Some(res) => {
-                    if drained_after(&p, res, q.stream, closed) {
-                        *blocked = true;
-                    }
-                    let n = self.shared.inline_ids.fetch_add(1, Ordering::Relaxed);
-                    let id = OpId(INLINE_BIT | (n & (INLINE_BIT - 1)));
-                    let c =
-                        Completion::from_raw(id, kind, key, user_data, res, p.body.into_output())
-                            .with_priority(prio)
-                            .multishot(false, None, 0);
-                    return Ok((id, Some(c)));
-                }
-                None => *blocked = true,
-            }
-        }
-        match self.admit_parts(kind, key, user_data, prio, link_timeout, || Wait::Fd(fd)) {
-            Ok(id) => {
-                p.id = id;
-                queue.push_back(p);
-                Ok((id, None))
-            }
-            Err(Error::QueueFull) => Err((Error::QueueFull, Some(give_back(p.body)))),
-            Err(e) => Err((e, None)),
-        }
-    }
-
     /// Cancels a queued operation. As on io_uring, an operation that could already
     /// have finished loses the race and reports its real result: a timer already
     /// due has fired, and a socket operation first in its queue is attempted once
@@ -732,8 +622,7 @@ impl Driver {
         for (_, raw) in timers {
             // (A deadline's operation is cancelled where it waits.)
             if raw & DEADLINE_BIT == 0 {
-                inner.ops.remove(OpId(raw));
-                inner.live.store(inner.ops.len(), Ordering::Relaxed);
+                inner.remove_op(OpId(raw));
             }
         }
         inner.done.clear();
@@ -785,12 +674,16 @@ impl Sink for Shared {
 /// Removes an operation's record and builds its completion, with the buffer
 /// (and a received datagram's source address) taken back from its body.
 fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Completion> {
-    let rec = inner.ops.remove(id)?;
-    inner.live.store(inner.ops.len(), Ordering::Relaxed);
+    let rec = inner.remove_op(id)?;
     if let Some(at) = rec.deadline {
         inner.timers.remove(&(at, id.0 | DEADLINE_BIT));
     }
-    let c = Completion::from_raw(
+    Some(completion(id, &rec, res, body))
+}
+
+/// The completion of the operation `rec` describes, with its result and body.
+fn completion(id: OpId, rec: &Record, res: i32, body: OpBody) -> Completion {
+    Completion::from_raw(
         id,
         rec.kind,
         rec.key,
@@ -798,7 +691,7 @@ fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Complet
         res,
         body.into_output(),
     )
-    .with_priority(rec.prio);
+    .with_priority(rec.prio)
     // (A multishot operation's final completion comes after its `parts`.)
-    Some(c.multishot(false, None, rec.parts))
+    .multishot(false, None, rec.parts)
 }

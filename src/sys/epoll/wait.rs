@@ -6,11 +6,16 @@ use super::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
 
+use crate::sync::give_back;
+
 thread_local! {
     /// The poller's list of operations a readiness edge finished, kept
     /// between edges (an allocation and a free per edge otherwise).
     static FINISHED: Cell<Vec<(Pending, i32)>> = const { Cell::new(Vec::new()) };
 }
+
+/// Room kept in the poller's `FINISHED` list between edges.
+const FINISHED_KEEP: usize = 64;
 
 impl Driver {
     /// Waits for readiness, timers, or worker completions (see `sys/mod.rs`).
@@ -103,7 +108,7 @@ impl Driver {
         let g = &mut *g;
         g.read_closed |= closed;
         let read_closed = g.read_closed;
-        let mut finished = FINISHED.with(Cell::take);
+        let mut finished = FINISHED.take();
         let mut parts = Vec::new();
         for (ready, queue, blocked) in [
             (readable, &mut g.read, &mut g.read_blocked),
@@ -142,7 +147,7 @@ impl Driver {
             }
         }
         if finished.is_empty() && parts.is_empty() {
-            FINISHED.with(|f| f.set(finished));
+            give_back(&FINISHED, finished, FINISHED_KEEP);
             return;
         }
         let mut inner = lock(&self.shared.inner);
@@ -152,9 +157,7 @@ impl Driver {
             out.extend(finish(&mut inner, p.id, res, p.body));
         }
         drop(inner);
-        if finished.capacity() <= 64 {
-            FINISHED.with(|f| f.set(finished));
-        }
+        give_back(&FINISHED, finished, FINISHED_KEEP);
     }
 
     /// Worker completions and due timers, without `epoll_wait` (see
@@ -173,11 +176,10 @@ impl Driver {
     fn collect_next(&self, out: &mut Vec<Completion>) -> Option<Instant> {
         let mut inner = lock(&self.shared.inner);
         out.append(&mut inner.done);
-        let now = if inner.timers.is_empty() {
+        if inner.timers.is_empty() {
             return None;
-        } else {
-            Instant::now()
-        };
+        }
+        let now = Instant::now();
         let mut expired = Vec::new();
         while let Some(&(at, raw)) = inner.timers.first() {
             if at > now {
