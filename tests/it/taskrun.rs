@@ -21,7 +21,34 @@ const SPIN: Duration = Duration::from_millis(300);
 /// Episodes tried for a kick: in each, a kernel thread or the tick that
 /// preempts the submitter after the data came releases its work before the
 /// kick can (the kick follows the first empty 250 µs slice, the tick is 4 ms).
-const EPISODES: usize = 20;
+const EPISODES: usize = 50;
+
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain bits; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Restricts the calling thread to `cpus` (best effort: a refusal leaves it
+/// where it was, and the episode is only less likely to need a kick).
+fn pin(cpus: &[usize]) {
+    // SAFETY: as in `allowed_cpus`; CPU_SET only sets bits below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
 
 /// What one of the two threads did in an episode.
 enum Role {
@@ -43,7 +70,13 @@ enum Role {
 /// The main thread sleeps in one wait until the waiter has the completion: a
 /// thread that wakes on the submitter's CPU preempts it, and a preempted
 /// thread runs its task work when it is scheduled again — no kick needed.
-fn episode(port: &CompletionPort) -> (bool, u64) {
+///
+/// With two CPUs or more, the submitter gets a CPU of its own (`alone`) and
+/// the waiter and the main thread share the rest (`others`): no thread of the
+/// test preempts the submitter, so its work waits for the kick or the tick
+/// (measured here: 3 episodes in 4 kick pinned, 1 in 4 unpinned; CI saw none
+/// in 20 unpinned, twice).
+fn episode(port: &CompletionPort, alone: &[usize], others: &[usize]) -> (bool, u64) {
     let (mut client, server) = tcp_pair();
     port.associate(&server, 7).unwrap();
     let server = Arc::new(server);
@@ -51,11 +84,13 @@ fn episode(port: &CompletionPort) -> (bool, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let (got_tx, got) = mpsc::channel::<()>();
     let kicks_before = port.stats().task_work_kicks;
-    let thread = || {
+    let thread = |cpus: &[usize]| {
         let port = port.clone();
         let server = server.clone();
         let (spinning, stop, got) = (spinning.clone(), stop.clone(), got_tx.clone());
+        let cpus = cpus.to_vec();
         thread::spawn(move || {
+            pin(&cpus);
             // A program's own long-lived loop: it hands its submissions to the
             // kernel itself, so it is the requests' submitter.
             ringport::long_lived_thread();
@@ -87,13 +122,13 @@ fn episode(port: &CompletionPort) -> (bool, u64) {
     // began to wait before any handler ran keeps an unsliced wait, bounded by
     // the tick: `sys/uring/taskrun.rs`.)
     port.post(1, 0, 0).unwrap();
-    let first = thread();
+    let first = thread(alone);
     wait_until("the submitter runs its handler", || {
         port.stats().sched.running == 1
     });
     // Let it submit; then the waiter begins, seeing a handler out.
     thread::sleep(Duration::from_millis(2));
-    let second = thread();
+    let second = thread(others);
     // Soon after, so that the waiter's slices (which double while they end
     // with nothing held, up to a tick) are still short when the data comes:
     // the receive is armed by now (a receive submitted after its data came
@@ -138,9 +173,18 @@ fn kicks_release_held_work(choice: BackendChoice) {
     if coop && !expect_kick {
         eprintln!("note: one CPU: the busy submitter is preempted before the waiter runs; no kick to check");
     }
+    // The first thread spawned takes the go packet (the second starts once
+    // the first runs its handler): it gets a CPU of its own.
+    let all = allowed_cpus();
+    let (alone, others) = if all.len() >= 2 {
+        (vec![all[0]], all[1..].to_vec())
+    } else {
+        (all.clone(), all.clone())
+    };
+    pin(&others);
     let mut kicks = 0;
     for _ in 0..EPISODES {
-        let (during, k) = episode(&port);
+        let (during, k) = episode(&port, &alone, &others);
         assert!(
             during,
             "the receive completed only after its submitter stopped computing ({:?})",
@@ -151,6 +195,7 @@ fn kicks_release_held_work(choice: BackendChoice) {
             break;
         }
     }
+    pin(&all);
     if expect_kick {
         assert!(kicks > 0, "no task-work kick in {EPISODES} episodes");
     } else if !coop {
