@@ -35,6 +35,10 @@
 //! The poller itself is woken by the backend (a kernel completion, or
 //! `Backend::notify`). `dispatch` returns `true` when the poller must be notified:
 //! completions are queued, a slot is free, and no waiter is left to take them.
+//! `poller_notified` is true only while a notification is owed to the current
+//! poller and not yet seen by it: it is cleared whenever a thread takes the
+//! role, the poller returns from the backend, or the poller goes back to its
+//! wait (`idle_wake`) — every point where a notification may have been spent.
 
 use std::time::{Duration, Instant};
 
@@ -340,9 +344,21 @@ impl<T: Prioritized> Sched<T> {
 
     /// Whether a poller (or backup) woken with nothing may simply wait again: it
     /// still holds its role, nothing is queued, and the port is open.
+    ///
+    /// If so, any notification sent to it counts as spent (it may be the one
+    /// that woke it: another thread took the completion it was sent for), so
+    /// the next completion that needs the poller notifies it again. Keeping
+    /// `poller_notified` set here lost that wake-up: a pool hung with a packet
+    /// queued, a free slot and its poller asleep. (A notification still in
+    /// flight only makes a later wait end early, with nothing: harmless.)
     pub(crate) fn idle_wake(&self, id: SlotId) -> bool {
-        let st = lock(&self.state);
-        !st.closed && st.queue.is_empty() && (st.poller == Some(id) || st.backup == Some(id))
+        let mut st = lock(&self.state);
+        let again =
+            !st.closed && st.queue.is_empty() && (st.poller == Some(id) || st.backup == Some(id));
+        if again {
+            st.poller_notified = false;
+        }
+        again
     }
 
     /// Whether any registered thread is out running a handler (counted, or

@@ -181,3 +181,29 @@ fn lazy_poll_vacancy_clock_restarts_when_the_role_is_taken_back() {
     let _ = sc.close();
     assert_eq!(b.join().unwrap(), Next::Closed);
 }
+
+/// A poller woken for a completion that another thread took first goes back
+/// to its wait (`idle_wake`); the wake-up it consumed must not count as still
+/// pending, or the next completion that needs the poller does not notify it
+/// (found: a pool hung with its packet queued and its poller asleep).
+#[test]
+fn a_consumed_wake_up_is_sent_again_when_needed() {
+    let s: Sched<u32> = Sched::new(1);
+    let a = s.register();
+    let b = s.register();
+    let mut out = Vec::new();
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Poll);
+    // Nobody waits on the stack: the poller is notified for the packet...
+    assert!(s.push(1), "the poller is notified");
+    // ...but b, arriving, takes it first.
+    assert_eq!(s.dequeue(b, &mut out, 1, None, true).0, Next::Got(1));
+    // The poller wakes to an empty queue and waits again, the wake-up spent.
+    assert!(s.idle_wake(a));
+    // b blocks, freeing the slot, and the next packet comes: nobody but the
+    // poller can take it, so it must be notified again.
+    assert!(!s.block_begin(b), "nothing queued yet");
+    assert!(
+        s.push(2),
+        "the poller, whose wake-up was spent, is notified again"
+    );
+}
