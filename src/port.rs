@@ -19,11 +19,10 @@
 //! # Ok::<(), ringport::Error>(())
 //! ```
 
-use rustc_hash::FxHashMap as HashMap;
 use std::cell::{Cell, RefCell};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::completion::{Completion, OpId};
@@ -31,9 +30,9 @@ use crate::error::{Error, Result};
 use crate::op::{Op, OpBody};
 use crate::sched::{Next, Priority, Sched, SchedStats, SlotId};
 use crate::sync::give_back;
-use crate::sync::lock;
 use crate::sys::{Backend, BackendChoice, BackendKind, Config, PollMode};
 
+mod assoc;
 mod prio;
 
 static NEXT_PORT_ID: AtomicU64 = AtomicU64::new(1);
@@ -109,7 +108,7 @@ impl Builder {
                 sched: Sched::with_backup(concurrency, false),
                 backend,
                 reason,
-                assoc: Mutex::new(HashMap::default()),
+                assoc: assoc::Assoc::new(),
                 closed: AtomicBool::new(false),
                 in_backend: AtomicUsize::new(0),
                 high_in_flight: AtomicUsize::new(0),
@@ -135,8 +134,8 @@ pub(crate) struct PortInner {
     sched: Sched<Completion>,
     backend: Backend,
     reason: String,
-    /// Descriptor → completion key (IOCP's association).
-    assoc: Mutex<HashMap<RawFd, u64>>,
+    /// Descriptor → completion key (IOCP's association); read without a lock.
+    assoc: assoc::Assoc,
     closed: AtomicBool,
     /// Threads inside the backend's wait (the poller, and pollers whose role was
     /// taken over and who have not woken yet). `close` wakes them by count, not
@@ -209,39 +208,26 @@ impl CompletionPort {
     /// [`Op::close`] or [`disassociate`](Self::disassociate) is called.
     pub fn associate(&self, handle: &impl AsFd, key: u64) -> Result<()> {
         let fd = handle.as_fd().as_raw_fd();
-        let mut map = lock(&self.inner.assoc);
-        if map.contains_key(&fd) {
-            return Err(Error::AlreadyAssociated(fd));
-        }
-        self.inner.backend.associate(fd)?;
-        map.insert(fd, key);
-        Ok(())
+        self.inner
+            .assoc
+            .insert(fd, key, || self.inner.backend.associate(fd))
     }
 
     /// Ends a handle's association (call it before closing the handle yourself, so a
     /// later descriptor with the same number is not mistaken for it).
     pub fn disassociate(&self, handle: &impl AsFd) -> Result<()> {
         let fd = handle.as_fd().as_raw_fd();
-        match lock(&self.inner.assoc).remove(&fd) {
-            Some(_) => {
-                self.inner.backend.disassociate(fd);
-                Ok(())
-            }
-            None => Err(Error::Unassociated(fd)),
-        }
+        self.inner.assoc.remove(fd)?;
+        self.inner.backend.disassociate(fd);
+        Ok(())
     }
 
     fn key_for(&self, op: &Op) -> Result<u64> {
         match op.fd() {
             None => Ok(op.key.unwrap_or(0)),
-            Some(fd) => {
-                let mut map = lock(&self.inner.assoc);
-                let key = *map.get(&fd).ok_or(Error::Unassociated(fd))?;
-                if let OpBody::Close { .. } = op.body {
-                    map.remove(&fd);
-                }
-                Ok(key)
-            }
+            // A close ends the association as it is submitted.
+            Some(fd) if matches!(op.body, OpBody::Close { .. }) => self.inner.assoc.remove(fd),
+            Some(fd) => self.inner.assoc.get(fd),
         }
     }
 
