@@ -152,3 +152,107 @@ fn loom_blocking_hands_off() {
         s.block_end(a);
     });
 }
+
+/// A worker may take a posted packet before the poller notified for it wakes;
+/// the poller, finding nothing, waits again. Two workers (handling = a
+/// `blocking` section, which frees the slot, lasting until both packets are
+/// taken) and two posted packets: both are taken in every interleaving — a
+/// notification spent that way is sent again when the next packet needs the
+/// poller (a lost one deadlocks the model: it did before `idle_wake` cleared
+/// `poller_notified`, found with `LOOM_MAX_PREEMPTIONS=3`, which CI uses —
+/// 2 misses it).
+#[test]
+fn loom_a_spent_wake_up_is_renewed() {
+    loom::model(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let s: Arc<Sched<Item>> = Arc::new(Sched::new(1));
+        let k = Arc::new(FakeKernel {
+            st: Mutex::new((Vec::new(), false)),
+            cv: Condvar::new(),
+        });
+        // Taken packets, for the main thread to wait on before it closes.
+        let taken = Arc::new((Mutex::new(0u32), Condvar::new()));
+        let mut handles = Vec::new();
+        for _ in 0..2 {
+            let (s, k, taken) = (s.clone(), k.clone(), taken.clone());
+            handles.push(thread::spawn(move || {
+                let id = s.register();
+                let mut out = Vec::new();
+                loop {
+                    let (next, wake) = s.dequeue(id, &mut out, 1, None, true);
+                    if wake {
+                        k.notify();
+                    }
+                    let got = match next {
+                        Next::Got(_) => true,
+                        Next::Poll | Next::Backup => {
+                            let mut items = k.poll();
+                            while items.is_empty() && s.idle_wake(id) {
+                                items = k.poll();
+                            }
+                            if s.is_closed() && s.other_waiter(id) {
+                                k.notify();
+                            }
+                            let (got, wake) = s.poll_done(id, items, &mut out, 1);
+                            if wake {
+                                k.notify();
+                            }
+                            match got {
+                                Some(Next::Got(_)) => true,
+                                Some(Next::Closed) => break,
+                                _ => false,
+                            }
+                        }
+                        Next::Closed | Next::Timeout | Next::WouldSleep => break,
+                    };
+                    if got {
+                        // Handle it in a blocking section that lasts until the
+                        // other packet is taken too (the pool test's warm-up):
+                        // the slot is free meanwhile, and only the other worker
+                        // can take that packet.
+                        if s.block_begin(id) {
+                            k.notify();
+                        }
+                        drop(out.drain(..));
+                        {
+                            let (m, cv) = &*taken;
+                            let mut g = lock(m);
+                            *g += 1;
+                            cv.notify_all();
+                            while *g < 2 {
+                                g = cv.wait(g).unwrap();
+                            }
+                        }
+                        s.block_end(id);
+                    }
+                }
+                if s.unregister(id) {
+                    k.notify();
+                }
+            }));
+        }
+        for n in 1..=2 {
+            if s.push(Item(n, log.clone())) {
+                k.notify();
+            }
+        }
+        {
+            let (m, cv) = &*taken;
+            let mut g = lock(m);
+            while *g < 2 {
+                g = cv.wait(g).unwrap();
+            }
+        }
+        let (dropped, wake) = s.close();
+        if wake {
+            k.notify();
+        }
+        drop(dropped);
+        for h in handles {
+            h.join().unwrap();
+        }
+        let mut all = lock(&log).clone();
+        all.sort();
+        assert_eq!(all, [1, 2], "both packets taken");
+    });
+}
