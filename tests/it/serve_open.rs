@@ -209,3 +209,59 @@ backend_test!(
         srv.stop();
     }
 );
+
+backend_test!(
+    a_file_kept_open_is_opened_again_once_it_changes,
+    |choice: BackendChoice| {
+        // Files too large to keep in memory are kept open between requests
+        // (`serve/cache.rs`): a path that leads to another file, or a file
+        // that changed, must never be answered from what was kept.
+        let site = Site::new();
+        let root = &site.root;
+        let v1: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+        let v2: Vec<u8> = (0..100_000).map(|i| (i % 239) as u8).collect();
+        site.write("big.bin", &v1);
+        let Some(srv) = Serve::start(choice, &site, &[]) else {
+            return;
+        };
+        let mut c = Client::connect(srv.addr);
+        for _ in 0..3 {
+            let r = c.get("/big.bin", "");
+            assert_eq!((r.status, r.body.len()), (200, v1.len()));
+            assert!(r.body == v1, "the first version");
+        }
+        // Replaced by a rename: same length, another file.
+        std::fs::write(root.join("big.new"), &v2).unwrap();
+        std::fs::rename(root.join("big.new"), root.join("big.bin")).unwrap();
+        let r = c.get("/big.bin", "");
+        assert_eq!(r.status, 200);
+        assert!(r.body == v2, "a file renamed over the kept one is served");
+        // Grown in place: same file, new length.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("big.bin"))
+            .unwrap()
+            .write_all(b"tail")
+            .unwrap();
+        let r = c.get("/big.bin", "");
+        assert_eq!(r.body.len(), v2.len() + 4, "the grown file is served whole");
+        assert_eq!(&r.body[v2.len()..], b"tail");
+        // Removed: 404, though its descriptor was kept.
+        std::fs::remove_file(root.join("big.bin")).unwrap();
+        assert_eq!(c.get("/big.bin", "").status, 404);
+        // Back, and a range of it from the kept descriptor.
+        site.write("big.bin", &v1);
+        assert!(c.get("/big.bin", "").body == v1);
+        let r = c.get("/big.bin", "Range: bytes=10-19\r\n");
+        assert_eq!((r.status, r.body.as_slice()), (206, &v1[10..20]));
+        // An index page too large to keep in memory, kept under its
+        // directory's URL: removing it brings the listing back.
+        std::fs::write(root.join("sub/index.html"), vec![b'i'; 100_000]).unwrap();
+        assert_eq!(c.get("/sub/", "").body.len(), 100_000);
+        std::fs::remove_file(root.join("sub/index.html")).unwrap();
+        let r = c.get("/sub/", "");
+        assert_eq!(r.status, 200);
+        assert!(r.body.len() < 100_000, "the listing, not the removed index");
+        srv.stop();
+    }
+);

@@ -9,6 +9,7 @@
 //! start), a kept-alive connection may idle for the idle timeout, each send may
 //! wait the send timeout.
 
+use std::fs::Metadata;
 use std::io::{self, Write as _};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use ringport::fs::File;
 use ringport::net::TcpStream;
 
-use super::cache::{Entry, FileId, FileMeta};
+use super::cache::{Entry, FileId, FileMeta, OpenFile};
 use super::http::{self, Method, Parsed, RangeAsk, Request};
 use super::open::Opened;
 use super::path::{self, NotServed, Refused, UrlPath};
@@ -235,6 +236,10 @@ impl Conn {
             return self.send_entry(req, keep, &e).await;
         }
         let rel = url.relative();
+        if let Some(o) = self.srv.cache.open_file(&key) {
+            let (file, meta) = (o.file.clone(), o.meta.clone());
+            return self.send_file(req, keep, file, meta, &rel, key).await;
+        }
         let found = match self.srv.dir.open_beneath(&rel) {
             Ok(f) => f,
             Err(e) => return self.refuse(e, keep, head_only).await,
@@ -246,7 +251,10 @@ impl Conn {
             }
             let index = rel.join("index.html");
             return match self.srv.dir.open_beneath(&index) {
-                Ok(f) if f.meta.is_file() => self.send_file(req, keep, f, &index, key).await,
+                Ok(f) if f.meta.is_file() => {
+                    let (file, meta) = self.keep_open(f, &index, &key);
+                    self.send_file(req, keep, file, meta, &index, key).await
+                }
                 Ok(_) | Err(NotServed::NotFound) => {
                     // The listing is made from the canonical path (rare: no
                     // need for the fast path here).
@@ -267,7 +275,26 @@ impl Conn {
         if url.slash {
             return self.error(404, keep, head_only, &[]).await;
         }
-        self.send_file(req, keep, found, &rel, key).await
+        let (file, meta) = self.keep_open(found, &rel, &key);
+        self.send_file(req, keep, file, meta, &rel, key).await
+    }
+
+    /// A regular file just opened under DIR (`rel`): kept open for the next
+    /// request of the same path if it is too large to keep in memory.
+    fn keep_open(&self, found: Opened, rel: &Path, key: &[u8]) -> (Arc<std::fs::File>, Metadata) {
+        let file = Arc::new(found.file);
+        if found.meta.len() > self.srv.cache.max_file {
+            self.srv.cache.keep_open(
+                key.to_vec(),
+                Arc::new(OpenFile {
+                    path: self.srv.dir.path.join(rel),
+                    id: FileId::of(&found.meta),
+                    file: file.clone(),
+                    meta: found.meta.clone(),
+                }),
+            );
+        }
+        (file, found.meta)
     }
 
     async fn refuse(&mut self, e: NotServed, keep: bool, head_only: bool) -> io::Result<Sent> {
@@ -302,24 +329,25 @@ impl Conn {
         &mut self,
         req: &Request,
         keep: bool,
-        opened: Opened,
+        std_file: Arc<std::fs::File>,
+        m: Metadata,
         rel: &Path,
         key: Vec<u8>,
     ) -> io::Result<Sent> {
         let head_only = req.method == Method::Head;
-        let Opened {
-            file: std_file,
-            meta: m,
-        } = opened;
         // The type comes from the name asked for (as nginx does), not from
         // where a symlink leads.
         let id = FileId::of(&m);
         // Only a file read into memory joins the port (the read is a port
         // operation); a body is sent from the plain descriptor.
-        let (joined, plain) = if m.len() <= self.srv.cache.max_file && !head_only {
-            (Some(File::from_std(std_file)?), None)
-        } else {
-            (None, Some(std_file))
+        // (A file small enough to read is never kept open: its descriptor is
+        // this response's alone.)
+        let (joined, plain) = match Arc::try_unwrap(std_file) {
+            Ok(f) if m.len() <= self.srv.cache.max_file && !head_only => {
+                (Some(File::from_std(f)?), None)
+            }
+            Ok(f) => (None, Some(Arc::new(f))),
+            Err(shared) => (None, Some(shared)),
         };
         if let Some(file) = &joined {
             let (r, body) = file.read_at(Vec::with_capacity(m.len() as usize), 0).await;

@@ -339,9 +339,11 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.max_conns == Some(0) {
         return Err("--max-conns must be at least 1".into());
     }
-    // Each connection may hold its socket and one open file.
+    // Each connection may hold its socket and one open file; the cache keeps
+    // up to MAX_OPEN_FILES more open.
     let nofile = raise_nofile();
-    let fd_room = (nofile.saturating_sub(64) / 2).max(1) as usize;
+    let spare = 64 + cache::MAX_OPEN_FILES as u64;
+    let fd_room = (nofile.saturating_sub(spare) / 2).max(1) as usize;
     let max_conns = match args.max_conns {
         Some(n) if n > fd_room => {
             eprintln!(
