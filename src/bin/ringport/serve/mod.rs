@@ -23,7 +23,7 @@
 //! (opening it: `openat2` beneath DIR), `http.rs`
 //! (parsing, limits, heads, ranges, conditionals), `conn.rs` (a connection),
 //! `body.rs` (a file body onto the socket, copy-free), `cache.rs` (small files
-//! in memory),
+//! in memory, larger ones kept open),
 //! `listing.rs` (directory pages).
 
 mod body;
