@@ -102,15 +102,20 @@ impl<T: Prioritized> PrioQueue<T> {
         if self.len == 0 {
             return None;
         }
-        let now = self.taken;
-        // The oldest front that has waited through AGE_LIMIT dequeues, if any.
-        let aged = (0..3)
-            .filter_map(|l| self.lanes[l].front().map(|(at, _)| (*at, l)))
-            .filter(|(at, _)| now - at >= AGE_LIMIT)
-            .min();
-        let lane = match aged {
-            Some((_, l)) => l,
-            None => (0..3).find(|&l| !self.lanes[l].is_empty())?,
+        let lane = if self.lanes[0].is_empty() && self.lanes[2].is_empty() {
+            // Only `Normal` items (the usual case): no other front to age.
+            1
+        } else {
+            let now = self.taken;
+            // The oldest front that has waited through AGE_LIMIT dequeues, if any.
+            let aged = (0..3)
+                .filter_map(|l| self.lanes[l].front().map(|(at, _)| (*at, l)))
+                .filter(|(at, _)| now - at >= AGE_LIMIT)
+                .min();
+            match aged {
+                Some((_, l)) => l,
+                None => (0..3).find(|&l| !self.lanes[l].is_empty())?,
+            }
         };
         let (_, item) = self.lanes[lane].pop_front()?;
         self.taken += 1;
