@@ -217,8 +217,9 @@ impl CompletionPort {
     /// later descriptor with the same number is not mistaken for it).
     pub fn disassociate(&self, handle: &impl AsFd) -> Result<()> {
         let fd = handle.as_fd().as_raw_fd();
-        self.inner.assoc.remove(fd)?;
-        self.inner.backend.disassociate(fd);
+        self.inner
+            .assoc
+            .remove(fd, || self.inner.backend.disassociate(fd))?;
         Ok(())
     }
 
@@ -226,7 +227,9 @@ impl CompletionPort {
         match op.fd() {
             None => Ok(op.key.unwrap_or(0)),
             // A close ends the association as it is submitted.
-            Some(fd) if matches!(op.body, OpBody::Close { .. }) => self.inner.assoc.remove(fd),
+            Some(fd) if matches!(op.body, OpBody::Close { .. }) => {
+                self.inner.assoc.remove(fd, || {})
+            }
             Some(fd) => self.inner.assoc.get(fd),
         }
     }

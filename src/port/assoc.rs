@@ -141,18 +141,20 @@ impl Assoc {
         Ok(())
     }
 
-    /// Ends `fd`'s association; returns its key.
-    pub(crate) fn remove(&self, fd: RawFd) -> Result<u64> {
+    /// Ends `fd`'s association, then runs `detach` (the backend's part) before
+    /// any other change can begin — an `associate` of the same number must not
+    /// slip in between; returns the key.
+    pub(crate) fn remove(&self, fd: RawFd, detach: impl FnOnce()) -> Result<u64> {
         let mut big = lock(&self.write);
-        match Self::index(fd) {
+        let key = match Self::index(fd) {
             Some(i) => match self.entry(i) {
-                Some(e) if e.present.swap(false, Ordering::AcqRel) => {
-                    Ok(e.key.load(Ordering::Relaxed))
-                }
-                _ => Err(Error::Unassociated(fd)),
+                Some(e) if e.present.swap(false, Ordering::AcqRel) => e.key.load(Ordering::Relaxed),
+                _ => return Err(Error::Unassociated(fd)),
             },
-            None => big.remove(&fd).ok_or(Error::Unassociated(fd)),
-        }
+            None => big.remove(&fd).ok_or(Error::Unassociated(fd))?,
+        };
+        detach();
+        Ok(key)
     }
 }
 
@@ -193,8 +195,13 @@ mod tests {
                 a.insert(fd, 1, || Ok(())),
                 Err(Error::AlreadyAssociated(f)) if f == fd
             ));
-            assert_eq!(a.remove(fd).unwrap(), fd as u64 * 3);
-            assert!(matches!(a.remove(fd), Err(Error::Unassociated(_))));
+            let mut detached = false;
+            assert_eq!(a.remove(fd, || detached = true).unwrap(), fd as u64 * 3);
+            assert!(detached, "the backend's part ran");
+            assert!(matches!(
+                a.remove(fd, || panic!("not associated")),
+                Err(Error::Unassociated(_))
+            ));
             assert!(a.get(fd).is_err());
         }
         assert!(

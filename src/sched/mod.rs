@@ -37,8 +37,11 @@
 //! completions are queued, a slot is free, and no waiter is left to take them.
 //! `poller_notified` is true only while a notification is owed to the current
 //! poller and not yet seen by it: it is cleared whenever a thread takes the
-//! role, the poller returns from the backend, or the poller goes back to its
-//! wait (`idle_wake`) — every point where a notification may have been spent.
+//! role, any thread that waited in the backend as poller returns from it (a
+//! deposed one may have spent the notification sent to its successor), or the
+//! poller goes back to its wait (`idle_wake`) — every point where a
+//! notification may have been spent. Clearing it costs at most one extra
+//! notification; keeping it set when one was spent loses the next wake-up.
 
 use std::time::{Duration, Instant};
 
@@ -319,15 +322,20 @@ impl<T: Prioritized> Sched<T> {
         limit: usize,
     ) -> (Option<Next>, bool) {
         let mut st = lock(&self.state);
+        // A thread back from the backend may have spent a notification — its
+        // own, or, if it was deposed, the one sent to the thread that took the
+        // role over (which then sleeps through it): count none as owed, and
+        // `dispatch` below sends one if it is still needed.
+        if was_poller {
+            st.poller_notified = false;
+        }
         // A deposed poller (another thread took the role over) leaves it alone.
         if was_poller && st.poller == Some(id) {
             st.poller = None;
             st.vacant_since = Some(Instant::now());
-            st.poller_notified = false;
         }
         if was_poller && st.backup == Some(id) {
             st.backup = None;
-            st.poller_notified = false;
         }
         if st.closed {
             return (Some(Next::Closed), false);

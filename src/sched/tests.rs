@@ -207,3 +207,29 @@ fn a_consumed_wake_up_is_sent_again_when_needed() {
         "the poller, whose wake-up was spent, is notified again"
     );
 }
+
+/// The same through a deposed poller: a thread with fresh submissions takes
+/// the poll role over while the old poller still waits in the backend; the old
+/// one may then spend the notification sent to the new one (whose wait began
+/// after it was posted). Its return must count that notification as spent.
+#[test]
+fn a_wake_up_spent_by_a_deposed_poller_is_sent_again() {
+    let s: Sched<u32> = Sched::new(1);
+    let a = s.register();
+    let c = s.register();
+    let mut out = Vec::new();
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Poll);
+    // c holds unsubmitted work: it may not sleep, so it takes the role over.
+    assert_eq!(s.dequeue(c, &mut out, 1, None, false).0, Next::Poll);
+    assert!(s.push(1), "the poller (now c) is notified");
+    // a, still in the backend, reaps that notification and returns: it takes
+    // the packet (c sleeps on, its notification spent).
+    let (got, _) = s.poll_done(a, std::iter::empty(), &mut out, 1);
+    assert_eq!(got, Some(Next::Got(1)));
+    // a blocks, freeing the slot; the next packet can only go to c.
+    assert!(!s.block_begin(a), "nothing queued yet");
+    assert!(
+        s.push(2),
+        "c, whose notification a spent, is notified again"
+    );
+}

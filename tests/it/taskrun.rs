@@ -50,6 +50,15 @@ fn pin(cpus: &[usize]) {
     }
 }
 
+/// Sets its flag when dropped.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// What one of the two threads did in an episode.
 enum Role {
     /// Took the go packet, submitted the receive, computed.
@@ -83,6 +92,9 @@ fn episode(port: &CompletionPort, alone: &[usize], others: &[usize]) -> (bool, u
     let spinning = Arc::new(AtomicBool::new(true));
     let stop = Arc::new(AtomicBool::new(false));
     let (got_tx, got) = mpsc::channel::<()>();
+    // However this episode ends (a failed assertion included), the submitter
+    // stops spinning: it would otherwise hold a CPU for the rest of the run.
+    let _stop_on_exit = SetOnDrop(stop.clone());
     let kicks_before = port.stats().task_work_kicks;
     let thread = |cpus: &[usize]| {
         let port = port.clone();
@@ -182,6 +194,14 @@ fn kicks_release_held_work(choice: BackendChoice) {
         (all.clone(), all.clone())
     };
     pin(&others);
+    // The test thread gets all its CPUs back however the test ends.
+    struct Unpin(Vec<usize>);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            pin(&self.0);
+        }
+    }
+    let _unpin = Unpin(all.clone());
     let mut kicks = 0;
     for _ in 0..EPISODES {
         let (during, k) = episode(&port, &alone, &others);
@@ -195,7 +215,6 @@ fn kicks_release_held_work(choice: BackendChoice) {
             break;
         }
     }
-    pin(&all);
     if expect_kick {
         assert!(kicks > 0, "no task-work kick in {EPISODES} episodes");
     } else if !coop {

@@ -25,8 +25,9 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use super::http::{self, Validators};
 
@@ -55,16 +56,45 @@ impl FileId {
 /// A file too large to keep in memory, kept open.
 #[derive(Debug)]
 pub struct OpenFile {
-    /// Its path (DIR joined with the path asked for), for the `stat` of a hit.
+    /// Its path under DIR (for a directory's URL, its `index.html`): what its
+    /// type is named by.
+    pub rel: PathBuf,
+    /// DIR joined with `rel`, for the `stat` of a hit.
     pub path: PathBuf,
     pub id: FileId,
     pub file: Arc<std::fs::File>,
     pub meta: std::fs::Metadata,
+    /// When it was last served, in seconds of the cache's clock.
+    last_used: AtomicU64,
+}
+
+impl OpenFile {
+    pub fn new(
+        rel: PathBuf,
+        path: PathBuf,
+        file: Arc<std::fs::File>,
+        meta: std::fs::Metadata,
+    ) -> OpenFile {
+        OpenFile {
+            rel,
+            path,
+            id: FileId::of(&meta),
+            file,
+            meta,
+            last_used: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Most descriptors kept open (`serve/mod.rs` leaves room for them when it
 /// caps connections).
 pub const MAX_OPEN_FILES: usize = 64;
+
+/// A kept descriptor not served for this long is let go at the next
+/// keep (nginx's `open_file_cache inactive` is 60 s too): a file removed or
+/// renamed over, and never asked for again, does not hold its disk space for
+/// longer than that while files are being served.
+const OPEN_IDLE_SECS: u64 = 60;
 
 /// What a response needs to know about a file besides its bytes.
 #[derive(Debug, Clone)]
@@ -133,6 +163,8 @@ pub struct Cache {
     metas: RwLock<Metas>,
     /// Files served from disk, kept open, by request path.
     open: RwLock<HashMap<Vec<u8>, Arc<OpenFile>>>,
+    /// The start of `OpenFile::last_used`'s clock.
+    epoch: Instant,
     /// Largest file kept.
     pub max_file: u64,
     max_total: usize,
@@ -158,6 +190,7 @@ impl Cache {
             map: RwLock::new(Map::default()),
             metas: RwLock::new(HashMap::new()),
             open: RwLock::new(HashMap::new()),
+            epoch: Instant::now(),
             max_file: if max_total == 0 {
                 0
             } else {
@@ -200,7 +233,11 @@ impl Cache {
             .get(key)
             .cloned()?;
         match std::fs::metadata(&o.path) {
-            Ok(now) if FileId::of(&now) == o.id => Some(o),
+            Ok(now) if FileId::of(&now) == o.id => {
+                o.last_used
+                    .store(self.epoch.elapsed().as_secs(), Ordering::Relaxed);
+                Some(o)
+            }
             _ => {
                 let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
                 if open.get(key).is_some_and(|k| Arc::ptr_eq(k, &o)) {
@@ -212,14 +249,24 @@ impl Cache {
     }
 
     /// Keeps `file` open under `key` (nothing is kept with the cache off).
-    /// When full, another is let go (closed once no response uses it).
+    /// Files not served for `OPEN_IDLE_SECS` are let go first; when still
+    /// full, the least recently served one (closed once no response uses it).
     pub fn keep_open(&self, key: Vec<u8>, file: Arc<OpenFile>) {
         if self.max_total == 0 {
             return;
         }
+        let now = self.epoch.elapsed().as_secs();
+        file.last_used.store(now, Ordering::Relaxed);
         let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, o| {
+            now.saturating_sub(o.last_used.load(Ordering::Relaxed)) < OPEN_IDLE_SECS
+        });
         if open.len() >= MAX_OPEN_FILES && !open.contains_key(&key) {
-            if let Some(k) = open.keys().next().cloned() {
+            let oldest = open
+                .iter()
+                .min_by_key(|(_, o)| o.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
                 open.remove(&k);
             }
         }
@@ -292,12 +339,12 @@ mod tests {
         std::fs::write(&path, [i as u8; 8]).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         let meta = file.metadata().unwrap();
-        Arc::new(OpenFile {
+        Arc::new(OpenFile::new(
+            PathBuf::from(format!("f{i}")),
             path,
-            id: FileId::of(&meta),
-            file: Arc::new(file),
+            Arc::new(file),
             meta,
-        })
+        ))
     }
 
     #[test]

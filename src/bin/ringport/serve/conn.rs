@@ -237,8 +237,9 @@ impl Conn {
         }
         let rel = url.relative();
         if let Some(o) = self.srv.cache.open_file(&key) {
+            // `o.rel`, not `rel`: for a directory's URL it names its index.
             let (file, meta) = (o.file.clone(), o.meta.clone());
-            return self.send_file(req, keep, file, meta, &rel, key).await;
+            return self.send_file(req, keep, file, meta, &o.rel, key).await;
         }
         let found = match self.srv.dir.open_beneath(&rel) {
             Ok(f) => f,
@@ -286,12 +287,12 @@ impl Conn {
         if found.meta.len() > self.srv.cache.max_file {
             self.srv.cache.keep_open(
                 key.to_vec(),
-                Arc::new(OpenFile {
-                    path: self.srv.dir.path.join(rel),
-                    id: FileId::of(&found.meta),
-                    file: file.clone(),
-                    meta: found.meta.clone(),
-                }),
+                Arc::new(OpenFile::new(
+                    rel.to_path_buf(),
+                    self.srv.dir.path.join(rel),
+                    file.clone(),
+                    found.meta.clone(),
+                )),
             );
         }
         (file, found.meta)
