@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
+use super::inline::InlineReads;
 use crate::completion::Completion;
 use crate::op::Op;
 use crate::rt::op::{Hold, OpFuture};
@@ -53,6 +54,8 @@ pub(crate) struct Core {
     /// something is left there, cleared under it when the last is taken.
     read_dirty: AtomicBool,
     read: Mutex<ReadState>,
+    /// Reads tried inline before a receive is submitted (`inline.rs`).
+    inline: InlineReads,
     write: Mutex<WriteState>,
 }
 
@@ -102,11 +105,13 @@ impl Core {
     /// Associates `fd` with the runtime's port.
     pub(crate) fn new(rt: Handle, fd: OwnedFd) -> io::Result<Arc<Core>> {
         rt.shared.port.associate(&fd, IO_KEY)?;
+        let epoll = rt.shared.port.backend() == crate::BackendKind::Epoll;
         Ok(Arc::new(Core {
             fd,
             rt,
             read_dirty: AtomicBool::new(false),
             read: Mutex::new(ReadState::default()),
+            inline: InlineReads::new(epoll),
             write: Mutex::new(WriteState::default()),
         }))
     }
@@ -208,7 +213,12 @@ impl Core {
                     return Poll::Ready((r, buf.take().unwrap_or_default()));
                 }
             }
-            let b = buf.take().unwrap_or_default();
+            // Nothing a dropped read left is waiting: the bytes may be
+            // taken here, in stream order (`inline.rs`).
+            let mut b = buf.take().unwrap_or_default();
+            if let Some(r) = self.inline.try_recv_vec(self.fd.as_fd(), &mut b) {
+                return Poll::Ready((r, b));
+            }
             *op = Some(self.op(Op::recv(&self.fd, b)));
         }
         let r = ready!(op.as_mut().expect("set above").poll_op(cx));
@@ -271,6 +281,10 @@ impl Core {
             }
             if let Some(r) = st.outcome.take() {
                 return Poll::Ready(r.map(|()| 0));
+            }
+            // Nothing left over: the bytes may be taken here (`inline.rs`).
+            if let Some(r) = self.inline.try_recv(self.fd.as_fd(), dst) {
+                return Poll::Ready(r);
             }
             let want = dst.len().clamp(4096, IO_CHUNK);
             let buf = if st.stash.capacity() >= want {

@@ -36,6 +36,7 @@
 //! ```
 
 pub(crate) mod core;
+mod inline;
 mod stream;
 mod tcp;
 mod udp;

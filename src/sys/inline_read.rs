@@ -98,7 +98,7 @@ pub(crate) const SKIP: u16 = 256;
 /// so a `forget` (a store of 0) is never undone by a read racing with it.
 static STATE: [AtomicU16; MAX_FD] = [const { AtomicU16::new(0) }; MAX_FD];
 
-fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| {
         !matches!(

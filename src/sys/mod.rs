@@ -59,7 +59,7 @@ use crate::error::{Error, Result};
 use crate::op::Op;
 
 pub(crate) mod epoll;
-mod inline_read;
+pub(crate) mod inline_read;
 mod ioprio;
 mod table;
 mod thread;

@@ -666,3 +666,102 @@ backend_test!(
         wait_idle(&h);
     }
 );
+
+/// Waits until `fd` has bytes to read (or 10 s pass).
+fn readable(fd: std::os::fd::RawFd) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll reads and writes the one pollfd we own for the call.
+    let n = unsafe { libc::poll(&mut p, 1, 10_000) };
+    assert_eq!(n, 1, "the bytes never arrived");
+}
+
+backend_test!(
+    a_read_whose_bytes_are_waiting_is_ready_at_its_first_poll,
+    |choice: BackendChoice| {
+        // On epoll, stream reads are tried inline before a receive is
+        // submitted (`net/inline.rs`): bytes already there come back at the
+        // first poll, with no operation and no wake-up — through the
+        // owned-buffer read and through `AsyncRead`. (Through the port, the
+        // first poll after a submit is always `Pending`: so on io_uring,
+        // where the receive goes to the ring, measured cheaper there.)
+        use std::future::Future;
+        use std::os::fd::AsRawFd;
+        use std::task::{Context, Poll, Waker};
+        if matches!(
+            std::env::var("RINGPORT_INLINE_READS").as_deref(),
+            Ok("off" | "0" | "no")
+        ) {
+            eprintln!("note: RINGPORT_INLINE_READS=off: reads are not tried inline; skipped");
+            return;
+        }
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let (mut peer, server) = tcp_pair();
+        let fd = server.as_raw_fd();
+        let mut s = block(
+            &h,
+            async move { TcpStream::from_std(server).expect("from_std") },
+        );
+        peer.write_all(b"ping").unwrap();
+        readable(fd);
+        let (first, s_back) = block(&h, async move {
+            let first = {
+                let mut fut = pin!(s.read(Vec::with_capacity(16)));
+                let mut cx = Context::from_waker(Waker::noop());
+                match fut.as_mut().poll(&mut cx) {
+                    Poll::Ready((r, buf)) => Some((r.map_err(|e| e.to_string()), buf)),
+                    Poll::Pending => None,
+                }
+            };
+            (first, s)
+        });
+        s = s_back;
+        let inline = choice == BackendChoice::Epoll;
+        if !inline {
+            assert!(first.is_none(), "io_uring: the receive goes to the ring");
+            // The ping is still there: the dropped read's receive was
+            // cancelled or kept for the next read; take it now.
+            let (r, buf) = block(&h, async move { s.read(Vec::with_capacity(16)).await });
+            assert_eq!(
+                (r.map_err(|e| e.to_string()), buf.as_slice()),
+                (Ok(4), &b"ping"[..])
+            );
+            return;
+        }
+        let (r, buf) = first.expect("the waiting bytes were not ready at the first poll");
+        assert_eq!((r, buf.as_slice()), (Ok(4), &b"ping"[..]));
+        peer.write_all(b"pong!").unwrap();
+        readable(fd);
+        let (first, s_back) = block(&h, async move {
+            let mut dst = [0u8; 16];
+            let first = {
+                let mut fut = pin!(AsyncReadExt::read(&mut s, &mut dst));
+                let mut cx = Context::from_waker(Waker::noop());
+                match fut.as_mut().poll(&mut cx) {
+                    Poll::Ready(r) => Some(r.map_err(|e| e.to_string())),
+                    Poll::Pending => None,
+                }
+            };
+            (first.map(|r| r.map(|n| dst[..n].to_vec())), s)
+        });
+        s = s_back;
+        assert_eq!(
+            first.expect("AsyncRead: not ready at the first poll"),
+            Ok(b"pong!".to_vec())
+        );
+        // With nothing waiting the read waits, and gets the bytes when they come.
+        let reader = rt.spawn(async move {
+            let (r, buf) = s.read(Vec::with_capacity(16)).await;
+            (r.map_err(|e| e.to_string()), buf)
+        });
+        thread::sleep(Duration::from_millis(20));
+        assert!(!reader.is_finished(), "a read returned with nothing sent");
+        peer.write_all(b"late").unwrap();
+        let (r, buf) = join(&h, reader).expect("the reader");
+        assert_eq!((r, buf.as_slice()), (Ok(4), &b"late"[..]));
+    }
+);
