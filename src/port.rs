@@ -438,9 +438,12 @@ impl CompletionPort {
                 inner.backend.notify();
             }
             match next {
-                Next::WouldSleep => {
-                    // Hand our submissions over and take whatever is ready now,
-                    // rather than sleeping while they complete.
+                // WouldSleep: hand our submissions over and take whatever is
+                // ready now, rather than sleeping while they complete.
+                // PollFirst: look at the backend before serving the queue
+                // further (fairness, `sched::POLL_EVERY`); what it has goes
+                // to the queue's back.
+                Next::WouldSleep | Next::PollFirst => {
                     HOLDING.with(|h| h.set(false));
                     let mut batch = BATCH.take();
                     if let Err(e) =

@@ -97,7 +97,7 @@ fn poll_post_close(backup: bool) {
                                 _ => {}
                             }
                         }
-                        Next::Closed | Next::Timeout | Next::WouldSleep => break,
+                        Next::Closed | Next::Timeout | Next::WouldSleep | Next::PollFirst => break,
                     }
                 }
                 if s.unregister(id) {
@@ -203,7 +203,7 @@ fn loom_a_spent_wake_up_is_renewed() {
                                 _ => false,
                             }
                         }
-                        Next::Closed | Next::Timeout | Next::WouldSleep => break,
+                        Next::Closed | Next::Timeout | Next::WouldSleep | Next::PollFirst => break,
                     };
                     if got {
                         // Handle it in a blocking section that lasts until the

@@ -126,6 +126,9 @@ struct State<T> {
     /// handler runs long while other threads keep coming back to poll.
     vacant_since: Option<Instant>,
     closed: bool,
+    /// Completions handed out from the queue since a thread last looked at
+    /// the backend (polled, or offered what it reaped); see `POLL_EVERY`.
+    since_poll: u32,
     stats: SchedStats,
 }
 
@@ -146,7 +149,21 @@ pub(crate) enum Next {
     /// The thread would have to sleep but said it may not (it holds unsubmitted
     /// work): it should flush and call again.
     WouldSleep,
+    /// Completions are queued, but nobody has looked at the backend for
+    /// [`POLL_EVERY`] dequeues: the thread should gather what the backend has
+    /// ready (without waiting), offer it, and take from the queue's front.
+    PollFirst,
 }
+
+/// Dequeues from a queue that never drains between two looks at the backend,
+/// at most, while no thread holds the poll role. The queue is served first
+/// (FIFO), but completions the kernel has ready are only queued when somebody
+/// looks: a port whose threads always find work queued — work its handlers
+/// keep making, such as stream reads done inline — would otherwise starve
+/// every operation waiting on the kernel (measured: async echo on epoll at
+/// 1000 connections, p99 110–140 ms against 22–25 ms). tokio's scheduler
+/// polls its driver every 61 ticks for the same reason.
+pub(crate) const POLL_EVERY: u32 = 61;
 
 /// The scheduler core, generic over the completion type so loom can check it alone.
 #[derive(Debug)]
@@ -177,6 +194,7 @@ impl<T: Prioritized> Sched<T> {
                 lazy_poll: false,
                 vacant_since: None,
                 closed: false,
+                since_poll: 0,
                 stats: SchedStats::default(),
             }),
         }
@@ -235,6 +253,11 @@ impl<T: Prioritized> Sched<T> {
                 return (Next::Closed, wake);
             }
             if st.running < st.max && !st.queue.is_empty() {
+                st.since_poll += 1;
+                if st.since_poll > POLL_EVERY && st.poller.is_none() {
+                    st.since_poll = 0;
+                    return (Next::PollFirst, wake);
+                }
                 let n = st.take(id, out, limit);
                 return (Next::Got(n), wake);
             }
@@ -245,6 +268,7 @@ impl<T: Prioritized> Sched<T> {
                 st.poller = Some(id);
                 st.vacant_since = None;
                 st.poller_notified = false;
+                st.since_poll = 0;
                 return (Next::Poll, wake);
             }
             if st.queue.is_empty() && st.backup_enabled && st.backup.is_none() {
@@ -340,6 +364,7 @@ impl<T: Prioritized> Sched<T> {
         if st.closed {
             return (Some(Next::Closed), false);
         }
+        st.since_poll = 0;
         st.queue.extend(items);
         let got = if st.running < st.max && !st.queue.is_empty() {
             Some(Next::Got(st.take(id, out, limit)))

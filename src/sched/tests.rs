@@ -233,3 +233,37 @@ fn a_wake_up_spent_by_a_deposed_poller_is_sent_again() {
         "c, whose notification a spent, is notified again"
     );
 }
+
+/// A queue that never drains is not served forever without a look at the
+/// backend while nobody polls (`POLL_EVERY`); with a poller, never.
+#[test]
+fn a_busy_queue_lets_the_backend_be_looked_at() {
+    let s: Sched<u32> = Sched::new(1);
+    let a = s.register();
+    let mut out = Vec::new();
+    for i in 0..(3 * POLL_EVERY) {
+        s.push(i);
+    }
+    let mut got = 0;
+    loop {
+        match s.dequeue(a, &mut out, 1, None, true).0 {
+            Next::Got(1) => got += 1,
+            Next::PollFirst => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, POLL_EVERY, "served POLL_EVERY, then asked to look");
+    // Offering what the backend had (nothing here) serves the queue again.
+    let (next, _) = s.offer(a, false, std::iter::empty(), &mut out, 1);
+    assert_eq!(next, Some(Next::Got(1)));
+    // With a poller in the backend, nobody else needs to look.
+    let s2: Sched<u32> = Sched::new(1);
+    let (a2, p2) = (s2.register(), s2.register());
+    assert_eq!(s2.dequeue(p2, &mut out, 1, None, true).0, Next::Poll);
+    for i in 0..(3 * POLL_EVERY) {
+        s2.push(i);
+    }
+    for _ in 0..(2 * POLL_EVERY) {
+        assert_eq!(s2.dequeue(a2, &mut out, 1, None, true).0, Next::Got(1));
+    }
+}
