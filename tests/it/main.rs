@@ -27,6 +27,7 @@ mod pool;
 mod priority;
 mod queue;
 mod rt;
+mod rt_fair;
 mod rt_files;
 mod rt_io;
 mod serve;
