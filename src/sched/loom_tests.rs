@@ -23,6 +23,12 @@ struct FakeKernel {
 }
 
 impl FakeKernel {
+    fn new() -> Arc<FakeKernel> {
+        Arc::new(FakeKernel {
+            st: Mutex::new((Vec::new(), false)),
+            cv: Condvar::new(),
+        })
+    }
     fn complete(&self, x: Item) {
         lock(&self.st).0.push(x);
         self.cv.notify_all();
@@ -38,6 +44,48 @@ impl FakeKernel {
         }
         g.1 = false;
         std::mem::take(&mut g.0)
+    }
+}
+
+/// What one step of a worker came to.
+enum Step {
+    /// It took an item (in `out`) and counts as running.
+    Got,
+    /// Nothing this time.
+    Nothing,
+    /// The port is closed (or the thread was told to stop).
+    Stop,
+}
+
+/// One step of a worker, as the port runs it: dequeue, or, given a poll role,
+/// wait in the fake kernel — a stale wake-up keeps the role, a close wake-up
+/// is passed on to the other waiter.
+fn worker_step(s: &Sched<Item>, k: &FakeKernel, id: SlotId, out: &mut Vec<Item>) -> Step {
+    let (next, wake) = s.dequeue(id, out, 1, None, true);
+    if wake {
+        k.notify();
+    }
+    match next {
+        Next::Got(_) => Step::Got,
+        Next::Poll | Next::Backup => {
+            let mut items = k.poll();
+            while items.is_empty() && s.idle_wake(id) {
+                items = k.poll();
+            }
+            if s.is_closed() && s.other_waiter(id) {
+                k.notify();
+            }
+            let (got, wake) = s.poll_done(id, items, out, 1);
+            if wake {
+                k.notify();
+            }
+            match got {
+                Some(Next::Got(_)) => Step::Got,
+                Some(Next::Closed) => Step::Stop,
+                _ => Step::Nothing,
+            }
+        }
+        Next::Closed | Next::Timeout | Next::WouldSleep | Next::PollFirst => Step::Stop,
     }
 }
 
@@ -60,10 +108,7 @@ fn poll_post_close(backup: bool) {
     loom::model(move || {
         let log = Arc::new(Mutex::new(Vec::new()));
         let s: Arc<Sched<Item>> = Arc::new(Sched::with_backup(1, backup));
-        let k = Arc::new(FakeKernel {
-            st: Mutex::new((Vec::new(), false)),
-            cv: Condvar::new(),
-        });
+        let k = FakeKernel::new();
         let mut handles = Vec::new();
         for _ in 0..2 {
             let (s, k) = (s.clone(), k.clone());
@@ -71,33 +116,10 @@ fn poll_post_close(backup: bool) {
                 let id = s.register();
                 let mut out = Vec::new();
                 loop {
-                    let (next, wake) = s.dequeue(id, &mut out, 1, None, true);
-                    if wake {
-                        k.notify();
-                    }
-                    match next {
-                        Next::Got(_) => assert!(s.stats().running <= 1),
-                        Next::Poll | Next::Backup => {
-                            let mut items = k.poll();
-                            // As the port does: a stale wake-up keeps the role;
-                            // a meaningful one is passed on to the other waiter.
-                            while items.is_empty() && s.idle_wake(id) {
-                                items = k.poll();
-                            }
-                            if s.is_closed() && s.other_waiter(id) {
-                                k.notify();
-                            }
-                            let (got, wake) = s.poll_done(id, items, &mut out, 1);
-                            if wake {
-                                k.notify();
-                            }
-                            match got {
-                                Some(Next::Got(_)) => assert!(s.stats().running <= 1),
-                                Some(Next::Closed) => break,
-                                _ => {}
-                            }
-                        }
-                        Next::Closed | Next::Timeout | Next::WouldSleep | Next::PollFirst => break,
+                    match worker_step(&s, &k, id, &mut out) {
+                        Step::Got => assert!(s.stats().running <= 1),
+                        Step::Nothing => {}
+                        Step::Stop => break,
                     }
                 }
                 if s.unregister(id) {
@@ -166,10 +188,7 @@ fn loom_a_spent_wake_up_is_renewed() {
     loom::model(|| {
         let log = Arc::new(Mutex::new(Vec::new()));
         let s: Arc<Sched<Item>> = Arc::new(Sched::new(1));
-        let k = Arc::new(FakeKernel {
-            st: Mutex::new((Vec::new(), false)),
-            cv: Condvar::new(),
-        });
+        let k = FakeKernel::new();
         // Taken packets, for the main thread to wait on before it closes.
         let taken = Arc::new((Mutex::new(0u32), Condvar::new()));
         let mut handles = Vec::new();
@@ -179,31 +198,10 @@ fn loom_a_spent_wake_up_is_renewed() {
                 let id = s.register();
                 let mut out = Vec::new();
                 loop {
-                    let (next, wake) = s.dequeue(id, &mut out, 1, None, true);
-                    if wake {
-                        k.notify();
-                    }
-                    let got = match next {
-                        Next::Got(_) => true,
-                        Next::Poll | Next::Backup => {
-                            let mut items = k.poll();
-                            while items.is_empty() && s.idle_wake(id) {
-                                items = k.poll();
-                            }
-                            if s.is_closed() && s.other_waiter(id) {
-                                k.notify();
-                            }
-                            let (got, wake) = s.poll_done(id, items, &mut out, 1);
-                            if wake {
-                                k.notify();
-                            }
-                            match got {
-                                Some(Next::Got(_)) => true,
-                                Some(Next::Closed) => break,
-                                _ => false,
-                            }
-                        }
-                        Next::Closed | Next::Timeout | Next::WouldSleep | Next::PollFirst => break,
+                    let got = match worker_step(&s, &k, id, &mut out) {
+                        Step::Got => true,
+                        Step::Nothing => false,
+                        Step::Stop => break,
                     };
                     if got {
                         // Handle it in a blocking section that lasts until the
