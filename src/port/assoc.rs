@@ -1,11 +1,8 @@
 //! The port's associations (IOCP's `CreateIoCompletionPort(handle, port, key)`):
 //! descriptor → completion key, read by every `submit` and changed rarely.
 //!
-//! Reads take no lock: descriptors are small integers, so the table is a
-//! two-level array indexed by the descriptor, its second-level chunks made on
-//! first use and never freed before the port. Descriptors past the array
-//! (above [`DIRECT`]) go to a locked map. A global mutex and a hash per
-//! submit cost ~90 user instructions each (callgrind, epoll echo).
+//! Reads take no lock: descriptors below `DIRECT` are in an `FdTable`
+//! (`sys/fdtab.rs`); those past it go to a locked map.
 //!
 //! # Invariants
 //!
@@ -16,24 +13,18 @@
 //!   association sees its key (or a later association's, if the caller raced
 //!   `associate` against `submit` on the same descriptor — either is a valid
 //!   outcome of that race).
-//! * A chunk pointer, once set (Release, under `write`), stays valid until the
-//!   table drops (`&mut self`): readers dereference it without a lock.
+//! * Chunks of the table are made under `write` (`FdTable::get_or_make`).
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::sync::lock;
-
-/// Descriptors per chunk.
-const CHUNK: usize = 1024;
-/// Chunks in the first level: descriptors below `DIRECT` are read lock-free.
-const CHUNKS: usize = 1024;
-/// Descriptors below this are in the lock-free table (~1 M: past most
-/// `RLIMIT_NOFILE` settings).
-pub(crate) const DIRECT: usize = CHUNK * CHUNKS;
+use crate::sys::fdtab::FdTable;
+#[cfg(test)]
+use crate::sys::fdtab::DIRECT;
 
 #[derive(Default)]
 struct Entry {
@@ -41,13 +32,9 @@ struct Entry {
     present: AtomicBool,
 }
 
-struct Chunk {
-    entries: [Entry; CHUNK],
-}
-
 /// Descriptor → key.
 pub(crate) struct Assoc {
-    chunks: Box<[AtomicPtr<Chunk>]>,
+    table: FdTable<Entry>,
     /// Serializes changes; holds the descriptors at or above `DIRECT`.
     write: Mutex<HashMap<RawFd, u64>>,
 }
@@ -61,47 +48,19 @@ impl std::fmt::Debug for Assoc {
 impl Assoc {
     pub(crate) fn new() -> Assoc {
         Assoc {
-            chunks: (0..CHUNKS)
-                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                .collect(),
+            table: FdTable::new(),
             write: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The entry of a descriptor below `DIRECT`, if its chunk exists.
-    fn entry(&self, fd: usize) -> Option<&Entry> {
-        let p = self.chunks[fd / CHUNK].load(Ordering::Acquire);
-        // SAFETY: a non-null chunk pointer came from `Box::into_raw` in
-        // `entry_or_make` and is freed only in `drop`, which has `&mut self`
-        // (invariants, module doc): it is valid for as long as `&self`.
-        (!p.is_null()).then(|| unsafe { &(*p).entries[fd % CHUNK] })
-    }
-
-    /// The entry of a descriptor below `DIRECT`, making its chunk; the caller
-    /// holds `write`.
-    fn entry_or_make(&self, fd: usize) -> &Entry {
-        let slot = &self.chunks[fd / CHUNK];
-        let mut p = slot.load(Ordering::Acquire);
-        if p.is_null() {
-            let chunk = Box::new(Chunk {
-                entries: std::array::from_fn(|_| Entry::default()),
-            });
-            p = Box::into_raw(chunk);
-            // Only writers set chunks, and the caller holds `write`.
-            slot.store(p, Ordering::Release);
-        }
-        // SAFETY: as in `entry`: non-null, from `Box::into_raw`, freed only in `drop`.
-        unsafe { &(*p).entries[fd % CHUNK] }
-    }
-
     fn index(fd: RawFd) -> Option<usize> {
-        usize::try_from(fd).ok().filter(|&i| i < DIRECT)
+        FdTable::<Entry>::index(fd)
     }
 
     /// The key of `fd`, without a lock for descriptors below `DIRECT`.
     pub(crate) fn get(&self, fd: RawFd) -> Result<u64> {
         match Self::index(fd) {
-            Some(i) => match self.entry(i) {
+            Some(i) => match self.table.get(i) {
                 Some(e) if e.present.load(Ordering::Acquire) => Ok(e.key.load(Ordering::Relaxed)),
                 _ => Err(Error::Unassociated(fd)),
             },
@@ -122,7 +81,7 @@ impl Assoc {
         let mut big = lock(&self.write);
         match Self::index(fd) {
             Some(i) => {
-                let e = self.entry_or_make(i);
+                let e = self.table.get_or_make(i);
                 if e.present.load(Ordering::Relaxed) {
                     return Err(Error::AlreadyAssociated(fd));
                 }
@@ -147,7 +106,7 @@ impl Assoc {
     pub(crate) fn remove(&self, fd: RawFd, detach: impl FnOnce()) -> Result<u64> {
         let mut big = lock(&self.write);
         let key = match Self::index(fd) {
-            Some(i) => match self.entry(i) {
+            Some(i) => match self.table.get(i) {
                 Some(e) if e.present.swap(false, Ordering::AcqRel) => e.key.load(Ordering::Relaxed),
                 _ => return Err(Error::Unassociated(fd)),
             },
@@ -155,19 +114,6 @@ impl Assoc {
         };
         detach();
         Ok(key)
-    }
-}
-
-impl Drop for Assoc {
-    fn drop(&mut self) {
-        for slot in self.chunks.iter_mut() {
-            let p = *slot.get_mut();
-            if !p.is_null() {
-                // SAFETY: from `Box::into_raw` in `entry_or_make`, freed only here,
-                // once; `&mut self` means no reader holds an entry.
-                drop(unsafe { Box::from_raw(p) });
-            }
-        }
     }
 }
 

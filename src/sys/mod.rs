@@ -60,6 +60,7 @@ use crate::op::Op;
 
 pub(crate) mod epoll;
 pub(crate) mod inline_read;
+pub(crate) mod fdtab;
 mod ioprio;
 mod table;
 mod thread;

@@ -6,7 +6,6 @@
 use std::os::fd::RawFd;
 
 use crate::op::{Op, OpBody};
-use crate::sync::lock;
 
 use super::sock::{attempt, Attempt};
 use super::{Driver, SubmitResult, Wait};
@@ -17,7 +16,7 @@ impl Driver {
     }
 
     fn is_registered(&self, fd: RawFd) -> bool {
-        lock(&self.shared.fds).contains_key(&fd)
+        self.shared.queue(fd).is_some()
     }
 
     /// A fixed-buffer operation that goes the socket way: a lease of this

@@ -80,6 +80,7 @@ use crate::sync::lock;
 
 use self::sock::{drained_after, errno, try_op};
 
+use super::fdtab::FdTable;
 use super::table::OpTable;
 use super::workers::{Sink, Workers};
 use super::{Config, PollMode, SubmitResult};
@@ -176,11 +177,46 @@ struct Queues {
 
 /// A registered socket's waiting operations. Lock order: a socket's queues, then
 /// `Inner`; never the other way round.
+///
+/// One lives in `Shared::fds` for each descriptor number that has ever been
+/// registered (below `fdtab::DIRECT`), for the driver's life: it is looked up
+/// without a lock, so it is reused rather than freed when its socket leaves,
+/// and what it refers to is told by `registered` and, under its lock, by
+/// `Queues::dead`. A submitter that found it registered and locks it after the
+/// socket left sees `dead`; one that locks it after the number was registered
+/// again acts on the new socket, as its system call on that number would.
 #[derive(Debug, Default)]
 struct FdQueue {
     q: Mutex<Queues>,
+    /// Set (Release) by `associate` after the queues are reset and `stream`
+    /// is stored; cleared by `disassociate`. Both run under `Shared::big`.
+    registered: AtomicBool,
     /// A stream socket: a short receive means its receive queue is empty.
-    stream: bool,
+    stream: AtomicBool,
+}
+
+impl FdQueue {
+    fn stream(&self) -> bool {
+        self.stream.load(Ordering::Relaxed)
+    }
+}
+
+/// A registered socket's queues, as found by `Shared::queue`.
+enum QueueRef<'a> {
+    /// In the lock-free table.
+    Direct(&'a FdQueue),
+    /// A descriptor at or above `fdtab::DIRECT`, from the locked map.
+    Big(Arc<FdQueue>),
+}
+
+impl std::ops::Deref for QueueRef<'_> {
+    type Target = FdQueue;
+    fn deref(&self) -> &FdQueue {
+        match self {
+            QueueRef::Direct(q) => q,
+            QueueRef::Big(q) => q,
+        }
+    }
 }
 
 /// State shared with the file workers.
@@ -189,7 +225,11 @@ pub(crate) struct Shared {
     epfd: OwnedFd,
     wake: OwnedFd,
     inner: Mutex<Inner>,
-    fds: Mutex<HashMap<RawFd, Arc<FdQueue>>>,
+    /// Registered sockets' queues, read without a lock (see `FdQueue`).
+    fds: FdTable<FdQueue>,
+    /// Serialises registering and unregistering; holds the queues of
+    /// descriptors at or above `fdtab::DIRECT`.
+    big: Mutex<HashMap<RawFd, Arc<FdQueue>>>,
     /// Operations in the table (`Inner::live`): the in-flight cap applied to
     /// an operation that may finish without entering the table.
     live: Arc<AtomicUsize>,
@@ -254,7 +294,8 @@ impl Driver {
                 closed: false,
                 live: live.clone(),
             }),
-            fds: Mutex::new(HashMap::default()),
+            fds: FdTable::new(),
+            big: Mutex::new(HashMap::default()),
             live,
             closed: AtomicBool::new(false),
             inline_ids: AtomicU64::new(0),
@@ -335,13 +376,27 @@ impl Driver {
             )
         };
         let stream = r == 0 && ty == libc::SOCK_STREAM;
-        lock(&self.shared.fds).insert(
-            fd,
-            Arc::new(FdQueue {
-                q: Mutex::default(),
-                stream,
-            }),
-        );
+        let mut big = lock(&self.shared.big);
+        let q = match FdTable::<FdQueue>::index(fd) {
+            Some(i) => {
+                let q = self.shared.fds.get_or_make(i);
+                if q.registered.load(Ordering::Relaxed) {
+                    return Err(Error::AlreadyAssociated(fd));
+                }
+                *lock(&q.q) = Queues::default();
+                q.stream.store(stream, Ordering::Relaxed);
+                QueueRef::Direct(q)
+            }
+            None => {
+                if big.contains_key(&fd) {
+                    return Err(Error::AlreadyAssociated(fd));
+                }
+                let q = Arc::new(FdQueue::default());
+                q.stream.store(stream, Ordering::Relaxed);
+                big.insert(fd, q.clone());
+                QueueRef::Big(q)
+            }
+        };
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
             u64: fd as u64,
@@ -357,16 +412,25 @@ impl Driver {
         } < 0
         {
             let e = io::Error::last_os_error();
-            lock(&self.shared.fds).remove(&fd);
+            big.remove(&fd);
             return Err(Error::Io(e));
         }
+        q.registered.store(true, Ordering::Release);
         Ok(())
     }
 
     /// Unregisters a socket; operations still queued on it complete with `ECANCELED`.
     pub(crate) fn disassociate(&self, fd: RawFd) {
-        let Some(q) = lock(&self.shared.fds).remove(&fd) else {
-            return;
+        let mut big = lock(&self.shared.big);
+        let q = match FdTable::<FdQueue>::index(fd) {
+            Some(i) => match self.shared.fds.get(i) {
+                Some(q) if q.registered.swap(false, Ordering::AcqRel) => QueueRef::Direct(q),
+                _ => return,
+            },
+            None => match big.remove(&fd) {
+                Some(q) => QueueRef::Big(q),
+                None => return,
+            },
         };
         // SAFETY: removing a descriptor from our epoll set; errors (already closed) are harmless.
         unsafe {
@@ -383,6 +447,9 @@ impl Driver {
             g.dead = true;
             g.read.drain(..).chain(g.write.drain(..)).collect()
         };
+        // (Still under `big`: a new registration of the number waits until
+        // the old queues are empty and dead.)
+        drop(big);
         if pending.is_empty() {
             return;
         }
@@ -570,7 +637,7 @@ impl Driver {
         drop(inner);
         let taken = match wait {
             Some(fd) => {
-                let Some(q) = lock(&self.shared.fds).get(&fd).cloned() else {
+                let Some(q) = self.shared.queue(fd) else {
                     return Ok(None);
                 };
                 let mut g = lock(&q.q);
@@ -582,7 +649,7 @@ impl Driver {
                         let mut p = queue.remove(i).expect("position is in range");
                         if multi::is_multi(&p.body) {
                             let tries = i == 0 && !blocked;
-                            self.cancel_multi(p, tries, q.stream, closed);
+                            self.cancel_multi(p, tries, q.stream(), closed);
                             return Ok(None);
                         }
                         let res = if i == 0 {
@@ -612,7 +679,14 @@ impl Driver {
     pub(crate) fn shutdown(&self) {
         lock(&self.shared.inner).closed = true;
         self.shared.closed.store(true, Ordering::Release);
-        let fds: Vec<RawFd> = lock(&self.shared.fds).keys().copied().collect();
+        let mut fds: Vec<RawFd> = lock(&self.shared.big).keys().copied().collect();
+        fds.extend(
+            self.shared
+                .fds
+                .iter()
+                .filter(|(_, q)| q.registered.load(Ordering::Acquire))
+                .map(|(fd, _)| fd),
+        );
         for fd in fds {
             self.disassociate(fd);
         }
@@ -651,6 +725,18 @@ impl Drop for Driver {
 }
 
 impl Shared {
+    /// A registered socket's queues; `None` for a descriptor that is not one.
+    fn queue(&self, fd: RawFd) -> Option<QueueRef<'_>> {
+        match FdTable::<FdQueue>::index(fd) {
+            Some(i) => self
+                .fds
+                .get(i)
+                .filter(|q| q.registered.load(Ordering::Acquire))
+                .map(QueueRef::Direct),
+            None => lock(&self.big).get(&fd).cloned().map(QueueRef::Big),
+        }
+    }
+
     fn notify(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a u64 we own to our eventfd (non-blocking;

@@ -207,7 +207,7 @@ impl Driver {
         if wrong_pool || linked {
             return self.done_now(id, -libc::EINVAL, p.body);
         }
-        let Some(q) = lock(&self.shared.fds).get(&fd).cloned() else {
+        let Some(q) = self.shared.queue(fd) else {
             return self.done_now(id, -libc::ENOTSOCK, p.body);
         };
         let mut guard = lock(&q.q);
@@ -219,7 +219,7 @@ impl Driver {
         let mut parts = Vec::new();
         let mut end = None;
         if g.read.is_empty() && !g.read_blocked {
-            let (e, drained) = run(&p, q.stream, g.read_closed, &mut parts);
+            let (e, drained) = run(&p, q.stream(), g.read_closed, &mut parts);
             g.read_blocked |= drained;
             end = e;
         }

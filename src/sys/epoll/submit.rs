@@ -24,7 +24,7 @@ impl Driver {
         key: u64,
         user_data: u64,
     ) -> SubmitResult {
-        let q = lock(&self.shared.fds).get(&fd).cloned();
+        let q = self.shared.queue(fd);
         let Some(q) = q else {
             // Not a registered socket: one attempt, whatever it gives.
             let (id, op) = self.admit(op, key, user_data, || Wait::Fd(fd))?;
@@ -88,7 +88,7 @@ impl Driver {
             }
             match try_op(&mut p) {
                 Some(res) => {
-                    if drained_after(&p, res, q.stream, closed) {
+                    if drained_after(&p, res, q.stream(), closed) {
                         *blocked = true;
                     }
                     let n = self.shared.inline_ids.fetch_add(1, Ordering::Relaxed);

@@ -80,7 +80,7 @@ impl Driver {
                 }
                 continue;
             }
-            let Some(q) = lock(&self.shared.fds).get(&(token as RawFd)).cloned() else {
+            let Some(q) = self.shared.queue(token as RawFd) else {
                 continue;
             };
             let readable = bits
@@ -121,7 +121,7 @@ impl Driver {
             while let Some(front) = queue.front_mut() {
                 if multi::is_multi(&front.body) {
                     // Until it would block (or is drained), or it ends.
-                    let Some(res) = multi::run(front, q.stream, read_closed, &mut parts).0 else {
+                    let Some(res) = multi::run(front, q.stream(), read_closed, &mut parts).0 else {
                         *blocked = true;
                         break;
                     };
@@ -135,7 +135,7 @@ impl Driver {
                     }
                     Some(res) => {
                         let p = queue.pop_front().expect("front exists");
-                        if drained_after(&p, res, q.stream, read_closed) {
+                        if drained_after(&p, res, q.stream(), read_closed) {
                             // Drained: the rest of the queue waits for an edge.
                             *blocked = true;
                             finished.push((p, res));
