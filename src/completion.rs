@@ -192,6 +192,44 @@ impl Completion {
         }
     }
 
+    /// The completion of an operation that hands back one plain buffer and
+    /// nothing else (a receive, send, read or write: [`OpBody::plain_buf`]),
+    /// for the hot path: what [`from_raw`](Self::from_raw) does for those
+    /// kinds, without gathering an [`Output`] (~250 instructions a completion
+    /// there against ~60 here, callgrind, epoll echo).
+    #[inline]
+    pub(crate) fn plain(
+        op: OpId,
+        kind: OpKind,
+        key: u64,
+        user_data: u64,
+        res: i32,
+        mut buf: Vec<u8>,
+        priority: Priority,
+    ) -> Self {
+        let res = interrupted_is_cancelled(res);
+        if res >= 0 && matches!(kind, OpKind::Read | OpKind::Recv) {
+            debug_assert!(res as usize <= buf.capacity());
+            // SAFETY: as in `from_raw`: the kernel wrote `res` bytes at the start
+            // of the buffer, and `res <= capacity`.
+            unsafe { buf.set_len(res as usize) };
+        }
+        Completion {
+            key,
+            user_data,
+            result: raw_result(res),
+            buf: Some(buf),
+            op: Some(op),
+            kind,
+            fd: None,
+            priority,
+            extra: Extra::None,
+            pooled: None,
+            more: false,
+            seq: 0,
+        }
+    }
+
     /// The id `submit` returned for this operation; `None` for a posted packet.
     pub fn op_id(&self) -> Option<OpId> {
         self.op

@@ -77,6 +77,7 @@ pub use op::{Op, OpKind};
 pub use pool::{Pool, PoolBuilder};
 pub use port::{
     batch_submissions, blocking, long_lived_thread, num_cpus, Builder, CompletionPort, PortStats,
+    Submitted,
 };
 pub use provided::{BufferPool, PooledBuf};
 pub use rt::{spawn, spawn_blocking, yield_now, Handle, JoinError, JoinHandle, Runtime};

@@ -27,13 +27,14 @@ use std::time::{Duration, Instant};
 
 use crate::completion::{Completion, OpId};
 use crate::error::{Error, Result};
-use crate::op::{Op, OpBody};
 use crate::sched::{Next, Priority, Sched, SchedStats, SlotId};
 use crate::sync::give_back;
 use crate::sys::{Backend, BackendChoice, BackendKind, Config, PollMode};
 
 mod assoc;
 mod prio;
+mod submit;
+pub use submit::Submitted;
 
 static NEXT_PORT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -221,111 +222,6 @@ impl CompletionPort {
             .assoc
             .remove(fd, || self.inner.backend.disassociate(fd))?;
         Ok(())
-    }
-
-    fn key_for(&self, op: &Op) -> Result<u64> {
-        match op.fd() {
-            None => Ok(op.key.unwrap_or(0)),
-            // A close ends the association as it is submitted.
-            Some(fd) if matches!(op.body, OpBody::Close { .. }) => {
-                self.inner.assoc.remove(fd, || {})
-            }
-            Some(fd) => self.inner.assoc.get(fd),
-        }
-    }
-
-    /// Starts an operation (IOCP's overlapped call). Never blocks unless
-    /// `max_in_flight` operations are outstanding, in which case it waits for room
-    /// (reaping completions into the port's queue meanwhile, so it cannot deadlock).
-    /// The completion comes back through `get` with `user_data`.
-    pub fn submit(&self, op: Op, user_data: u64) -> Result<OpId> {
-        let key = self.key_for(&op)?;
-        let mut op = op;
-        loop {
-            match self.submit_inner(op, key, user_data) {
-                Err((Error::QueueFull, Some(back))) => {
-                    op = back;
-                    self.reap_for_room();
-                }
-                Err((e, _)) => return Err(e),
-                Ok(id) => return Ok(id),
-            }
-        }
-    }
-
-    /// Like [`submit`](Self::submit), but returns [`Error::QueueFull`] at once when
-    /// `max_in_flight` operations are outstanding.
-    pub fn try_submit(&self, op: Op, user_data: u64) -> Result<OpId> {
-        let key = self.key_for(&op)?;
-        self.submit_inner(op, key, user_data).map_err(|(e, _)| e)
-    }
-
-    /// Like `try_submit`, but hands the operation back on `QueueFull` (and on any
-    /// refusal that leaves it intact), so the caller can retry it later.
-    pub(crate) fn try_submit_keep(
-        &self,
-        op: Op,
-        user_data: u64,
-    ) -> std::result::Result<OpId, (Error, Option<Op>)> {
-        let key = match self.key_for(&op) {
-            Ok(k) => k,
-            Err(e) => return Err((e, Some(op))),
-        };
-        self.submit_inner(op, key, user_data)
-    }
-
-    fn submit_inner(
-        &self,
-        op: Op,
-        key: u64,
-        user_data: u64,
-    ) -> std::result::Result<OpId, (Error, Option<Op>)> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err((Error::Closed, None));
-        }
-        // Pool threads batch: their next `get` submits everything at once.
-        let batching = DEFER_SUBMIT.with(Cell::get);
-        let high = self.count_high(&op);
-        let (id, done) = self
-            .inner
-            .backend
-            .submit(op, key, user_data, !batching)
-            .inspect_err(|_| self.uncount_high(high))?;
-        if batching && done.is_none() && self.inner.backend.defers_submission() {
-            HOLDING.with(|h| h.set(true));
-        }
-        if let Some(c) = done {
-            // The operation finished at once (epoll tried it inline). Its packet is
-            // queued like any other; a batching thread keeps it for its own next
-            // `get` instead of waking another thread, just as its io_uring
-            // submissions wait for that `get`.
-            if self.inner.sched.push_with(c, !batching) {
-                self.inner.backend.notify();
-            }
-        }
-        Ok(id)
-    }
-
-    /// The cap on operations in flight, as the backend applied it.
-    pub fn max_in_flight(&self) -> usize {
-        self.inner.backend.max_in_flight()
-    }
-
-    /// Waits briefly in the kernel for completions, queueing them in the port.
-    fn reap_for_room(&self) {
-        let mut got = Vec::new();
-        if let Err(e) =
-            self.inner
-                .backend
-                .poll(Some(Duration::from_millis(1)), &mut got, PollMode::Other)
-        {
-            tracing::error!("reaping while waiting for room: {e}");
-        }
-        for c in got {
-            if self.inner.sched.push(c) {
-                self.inner.backend.notify();
-            }
-        }
     }
 
     /// Queues a user packet (IOCP's `PostQueuedCompletionStatus`); it is dequeued

@@ -709,6 +709,21 @@ impl OpBody {
 impl OpBody {
     /// What the operation hands back in its completion: its buffer, and the
     /// source address a receive got.
+    /// The buffer of an operation that hands back nothing else (see
+    /// `Completion::plain`), or the body unchanged.
+    #[inline]
+    pub(crate) fn plain_buf(self) -> Result<Vec<u8>, OpBody> {
+        match self {
+            OpBody::Read { buf, .. }
+            | OpBody::Write { buf, .. }
+            | OpBody::Recv { buf, .. }
+            | OpBody::Send { buf, .. }
+            | OpBody::SendZc { buf, .. }
+            | OpBody::SendTo { buf, .. } => Ok(buf),
+            body => Err(body),
+        }
+    }
+
     pub(crate) fn into_output(self) -> Output {
         match self {
             OpBody::RecvFrom { buf, from, .. } => Output {

@@ -59,8 +59,8 @@ use crate::error::{Error, Result};
 use crate::op::Op;
 
 pub(crate) mod epoll;
-pub(crate) mod inline_read;
 pub(crate) mod fdtab;
+pub(crate) mod inline_read;
 mod ioprio;
 mod table;
 mod thread;
@@ -235,18 +235,28 @@ impl Backend {
     }
 
     pub(crate) fn submit(&self, op: Op, key: u64, user_data: u64, flush: bool) -> SubmitResult {
-        let mut op = op;
-        if let crate::op::OpBody::Close { fd } = &op.body {
-            inline_read::forget(std::os::fd::AsRawFd::as_raw_fd(fd));
+        use crate::op::OpBody;
+        match &op.body {
+            OpBody::Close { fd } => inline_read::forget(std::os::fd::AsRawFd::as_raw_fd(fd)),
+            // A buffered read served by the page cache ends here (`inline_read.rs`).
+            OpBody::Read { .. } | OpBody::ReadV { .. } => {
+                let mut op = op;
+                let ring_batches = matches!(self, Backend::Uring(_)) && !flush;
+                if let Some(res) = inline_read::try_read(&mut op.body, ring_batches) {
+                    return match self {
+                        Backend::Uring(d) => d.complete_inline(op, key, user_data, res),
+                        Backend::Epoll(d) => d.complete_inline(op, key, user_data, res),
+                    };
+                }
+                return self.submit_to_driver(op, key, user_data, flush);
+            }
+            _ => {}
         }
-        // A buffered read served by the page cache ends here (`inline_read.rs`).
-        let ring_batches = matches!(self, Backend::Uring(_)) && !flush;
-        if let Some(res) = inline_read::try_read(&mut op.body, ring_batches) {
-            return match self {
-                Backend::Uring(d) => d.complete_inline(op, key, user_data, res),
-                Backend::Epoll(d) => d.complete_inline(op, key, user_data, res),
-            };
-        }
+        self.submit_to_driver(op, key, user_data, flush)
+    }
+
+    #[inline]
+    fn submit_to_driver(&self, op: Op, key: u64, user_data: u64, flush: bool) -> SubmitResult {
         match self {
             Backend::Uring(d) => d.submit(op, key, user_data, flush),
             Backend::Epoll(d) => d.submit(op, key, user_data, flush),

@@ -17,6 +17,7 @@ mod echo;
 mod fallback;
 mod hyper_bridge;
 mod inline_read;
+mod inline_submit;
 mod multishot;
 mod op_priority;
 mod ops;

@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use ringport::{BackendChoice, Completion, CompletionPort, Op, Pool};
+use ringport::{BackendChoice, Completion, CompletionPort, Op, Pool, Submitted};
 
 use crate::signals;
 
@@ -78,6 +78,12 @@ pub struct EchoArgs {
     /// Accepts kept outstanding on the listener.
     #[arg(long, default_value_t = 16)]
     pub(crate) accepts: usize,
+    /// Operations a handler chains inline before it returns to the port (plain
+    /// receive only): a send or receive started with `submit_inline` that
+    /// finishes at once (epoll) is handled on the spot, without a packet.
+    /// 0 queues every completion.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) inline_chain: u32,
     /// Serve with the async face (a `Runtime` task per connection) instead of raw completions.
     #[arg(long = "async")]
     pub(crate) async_mode: bool,
@@ -108,6 +114,7 @@ struct Server {
     conns: Mutex<Vec<Option<OwnedFd>>>,
     spin: Duration,
     buf_size: usize,
+    inline_chain: u32,
     stopping: AtomicBool,
     accepted: AtomicU64,
     closed: AtomicU64,
@@ -142,6 +149,7 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         conns: Mutex::new(Vec::new()),
         spin: Duration::from_micros(args.spin_us),
         buf_size: args.buf_size,
+        inline_chain: args.inline_chain,
         stopping: AtomicBool::new(false),
         accepted: AtomicU64::new(0),
         closed: AtomicU64::new(0),
@@ -179,18 +187,42 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 impl Server {
-    fn handle(&self, port: &CompletionPort, mut c: Completion) {
+    /// Handles a completion, and the completions of the operations it starts
+    /// that finish at once (`submit_inline`), up to `--inline-chain` of them, so
+    /// one busy connection cannot keep a thread from the others.
+    fn handle(&self, port: &CompletionPort, c: Completion) {
+        let mut next = Some(c);
+        let mut budget = self.inline_chain;
+        while let Some(c) = next.take() {
+            next = self.step(port, c, &mut budget);
+        }
+    }
+
+    /// Handles one completion; returns the completion of the operation it
+    /// started if that finished inline.
+    fn step(
+        &self,
+        port: &CompletionPort,
+        mut c: Completion,
+        budget: &mut u32,
+    ) -> Option<Completion> {
         let (kind, pos, fd) = ud_parts(c.user_data);
         match kind {
-            ACCEPT => self.on_accept(port, &mut c),
+            ACCEPT => {
+                self.on_accept(port, &mut c);
+                None
+            }
             RECV => match (&c.result, c.buf.take()) {
                 (Ok(n), Some(buf)) if *n > 0 => {
                     if !self.spin.is_zero() && buf.first() == Some(&b'!') {
                         spin(self.spin);
                     }
-                    self.submit(port, fd, |s| Op::send(&s, buf), ud(SEND, 0, fd));
+                    self.submit(port, fd, |s| Op::send(&s, buf), ud(SEND, 0, fd), budget)
                 }
-                _ => self.close(port, fd),
+                _ => {
+                    self.close(port, fd);
+                    None
+                }
             },
             SEND => match (&c.result, c.buf.take()) {
                 (Ok(n), Some(mut buf)) => {
@@ -201,15 +233,22 @@ impl Server {
                             fd,
                             |s| Op::send_from(&s, buf, sent),
                             ud(SEND, sent, fd),
-                        );
+                            budget,
+                        )
                     } else {
                         buf.clear();
-                        self.submit(port, fd, |s| Op::recv(&s, buf), ud(RECV, 0, fd));
+                        self.submit(port, fd, |s| Op::recv(&s, buf), ud(RECV, 0, fd), budget)
                     }
                 }
-                _ => self.close(port, fd),
+                _ => {
+                    self.close(port, fd);
+                    None
+                }
             },
-            _ => tracing::error!("unexpected completion {c:?}"),
+            _ => {
+                tracing::error!("unexpected completion {c:?}");
+                None
+            }
         }
     }
 
@@ -233,7 +272,8 @@ impl Server {
                 }
                 self.accepted.fetch_add(1, Ordering::Relaxed);
                 let buf = Vec::with_capacity(self.buf_size);
-                self.submit(port, raw, |s| Op::recv(&s, buf), ud(RECV, 0, raw));
+                // (Not inline: its completion must not run inside the accept's.)
+                self.submit(port, raw, |s| Op::recv(&s, buf), ud(RECV, 0, raw), &mut 0);
             }
             (None, Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 // Out of descriptors: back off instead of spinning on the error.
@@ -254,19 +294,34 @@ impl Server {
     }
 
     /// Submits an op on connection `fd`; on failure (port closing) closes it.
+    /// While `budget` lasts the op is submitted with `submit_inline` (one
+    /// spent), and its completion is returned if it finished at once.
     fn submit(
         &self,
         port: &CompletionPort,
         fd: RawFd,
         op: impl FnOnce(BorrowedFd<'_>) -> Op,
         user_data: u64,
-    ) {
+        budget: &mut u32,
+    ) -> Option<Completion> {
         // SAFETY: `fd` is owned by `self.conns` and is only removed (closed) by
         // `close`, which runs when this connection's one operation has completed —
         // i.e. not while we are building its next one.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        if port.submit(op(borrowed), user_data).is_err() {
-            self.close(port, fd);
+        let op = op(borrowed);
+        let r = if *budget > 0 {
+            *budget -= 1;
+            port.submit_inline(op, user_data)
+        } else {
+            port.submit(op, user_data).map(Submitted::Pending)
+        };
+        match r {
+            Ok(Submitted::Done(c)) => Some(c),
+            Ok(Submitted::Pending(_)) => None,
+            Err(_) => {
+                self.close(port, fd);
+                None
+            }
         }
     }
 

@@ -769,6 +769,20 @@ fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Complet
 
 /// The completion of the operation `rec` describes, with its result and body.
 fn completion(id: OpId, rec: &Record, res: i32, body: OpBody) -> Completion {
+    // (A multishot operation's final completion comes after its `parts`.)
+    if rec.parts == 0 {
+        match body.plain_buf() {
+            Ok(buf) => {
+                return Completion::plain(id, rec.kind, rec.key, rec.user_data, res, buf, rec.prio)
+            }
+            Err(body) => return completion_of(id, rec, res, body),
+        }
+    }
+    completion_of(id, rec, res, body)
+}
+
+/// `completion`, for any operation.
+fn completion_of(id: OpId, rec: &Record, res: i32, body: OpBody) -> Completion {
     Completion::from_raw(
         id,
         rec.kind,
@@ -778,6 +792,5 @@ fn completion(id: OpId, rec: &Record, res: i32, body: OpBody) -> Completion {
         body.into_output(),
     )
     .with_priority(rec.prio)
-    // (A multishot operation's final completion comes after its `parts`.)
     .multishot(false, None, rec.parts)
 }

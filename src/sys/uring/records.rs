@@ -140,7 +140,25 @@ impl Inner {
         let rec = self.ops.remove(id)?;
         // The CQE is in hand: the kernel is done with everything the record
         // holds, so it may be read (a receive's header, a statx result).
-        let mut out = rec.body.into_output();
+        let body = if matches!(rec.aux, Aux::None) {
+            match rec.body.plain_buf() {
+                Ok(buf) => {
+                    return Some(Completion::plain(
+                        id,
+                        rec.kind,
+                        rec.key,
+                        rec.user_data,
+                        res,
+                        buf,
+                        rec.prio,
+                    ))
+                }
+                Err(body) => body,
+            }
+        } else {
+            rec.body
+        };
+        let mut out = body.into_output();
         if let Aux::Msg(m) = &rec.aux {
             if rec.kind == OpKind::RecvFrom && res >= 0 {
                 out.addr = m.source();

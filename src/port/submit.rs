@@ -1,0 +1,201 @@
+//! Submitting operations: `submit` and its variants (IOCP's overlapped calls),
+//! and `submit_inline`, IOCP's `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::completion::{Completion, OpId};
+use crate::error::{Error, Result};
+use crate::op::{Op, OpBody};
+use crate::sys::PollMode;
+
+use super::{CompletionPort, DEFER_SUBMIT, HOLDING};
+
+/// What [`CompletionPort::submit_inline`] did with an operation.
+#[derive(Debug)]
+pub enum Submitted {
+    /// In flight: its completion comes through the port, as after `submit`.
+    Pending(OpId),
+    /// Finished during the call, successfully or not: here is its completion,
+    /// and no packet for it is queued.
+    Done(Completion),
+}
+
+impl CompletionPort {
+    fn key_for(&self, op: &Op) -> Result<u64> {
+        match op.fd() {
+            None => Ok(op.key.unwrap_or(0)),
+            // A close ends the association as it is submitted.
+            Some(fd) if matches!(op.body, OpBody::Close { .. }) => {
+                self.inner.assoc.remove(fd, || {})
+            }
+            Some(fd) => self.inner.assoc.get(fd),
+        }
+    }
+
+    /// Starts an operation (IOCP's overlapped call). Never blocks unless
+    /// `max_in_flight` operations are outstanding, in which case it waits for room
+    /// (reaping completions into the port's queue meanwhile, so it cannot deadlock).
+    /// The completion comes back through `get` with `user_data`.
+    pub fn submit(&self, op: Op, user_data: u64) -> Result<OpId> {
+        self.submit_waiting(op, user_data, None)
+    }
+
+    /// Starts an operation like [`submit`](Self::submit), but if it finishes
+    /// during the call (successfully or with an error) returns its completion
+    /// instead of queueing it: IOCP's `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`,
+    /// chosen per call rather than per handle. The caller handles a `Done`
+    /// completion itself, at once; it never comes through `get`.
+    ///
+    /// On the epoll backend a socket operation is attempted at once, so a send
+    /// with room or a receive with data waiting is `Done` without touching the
+    /// port's queue (its lock, its wake-ups, a `get`). On io_uring an
+    /// operation is handed to the kernel and is always `Pending`. A multishot
+    /// operation is always `Pending`: its completions come through the port.
+    /// Like `submit`, it waits for room while `max_in_flight` operations are
+    /// out, even for one that would finish at once (the cap means the same on
+    /// both backends); a `Done` operation holds no slot once it is returned.
+    ///
+    /// A handler that chains operations this way should bound the chain (say,
+    /// 16 in a row, then a plain `submit`), as a thread that keeps finding work
+    /// done inline never returns to the port, and other handles wait.
+    ///
+    /// ```
+    /// use ringport::{CompletionPort, Op, Submitted};
+    /// use std::io::Write;
+    /// use std::os::unix::net::UnixStream;
+    ///
+    /// let port = CompletionPort::new()?;
+    /// let (a, mut b) = UnixStream::pair()?;
+    /// port.associate(&a, 1)?;
+    /// b.write_all(b"ping")?;
+    /// std::thread::sleep(std::time::Duration::from_millis(10));
+    /// match port.submit_inline(Op::recv(&a, Vec::with_capacity(16)), 7)? {
+    ///     // epoll: the bytes were waiting, so the receive finished in the call.
+    ///     Submitted::Done(c) => assert_eq!(c.buf.as_deref(), Some(&b"ping"[..])),
+    ///     // io_uring: the kernel has it; the completion comes through the port.
+    ///     Submitted::Pending(_) => {
+    ///         let c = port.get(Some(std::time::Duration::from_secs(5)))?;
+    ///         assert_eq!(c.buf.as_deref(), Some(&b"ping"[..]));
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_inline(&self, op: Op, user_data: u64) -> Result<Submitted> {
+        let mut done = None;
+        let id = self.submit_waiting(op, user_data, Some(&mut done))?;
+        Ok(match done {
+            Some(c) => Submitted::Done(c),
+            None => Submitted::Pending(id),
+        })
+    }
+
+    /// `submit`, waiting for room while `max_in_flight` operations are out;
+    /// with `inline`, an operation finished during the call is put there.
+    fn submit_waiting(
+        &self,
+        op: Op,
+        user_data: u64,
+        mut inline: Option<&mut Option<Completion>>,
+    ) -> Result<OpId> {
+        let key = self.key_for(&op)?;
+        let mut op = op;
+        loop {
+            match self.submit_inner(op, key, user_data, inline.as_deref_mut()) {
+                Err((Error::QueueFull, Some(back))) => {
+                    op = back;
+                    self.reap_for_room();
+                }
+                Err((e, _)) => return Err(e),
+                Ok(id) => return Ok(id),
+            }
+        }
+    }
+
+    /// Like [`submit`](Self::submit), but returns [`Error::QueueFull`] at once when
+    /// `max_in_flight` operations are outstanding.
+    pub fn try_submit(&self, op: Op, user_data: u64) -> Result<OpId> {
+        let key = self.key_for(&op)?;
+        self.submit_inner(op, key, user_data, None)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Like `try_submit`, but hands the operation back on `QueueFull` (and on any
+    /// refusal that leaves it intact), so the caller can retry it later.
+    pub(crate) fn try_submit_keep(
+        &self,
+        op: Op,
+        user_data: u64,
+    ) -> std::result::Result<OpId, (Error, Option<Op>)> {
+        let key = match self.key_for(&op) {
+            Ok(k) => k,
+            Err(e) => return Err((e, Some(op))),
+        };
+        self.submit_inner(op, key, user_data, None)
+    }
+
+    /// Hands `op` to the backend. An operation that finished at once is
+    /// queued, or with `inline` (and unless more completions of it follow)
+    /// put there instead. (An out-parameter: returning the completion would
+    /// copy its 128 bytes through every caller, `submit`'s too.)
+    fn submit_inner(
+        &self,
+        op: Op,
+        key: u64,
+        user_data: u64,
+        inline: Option<&mut Option<Completion>>,
+    ) -> std::result::Result<OpId, (Error, Option<Op>)> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err((Error::Closed, None));
+        }
+        // Pool threads batch: their next `get` submits everything at once.
+        let batching = DEFER_SUBMIT.with(Cell::get);
+        let high = self.count_high(&op);
+        let (id, done) = self
+            .inner
+            .backend
+            .submit(op, key, user_data, !batching)
+            .inspect_err(|_| self.uncount_high(high))?;
+        if batching && done.is_none() && self.inner.backend.defers_submission() {
+            HOLDING.with(|h| h.set(true));
+        }
+        if let Some(c) = done {
+            if let Some(slot) = inline.filter(|_| !c.more) {
+                self.dequeued(std::slice::from_ref(&c));
+                *slot = Some(c);
+                return Ok(id);
+            }
+            // The operation finished at once (epoll tried it inline). Its packet is
+            // queued like any other; a batching thread keeps it for its own next
+            // `get` instead of waking another thread, just as its io_uring
+            // submissions wait for that `get`.
+            if self.inner.sched.push_with(c, !batching) {
+                self.inner.backend.notify();
+            }
+        }
+        Ok(id)
+    }
+
+    /// The cap on operations in flight, as the backend applied it.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.backend.max_in_flight()
+    }
+
+    /// Waits briefly in the kernel for completions, queueing them in the port.
+    fn reap_for_room(&self) {
+        let mut got = Vec::new();
+        if let Err(e) =
+            self.inner
+                .backend
+                .poll(Some(Duration::from_millis(1)), &mut got, PollMode::Other)
+        {
+            tracing::error!("reaping while waiting for room: {e}");
+        }
+        for c in got {
+            if self.inner.sched.push(c) {
+                self.inner.backend.notify();
+            }
+        }
+    }
+}
