@@ -93,10 +93,31 @@ const WAKE_TOKEN: u64 = u64::MAX;
 /// generations stay below 2^30 (see `table.rs`).
 const DEADLINE_BIT: u64 = 1 << 63;
 
-/// Set in the id of an operation that finished inside `submit` and never
-/// entered the op table (see `submit_socket`): no table id has it, so such an
-/// id is never found again (a cancel says `NotFound`: it has completed).
+/// Set in the id of an operation that never entered the op table (see
+/// `submit_socket`): no table id has it. Alone, it marks one that finished
+/// inside `submit` (a cancel says `NotFound`: it has completed); with
+/// [`OWN_BIT`], one that waits in its socket's queue with its own record.
 const INLINE_BIT: u64 = 1 << 62;
+
+/// With [`INLINE_BIT`]: an operation waiting in a socket's queue outside the
+/// op table (`Pending::own`). Such an id is `INLINE_BIT | OWN_BIT | fd << 40 |
+/// sequence` (40 bits; descriptors below `fdtab::DIRECT`, 2^20), so a cancel
+/// finds its queue from the id alone.
+const OWN_BIT: u64 = 1 << 61;
+
+/// The bits of an own id's sequence number.
+const OWN_SEQ: u64 = (1 << 40) - 1;
+
+/// The id of an own operation on `fd` (below `fdtab::DIRECT`), numbered `n`.
+fn own_id(fd: usize, n: u64) -> OpId {
+    OpId(INLINE_BIT | OWN_BIT | ((fd as u64) << 40) | (n & OWN_SEQ))
+}
+
+/// The descriptor of an own operation's id; `None` for any other id.
+fn own_fd(id: OpId) -> Option<RawFd> {
+    (id.0 & (DEADLINE_BIT | INLINE_BIT | OWN_BIT) == INLINE_BIT | OWN_BIT)
+        .then(|| ((id.0 >> 40) & 0xf_ffff) as RawFd)
+}
 
 /// Where an operation in flight is waiting.
 #[derive(Debug)]
@@ -132,8 +153,7 @@ struct Inner {
     /// `poll` hands them out.
     done: Vec<Completion>,
     closed: bool,
-    /// `ops.len()`, kept after each insert and remove (under this lock) for
-    /// readers that do not take it (`Shared::live`).
+    /// `Shared::live`, which a table insert or remove counts up or down.
     live: Arc<AtomicUsize>,
 }
 
@@ -141,7 +161,9 @@ impl Inner {
     /// Takes an operation's record out of the table, keeping `live` in step.
     fn remove_op(&mut self, id: OpId) -> Option<Record> {
         let rec = self.ops.remove(id);
-        self.live.store(self.ops.len(), Ordering::Relaxed);
+        if rec.is_some() {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
         rec
     }
 }
@@ -153,6 +175,34 @@ struct Pending {
     body: OpBody,
     /// A connect that returned `EINPROGRESS`: the next writability ends it.
     connecting: bool,
+    /// `Some` for an operation outside the op table (its id has `OWN_BIT`):
+    /// what its completion needs. `None`: its record is in the table.
+    own: Option<Own>,
+}
+
+/// The record of a socket operation that waits in its queue outside the op
+/// table: a submit and its completion then take no lock but the socket's
+/// (the op table's is global), unless it has a linked timeout.
+///
+/// Invariant: it is counted in `Shared::live` from its admission until its
+/// completion is built (`Driver::end`), and its linked timeout's timer entry,
+/// if any, is added while the socket's lock is held after it is queued, and
+/// removed when it ends — so a due timer's cancel always finds it queued, or
+/// finds it gone because it has ended.
+#[derive(Debug, Clone, Copy)]
+struct Own {
+    kind: OpKind,
+    key: u64,
+    user_data: u64,
+    prio: crate::Priority,
+    deadline: Option<Instant>,
+}
+
+impl Pending {
+    /// Whether ending it needs `Inner` (a table record, or a timer entry).
+    fn needs_inner(&self) -> bool {
+        self.own.is_none_or(|o| o.deadline.is_some())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -230,8 +280,8 @@ pub(crate) struct Shared {
     /// Serialises registering and unregistering; holds the queues of
     /// descriptors at or above `fdtab::DIRECT`.
     big: Mutex<HashMap<RawFd, Arc<FdQueue>>>,
-    /// Operations in the table (`Inner::live`): the in-flight cap applied to
-    /// an operation that may finish without entering the table.
+    /// Operations in flight: the table's and the own ones (`Own`). The cap
+    /// (`max_in_flight`) is applied against it.
     live: Arc<AtomicUsize>,
     /// `Inner::closed`, readable without its lock (set under it, first).
     closed: AtomicBool,
@@ -341,7 +391,7 @@ impl Driver {
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        lock(&self.shared.inner).ops.len()
+        self.shared.live.load(Ordering::Relaxed)
     }
 
     /// Registers a socket (sets it non-blocking; edge-triggered in and out).
@@ -455,12 +505,34 @@ impl Driver {
         }
         let mut inner = lock(&self.shared.inner);
         for p in pending {
-            if let Some(c) = finish(&mut inner, p.id, -libc::ECANCELED, p.body) {
+            if let Some(c) = self.end(&mut inner, p, -libc::ECANCELED) {
                 inner.done.push(c);
             }
         }
         drop(inner);
         self.notify();
+    }
+
+    /// Ends a waiting operation taken out of its queue with `res`: its
+    /// record leaves the table, or its own record is uncounted (and its timer
+    /// entry removed); returns its completion.
+    fn end(&self, inner: &mut Inner, p: Pending, res: i32) -> Option<Completion> {
+        match p.own {
+            None => finish(inner, p.id, res, p.body),
+            Some(o) => {
+                if let Some(at) = o.deadline {
+                    inner.timers.remove(&(at, p.id.0 | DEADLINE_BIT));
+                }
+                Some(self.end_own(p.id, o, res, p.body))
+            }
+        }
+    }
+
+    /// Ends an own operation (one without a linked timeout, or whose timer
+    /// entry the caller removes): uncounts it and builds its completion.
+    fn end_own(&self, id: OpId, o: Own, res: i32, body: OpBody) -> Completion {
+        self.shared.live.fetch_sub(1, Ordering::Relaxed);
+        build(id, o.kind, o.key, o.user_data, o.prio, 0, res, body)
     }
 
     /// Takes a slot for a new operation, or says why not.
@@ -493,7 +565,7 @@ impl Driver {
         if inner.closed {
             return Err(Error::Closed);
         }
-        if inner.ops.len() >= self.max_in_flight {
+        if inner.live.load(Ordering::Relaxed) >= self.max_in_flight {
             return Err(Error::QueueFull);
         }
         let deadline = link_timeout.map(|d| Instant::now() + d);
@@ -506,7 +578,7 @@ impl Driver {
             deadline,
             parts: 0,
         });
-        inner.live.store(inner.ops.len(), Ordering::Relaxed);
+        inner.live.fetch_add(1, Ordering::Relaxed);
         if let Wait::Timer(at) = inner.ops.get(id).map(|r| &r.wait).expect("just inserted") {
             let at = *at;
             inner.timers.insert((at, id.0));
@@ -617,6 +689,9 @@ impl Driver {
     /// due has fired, and a socket operation first in its queue is attempted once
     /// more (if its data arrived but no thread has polled yet, it completes).
     pub(crate) fn cancel(&self, id: OpId) -> crate::Result<Option<Completion>> {
+        if let Some(fd) = own_fd(id) {
+            return self.cancel_own(id, fd);
+        }
         let mut inner = lock(&self.shared.inner);
         let wait = match inner.ops.get(id) {
             None => return Err(Error::NotFound),
@@ -670,6 +745,36 @@ impl Driver {
         Ok(taken.and_then(|(b, res)| finish(&mut lock(&self.shared.inner), id, res, b)))
     }
 
+    /// `cancel` of an own operation: found in its socket's queue, or it has
+    /// ended (or is ending: its completion comes either way) — `NotFound`.
+    fn cancel_own(&self, id: OpId, fd: RawFd) -> crate::Result<Option<Completion>> {
+        let Some(q) = self.shared.queue(fd) else {
+            return Err(Error::NotFound);
+        };
+        let mut g = lock(&q.q);
+        let g = &mut *g;
+        for queue in [&mut g.read, &mut g.write] {
+            if let Some(i) = queue.iter().position(|p| p.id == id) {
+                let mut p = queue.remove(i).expect("position is in range");
+                // First in its queue, it may have finished already: the
+                // cancel then loses and its real result stands.
+                let res = if i == 0 {
+                    try_op(&mut p).unwrap_or(-libc::ECANCELED)
+                } else {
+                    -libc::ECANCELED
+                };
+                let c = if p.needs_inner() {
+                    self.end(&mut lock(&self.shared.inner), p, res)
+                } else {
+                    let o = p.own.expect("an own operation");
+                    Some(self.end_own(p.id, o, res, p.body))
+                };
+                return Ok(c);
+            }
+        }
+        Err(Error::NotFound)
+    }
+
     pub(crate) fn notify(&self) {
         self.shared.notify();
     }
@@ -703,17 +808,16 @@ impl Driver {
         // A submit that was admitted just before `closed` was set finishes on its
         // own (its socket queue is dead, the file workers refuse it); wait for it.
         let t0 = Instant::now();
-        while inner.ops.len() > 0 && t0.elapsed() < Duration::from_secs(5) {
+        while self.shared.live.load(Ordering::Relaxed) > 0 && t0.elapsed() < Duration::from_secs(5)
+        {
             drop(inner);
             std::thread::sleep(Duration::from_millis(1));
             inner = lock(&self.shared.inner);
             inner.done.clear();
         }
-        if inner.ops.len() > 0 {
-            tracing::error!(
-                "epoll shutdown: {} operations never finished",
-                inner.ops.len()
-            );
+        let left = self.shared.live.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::error!("epoll shutdown: {left} operations never finished");
         }
     }
 }
@@ -769,28 +873,40 @@ fn finish(inner: &mut Inner, id: OpId, res: i32, body: OpBody) -> Option<Complet
 
 /// The completion of the operation `rec` describes, with its result and body.
 fn completion(id: OpId, rec: &Record, res: i32, body: OpBody) -> Completion {
-    // (A multishot operation's final completion comes after its `parts`.)
-    if rec.parts == 0 {
-        match body.plain_buf() {
-            Ok(buf) => {
-                return Completion::plain(id, rec.kind, rec.key, rec.user_data, res, buf, rec.prio)
-            }
-            Err(body) => return completion_of(id, rec, res, body),
-        }
-    }
-    completion_of(id, rec, res, body)
-}
-
-/// `completion`, for any operation.
-fn completion_of(id: OpId, rec: &Record, res: i32, body: OpBody) -> Completion {
-    Completion::from_raw(
+    build(
         id,
         rec.kind,
         rec.key,
         rec.user_data,
+        rec.prio,
+        rec.parts,
         res,
-        body.into_output(),
+        body,
     )
-    .with_priority(rec.prio)
-    .multishot(false, None, rec.parts)
+}
+
+/// An operation's completion; `parts`: the completions a multishot operation
+/// has produced before this, its final one.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    id: OpId,
+    kind: OpKind,
+    key: u64,
+    user_data: u64,
+    prio: crate::Priority,
+    parts: u32,
+    res: i32,
+    body: OpBody,
+) -> Completion {
+    let body = if parts == 0 {
+        match body.plain_buf() {
+            Ok(buf) => return Completion::plain(id, kind, key, user_data, res, buf, prio),
+            Err(body) => body,
+        }
+    } else {
+        body
+    };
+    Completion::from_raw(id, kind, key, user_data, res, body.into_output())
+        .with_priority(prio)
+        .multishot(false, None, parts)
 }

@@ -203,6 +203,7 @@ impl Driver {
             id,
             body: op.body,
             connecting: false,
+            own: None,
         };
         if wrong_pool || linked {
             return self.done_now(id, -libc::EINVAL, p.body);

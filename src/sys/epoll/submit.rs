@@ -32,6 +32,7 @@ impl Driver {
                 id,
                 body: op.body,
                 connecting: false,
+                own: None,
             };
             let res = try_op(&mut p).unwrap_or(-libc::EAGAIN);
             return self.done_now(id, res, p.body);
@@ -75,6 +76,7 @@ impl Driver {
             id: OpId(0),
             body,
             connecting: false,
+            own: None,
         };
         // A connect's attempt starts the connection, so it is admitted first
         // (a refusal hands back an operation that has done nothing, as
@@ -107,19 +109,61 @@ impl Driver {
                 None => *blocked = true,
             }
         }
-        p.id = match self.admit_parts(kind, key, user_data, prio, link_timeout, || Wait::Fd(fd)) {
-            Ok(id) => id,
-            Err(Error::QueueFull) => return Err((Error::QueueFull, Some(give_back(p.body)))),
-            Err(e) => return Err((e, None)),
+        let Some(index) = FdTable::<FdQueue>::index(fd) else {
+            // (A descriptor too large for an own id: its record goes in the table.)
+            p.id = match self.admit_parts(kind, key, user_data, prio, link_timeout, || Wait::Fd(fd))
+            {
+                Ok(id) => id,
+                Err(Error::QueueFull) => return Err((Error::QueueFull, Some(give_back(p.body)))),
+                Err(e) => return Err((e, None)),
+            };
+            if must_try && queue.is_empty() {
+                if let Some(res) = try_op(&mut p) {
+                    return self.done_now(p.id, res, p.body);
+                }
+                *blocked = true;
+            }
+            let id = p.id;
+            queue.push_back(p);
+            return Ok((id, None));
+        };
+        // It waits with its own record, outside the op table (`Own`).
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err((Error::Closed, None));
+        }
+        if self.shared.live.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+            self.shared.live.fetch_sub(1, Ordering::Relaxed);
+            return Err((Error::QueueFull, Some(give_back(p.body))));
+        }
+        let n = self.shared.inline_ids.fetch_add(1, Ordering::Relaxed);
+        p.id = own_id(index, n);
+        let own = Own {
+            kind,
+            key,
+            user_data,
+            prio,
+            deadline: link_timeout.map(|d| Instant::now() + d),
         };
         if must_try && queue.is_empty() {
             if let Some(res) = try_op(&mut p) {
-                return self.done_now(p.id, res, p.body);
+                return Ok((p.id, Some(self.end_own(p.id, own, res, p.body))));
             }
             *blocked = true;
         }
+        p.own = Some(own);
         let id = p.id;
         queue.push_back(p);
+        if let Some(at) = own.deadline {
+            // Under the socket's lock, after it is queued (see `Own`).
+            let mut inner = lock(&self.shared.inner);
+            inner.timers.insert((at, id.0 | DEADLINE_BIT));
+            let first = inner.timers.first() == Some(&(at, id.0 | DEADLINE_BIT));
+            drop(inner);
+            if first {
+                // The poller may be sleeping with a later deadline.
+                self.notify();
+            }
+        }
         Ok((id, None))
     }
 }

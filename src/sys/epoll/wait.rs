@@ -135,13 +135,25 @@ impl Driver {
                     }
                     Some(res) => {
                         let p = queue.pop_front().expect("front exists");
-                        if drained_after(&p, res, q.stream(), read_closed) {
+                        let drained = drained_after(&p, res, q.stream(), read_closed);
+                        match p.own {
+                            // Its completion needs no other lock (and none
+                            // before it waits for one: completions keep
+                            // their order).
+                            Some(o)
+                                if o.deadline.is_none()
+                                    && finished.is_empty()
+                                    && parts.is_empty() =>
+                            {
+                                out.push(self.end_own(p.id, o, res, p.body))
+                            }
+                            _ => finished.push((p, res)),
+                        }
+                        if drained {
                             // Drained: the rest of the queue waits for an edge.
                             *blocked = true;
-                            finished.push((p, res));
                             break;
                         }
-                        finished.push((p, res));
                     }
                 }
             }
@@ -152,9 +164,11 @@ impl Driver {
         }
         let mut inner = lock(&self.shared.inner);
         // A multishot operation's partial results come before its end.
-        multi::part_completions(&mut inner, parts, out);
+        if !parts.is_empty() {
+            multi::part_completions(&mut inner, parts, out);
+        }
         for (p, res) in finished.drain(..) {
-            out.extend(finish(&mut inner, p.id, res, p.body));
+            out.extend(self.end(&mut inner, p, res));
         }
         drop(inner);
         give_back(&FINISHED, finished, FINISHED_KEEP);
