@@ -116,7 +116,7 @@ fn own_id(fd: usize, n: u64) -> OpId {
 /// The descriptor of an own operation's id; `None` for any other id.
 fn own_fd(id: OpId) -> Option<RawFd> {
     (id.0 & (DEADLINE_BIT | INLINE_BIT | OWN_BIT) == INLINE_BIT | OWN_BIT)
-        .then(|| ((id.0 >> 40) & 0xf_ffff) as RawFd)
+        .then_some(((id.0 >> 40) & 0xf_ffff) as RawFd)
 }
 
 /// Where an operation in flight is waiting.
