@@ -81,7 +81,7 @@ impl InlineReads {
         // SAFETY: recv writes at most `dst.len()` bytes into `dst`, which we
         // borrow mutably for the call; the descriptor is borrowed, so open.
         let n = unsafe {
-            libc::recv(
+            crate::sys::rawcall::recv(
                 fd.as_raw_fd(),
                 dst.as_mut_ptr().cast(),
                 dst.len(),

@@ -62,6 +62,7 @@ pub(crate) mod epoll;
 pub(crate) mod fdtab;
 pub(crate) mod inline_read;
 mod ioprio;
+pub(crate) mod rawcall;
 mod table;
 mod thread;
 pub(crate) use thread::{own_thread, thread_owned, OwnedScope};

@@ -59,7 +59,7 @@ pub(super) fn try_fixed(body: &mut OpBody) -> Result<Attempt, ()> {
             // SAFETY: the kernel writes at most `capacity` bytes into the
             // leased buffer, which this operation owns.
             attempt(unsafe {
-                libc::recv(
+                crate::sys::rawcall::recv(
                     *fd,
                     buf.as_mut_ptr().cast(),
                     buf.capacity(),
@@ -71,7 +71,7 @@ pub(super) fn try_fixed(body: &mut OpBody) -> Result<Attempt, ()> {
             let rest = &buf[*pos..];
             // SAFETY: reads `rest.len()` initialised bytes of the lease.
             attempt(unsafe {
-                libc::send(
+                crate::sys::rawcall::send(
                     *fd,
                     rest.as_ptr().cast(),
                     rest.len(),

@@ -75,7 +75,7 @@ fn recv(fd: RawFd, pool: &Arc<Shared>, flags: i32, stream: bool, closed: bool) -
         // else reads or writes it; the kernel writes at most `size` bytes into
         // it, inside the pool's mapping (kept alive by the op body's `Arc`).
         let rc = unsafe {
-            libc::recv(
+            crate::sys::rawcall::recv(
                 fd,
                 pool.buf_ptr(bid).cast(),
                 pool.size,

@@ -63,7 +63,7 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
                 // SAFETY: the kernel writes at most `capacity` bytes into the
                 // buffer's allocation, which we own.
                 attempt(unsafe {
-                    libc::recv(
+                    crate::sys::rawcall::recv(
                         *fd,
                         buf.as_mut_ptr().cast(),
                         buf.capacity(),
@@ -87,7 +87,7 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
                 let rest = &buf[*pos..];
                 // SAFETY: reads `rest.len()` initialised bytes we own.
                 attempt(unsafe {
-                    libc::send(
+                    crate::sys::rawcall::send(
                         *fd,
                         rest.as_ptr().cast(),
                         rest.len(),

@@ -1,0 +1,99 @@
+//! `recv(2)` and `send(2)` as raw system calls, for the hot socket paths
+//! (the epoll backend's attempts, the async layer's inline reads).
+//!
+//! glibc's `recv` and `send` are cancellation points: each call enables and
+//! disables asynchronous thread cancellation around the system call, ~60
+//! user instructions a call here (callgrind, epoll echo). ringport never
+//! cancels threads (Rust has no `pthread_cancel`), so it calls the kernel
+//! directly. Errors come back as with the wrappers: `-1`, and `errno` set.
+
+use std::os::fd::RawFd;
+
+/// `recv(fd, buf, len, flags)`.
+///
+/// # Safety
+///
+/// As for `recv(2)`: `buf` must be valid for writes of `len` bytes.
+#[inline]
+pub(crate) unsafe fn recv(fd: RawFd, buf: *mut libc::c_void, len: usize, flags: i32) -> isize {
+    // SAFETY: `recvfrom` with no address is `recv`; the caller vouches for
+    // `buf` and `len` (this function's contract).
+    unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            libc::c_long::from(fd),
+            buf,
+            len,
+            libc::c_long::from(flags),
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
+        ) as isize
+    }
+}
+
+/// `send(fd, buf, len, flags)`.
+///
+/// # Safety
+///
+/// As for `send(2)`: `buf` must be valid for reads of `len` bytes.
+#[inline]
+pub(crate) unsafe fn send(fd: RawFd, buf: *const libc::c_void, len: usize, flags: i32) -> isize {
+    // SAFETY: `sendto` with no address is `send`; the caller vouches for
+    // `buf` and `len` (this function's contract).
+    unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            libc::c_long::from(fd),
+            buf,
+            len,
+            libc::c_long::from(flags),
+            std::ptr::null::<libc::sockaddr>(),
+            0 as libc::socklen_t,
+        ) as isize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn receive_and_send_with_errors_in_errno() {
+        use std::os::fd::AsRawFd;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let msg = b"ping";
+        // SAFETY: reads 4 bytes of a live array.
+        let n = unsafe { super::send(a.as_raw_fd(), msg.as_ptr().cast(), 4, libc::MSG_DONTWAIT) };
+        assert_eq!(n, 4);
+        let mut buf = [0u8; 16];
+        // SAFETY: writes at most 16 bytes into a live array.
+        let n = unsafe {
+            super::recv(
+                b.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                16,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        assert_eq!(&buf[..n as usize], msg);
+        // SAFETY: as above.
+        let n = unsafe {
+            super::recv(
+                b.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                16,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EAGAIN)
+        );
+        // SAFETY: as above; a bad descriptor fails with EBADF.
+        let n = unsafe { super::send(-1, msg.as_ptr().cast(), 4, 0) };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EBADF)
+        );
+    }
+}
