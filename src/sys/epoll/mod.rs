@@ -9,7 +9,9 @@
 //!
 //! * If it finishes (data was there, the send fitted, a connection was waiting),
 //!   its completion is queued in the port straight away — no epoll call at all,
-//!   and no entry in the op table (its id is numbered apart: `INLINE_BIT`).
+//!   and no entry in the op table (its id is numbered apart: `INLINE_BIT`) —
+//!   or, through `CompletionPort::submit_inline`, handed back to the caller
+//!   without touching the port's queue.
 //!   This is the common case under load, and it is why the epoll backend makes
 //!   fewer system calls per message than a readiness loop that waits first.
 //!   (It skips the attempt when the last one in the same direction said `EAGAIN`
@@ -20,13 +22,18 @@
 //!   Datagram operations are the same calls with an address: `recvfrom` and
 //!   `sendto`.
 //! * If it would block (`EAGAIN`), the operation waits in its socket's read or
-//!   write queue. Sockets are registered with the epoll instance once, when they
+//!   write queue, carrying its own record (`Own`; not in the op table, whose
+//!   lock is global: a cancel finds it from its id, which holds the
+//!   descriptor). Multishot operations, and sockets numbered past
+//!   `fdtab::DIRECT`, keep their records in the table. Sockets are registered with the epoll instance once, when they
 //!   are associated with the port (edge-triggered, for input and output, and set
 //!   non-blocking — like IOCP's requirement that handles be opened overlapped).
 //!   When the port's poller sees readiness, it retries the queued operations in
 //!   order until one would block again, and queues their completions.
 //!   The try-then-queue step and the retry step hold the socket's queue lock, so
 //!   an edge that arrives between a failed attempt and its queueing is never lost.
+//!   A socket's queues are found by descriptor in a table read without a lock
+//!   (`sys/fdtab.rs`), so the common submit and completion take that one lock.
 //! * Regular files cannot be waited on with epoll (`EPERM`), so reads, writes
 //!   (plain and vectored), fsyncs, opens, `statx` and `fallocate` run on
 //!   blocking worker threads (`sys/workers.rs`; up to 64, started as operations
