@@ -122,17 +122,20 @@ impl CompletionPort {
     }
 
     /// Like `try_submit`, but hands the operation back on `QueueFull` (and on any
-    /// refusal that leaves it intact), so the caller can retry it later.
-    pub(crate) fn try_submit_keep(
+    /// refusal that leaves it intact), so the caller can retry it later; with
+    /// `inline`, `submit_inline`'s rule: an operation that finished during the
+    /// call is put there, not queued.
+    pub(crate) fn try_submit_keep_inline(
         &self,
         op: Op,
         user_data: u64,
+        inline: Option<&mut Option<Completion>>,
     ) -> std::result::Result<OpId, (Error, Option<Op>)> {
         let key = match self.key_for(&op) {
             Ok(k) => k,
             Err(e) => return Err((e, Some(op))),
         };
-        self.submit_inner(op, key, user_data, None)
+        self.submit_inner(op, key, user_data, inline)
     }
 
     /// Hands `op` to the backend. An operation that finished at once is

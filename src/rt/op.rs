@@ -65,6 +65,9 @@ enum Stage {
     },
     /// `start` could not submit it; `poll_op` reports why.
     Failed(Option<io::Error>),
+    /// `start` submitted it and it finished inside the submit (epoll):
+    /// `poll_op` returns it.
+    Finished(Completion),
     Done,
 }
 
@@ -81,6 +84,7 @@ impl fmt::Debug for OpFuture {
             Stage::New(op, _) => format!("new {:?}", op.kind()),
             Stage::InFlight { id, .. } => format!("in flight {id:?}"),
             Stage::Failed(_) => "failed".into(),
+            Stage::Finished(_) => "finished".into(),
             Stage::Done => "done".into(),
         };
         f.debug_struct("OpFuture").field("stage", &stage).finish()
@@ -98,7 +102,7 @@ impl OpFuture {
 
     /// True while the operation is submitted and its completion not yet taken.
     pub(crate) fn in_flight(&self) -> bool {
-        matches!(self.stage, Stage::InFlight { .. })
+        matches!(self.stage, Stage::InFlight { .. } | Stage::Finished(_))
     }
 
     /// Polls: submits on the first call (waiting for room if `max_in_flight`
@@ -119,6 +123,8 @@ impl OpFuture {
                         self.stage = Stage::New(op, hold);
                         Poll::Pending
                     }
+                    // Finished inside the submit (epoll): no packet comes.
+                    Submitted::Done(c) => Poll::Ready(Ok(c)),
                     Submitted::Failed(e) => Poll::Ready(Err(e)),
                 }
             }
@@ -128,6 +134,12 @@ impl OpFuture {
                     .unwrap_or_else(|| io::Error::other("operation failed"));
                 self.stage = Stage::Done;
                 Poll::Ready(Err(e))
+            }
+            Stage::Finished(_) => {
+                let Stage::Finished(c) = std::mem::replace(&mut self.stage, Stage::Done) else {
+                    unreachable!()
+                };
+                Poll::Ready(Ok(c))
             }
             Stage::InFlight { key, .. } => {
                 let r = std::task::ready!(self.shared.poll_done(*key, cx));
@@ -150,6 +162,7 @@ impl OpFuture {
             self.stage = match self.shared.submit(op, hold, cx, false) {
                 Submitted::Yes(key, id) => Stage::InFlight { key, id },
                 Submitted::Wait(op, hold) => Stage::New(op, hold),
+                Submitted::Done(c) => Stage::Finished(c),
                 Submitted::Failed(e) => Stage::Failed(Some(e)),
             };
         }
@@ -175,12 +188,17 @@ impl OpFuture {
     /// to `orphan` when it comes (at once, if it already has). An operation never
     /// submitted is simply dropped.
     pub(crate) fn detach(&mut self, orphan: Orphan) {
-        if let Stage::InFlight { key, id } = std::mem::replace(&mut self.stage, Stage::Done) {
-            if self.shared.orphan(key, orphan) {
-                // NotFound: it completed meanwhile (the orphan policy gets it);
-                // Closed: the port is shutting down and cancels everything.
-                let _ = self.shared.port.cancel(id);
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::InFlight { key, id } => {
+                if self.shared.orphan(key, orphan) {
+                    // NotFound: it completed meanwhile (the orphan policy gets it);
+                    // Closed: the port is shutting down and cancels everything.
+                    let _ = self.shared.port.cancel(id);
+                }
             }
+            // It finished inside `start`: the policy gets its completion now.
+            Stage::Finished(c) => orphan(c),
+            _ => {}
         }
     }
 }
@@ -199,11 +217,48 @@ impl Drop for OpFuture {
     }
 }
 
+thread_local! {
+    /// Sends this thread has had finish inside their submit in a row
+    /// (`inline_allowed`).
+    static INLINE_RUN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Inline completions in a row after which one send goes through the port,
+/// so a task whose sends always finish at once still yields.
+const INLINE_RUN_MAX: u32 = 16;
+
+/// Whether `op` may be taken as `Done` if it finishes inside its submit:
+/// sends only. A receive that finds data at once is the stream layer's to try
+/// (`net/inline.rs`, with its own yield budget); taking it here too would
+/// let a task that always finds data never yield. And after `INLINE_RUN_MAX`
+/// in a row, one send goes through the port: its task then waits, and others
+/// run (tokio's cooperative budget, for sends).
+fn inline_allowed(op: &Op) -> bool {
+    use crate::op::OpKind;
+    if !matches!(
+        op.kind(),
+        OpKind::Send | OpKind::SendTo | OpKind::SendZc | OpKind::SendFile
+    ) {
+        return false;
+    }
+    INLINE_RUN.with(|r| {
+        if r.get() >= INLINE_RUN_MAX {
+            r.set(0);
+            false
+        } else {
+            true
+        }
+    })
+}
+
 /// What `Shared::submit` did.
 pub(crate) enum Submitted {
     Yes(u64, OpId),
     /// No room; the waker is registered for when an operation completes.
     Wait(Op, Option<Hold>),
+    /// It finished during the submit (`CompletionPort::submit_inline`'s
+    /// rule): here is its completion.
+    Done(Completion),
     Failed(io::Error),
 }
 
@@ -216,6 +271,11 @@ impl Shared {
     /// submitting needs no second visit to the registry. `start` (submit now,
     /// wait later) leaves it out: its task must not be woken by a completion
     /// it is not waiting for yet.
+    ///
+    /// A send that finishes inside the submit (epoll: a send with room) comes
+    /// back at once, as `Done` (`inline_allowed`): no packet is queued for it,
+    /// so no worker has to deliver it and no task is woken and polled again
+    /// for it.
     pub(crate) fn submit(
         &self,
         op: Op,
@@ -232,8 +292,23 @@ impl Shared {
                 orphan: None,
                 hold: hold.take(),
             });
-            match self.port.try_submit_keep(op, key) {
-                Ok(id) => return Submitted::Yes(key, id),
+            let mut done = None;
+            let inline = inline_allowed(&op);
+            match self
+                .port
+                .try_submit_keep_inline(op, key, inline.then_some(&mut done))
+            {
+                Ok(id) => {
+                    if let Some(c) = done {
+                        INLINE_RUN.with(|r| r.set(r.get() + 1));
+                        // Nothing will complete this slot: free it (its waker
+                        // and hold drop here, outside the registry's lock).
+                        drop(self.ops.remove(key));
+                        return Submitted::Done(c);
+                    }
+                    INLINE_RUN.with(|r| r.set(0));
+                    return Submitted::Yes(key, id);
+                }
                 Err((Error::QueueFull, Some(back))) => {
                     hold = self.ops.remove(key).and_then(|s| s.hold);
                     op = back;

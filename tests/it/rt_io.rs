@@ -765,3 +765,147 @@ backend_test!(
         assert_eq!((r, buf.as_slice()), (Ok(4), &b"late"[..]));
     }
 );
+
+backend_test!(
+    a_write_with_room_is_done_at_its_first_poll,
+    |choice: BackendChoice| {
+        // On epoll a send with room finishes inside the submit, and the
+        // async layer takes it there (`submit_inline`'s rule): the write is
+        // ready at its first poll, with no packet and no wake-up. On io_uring
+        // the send goes to the ring, and the first poll is `Pending`.
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let (mut peer, server) = tcp_pair();
+        let mut s = block(
+            &h,
+            async move { TcpStream::from_std(server).expect("from_std") },
+        );
+        let epoll = choice == BackendChoice::Epoll;
+        for round in 0..3u8 {
+            let msg = vec![b'a' + round; 100];
+            let (first, s_back) = block(&h, async move {
+                let first = {
+                    let mut fut = pin!(s.write(msg));
+                    match poll_once(fut.as_mut()) {
+                        Some((r, buf)) => Some((r.map_err(|e| e.to_string()), buf.len())),
+                        // (Awaited to its end: the bytes must arrive.)
+                        None => {
+                            let (r, buf) = fut.await;
+                            assert_eq!(r.map_err(|e| e.to_string()), Ok(100));
+                            assert_eq!(buf.len(), 100);
+                            None
+                        }
+                    }
+                };
+                (first, s)
+            });
+            s = s_back;
+            if epoll {
+                assert_eq!(
+                    first.expect("epoll: a write with room was not done at its first poll"),
+                    (Ok(100), 100)
+                );
+            } else {
+                assert!(first.is_none(), "io_uring: the send goes to the ring");
+            }
+            let mut got = [0u8; 100];
+            peer.read_exact(&mut got).unwrap();
+            assert!(got.iter().all(|&b| b == b'a' + round), "the bytes arrive");
+        }
+        // `AsyncWrite` writes behind: `write` is ready at once on both
+        // backends, and the send's end is waited for by the next write or
+        // `flush`. On epoll the send finished inside `write`, so the flush is
+        // ready at its first poll.
+        let (flushed, s_back) = block(&h, async move {
+            let n = AsyncWriteExt::write(&mut s, b"xyz").await;
+            assert_eq!(n.map_err(|e| e.to_string()), Ok(3));
+            let first = {
+                let mut fut = pin!(AsyncWriteExt::flush(&mut s));
+                match poll_once(fut.as_mut()) {
+                    Some(r) => Some(r.map_err(|e| e.to_string())),
+                    None => {
+                        assert_eq!(fut.await.map_err(|e| e.to_string()), Ok(()));
+                        None
+                    }
+                }
+            };
+            (first, s)
+        });
+        drop(s_back);
+        if epoll {
+            assert_eq!(
+                flushed.expect("AsyncWrite on epoll: the flush was not ready at its first poll"),
+                Ok(())
+            );
+        }
+        let mut got = [0u8; 3];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"xyz");
+    }
+);
+
+/// Polls `fut` once with a waker that does nothing: its output if ready.
+fn poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+backend_test!(
+    sends_that_always_finish_at_once_still_yield,
+    |choice: BackendChoice| {
+        // A send finished inside its submit is ready at once (epoll); after
+        // 16 in a row one goes through the port, so a task that only sends
+        // still waits now and then and other tasks run.
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let (mut peer, server) = tcp_pair();
+        let s = block(
+            &h,
+            async move { TcpStream::from_std(server).expect("from_std") },
+        );
+        let reader = thread::spawn(move || {
+            let mut got = vec![0u8; 40 * 64];
+            peer.read_exact(&mut got).unwrap();
+            got
+        });
+        let firsts = block(&h, async move {
+            let mut firsts = Vec::new();
+            for i in 0..40u8 {
+                let mut fut = pin!(s.write(vec![i; 64]));
+                let ready = match poll_once(fut.as_mut()) {
+                    Some((r, _)) => {
+                        assert_eq!(r.map_err(|e| e.to_string()), Ok(64));
+                        true
+                    }
+                    None => {
+                        let (r, _) = fut.await;
+                        assert_eq!(r.map_err(|e| e.to_string()), Ok(64));
+                        false
+                    }
+                };
+                firsts.push(ready);
+            }
+            firsts
+        });
+        let got = reader.join().expect("reader");
+        assert!(got
+            .chunks(64)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+        let longest = firsts
+            .split(|ready| !ready)
+            .map(<[bool]>::len)
+            .max()
+            .unwrap_or(0);
+        assert!(longest <= 16, "{longest} sends in a row never yielded");
+        if choice == BackendChoice::Epoll {
+            assert!(
+                firsts.iter().filter(|r| **r).count() >= 30,
+                "epoll: sends with room are ready at once: {firsts:?}"
+            );
+        }
+    }
+);
