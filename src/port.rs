@@ -262,7 +262,9 @@ impl CompletionPort {
 
     /// Asks for an operation to stop (IOCP's `CancelIoEx`). The operation's
     /// completion still arrives: failed with `ECANCELED` if the cancel won, or with
-    /// its real result if it had already finished. `NotFound` if it is not in flight.
+    /// its real result if it had already finished. `NotFound` if it is not in flight
+    /// — on epoll, also for one that has just finished and whose completion is
+    /// on its way. Either way its completion comes, or has come.
     pub fn cancel(&self, id: OpId) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);

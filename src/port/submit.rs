@@ -51,8 +51,10 @@ impl CompletionPort {
     /// On the epoll backend a socket operation is attempted at once, so a send
     /// with room or a receive with data waiting is `Done` without touching the
     /// port's queue (its lock, its wake-ups, a `get`). On io_uring an
-    /// operation is handed to the kernel and is always `Pending`. A multishot
-    /// operation is always `Pending`: its completions come through the port.
+    /// operation is handed to the kernel and is `Pending` — except, on both
+    /// backends, a small buffered read the page cache holds, which is read on
+    /// the spot (`RINGPORT_INLINE_READS`). A multishot operation is always
+    /// `Pending`: its completions come through the port.
     /// Like `submit`, it waits for room while `max_in_flight` operations are
     /// out, even for one that would finish at once (the cap means the same on
     /// both backends); a `Done` operation holds no slot once it is returned.

@@ -187,6 +187,8 @@ impl OpFuture {
     /// Stops waiting: an operation in flight is cancelled and its completion goes
     /// to `orphan` when it comes (at once, if it already has). An operation never
     /// submitted is simply dropped.
+    // (Not a match guard: `orphan` moves into the call.)
+    #[allow(clippy::collapsible_match)]
     pub(crate) fn detach(&mut self, orphan: Orphan) {
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::InFlight { key, id } => {

@@ -32,6 +32,10 @@ pub(crate) const DIRECT: usize = CHUNK * CHUNKS;
 pub(crate) struct FdTable<T> {
     /// Each null, or the first of `CHUNK` entries from a leaked `Box<[T]>`.
     chunks: Box<[AtomicPtr<T>]>,
+    /// The table owns its entries and hands out `&T` to any thread: it is
+    /// `Send`/`Sync` only when `T` is (an `AtomicPtr` alone would make it so
+    /// for any `T`).
+    _owns: std::marker::PhantomData<Box<[T]>>,
 }
 
 impl<T> std::fmt::Debug for FdTable<T> {
@@ -52,6 +56,7 @@ impl<T: Default> FdTable<T> {
             chunks: (0..CHUNKS)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
                 .collect(),
+            _owns: std::marker::PhantomData,
         }
     }
 

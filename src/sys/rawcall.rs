@@ -48,7 +48,7 @@ pub(crate) unsafe fn send(fd: RawFd, buf: *const libc::c_void, len: usize, flags
             len,
             libc::c_long::from(flags),
             std::ptr::null::<libc::sockaddr>(),
-            0 as libc::socklen_t,
+            0 as libc::c_long,
         ) as isize
     }
 }

@@ -232,8 +232,8 @@ struct Queues {
     read_closed: bool,
 }
 
-/// A registered socket's waiting operations. Lock order: a socket's queues, then
-/// `Inner`; never the other way round.
+/// A registered socket's waiting operations. Lock order: `Shared::big`, then a
+/// socket's queues, then `Inner`; never the other way round.
 ///
 /// One lives in `Shared::fds` for each descriptor number that has ever been
 /// registered (below `fdtab::DIRECT`), for the driver's life: it is looked up
@@ -245,8 +245,10 @@ struct Queues {
 #[derive(Debug, Default)]
 struct FdQueue {
     q: Mutex<Queues>,
-    /// Set (Release) by `associate` after the queues are reset and `stream`
-    /// is stored; cleared by `disassociate`. Both run under `Shared::big`.
+    /// Set (Release) by `associate` after the queues are reset (dead) and
+    /// `stream` is stored, before the socket is added to the epoll set; its
+    /// queues come alive (`dead` cleared) once it is. Cleared by
+    /// `disassociate`, which leaves them dead. Both run under `Shared::big`.
     registered: AtomicBool,
     /// A stream socket: a short receive means its receive queue is empty.
     stream: AtomicBool,
@@ -440,8 +442,21 @@ impl Driver {
                 if q.registered.load(Ordering::Relaxed) {
                     return Err(Error::AlreadyAssociated(fd));
                 }
-                *lock(&q.q) = Queues::default();
-                q.stream.store(stream, Ordering::Relaxed);
+                {
+                    // Still dead (as `disassociate` left it, or as made here):
+                    // a stale submitter that reaches it now cancels its
+                    // operation rather than queueing it where nobody looks.
+                    let mut g = lock(&q.q);
+                    debug_assert!(g.read.is_empty() && g.write.is_empty());
+                    *g = Queues {
+                        dead: true,
+                        ..Queues::default()
+                    };
+                    q.stream.store(stream, Ordering::Relaxed);
+                }
+                // Registered before the `EPOLL_CTL_ADD`, whose first edge the
+                // poller may see at once: it must find the queues.
+                q.registered.store(true, Ordering::Release);
                 QueueRef::Direct(q)
             }
             None => {
@@ -449,6 +464,7 @@ impl Driver {
                     return Err(Error::AlreadyAssociated(fd));
                 }
                 let q = Arc::new(FdQueue::default());
+                lock(&q.q).dead = true;
                 q.stream.store(stream, Ordering::Relaxed);
                 big.insert(fd, q.clone());
                 QueueRef::Big(q)
@@ -470,9 +486,10 @@ impl Driver {
         {
             let e = io::Error::last_os_error();
             big.remove(&fd);
+            q.registered.store(false, Ordering::Release);
             return Err(Error::Io(e));
         }
-        q.registered.store(true, Ordering::Release);
+        lock(&q.q).dead = false;
         Ok(())
     }
 
