@@ -30,6 +30,7 @@ mod queue;
 mod rt;
 mod rt_fair;
 mod rt_files;
+mod rt_inline;
 mod rt_io;
 mod serve;
 mod serve_limits;

@@ -65,8 +65,10 @@
 //! Difference: closing a socket through `Op::close` (or `disassociate`) cancels
 //! the operations still queued on it, which io_uring would leave pending.
 
+mod cancel;
 mod fixed;
 mod multi;
+mod register;
 mod sock;
 mod submit;
 mod wait;
@@ -403,140 +405,6 @@ impl Driver {
         self.shared.live.load(Ordering::Relaxed)
     }
 
-    /// Registers a socket (sets it non-blocking; edge-triggered in and out).
-    /// Other descriptors (files) are not registered: their operations go to the
-    /// file workers.
-    pub(crate) fn associate(&self, fd: RawFd) -> crate::Result<()> {
-        // SAFETY: fstat writes into a stat struct we own.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; a bad fd gives EBADF.
-        if unsafe { libc::fstat(fd, &mut st) } < 0 {
-            return Err(Error::Io(io::Error::last_os_error()));
-        }
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            return Ok(());
-        }
-        // SAFETY: fcntl on an open descriptor.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(Error::Io(io::Error::last_os_error()));
-        }
-        let mut ty: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `ty`, which we own.
-        let r = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_TYPE,
-                (&mut ty as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        let stream = r == 0 && ty == libc::SOCK_STREAM;
-        let mut big = lock(&self.shared.big);
-        let q = match FdTable::<FdQueue>::index(fd) {
-            Some(i) => {
-                let q = self.shared.fds.get_or_make(i);
-                if q.registered.load(Ordering::Relaxed) {
-                    return Err(Error::AlreadyAssociated(fd));
-                }
-                {
-                    // Still dead (as `disassociate` left it, or as made here):
-                    // a stale submitter that reaches it now cancels its
-                    // operation rather than queueing it where nobody looks.
-                    let mut g = lock(&q.q);
-                    debug_assert!(g.read.is_empty() && g.write.is_empty());
-                    *g = Queues {
-                        dead: true,
-                        ..Queues::default()
-                    };
-                    q.stream.store(stream, Ordering::Relaxed);
-                }
-                // Registered before the `EPOLL_CTL_ADD`, whose first edge the
-                // poller may see at once: it must find the queues.
-                q.registered.store(true, Ordering::Release);
-                QueueRef::Direct(q)
-            }
-            None => {
-                if big.contains_key(&fd) {
-                    return Err(Error::AlreadyAssociated(fd));
-                }
-                let q = Arc::new(FdQueue::default());
-                lock(&q.q).dead = true;
-                q.stream.store(stream, Ordering::Relaxed);
-                big.insert(fd, q.clone());
-                QueueRef::Big(q)
-            }
-        };
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: fd as u64,
-        };
-        // SAFETY: both descriptors are open; `ev` is a valid event.
-        if unsafe {
-            libc::epoll_ctl(
-                self.shared.epfd.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                fd,
-                &mut ev,
-            )
-        } < 0
-        {
-            let e = io::Error::last_os_error();
-            big.remove(&fd);
-            q.registered.store(false, Ordering::Release);
-            return Err(Error::Io(e));
-        }
-        lock(&q.q).dead = false;
-        Ok(())
-    }
-
-    /// Unregisters a socket; operations still queued on it complete with `ECANCELED`.
-    pub(crate) fn disassociate(&self, fd: RawFd) {
-        let mut big = lock(&self.shared.big);
-        let q = match FdTable::<FdQueue>::index(fd) {
-            Some(i) => match self.shared.fds.get(i) {
-                Some(q) if q.registered.swap(false, Ordering::AcqRel) => QueueRef::Direct(q),
-                _ => return,
-            },
-            None => match big.remove(&fd) {
-                Some(q) => QueueRef::Big(q),
-                None => return,
-            },
-        };
-        // SAFETY: removing a descriptor from our epoll set; errors (already closed) are harmless.
-        unsafe {
-            libc::epoll_ctl(
-                self.shared.epfd.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            )
-        };
-        let pending: Vec<Pending> = {
-            let mut g = lock(&q.q);
-            let g = &mut *g;
-            g.dead = true;
-            g.read.drain(..).chain(g.write.drain(..)).collect()
-        };
-        // (Still under `big`: a new registration of the number waits until
-        // the old queues are empty and dead.)
-        drop(big);
-        if pending.is_empty() {
-            return;
-        }
-        let mut inner = lock(&self.shared.inner);
-        for p in pending {
-            if let Some(c) = self.end(&mut inner, p, -libc::ECANCELED) {
-                inner.done.push(c);
-            }
-        }
-        drop(inner);
-        self.notify();
-    }
-
     /// Ends a waiting operation taken out of its queue with `res`: its
     /// record leaves the table, or its own record is uncounted (and its timer
     /// entry removed); returns its completion.
@@ -708,97 +576,6 @@ impl Driver {
         }
     }
 
-    /// Cancels a queued operation. As on io_uring, an operation that could already
-    /// have finished loses the race and reports its real result: a timer already
-    /// due has fired, and a socket operation first in its queue is attempted once
-    /// more (if its data arrived but no thread has polled yet, it completes).
-    pub(crate) fn cancel(&self, id: OpId) -> crate::Result<Option<Completion>> {
-        if let Some(fd) = own_fd(id) {
-            return self.cancel_own(id, fd);
-        }
-        let mut inner = lock(&self.shared.inner);
-        let wait = match inner.ops.get(id) {
-            None => return Err(Error::NotFound),
-            Some(r) => match r.wait {
-                Wait::Fd(fd) => Some(fd),
-                Wait::Timer(at) => {
-                    inner.timers.remove(&(at, id.0));
-                    let res = if at <= Instant::now() {
-                        0
-                    } else {
-                        -libc::ECANCELED
-                    };
-                    return Ok(finish(&mut inner, id, res, OpBody::Nop));
-                }
-                Wait::File => None,
-            },
-        };
-        drop(inner);
-        let taken = match wait {
-            Some(fd) => {
-                let Some(q) = self.shared.queue(fd) else {
-                    return Ok(None);
-                };
-                let mut g = lock(&q.q);
-                let g = &mut *g;
-                let mut found = None;
-                let (closed, blocked) = (g.read_closed, g.read_blocked);
-                for queue in [&mut g.read, &mut g.write] {
-                    if let Some(i) = queue.iter().position(|p| p.id == id) {
-                        let mut p = queue.remove(i).expect("position is in range");
-                        if multi::is_multi(&p.body) {
-                            let tries = i == 0 && !blocked;
-                            self.cancel_multi(p, tries, q.stream(), closed);
-                            return Ok(None);
-                        }
-                        let res = if i == 0 {
-                            try_op(&mut p).unwrap_or(-libc::ECANCELED)
-                        } else {
-                            -libc::ECANCELED
-                        };
-                        found = Some((p.body, res));
-                        break;
-                    }
-                }
-                found
-            }
-            None => self.files.try_cancel(id).map(|b| (b, -libc::ECANCELED)),
-        };
-        // Not found in its queue: it has already been attempted and completed (or is
-        // running on a file worker). The cancel lost the race; its completion comes.
-        Ok(taken.and_then(|(b, res)| finish(&mut lock(&self.shared.inner), id, res, b)))
-    }
-
-    /// `cancel` of an own operation: found in its socket's queue, or it has
-    /// ended (or is ending: its completion comes either way) — `NotFound`.
-    fn cancel_own(&self, id: OpId, fd: RawFd) -> crate::Result<Option<Completion>> {
-        let Some(q) = self.shared.queue(fd) else {
-            return Err(Error::NotFound);
-        };
-        let mut g = lock(&q.q);
-        let g = &mut *g;
-        for queue in [&mut g.read, &mut g.write] {
-            if let Some(i) = queue.iter().position(|p| p.id == id) {
-                let mut p = queue.remove(i).expect("position is in range");
-                // First in its queue, it may have finished already: the
-                // cancel then loses and its real result stands.
-                let res = if i == 0 {
-                    try_op(&mut p).unwrap_or(-libc::ECANCELED)
-                } else {
-                    -libc::ECANCELED
-                };
-                let c = if p.needs_inner() {
-                    self.end(&mut lock(&self.shared.inner), p, res)
-                } else {
-                    let o = p.own.expect("an own operation");
-                    Some(self.end_own(p.id, o, res, p.body))
-                };
-                return Ok(c);
-            }
-        }
-        Err(Error::NotFound)
-    }
-
     pub(crate) fn notify(&self) {
         self.shared.notify();
     }
@@ -853,18 +630,6 @@ impl Drop for Driver {
 }
 
 impl Shared {
-    /// A registered socket's queues; `None` for a descriptor that is not one.
-    fn queue(&self, fd: RawFd) -> Option<QueueRef<'_>> {
-        match FdTable::<FdQueue>::index(fd) {
-            Some(i) => self
-                .fds
-                .get(i)
-                .filter(|q| q.registered.load(Ordering::Acquire))
-                .map(QueueRef::Direct),
-            None => lock(&self.big).get(&fd).cloned().map(QueueRef::Big),
-        }
-    }
-
     fn notify(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a u64 we own to our eventfd (non-blocking;

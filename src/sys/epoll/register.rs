@@ -1,0 +1,154 @@
+//! Registering sockets with the epoll set (`associate`, `disassociate`) and
+//! finding a registered socket's queues without a lock (see `FdQueue`).
+
+use super::*;
+
+impl Driver {
+    /// Registers a socket (sets it non-blocking; edge-triggered in and out).
+    /// Other descriptors (files) are not registered: their operations go to the
+    /// file workers.
+    pub(crate) fn associate(&self, fd: RawFd) -> crate::Result<()> {
+        // SAFETY: fstat writes into a stat struct we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; a bad fd gives EBADF.
+        if unsafe { libc::fstat(fd, &mut st) } < 0 {
+            return Err(Error::Io(io::Error::last_os_error()));
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Ok(());
+        }
+        // SAFETY: fcntl on an open descriptor.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+            return Err(Error::Io(io::Error::last_os_error()));
+        }
+        let mut ty: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `ty`, which we own.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut ty as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        let stream = r == 0 && ty == libc::SOCK_STREAM;
+        let mut big = lock(&self.shared.big);
+        let q = match FdTable::<FdQueue>::index(fd) {
+            Some(i) => {
+                let q = self.shared.fds.get_or_make(i);
+                if q.registered.load(Ordering::Relaxed) {
+                    return Err(Error::AlreadyAssociated(fd));
+                }
+                {
+                    // Still dead (as `disassociate` left it, or as made here):
+                    // a stale submitter that reaches it now cancels its
+                    // operation rather than queueing it where nobody looks.
+                    let mut g = lock(&q.q);
+                    debug_assert!(g.read.is_empty() && g.write.is_empty());
+                    *g = Queues {
+                        dead: true,
+                        ..Queues::default()
+                    };
+                    q.stream.store(stream, Ordering::Relaxed);
+                }
+                // Registered before the `EPOLL_CTL_ADD`, whose first edge the
+                // poller may see at once: it must find the queues.
+                q.registered.store(true, Ordering::Release);
+                QueueRef::Direct(q)
+            }
+            None => {
+                if big.contains_key(&fd) {
+                    return Err(Error::AlreadyAssociated(fd));
+                }
+                let q = Arc::new(FdQueue::default());
+                lock(&q.q).dead = true;
+                q.stream.store(stream, Ordering::Relaxed);
+                big.insert(fd, q.clone());
+                QueueRef::Big(q)
+            }
+        };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: both descriptors are open; `ev` is a valid event.
+        if unsafe {
+            libc::epoll_ctl(
+                self.shared.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd,
+                &mut ev,
+            )
+        } < 0
+        {
+            let e = io::Error::last_os_error();
+            big.remove(&fd);
+            q.registered.store(false, Ordering::Release);
+            return Err(Error::Io(e));
+        }
+        lock(&q.q).dead = false;
+        Ok(())
+    }
+
+    /// Unregisters a socket; operations still queued on it complete with `ECANCELED`.
+    pub(crate) fn disassociate(&self, fd: RawFd) {
+        let mut big = lock(&self.shared.big);
+        let q = match FdTable::<FdQueue>::index(fd) {
+            Some(i) => match self.shared.fds.get(i) {
+                Some(q) if q.registered.swap(false, Ordering::AcqRel) => QueueRef::Direct(q),
+                _ => return,
+            },
+            None => match big.remove(&fd) {
+                Some(q) => QueueRef::Big(q),
+                None => return,
+            },
+        };
+        // SAFETY: removing a descriptor from our epoll set; errors (already closed) are harmless.
+        unsafe {
+            libc::epoll_ctl(
+                self.shared.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+        let pending: Vec<Pending> = {
+            let mut g = lock(&q.q);
+            let g = &mut *g;
+            g.dead = true;
+            g.read.drain(..).chain(g.write.drain(..)).collect()
+        };
+        // (Still under `big`: a new registration of the number waits until
+        // the old queues are empty and dead.)
+        drop(big);
+        if pending.is_empty() {
+            return;
+        }
+        let mut inner = lock(&self.shared.inner);
+        for p in pending {
+            if let Some(c) = self.end(&mut inner, p, -libc::ECANCELED) {
+                inner.done.push(c);
+            }
+        }
+        drop(inner);
+        self.notify();
+    }
+}
+
+impl Shared {
+    /// A registered socket's queues; `None` for a descriptor that is not one.
+    pub(super) fn queue(&self, fd: RawFd) -> Option<QueueRef<'_>> {
+        match FdTable::<FdQueue>::index(fd) {
+            Some(i) => self
+                .fds
+                .get(i)
+                .filter(|q| q.registered.load(Ordering::Acquire))
+                .map(QueueRef::Direct),
+            None => lock(&self.big).get(&fd).cloned().map(QueueRef::Big),
+        }
+    }
+}
