@@ -9,7 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use socket2::{socklen_t, SockAddr, SockAddrStorage};
 
 use crate::fixed::FixedBuf;
-use crate::op::OpKind;
+use crate::op::{OpBody, OpKind};
 use crate::sched::Priority;
 
 /// Identifies one submitted operation, for [`CompletionPort::cancel`](crate::CompletionPort::cancel).
@@ -87,19 +87,61 @@ enum Extra {
 impl Completion {
     /// A user packet from `post`.
     pub(crate) fn packet(key: u64, user_data: u64, bytes: usize) -> Self {
+        Self::base(
+            None,
+            OpKind::Post,
+            key,
+            user_data,
+            Ok(bytes),
+            None,
+            Priority::Normal,
+        )
+    }
+
+    /// The fields every completion sets; nothing else (no descriptor, no
+    /// extra, not multishot).
+    #[inline]
+    fn base(
+        op: Option<OpId>,
+        kind: OpKind,
+        key: u64,
+        user_data: u64,
+        result: io::Result<usize>,
+        buf: Option<Vec<u8>>,
+        priority: Priority,
+    ) -> Self {
         Completion {
             key,
             user_data,
-            result: Ok(bytes),
-            buf: None,
-            op: None,
-            kind: OpKind::Post,
+            result,
+            buf,
+            op,
+            kind,
             fd: None,
-            priority: Priority::Normal,
+            priority,
             extra: Extra::None,
             pooled: None,
             more: false,
             seq: 0,
+        }
+    }
+
+    /// The completion of an operation, from its raw result and its body:
+    /// [`plain`](Self::plain) when the body hands back one plain buffer,
+    /// [`from_raw`](Self::from_raw) otherwise.
+    pub(crate) fn of_body(
+        op: OpId,
+        kind: OpKind,
+        key: u64,
+        user_data: u64,
+        res: i32,
+        body: OpBody,
+        priority: Priority,
+    ) -> Self {
+        match body.plain_buf() {
+            Ok(buf) => Self::plain(op, kind, key, user_data, res, buf, priority),
+            Err(body) => Self::from_raw(op, kind, key, user_data, res, body.into_output())
+                .with_priority(priority),
         }
     }
 
@@ -177,23 +219,22 @@ impl Completion {
             _ => Extra::None,
         };
         Completion {
-            key,
-            user_data,
-            result: raw_result(res),
-            buf,
-            op: Some(op),
-            kind,
             fd,
-            priority: Priority::Normal,
             extra,
-            pooled: None,
-            more: false,
-            seq: 0,
+            ..Self::base(
+                Some(op),
+                kind,
+                key,
+                user_data,
+                raw_result(res),
+                buf,
+                Priority::Normal,
+            )
         }
     }
 
     /// The completion of an operation that hands back one plain buffer and
-    /// nothing else (a receive, send, read or write: [`OpBody::plain_buf`]),
+    /// nothing else (a receive, send, read or write: `OpBody::plain_buf`),
     /// for the hot path: what [`from_raw`](Self::from_raw) does for those
     /// kinds, without gathering an [`Output`] (~250 instructions a completion
     /// there against ~60 here, callgrind, epoll echo).
@@ -214,20 +255,15 @@ impl Completion {
             // of the buffer, and `res <= capacity`.
             unsafe { buf.set_len(res as usize) };
         }
-        Completion {
+        Self::base(
+            Some(op),
+            kind,
             key,
             user_data,
-            result: raw_result(res),
-            buf: Some(buf),
-            op: Some(op),
-            kind,
-            fd: None,
+            raw_result(res),
+            Some(buf),
             priority,
-            extra: Extra::None,
-            pooled: None,
-            more: false,
-            seq: 0,
-        }
+        )
     }
 
     /// The id `submit` returned for this operation; `None` for a posted packet.

@@ -18,17 +18,7 @@ use std::os::fd::RawFd;
 pub(crate) unsafe fn recv(fd: RawFd, buf: *mut libc::c_void, len: usize, flags: i32) -> isize {
     // SAFETY: `recvfrom` with no address is `recv`; the caller vouches for
     // `buf` and `len` (this function's contract).
-    unsafe {
-        libc::syscall(
-            libc::SYS_recvfrom,
-            libc::c_long::from(fd),
-            buf,
-            len,
-            libc::c_long::from(flags),
-            std::ptr::null_mut::<libc::sockaddr>(),
-            std::ptr::null_mut::<libc::socklen_t>(),
-        ) as isize
-    }
+    unsafe { without_address(libc::SYS_recvfrom, fd, buf, len, flags) }
 }
 
 /// `send(fd, buf, len, flags)`.
@@ -38,16 +28,34 @@ pub(crate) unsafe fn recv(fd: RawFd, buf: *mut libc::c_void, len: usize, flags: 
 /// As for `send(2)`: `buf` must be valid for reads of `len` bytes.
 #[inline]
 pub(crate) unsafe fn send(fd: RawFd, buf: *const libc::c_void, len: usize, flags: i32) -> isize {
-    // SAFETY: `sendto` with no address is `send`; the caller vouches for
-    // `buf` and `len` (this function's contract).
+    // SAFETY: `sendto` with no address is `send`, and only reads `buf`; the
+    // caller vouches for `buf` and `len` (this function's contract).
+    unsafe { without_address(libc::SYS_sendto, fd, buf.cast_mut(), len, flags) }
+}
+
+/// `recvfrom` or `sendto` (`nr`) with a null address and address length.
+///
+/// # Safety
+///
+/// As for that call: `buf` valid for `len` bytes (writes for `recvfrom`).
+#[inline]
+unsafe fn without_address(
+    nr: libc::c_long,
+    fd: RawFd,
+    buf: *mut libc::c_void,
+    len: usize,
+    flags: i32,
+) -> isize {
+    // SAFETY: the caller's contract; the last two arguments are a null
+    // address and a zero (or null) length, passed as full-width words.
     unsafe {
         libc::syscall(
-            libc::SYS_sendto,
+            nr,
             libc::c_long::from(fd),
             buf,
             len,
             libc::c_long::from(flags),
-            std::ptr::null::<libc::sockaddr>(),
+            0 as libc::c_long,
             0 as libc::c_long,
         ) as isize
     }

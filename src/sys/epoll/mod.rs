@@ -476,15 +476,21 @@ impl Driver {
             inner.timers.insert((at, id.0));
         }
         if let Some(at) = deadline {
-            inner.timers.insert((at, id.0 | DEADLINE_BIT));
-            let first = inner.timers.first() == Some(&(at, id.0 | DEADLINE_BIT));
-            drop(inner);
-            if first {
-                // The poller may be sleeping with a later deadline.
-                self.notify();
-            }
+            self.add_deadline(inner, at, id);
         }
         Ok(id)
+    }
+
+    /// Enters operation `id`'s linked timeout, due `at`, in the timer set
+    /// (`inner` is that lock, held), and wakes the poller if it is now the
+    /// first timer: the poller may be sleeping with a later one.
+    fn add_deadline(&self, mut inner: std::sync::MutexGuard<'_, Inner>, at: Instant, id: OpId) {
+        inner.timers.insert((at, id.0 | DEADLINE_BIT));
+        let first = inner.timers.first() == Some(&(at, id.0 | DEADLINE_BIT));
+        drop(inner);
+        if first {
+            self.notify();
+        }
     }
 
     /// Records an operation that already finished (an inline read, see
@@ -687,14 +693,9 @@ fn build(
     res: i32,
     body: OpBody,
 ) -> Completion {
-    let body = if parts == 0 {
-        match body.plain_buf() {
-            Ok(buf) => return Completion::plain(id, kind, key, user_data, res, buf, prio),
-            Err(body) => body,
-        }
-    } else {
-        body
-    };
+    if parts == 0 {
+        return Completion::of_body(id, kind, key, user_data, res, body, prio);
+    }
     Completion::from_raw(id, kind, key, user_data, res, body.into_output())
         .with_priority(prio)
         .multishot(false, None, parts)

@@ -109,60 +109,54 @@ impl Driver {
                 None => *blocked = true,
             }
         }
-        let Some(index) = FdTable::<FdQueue>::index(fd) else {
+        match FdTable::<FdQueue>::index(fd) {
             // (A descriptor too large for an own id: its record goes in the table.)
-            p.id = match self.admit_parts(kind, key, user_data, prio, link_timeout, || Wait::Fd(fd))
-            {
-                Ok(id) => id,
-                Err(Error::QueueFull) => return Err((Error::QueueFull, Some(give_back(p.body)))),
-                Err(e) => return Err((e, None)),
-            };
-            if must_try && queue.is_empty() {
-                if let Some(res) = try_op(&mut p) {
-                    return self.done_now(p.id, res, p.body);
-                }
-                *blocked = true;
+            None => {
+                p.id = match self
+                    .admit_parts(kind, key, user_data, prio, link_timeout, || Wait::Fd(fd))
+                {
+                    Ok(id) => id,
+                    Err(Error::QueueFull) => {
+                        return Err((Error::QueueFull, Some(give_back(p.body))))
+                    }
+                    Err(e) => return Err((e, None)),
+                };
             }
-            let id = p.id;
-            queue.push_back(p);
-            return Ok((id, None));
-        };
-        // It waits with its own record, outside the op table (`Own`).
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err((Error::Closed, None));
+            // It waits with its own record, outside the op table (`Own`).
+            Some(index) => {
+                if self.shared.closed.load(Ordering::Acquire) {
+                    return Err((Error::Closed, None));
+                }
+                if self.shared.live.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+                    self.shared.live.fetch_sub(1, Ordering::Relaxed);
+                    return Err((Error::QueueFull, Some(give_back(p.body))));
+                }
+                let n = self.shared.inline_ids.fetch_add(1, Ordering::Relaxed);
+                p.id = own_id(index, n);
+                p.own = Some(Own {
+                    kind,
+                    key,
+                    user_data,
+                    prio,
+                    deadline: link_timeout.map(|d| Instant::now() + d),
+                });
+            }
         }
-        if self.shared.live.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
-            self.shared.live.fetch_sub(1, Ordering::Relaxed);
-            return Err((Error::QueueFull, Some(give_back(p.body))));
-        }
-        let n = self.shared.inline_ids.fetch_add(1, Ordering::Relaxed);
-        p.id = own_id(index, n);
-        let own = Own {
-            kind,
-            key,
-            user_data,
-            prio,
-            deadline: link_timeout.map(|d| Instant::now() + d),
-        };
         if must_try && queue.is_empty() {
             if let Some(res) = try_op(&mut p) {
-                return Ok((p.id, Some(self.end_own(p.id, own, res, p.body))));
+                // (An own one's timer entry is not in yet: nothing to remove.)
+                return match p.own {
+                    Some(o) => Ok((p.id, Some(self.end_own(p.id, o, res, p.body)))),
+                    None => self.done_now(p.id, res, p.body),
+                };
             }
             *blocked = true;
         }
-        p.own = Some(own);
-        let id = p.id;
+        let (id, deadline) = (p.id, p.own.and_then(|o| o.deadline));
         queue.push_back(p);
-        if let Some(at) = own.deadline {
+        if let Some(at) = deadline {
             // Under the socket's lock, after it is queued (see `Own`).
-            let mut inner = lock(&self.shared.inner);
-            inner.timers.insert((at, id.0 | DEADLINE_BIT));
-            let first = inner.timers.first() == Some(&(at, id.0 | DEADLINE_BIT));
-            drop(inner);
-            if first {
-                // The poller may be sleeping with a later deadline.
-                self.notify();
-            }
+            self.add_deadline(lock(&self.shared.inner), at, id);
         }
         Ok((id, None))
     }

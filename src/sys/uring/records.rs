@@ -140,25 +140,18 @@ impl Inner {
         let rec = self.ops.remove(id)?;
         // The CQE is in hand: the kernel is done with everything the record
         // holds, so it may be read (a receive's header, a statx result).
-        let body = if matches!(rec.aux, Aux::None) {
-            match rec.body.plain_buf() {
-                Ok(buf) => {
-                    return Some(Completion::plain(
-                        id,
-                        rec.kind,
-                        rec.key,
-                        rec.user_data,
-                        res,
-                        buf,
-                        rec.prio,
-                    ))
-                }
-                Err(body) => body,
-            }
-        } else {
-            rec.body
-        };
-        let mut out = body.into_output();
+        if matches!(rec.aux, Aux::None) {
+            return Some(Completion::of_body(
+                id,
+                rec.kind,
+                rec.key,
+                rec.user_data,
+                res,
+                rec.body,
+                rec.prio,
+            ));
+        }
+        let mut out = rec.body.into_output();
         if let Aux::Msg(m) = &rec.aux {
             if rec.kind == OpKind::RecvFrom && res >= 0 {
                 out.addr = m.source();
