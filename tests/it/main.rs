@@ -9,6 +9,7 @@
 mod common;
 
 mod bench_echo;
+mod burst;
 mod cancel;
 mod chains;
 mod close;

@@ -29,7 +29,10 @@
 //!   are associated with the port (edge-triggered, for input and output, and set
 //!   non-blocking — like IOCP's requirement that handles be opened overlapped).
 //!   When the port's poller sees readiness, it retries the queued operations in
-//!   order until one would block again, and queues their completions.
+//!   order until one would block again, and queues their completions. It does
+//!   so for a few sockets per poll (`ready.rs`): the rest of the edges one
+//!   `epoll_wait` returned wait in a stash, so each socket's handler runs while
+//!   what its receive touched is still in the cache.
 //!   The try-then-queue step and the retry step hold the socket's queue lock, so
 //!   an edge that arrives between a failed attempt and its queueing is never lost.
 //!   A socket's queues are found by descriptor in a table read without a lock
@@ -68,6 +71,7 @@
 mod cancel;
 mod fixed;
 mod multi;
+mod ready;
 mod register;
 mod sock;
 mod submit;
@@ -78,7 +82,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -254,6 +258,10 @@ struct FdQueue {
     registered: AtomicBool,
     /// A stream socket: a short receive means its receive queue is empty.
     stream: AtomicBool,
+    /// This number's registration count (wrapping), in its epoll token's high
+    /// half: an edge of an earlier registration is told apart (`ready.rs`).
+    /// Bumped by `associate` under `Shared::big`, before `registered` is set.
+    gen: AtomicU32,
 }
 
 impl FdQueue {
@@ -298,6 +306,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Numbers the ids of operations finished inside `submit` (`INLINE_BIT`).
     inline_ids: AtomicU64,
+    /// Readiness edges the poller has not acted on yet (`ready.rs`).
+    stash: ready::Stash,
 }
 
 /// The epoll driver. See the module docs.
@@ -360,6 +370,7 @@ impl Driver {
             live,
             closed: AtomicBool::new(false),
             inline_ids: AtomicU64::new(0),
+            stash: ready::Stash::default(),
         });
         // Each file operation in flight blocks a worker, so the cap is the
         // deepest queue a device sees from this port: 64, like a program's own

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Registration numbers of queues at or above `fdtab::DIRECT` (`FdQueue::gen`).
+static BIG_GEN: AtomicU32 = AtomicU32::new(0);
+
 impl Driver {
     /// Registers a socket (sets it non-blocking; edge-triggered in and out).
     /// Other descriptors (files) are not registered: their operations go to the
@@ -55,6 +58,7 @@ impl Driver {
                     };
                     q.stream.store(stream, Ordering::Relaxed);
                 }
+                q.gen.fetch_add(1, Ordering::Relaxed);
                 // Registered before the `EPOLL_CTL_ADD`, whose first edge the
                 // poller may see at once: it must find the queues.
                 q.registered.store(true, Ordering::Release);
@@ -65,6 +69,10 @@ impl Driver {
                     return Err(Error::AlreadyAssociated(fd));
                 }
                 let q = Arc::new(FdQueue::default());
+                // A fresh queue each time: its number comes from a counter, so
+                // that an edge of the number's earlier registration is told apart.
+                q.gen
+                    .store(BIG_GEN.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
                 lock(&q.q).dead = true;
                 q.stream.store(stream, Ordering::Relaxed);
                 big.insert(fd, q.clone());
@@ -73,7 +81,7 @@ impl Driver {
         };
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: fd as u64,
+            u64: ready::token(fd, q.gen.load(Ordering::Relaxed)),
         };
         // SAFETY: both descriptors are open; `ev` is a valid event.
         if unsafe {

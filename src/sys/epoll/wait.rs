@@ -6,6 +6,7 @@ use super::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
 
+use super::ready::{Edge, CHUNK, WAIT_EVENTS};
 use crate::sync::give_back;
 
 thread_local! {
@@ -30,6 +31,17 @@ impl Driver {
         if out.len() > before {
             return Ok(());
         }
+        // Edges kept from an earlier wait come first, and then there is no wait.
+        while !self.shared.stash.is_empty() {
+            let mut edges = [Edge { token: 0, bits: 0 }; WAIT_EVENTS];
+            let n = self.shared.stash.take(&mut edges[..CHUNK]);
+            for e in &edges[..n] {
+                self.edge(*e, out, mode);
+            }
+            if out.len() > before {
+                return Ok(());
+            }
+        }
         let next_timer = next_timer.map(|at| at.saturating_duration_since(Instant::now()));
         let wait = match (timeout, next_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -42,14 +54,14 @@ impl Driver {
         };
         // Not zeroed first (768 bytes per wait): only the entries the kernel
         // filled are read.
-        let mut events = [const { MaybeUninit::<libc::epoll_event>::uninit() }; 64];
-        // SAFETY: epfd is open; `events` is a writable array of 64 entries
-        // (`MaybeUninit<T>` has `T`'s layout).
+        let mut events = [const { MaybeUninit::<libc::epoll_event>::uninit() }; WAIT_EVENTS];
+        // SAFETY: epfd is open; `events` is a writable array of WAIT_EVENTS
+        // entries (`MaybeUninit<T>` has `T`'s layout).
         let n = unsafe {
             libc::epoll_wait(
                 self.shared.epfd.as_raw_fd(),
                 events.as_mut_ptr().cast(),
-                64,
+                WAIT_EVENTS as i32,
                 ms,
             )
         };
@@ -59,39 +71,68 @@ impl Driver {
                 return Err(e);
             }
         }
-        for ev in events.iter().take(n.max(0) as usize) {
+        let edges = events.iter().take(n.max(0) as usize).map(|ev| {
             // SAFETY: epoll_wait wrote the first `n` entries.
             let ev = unsafe { ev.assume_init_ref() };
-            let (bits, token) = (ev.events, ev.u64);
-            if token == WAKE_TOKEN {
-                let mut buf = 0u64;
-                // SAFETY: reads 8 bytes into a u64 we own from our eventfd.
-                unsafe {
-                    libc::read(
-                        self.shared.wake.as_raw_fd(),
-                        (&mut buf as *mut u64).cast(),
-                        8,
-                    )
-                };
-                // A reaper that is not the poller must not swallow the poller's
-                // wake-up: give it back.
-                if mode == PollMode::Other {
-                    self.notify();
-                }
-                continue;
+            Edge {
+                token: ev.u64,
+                bits: ev.events,
             }
-            let Some(q) = self.shared.queue(token as RawFd) else {
-                continue;
-            };
-            let readable = bits
-                & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32
-                != 0;
-            let writable = bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
-            let closed = bits & (libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
-            self.retry(&q, readable, writable, closed, out);
+        });
+        if mode == PollMode::Poller {
+            // Act on the first few sockets now, keep the rest (`ready.rs`).
+            let mut edges = edges;
+            let mut acted = 0;
+            while acted < CHUNK {
+                let Some(e) = edges.next() else { break };
+                acted += usize::from(self.edge(e, out, mode));
+            }
+            self.shared.stash.keep(edges);
+        } else {
+            for e in edges {
+                self.edge(e, out, mode);
+            }
         }
         self.collect(out);
         Ok(())
+    }
+
+    /// Acts on one readiness edge; false for the wake-up's or a stale one.
+    pub(super) fn edge(
+        &self,
+        Edge { token, bits }: Edge,
+        out: &mut Vec<Completion>,
+        mode: PollMode,
+    ) -> bool {
+        if token == WAKE_TOKEN {
+            let mut buf = 0u64;
+            // SAFETY: reads 8 bytes into a u64 we own from our eventfd.
+            unsafe {
+                libc::read(
+                    self.shared.wake.as_raw_fd(),
+                    (&mut buf as *mut u64).cast(),
+                    8,
+                )
+            };
+            // A reaper that is not the poller must not swallow the poller's
+            // wake-up: give it back.
+            if mode == PollMode::Other {
+                self.notify();
+            }
+            return false;
+        }
+        let Some(q) = self.shared.queue(token as u32 as RawFd) else {
+            return false;
+        };
+        if q.gen.load(Ordering::Relaxed) != (token >> 32) as u32 {
+            return false;
+        }
+        let readable =
+            bits & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
+        let writable = bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+        let closed = bits & (libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
+        self.retry(&q, readable, writable, closed, out);
+        true
     }
 
     /// Retries a socket's queued operations after readiness, in order, until one
