@@ -16,8 +16,11 @@
 //!   `poll` or `flush` from any thread (batching); the port only asks for that on
 //!   pool threads, which are certain to come back.
 //! * **`poll(timeout, out, mode)`** waits until at least one completion is
-//!   available (or the timeout passes, or `notify` is called) and appends every
-//!   available completion to `out`. In `Backup` mode it may wait longer: until
+//!   available (or the timeout passes, or `notify` is called) and appends
+//!   available completions to `out`: all of them, except that the epoll
+//!   backend's poller acts on a few ready sockets per call and keeps the rest
+//!   of the readiness it was given for the next call (`sys/epoll/ready.rs`) —
+//!   never returning empty-handed while one of them can complete. In `Backup` mode it may wait longer: until
 //!   completions pile up (more than one) — the backup covers for a poller that
 //!   is busy running a handler, and should not wake for the completion that
 //!   poller will take itself; the pool's monitor wakes it for a lone completion

@@ -110,3 +110,37 @@ backend_test!(
         assert!(missing.is_empty(), "never completed: {missing:?}");
     }
 );
+
+backend_test!(
+    a_ready_socket_behind_idle_ones_is_seen_by_a_zero_wait,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        // Sockets with nothing queued: on epoll each has an edge (writable,
+        // from the moment it joins the epoll set) that finishes nothing.
+        let idle: Vec<_> = (0..3 * 8).map(|_| tcp_pair()).collect();
+        for (i, (a, _)) in idle.iter().enumerate() {
+            port.associate(a, 1000 + i as u64).unwrap();
+        }
+        let (a, mut b) = tcp_pair();
+        port.associate(&a, 7).unwrap();
+        port.submit(Op::recv(&a, Vec::with_capacity(16)), 7)
+            .unwrap();
+        b.write_all(b"abcd").unwrap();
+        // Its edge comes after all the idle ones'; a zero wait must still find
+        // the receive's completion (epoll: a loopback write is readable when it
+        // returns; io_uring's receive needs a kernel entry, so it may wait).
+        let wait = if port.backend() == BackendKind::Epoll {
+            Duration::ZERO
+        } else {
+            T
+        };
+        match port.get(Some(wait)) {
+            Ok(c) => {
+                assert_eq!((c.key, c.user_data), (7, 7));
+                assert_eq!(c.buf.as_deref(), Some(&b"abcd"[..]));
+            }
+            Err(e) => panic!("a finished receive behind idle sockets: {e:?}"),
+        }
+        drop(idle);
+    }
+);

@@ -82,7 +82,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -236,6 +236,11 @@ struct Queues {
     /// failed). Sticky: from then on a short receive never marks the socket
     /// drained (the FIN's edge has already been consumed).
     read_closed: bool,
+    /// This number's registration count (wrapping), in its epoll token's high
+    /// half: an edge of an earlier registration is told apart and dropped
+    /// under this lock (`ready.rs`). Set by `associate` when it resets the
+    /// queues.
+    gen: u32,
 }
 
 /// A registered socket's waiting operations. Lock order: `Shared::big`, then a
@@ -258,10 +263,6 @@ struct FdQueue {
     registered: AtomicBool,
     /// A stream socket: a short receive means its receive queue is empty.
     stream: AtomicBool,
-    /// This number's registration count (wrapping), in its epoll token's high
-    /// half: an edge of an earlier registration is told apart (`ready.rs`).
-    /// Bumped by `associate` under `Shared::big`, before `registered` is set.
-    gen: AtomicU32,
 }
 
 impl FdQueue {

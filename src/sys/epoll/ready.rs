@@ -7,8 +7,8 @@
 //! 1000 connections × 64 B, `perf` showed the send's copy from the user buffer
 //! at 2.7 % of the server's CPU against tokio's 0.3 % (tokio's task receives
 //! and sends back to back). So the poller keeps the edges in a stash and acts
-//! on [`CHUNK`] of them per `poll`; their handlers run before the next chunk's
-//! receives. Unlike a smaller `maxevents` (the kernel's ready list as the
+//! on them per `poll` only until [`CHUNK`] completions are out; their handlers
+//! run before the next chunk's receives. Unlike a smaller `maxevents` (the kernel's ready list as the
 //! stash), this costs no system call per chunk.
 //!
 //! Invariants:
@@ -21,17 +21,28 @@
 //! * `len` is written under the stash's lock and read without it, only to skip
 //!   the lock when the stash is empty; it is exact for the thread that holds
 //!   the poll role (the role's hand-over orders it).
-//! * An edge names its socket's registration (`FdQueue::gen`, in the token's
-//!   high half): an edge for a descriptor that was unregistered, or closed and
-//!   registered again, since `epoll_wait` returned it is dropped, so a stale
-//!   hang-up never marks the new socket's receive side closed.
+//! * An edge names its socket's registration (`Queues::gen`, in the token's
+//!   high half), and `retry` compares the two under the socket's lock: an
+//!   edge for a descriptor that was unregistered, or closed and registered
+//!   again, since `epoll_wait` returned it is dropped, so a stale hang-up never
+//!   marks the new socket's receive side closed.
+//! * A poll acts on edges until `CHUNK` completions are out or its edges run
+//!   out: one that finishes nothing (a socket with nothing queued) does not
+//!   count, so a poll never returns empty-handed while a kept edge could
+//!   finish something — a zero-wait `get` still sees every ready completion.
+//! * The poll role is never taken from a poller inside `epoll_wait` on this
+//!   backend (the scheduler's take-over serves only threads holding batched
+//!   submissions, `Backend::defers_submission`, which epoll never does). If it
+//!   were, a deposed poller's kept edges could wait behind the new poller's
+//!   sleep.
 
 use super::*;
 
 /// Edges one `epoll_wait` returns at most.
 pub(super) const WAIT_EVENTS: usize = 64;
 
-/// Sockets the poller acts on per `poll` (see the module docs).
+/// Completions a poll makes from readiness before it keeps the remaining
+/// edges (see the module docs).
 pub(super) const CHUNK: usize = 4;
 
 /// One readiness edge: the epoll token (descriptor | registration << 32) and
@@ -106,13 +117,7 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let fd = a.as_raw_fd();
         d.associate(fd).unwrap();
-        let gen = |d: &Driver| {
-            d.shared
-                .queue(fd)
-                .expect("registered")
-                .gen
-                .load(Ordering::Relaxed)
-        };
+        let gen = |d: &Driver| lock(&d.shared.queue(fd).expect("registered").q).gen;
         let first = gen(&d);
         d.disassociate(fd);
         d.associate(fd).unwrap();

@@ -3,8 +3,8 @@
 
 use super::*;
 
-/// Registration numbers of queues at or above `fdtab::DIRECT` (`FdQueue::gen`).
-static BIG_GEN: AtomicU32 = AtomicU32::new(0);
+/// Registration numbers of queues at or above `fdtab::DIRECT` (`Queues::gen`).
+static BIG_GEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Driver {
     /// Registers a socket (sets it non-blocking; edge-triggered in and out).
@@ -54,11 +54,11 @@ impl Driver {
                     debug_assert!(g.read.is_empty() && g.write.is_empty());
                     *g = Queues {
                         dead: true,
+                        gen: g.gen.wrapping_add(1),
                         ..Queues::default()
                     };
                     q.stream.store(stream, Ordering::Relaxed);
                 }
-                q.gen.fetch_add(1, Ordering::Relaxed);
                 // Registered before the `EPOLL_CTL_ADD`, whose first edge the
                 // poller may see at once: it must find the queues.
                 q.registered.store(true, Ordering::Release);
@@ -71,17 +71,20 @@ impl Driver {
                 let q = Arc::new(FdQueue::default());
                 // A fresh queue each time: its number comes from a counter, so
                 // that an edge of the number's earlier registration is told apart.
-                q.gen
-                    .store(BIG_GEN.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-                lock(&q.q).dead = true;
+                {
+                    let mut g = lock(&q.q);
+                    g.dead = true;
+                    g.gen = BIG_GEN.fetch_add(1, Ordering::Relaxed);
+                }
                 q.stream.store(stream, Ordering::Relaxed);
                 big.insert(fd, q.clone());
                 QueueRef::Big(q)
             }
         };
+        let gen = lock(&q.q).gen;
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: ready::token(fd, q.gen.load(Ordering::Relaxed)),
+            u64: ready::token(fd, gen),
         };
         // SAFETY: both descriptors are open; `ev` is a valid event.
         if unsafe {

@@ -31,16 +31,20 @@ impl Driver {
         if out.len() > before {
             return Ok(());
         }
-        // Edges kept from an earlier wait come first, and then there is no wait.
-        while !self.shared.stash.is_empty() {
-            let mut edges = [Edge { token: 0, bits: 0 }; WAIT_EVENTS];
-            let n = self.shared.stash.take(&mut edges[..CHUNK]);
+        // Edges kept from an earlier wait come first: taken until they finish
+        // something (`CHUNK` completions at most), and then there is no wait.
+        while out.len() - before < CHUNK && !self.shared.stash.is_empty() {
+            let mut edges = [Edge { token: 0, bits: 0 }; CHUNK];
+            let n = self
+                .shared
+                .stash
+                .take(&mut edges[..CHUNK - (out.len() - before)]);
             for e in &edges[..n] {
                 self.edge(*e, out, mode);
             }
-            if out.len() > before {
-                return Ok(());
-            }
+        }
+        if out.len() > before {
+            return Ok(());
         }
         let next_timer = next_timer.map(|at| at.saturating_duration_since(Instant::now()));
         let wait = match (timeout, next_timer) {
@@ -80,14 +84,16 @@ impl Driver {
             }
         });
         if mode == PollMode::Poller {
-            // Act on the first few sockets now, keep the rest (`ready.rs`).
-            let mut edges = edges;
-            let mut acted = 0;
-            while acted < CHUNK {
+            // Act on sockets until `CHUNK` completions are out (or the edges
+            // run out), and keep the rest (`ready.rs`).
+            let mut edges = edges.peekable();
+            while out.len() - before < CHUNK {
                 let Some(e) = edges.next() else { break };
-                acted += usize::from(self.edge(e, out, mode));
+                self.edge(e, out, mode);
             }
-            self.shared.stash.keep(edges);
+            if edges.peek().is_some() {
+                self.shared.stash.keep(edges);
+            }
         } else {
             for e in edges {
                 self.edge(e, out, mode);
@@ -124,29 +130,30 @@ impl Driver {
         let Some(q) = self.shared.queue(token as u32 as RawFd) else {
             return false;
         };
-        if q.gen.load(Ordering::Relaxed) != (token >> 32) as u32 {
-            return false;
-        }
         let readable =
             bits & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
         let writable = bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
         let closed = bits & (libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
-        self.retry(&q, readable, writable, closed, out);
-        true
+        self.retry(&q, (token >> 32) as u32, readable, writable, closed, out)
     }
 
     /// Retries a socket's queued operations after readiness, in order, until one
-    /// would block.
+    /// would block. False, doing nothing, for an edge of another registration
+    /// than `gen` (`ready.rs`).
     pub(super) fn retry(
         &self,
         q: &FdQueue,
+        gen: u32,
         readable: bool,
         writable: bool,
         closed: bool,
         out: &mut Vec<Completion>,
-    ) {
+    ) -> bool {
         let mut g = lock(&q.q);
         let g = &mut *g;
+        if g.gen != gen {
+            return false;
+        }
         g.read_closed |= closed;
         let read_closed = g.read_closed;
         let mut finished = FINISHED.take();
@@ -201,7 +208,7 @@ impl Driver {
         }
         if finished.is_empty() && parts.is_empty() {
             give_back(&FINISHED, finished, FINISHED_KEEP);
-            return;
+            return true;
         }
         let mut inner = lock(&self.shared.inner);
         // A multishot operation's partial results come before its end.
@@ -213,6 +220,7 @@ impl Driver {
         }
         drop(inner);
         give_back(&FINISHED, finished, FINISHED_KEEP);
+        true
     }
 
     /// Worker completions and due timers, without `epoll_wait` (see
