@@ -614,6 +614,8 @@ impl Driver {
         for fd in fds {
             self.disassociate(fd);
         }
+        // Edges kept for a later poll: their sockets are unregistered now.
+        self.shared.stash.clear();
         self.files.shutdown();
         let mut inner = lock(&self.shared.inner);
         let timers: Vec<(Instant, u64)> = std::mem::take(&mut inner.timers).into_iter().collect();

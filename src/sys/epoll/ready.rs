@@ -82,6 +82,13 @@ impl Stash {
         n
     }
 
+    /// Drops every kept edge (at shutdown).
+    pub(super) fn clear(&self) {
+        let mut g = lock(&self.edges);
+        g.clear();
+        self.len.store(0, Ordering::Release);
+    }
+
     /// Keeps `edges` (after any already kept).
     pub(super) fn keep(&self, edges: impl IntoIterator<Item = Edge>) {
         let mut g = lock(&self.edges);
