@@ -8,8 +8,8 @@
 //! at 2.7 % of the server's CPU against tokio's 0.3 % (tokio's task receives
 //! and sends back to back). So the poller keeps the edges in a stash and acts
 //! on them per `poll` only until [`CHUNK`] completions are out; their handlers
-//! run before the next chunk's receives. Unlike a smaller `maxevents` (the kernel's ready list as the
-//! stash), this costs no system call per chunk.
+//! run before the next chunk's receives. Unlike a smaller `maxevents` (the
+//! kernel's ready list as the stash), this costs no system call per chunk.
 //!
 //! Invariants:
 //! * Only the port's poller (`PollMode::Poller`) puts edges in the stash; a
