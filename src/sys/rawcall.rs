@@ -72,25 +72,20 @@ mod tests {
         let n = unsafe { super::send(a.as_raw_fd(), msg.as_ptr().cast(), 4, libc::MSG_DONTWAIT) };
         assert_eq!(n, 4);
         let mut buf = [0u8; 16];
-        // SAFETY: writes at most 16 bytes into a live array.
-        let n = unsafe {
-            super::recv(
-                b.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                16,
-                libc::MSG_DONTWAIT,
-            )
+        let recv = |buf: &mut [u8; 16]| {
+            // SAFETY: writes at most 16 bytes into a live array.
+            unsafe {
+                super::recv(
+                    b.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    16,
+                    libc::MSG_DONTWAIT,
+                )
+            }
         };
+        let n = recv(&mut buf);
         assert_eq!(&buf[..n as usize], msg);
-        // SAFETY: as above.
-        let n = unsafe {
-            super::recv(
-                b.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                16,
-                libc::MSG_DONTWAIT,
-            )
-        };
+        let n = recv(&mut buf);
         assert_eq!(n, -1);
         assert_eq!(
             std::io::Error::last_os_error().raw_os_error(),

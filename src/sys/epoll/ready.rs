@@ -47,7 +47,7 @@ pub(super) const CHUNK: usize = 4;
 
 /// One readiness edge: the epoll token (descriptor | registration << 32) and
 /// its event bits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Edge {
     pub(super) token: u64,
     pub(super) bits: u32,
@@ -165,7 +165,7 @@ mod tests {
         assert!(!s.is_empty());
         let mut got = Vec::new();
         while !s.is_empty() {
-            let mut buf = [Edge { token: 0, bits: 0 }; CHUNK];
+            let mut buf = [Edge::default(); CHUNK];
             let n = s.take(&mut buf);
             assert!(n > 0 && n <= CHUNK);
             got.extend(buf[..n].iter().map(|e| e.token));

@@ -40,29 +40,31 @@ impl Driver {
         };
         let stream = r == 0 && ty == libc::SOCK_STREAM;
         let mut big = lock(&self.shared.big);
-        let q = match FdTable::<FdQueue>::index(fd) {
+        let (q, gen) = match FdTable::<FdQueue>::index(fd) {
             Some(i) => {
                 let q = self.shared.fds.get_or_make(i);
                 if q.registered.load(Ordering::Relaxed) {
                     return Err(Error::AlreadyAssociated(fd));
                 }
-                {
-                    // Still dead (as `disassociate` left it, or as made here):
-                    // a stale submitter that reaches it now cancels its
-                    // operation rather than queueing it where nobody looks.
+                // Still dead (as `disassociate` left it, or as made here):
+                // a stale submitter that reaches it now cancels its
+                // operation rather than queueing it where nobody looks.
+                let gen = {
                     let mut g = lock(&q.q);
                     debug_assert!(g.read.is_empty() && g.write.is_empty());
+                    let gen = g.gen.wrapping_add(1);
                     *g = Queues {
                         dead: true,
-                        gen: g.gen.wrapping_add(1),
+                        gen,
                         ..Queues::default()
                     };
                     q.stream.store(stream, Ordering::Relaxed);
-                }
+                    gen
+                };
                 // Registered before the `EPOLL_CTL_ADD`, whose first edge the
                 // poller may see at once: it must find the queues.
                 q.registered.store(true, Ordering::Release);
-                QueueRef::Direct(q)
+                (QueueRef::Direct(q), gen)
             }
             None => {
                 if big.contains_key(&fd) {
@@ -71,17 +73,17 @@ impl Driver {
                 let q = Arc::new(FdQueue::default());
                 // A fresh queue each time: its number comes from a counter, so
                 // that an edge of the number's earlier registration is told apart.
+                let gen = BIG_GEN.fetch_add(1, Ordering::Relaxed);
                 {
                     let mut g = lock(&q.q);
                     g.dead = true;
-                    g.gen = BIG_GEN.fetch_add(1, Ordering::Relaxed);
+                    g.gen = gen;
                 }
                 q.stream.store(stream, Ordering::Relaxed);
                 big.insert(fd, q.clone());
-                QueueRef::Big(q)
+                (QueueRef::Big(q), gen)
             }
         };
-        let gen = lock(&q.q).gen;
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
             u64: ready::token(fd, gen),

@@ -34,7 +34,7 @@ impl Driver {
         // Edges kept from an earlier wait come first: taken until they finish
         // something (`CHUNK` completions at most), and then there is no wait.
         while out.len() - before < CHUNK && !self.shared.stash.is_empty() {
-            let mut edges = [Edge { token: 0, bits: 0 }; CHUNK];
+            let mut edges = [Edge::default(); CHUNK];
             let n = self
                 .shared
                 .stash
