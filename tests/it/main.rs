@@ -33,6 +33,7 @@ mod rt_fair;
 mod rt_files;
 mod rt_inline;
 mod rt_io;
+mod rt_time;
 mod serve;
 mod serve_limits;
 mod serve_open;

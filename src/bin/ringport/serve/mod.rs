@@ -59,7 +59,12 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Worker threads (0 = 2 × CPUs).
+    /// Worker threads (0 = CPUs, at least 2). A handler blocks only where a
+    /// file read misses the page cache (as an nginx worker does), so the
+    /// pool's usual 2 × CPUs mostly adds threads that take turns waiting in the
+    /// kernel: with 4 rather than 2 on two CPUs, 1.2–1.6 × the context
+    /// switches and up to 0.85 × the throughput on 64 KiB and 16 MiB files
+    /// (BENCHMARKS.md, session 9).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Handlers running at once (0 = CPUs).
@@ -356,7 +361,11 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     signals::block()?;
     let mut b = Runtime::builder()
-        .threads(args.threads)
+        .threads(if args.threads > 0 {
+            args.threads
+        } else {
+            ringport::num_cpus().max(2)
+        })
         .concurrency(args.concurrency)
         // Each connection waits on a receive and a timer; leave room for them all.
         .max_in_flight((max_conns * 3 + 1024).max(32 * 1024));
