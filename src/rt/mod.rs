@@ -385,6 +385,12 @@ impl Handle {
         self.shared.port.backend()
     }
 
+    /// The counters of the runtime's port: the scheduler's hand-offs, poll
+    /// take-overs and stalls, operations in flight, the backend's task-run mode.
+    pub fn port_stats(&self) -> crate::PortStats {
+        self.shared.port.stats()
+    }
+
     /// Tasks alive now (spawned, not finished).
     pub fn live_tasks(&self) -> usize {
         self.shared.tasks.len()

@@ -1,7 +1,8 @@
 //! `ringport serve`, continued (see `serve.rs` for the harness): how files are
 //! opened beneath DIR (`openat2` with `RESOLVE_BENEATH`, and the canonical
-//! path it falls back to, forced with `--no-openat2`), and the inline send
-//! path (head with `MSG_MORE`, non-blocking `sendfile`, waiting for room).
+//! path it falls back to, forced with `--no-openat2`), the inline send
+//! path (head with `MSG_MORE`, non-blocking `sendfile`, waiting for room), and
+//! `--stats`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -272,3 +273,42 @@ backend_test!(
         srv.stop();
     }
 );
+
+// `--stats` prints the port's counters at exit, per request: three requests
+// served, and a line that counts them. Without the flag, no such line.
+backend_test!(stats_at_exit_count_the_requests, |choice: BackendChoice| {
+    let site = Site::new();
+    let Some(srv) = Serve::start(choice, &site, &["--stats"]) else {
+        return;
+    };
+    for _ in 0..3 {
+        assert_eq!(get(srv.addr, "/hello.txt").status, 200);
+    }
+    let err = srv.stop();
+    let line = err
+        .lines()
+        .find(|l| l.contains("hand-offs"))
+        .unwrap_or_else(|| panic!("no stats line; stderr:\n{err}"));
+    assert!(line.starts_with("serve: 3 requests; "), "{line}");
+    for part in [
+        "poll take-overs",
+        "stalls",
+        "most running at once",
+        "task run",
+    ] {
+        assert!(line.contains(part), "{part:?} missing: {line}");
+    }
+    let modes: &[&str] = if choice == BackendChoice::Epoll {
+        &["task run none"]
+    } else {
+        &["task run coop", "task run default"]
+    };
+    assert!(modes.iter().any(|m| line.ends_with(m)), "{line}");
+
+    let Some(srv) = Serve::start(choice, &site, &[]) else {
+        return;
+    };
+    assert_eq!(get(srv.addr, "/hello.txt").status, 200);
+    let err = srv.stop();
+    assert!(!err.contains("hand-offs"), "stats without --stats:\n{err}");
+});

@@ -84,3 +84,31 @@ fn kernel_version() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
+
+/// One line of a port's scheduler counters, each also per `unit` (`n` of them
+/// done), for `--stats`: hand-offs to a sleeping worker, poll-role take-overs,
+/// stalls, kicks of running threads (io_uring `COOP_TASKRUN`), the most
+/// handlers that ran at once.
+pub(crate) fn stats_line(stats: &ringport::PortStats, n: u64, unit: &str) -> String {
+    let per = |x: u64| {
+        if n == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.3}", x as f64 / n as f64)
+        }
+    };
+    let s = &stats.sched;
+    format!(
+        "{n} {unit}s; hand-offs {} ({} per {unit}), poll take-overs {} ({}), stalls {}, \
+         task-work kicks {} ({}), most running at once {}, task run {}",
+        s.handoffs,
+        per(s.handoffs),
+        s.poll_steals,
+        per(s.poll_steals),
+        s.stalls,
+        stats.task_work_kicks,
+        per(stats.task_work_kicks),
+        s.peak_running,
+        stats.task_run,
+    )
+}

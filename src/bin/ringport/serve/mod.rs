@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// Time busy connections get to finish after a shutdown signal.
     #[arg(long, default_value_t = 30_000, hide = true)]
     grace_ms: u64,
+    /// On exit, print the port's scheduler counters per request (hand-offs
+    /// to sleeping workers, poll-role take-overs, stalls) on standard error.
+    #[arg(long)]
+    stats: bool,
 }
 
 /// What every connection task shares.
@@ -432,7 +436,15 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let cut = srv.open.load(Ordering::Acquire);
+    let stats = rt.handle().port_stats();
     rt.shutdown();
+    if args.stats {
+        let requests = srv.requests.load(Ordering::Relaxed);
+        eprintln!(
+            "serve: {}",
+            crate::info::stats_line(&stats, requests, "request")
+        );
+    }
     eprintln!(
         "serve: signal {sig}: stopped; {} connections, {} requests{}",
         srv.accepted.load(Ordering::Relaxed),
