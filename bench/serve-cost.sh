@@ -21,7 +21,6 @@ FILES=${FILES:-1k.bin 64k.bin 16m.bin}
 SERVERS=${SERVERS:-nginx uring epoll}
 STRACE=${STRACE:-0}
 WRK_THREADS=${WRK_THREADS:-2}
-declare -A SIZE=([1k.bin]=1024 [64k.bin]=65536 [16m.bin]=16777216)
 
 for t in nginx wrk; do
     command -v $t >/dev/null || { echo "needs $t (see bench/vs-nginx.sh)" >&2; exit 1; }
@@ -33,57 +32,11 @@ if [ -z "${RINGPORT:-}" ]; then
 fi
 TICK=$(getconf CLK_TCK)
 
-WORK=$(mktemp -d /tmp/ringport-serve-cost.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-mkdir -p "$WORK/www" "$WORK/nginx/logs" "$WORK/nginx/tmp"
-for f in $FILES; do head -c "${SIZE[$f]}" /dev/urandom >"$WORK/www/$f"; done
-chmod -R a+rX "$WORK"
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-declare -A PORT PID
-for s in $SERVERS; do
-    if [ "$s" = nginx ]; then
-        PORT[nginx]=$(free_port)
-        cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 2;
-user root;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 8192; }
-http {
-    access_log off; sendfile on; tcp_nopush on; tcp_nodelay on;
-    keepalive_timeout 75s; keepalive_requests 1000000;
-    default_type application/octet-stream;
-    client_body_temp_path $WORK/nginx/tmp/body; proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi; uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
-    server { listen 127.0.0.1:${PORT[nginx]}; root $WORK/www; }
-}
-EOF
-        nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-        PID[nginx]=$!
-        PIDS+=($!)
-    else
-        backend=${s%%:*} bin=$RINGPORT
-        [[ "$s" == *:* ]] && bin=${s#*:}
-        out="$WORK/ringport-${#PIDS[@]}.out"
-        "$bin" serve "$WORK/www" --listen 127.0.0.1:0 --backend "$backend" >"$out" 2>&1 &
-        PID[$s]=$!
-        PIDS+=($!)
-        for _ in $(seq 100); do grep -q "http://" "$out" && break; sleep 0.1; done
-        line=$(grep "http://" "$out") || { cat "$out" >&2; exit 1; }
-        PORT[$s]=$(sed -E 's#.*http://[^:]+:([0-9]+)/.*#\1#' <<<"$line")
-    fi
-done
+# shellcheck source=bench/serve-lib.sh
+. bench/serve-lib.sh
+# shellcheck disable=SC2086 # FILES is a list
+serve_setup ringport-serve-cost $FILES
+for s in $SERVERS; do start_server "$s"; done
 sleep 0.5
 for s in $SERVERS; do
     curl -sf -o /dev/null "http://127.0.0.1:${PORT[$s]}/$(set -- $FILES; echo "$1")" \

@@ -11,13 +11,13 @@
 #   bench/serve-switches.sh 5 256 16m.bin nginx uring 'uring@--threads 4' epoll
 #   EV=syscalls:sys_enter_sendfile64 bench/serve-switches.sh 2 256 16m.bin nginx uring
 #
-# SERVER: nginx (2 workers, sendfile on, as bench/vs-nginx.sh), or
-# BACKEND[:BINARY][@ARGS] for `ringport serve` (BACKEND uring or epoll; BINARY
-# another build; ARGS more flags). FILE: 1k.bin, 64k.bin or 16m.bin. DUR sets
-# the seconds per run (4). Needs nginx, wrk and perf.
+# SERVER: as bench/serve-lib.sh's start_server takes it: nginx, or
+# BACKEND[:BINARY][@ARGS] for `ringport serve` ('uring@--threads 4'). FILE:
+# 1k.bin, 64k.bin or 16m.bin. DUR sets the seconds per run (4). Needs nginx,
+# wrk and perf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 4 ] || { sed -n 2,18p "$0" >&2; exit 2; }
+[ $# -ge 4 ] || { sed -n 2,17p "$0" >&2; exit 2; }
 ROUNDS=$1 CONNS=$2 FILE=$3
 shift 3
 DUR=${DUR:-4}
@@ -27,54 +27,10 @@ done
 cargo build --release --quiet --bin ringport
 RINGPORT=$PWD/target/release/ringport
 
-W=$(mktemp -d /tmp/ringport-serve-switches.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$W"
-}
-trap cleanup EXIT
-mkdir -p "$W/www" "$W/ng/logs" "$W/ng/tmp"
-head -c 1024 /dev/urandom >"$W/www/1k.bin"
-head -c 65536 /dev/urandom >"$W/www/64k.bin"
-head -c 16777216 /dev/urandom >"$W/www/16m.bin"
-chmod -R a+rX "$W"
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-declare -A PORT PID
-for s in "$@"; do
-    if [ "$s" = nginx ]; then
-        PORT[$s]=$(free_port)
-        cat >"$W/ng/nginx.conf" <<EOC
-worker_processes 2; user root; pid $W/ng/nginx.pid; error_log $W/ng/logs/error.log warn;
-worker_rlimit_nofile 65536; events { worker_connections 8192; }
-http { access_log off; sendfile on; tcp_nopush on; tcp_nodelay on;
- keepalive_timeout 75s; keepalive_requests 1000000; default_type application/octet-stream;
- client_body_temp_path $W/ng/tmp/body; proxy_temp_path $W/ng/tmp/proxy;
- fastcgi_temp_path $W/ng/tmp/fastcgi; uwsgi_temp_path $W/ng/tmp/uwsgi; scgi_temp_path $W/ng/tmp/scgi;
- server { listen 127.0.0.1:${PORT[$s]}; root $W/www; } }
-EOC
-        nginx -p "$W/ng" -c "$W/ng/nginx.conf" -g 'daemon off;' &
-    else
-        spec=${s%%@*} args=
-        [[ $s == *@* ]] && args=${s#*@}
-        backend=${spec%%:*} bin=$RINGPORT
-        [[ $spec == *:* ]] && bin=${spec#*:}
-        out="$W/ringport-${#PIDS[@]}.out"
-        # shellcheck disable=SC2086 # ARGS are flags, split on spaces
-        "$bin" serve "$W/www" --listen 127.0.0.1:0 --backend "$backend" $args >"$out" 2>&1 &
-    fi
-    PID[$s]=$!
-    PIDS+=($!)
-    if [ "$s" != nginx ]; then
-        for _ in $(seq 100); do grep -q http:// "$out" && break; sleep 0.1; done
-        PORT[$s]=$(sed -nE 's#.*http://[^:]+:([0-9]+)/.*#\1#p' "$out")
-        [ -n "${PORT[$s]}" ] || { echo "$s did not start:" >&2; cat "$out" >&2; exit 1; }
-    fi
-done
+# shellcheck source=bench/serve-lib.sh
+. bench/serve-lib.sh
+serve_setup ringport-serve-switches 1k.bin 64k.bin 16m.bin
+for s in "$@"; do start_server "$s"; done
 sleep 0.5
 
 echo "round server MiB/s server_ms/GiB server_cs/GiB wrk_ms/GiB wrk_cs/GiB ${EV:+(EV per GiB)}"
@@ -83,14 +39,14 @@ for r in $(seq "$ROUNDS"); do
     [ $((r % 2)) = 0 ] && mapfile -t order < <(printf '%s\n' "$@" | tac)
     for s in "${order[@]}"; do
         pids=$(echo "${PID[$s]}" $(pgrep -P "${PID[$s]}" || true) | tr ' ' ,)
-        perf stat -x, -e "task-clock,context-switches${EV:+,$EV}" -p "$pids" -o "$W/server.txt" \
+        perf stat -x, -e "task-clock,context-switches${EV:+,$EV}" -p "$pids" -o "$WORK/server.txt" \
             -- sleep $((DUR + 1)) 2>/dev/null &
         pp=$!
         sleep 0.3
-        perf stat -x, -e task-clock,context-switches -o "$W/wrk.txt" -- \
-            wrk -t2 -c"$CONNS" -d"${DUR}s" --timeout 30s "http://127.0.0.1:${PORT[$s]}/$FILE" >"$W/out.txt" 2>&1
+        perf stat -x, -e task-clock,context-switches -o "$WORK/wrk.txt" -- \
+            wrk -t2 -c"$CONNS" -d"${DUR}s" --timeout 30s "http://127.0.0.1:${PORT[$s]}/$FILE" >"$WORK/out.txt" 2>&1
         wait $pp
-        python3 - "$r" "$s" "$DUR" "$W/server.txt" "$W/wrk.txt" "$W/out.txt" <<'PY'
+        python3 - "$r" "$s" "$DUR" "$WORK/server.txt" "$WORK/wrk.txt" "$WORK/out.txt" <<'PY'
 import re, sys
 r, s, dur, server, wrk, out = sys.argv[1:]
 m = re.search(r"requests in [\d.]+\w+, ([\d.]+)(\w+) read", open(out).read())

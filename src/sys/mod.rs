@@ -20,16 +20,16 @@
 //!   available completions to `out`: all of them, except that the epoll
 //!   backend's poller acts on a few ready sockets per call and keeps the rest
 //!   of the readiness it was given for the next call (`sys/epoll/ready.rs`) —
-//!   never returning empty-handed while one of them can complete. In `Backup` mode it may wait longer: until
-//!   completions pile up (more than one) — the backup covers for a poller that
-//!   is busy running a handler, and should not wake for the completion that
-//!   poller will take itself; the pool's monitor wakes it for a lone completion
-//!   that waits too long. A wake-up from `notify`
-//!   must never be lost: it wakes the poller and the backup, and a reaper in
-//!   `Other` mode that swallows one gives it back. Completions are produced exactly once each; at most one
-//!   thread is sent to `poll` by the scheduler, but a backend must tolerate
-//!   `submit` and `cancel` from other threads meanwhile, and a second reaper (a
-//!   submitter waiting for room).
+//!   never returning empty-handed while one of them can complete. In `Backup`
+//!   mode it may wait longer: until completions pile up (more than one) — the
+//!   backup covers for a poller that is busy running a handler, and should not
+//!   wake for the completion that poller will take itself; the pool's monitor
+//!   wakes it for a lone completion that waits too long. A wake-up from
+//!   `notify` must never be lost: it wakes the poller and the backup, and a
+//!   reaper in `Other` mode that swallows one gives it back. Completions are
+//!   produced exactly once each; at most one thread is sent to `poll` by the
+//!   scheduler, but a backend must tolerate `submit` and `cancel` from other
+//!   threads meanwhile, and a second reaper (a submitter waiting for room).
 //! * **`reap_ready(out)`** appends what `poll` would return at once, without
 //!   waiting and without a system call (the port calls it before a dequeue
 //!   while a `High` operation is in flight, so a completion still in the

@@ -22,11 +22,18 @@ use crate::signals;
 impl EchoArgs {
     /// Worker threads to start (`--threads`, or its default).
     pub(crate) fn workers(&self) -> usize {
-        if self.threads > 0 {
-            self.threads
-        } else {
-            ringport::num_cpus().max(2)
-        }
+        workers_or_one_per_cpu(self.threads)
+    }
+}
+
+/// `threads` if set, else one worker per CPU (at least 2): the default of the
+/// programs whose handlers do not block (`echo`, `serve`), where the pool's
+/// usual 2 × CPUs only adds threads that contend for the CPUs.
+pub(crate) fn workers_or_one_per_cpu(threads: usize) -> usize {
+    if threads > 0 {
+        threads
+    } else {
+        ringport::num_cpus().max(2)
     }
 }
 

@@ -1,10 +1,12 @@
 //! Registering sockets with the epoll set (`associate`, `disassociate`) and
 //! finding a registered socket's queues without a lock (see `FdQueue`).
 
+use std::sync::atomic::AtomicU32;
+
 use super::*;
 
 /// Registration numbers of queues at or above `fdtab::DIRECT` (`Queues::gen`).
-static BIG_GEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static BIG_GEN: AtomicU32 = AtomicU32::new(0);
 
 impl Driver {
     /// Registers a socket (sets it non-blocking; edge-triggered in and out).

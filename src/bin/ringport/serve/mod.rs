@@ -365,11 +365,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     signals::block()?;
     let mut b = Runtime::builder()
-        .threads(if args.threads > 0 {
-            args.threads
-        } else {
-            ringport::num_cpus().max(2)
-        })
+        .threads(crate::echo::workers_or_one_per_cpu(args.threads))
         .concurrency(args.concurrency)
         // Each connection waits on a receive and a timer; leave room for them all.
         .max_in_flight((max_conns * 3 + 1024).max(32 * 1024));
@@ -436,9 +432,10 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let cut = srv.open.load(Ordering::Acquire);
-    let stats = rt.handle().port_stats();
+    // Read before the shutdown, which leaves the port closed.
+    let stats = args.stats.then(|| rt.handle().port_stats());
     rt.shutdown();
-    if args.stats {
+    if let Some(stats) = stats {
         let requests = srv.requests.load(Ordering::Relaxed);
         eprintln!(
             "serve: {}",
