@@ -11,7 +11,7 @@
 #   RINGPORT=/path/to/other/ringport bench/serve-cost.sh   # another build
 #   SERVERS="uring:/tmp/old/ringport uring epoll:/tmp/old/ringport epoll" bench/serve-cost.sh  # A/B
 #
-# nginx: the same config as bench/vs-nginx.sh (2 workers, sendfile, tcp_nopush).
+# nginx: the configuration in bench/serve-lib.sh (2 workers, sendfile, tcp_nopush).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,6 +1,7 @@
-# Shared by bench/serve-cost.sh and bench/serve-switches.sh (sourced, not run):
-# a work folder with the test files, nginx configured as bench/vs-nginx.sh
-# configures it, and `ringport serve` instances, all stopped on exit.
+# Shared by bench/vs-nginx.sh, bench/serve-cost.sh and bench/serve-switches.sh
+# (sourced, not run): a work folder with the test files, nginx with the one
+# configuration all three compare against, and `ringport serve` instances, all
+# stopped on exit.
 #
 #   serve_setup NAME FILE...     # WORK=/tmp/NAME.XXXXXX with www/FILE of its size
 #   start_server SPEC            # sets PORT[SPEC] and PID[SPEC]

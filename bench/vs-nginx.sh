@@ -23,94 +23,27 @@ BACKENDS=${BACKENDS:-uring epoll}
 WRK_THREADS=${WRK_THREADS:-2}
 CONNS=${CONNS:-32 256}
 FILES=(1k.bin 64k.bin 16m.bin)
-declare -A SIZE=([1k.bin]=1024 [64k.bin]=65536 [16m.bin]=16777216)
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
     echo "== installing nginx and wrk"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
 fi
-NGINX=$(command -v nginx)
 
 echo "== building ringport (release)"
 cargo build --release --quiet --bin ringport
 RINGPORT=$PWD/target/release/ringport
 
-WORK=$(mktemp -d /tmp/ringport-vs-nginx.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-mkdir -p "$WORK/www" "$WORK/nginx/logs" "$WORK/nginx/tmp"
-for f in "${FILES[@]}"; do
-    head -c "${SIZE[$f]}" /dev/urandom >"$WORK/www/$f"
-done
-chmod -R a+rX "$WORK"
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# --- nginx -------------------------------------------------------------------
-NGINX_PORT=$(free_port)
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 2;
-user root;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    keepalive_timeout 75s;
-    keepalive_requests 1000000;
-    default_type application/octet-stream;
-    client_body_temp_path $WORK/nginx/tmp/body;
-    proxy_temp_path $WORK/nginx/tmp/proxy;
-    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-    scgi_temp_path $WORK/nginx/tmp/scgi;
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        root $WORK/www;
-    }
-}
-EOF
-"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
-
-# --- ringport, one per backend -----------------------------------------------
-declare -A PORT
-PORT[nginx]=$NGINX_PORT
+# shellcheck source=bench/serve-lib.sh
+. bench/serve-lib.sh
+serve_setup ringport-vs-nginx "${FILES[@]}"
+start_server nginx
 SERVERS=(nginx)
 for b in $BACKENDS; do
-    out="$WORK/ringport-$b.out"
-    "$RINGPORT" serve "$WORK/www" --listen 127.0.0.1:0 --backend "$b" >"$out" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 100); do
-        grep -q "http://" "$out" && break
-        sleep 0.1
-    done
-    line=$(grep "http://" "$out" || true)
-    if [ -z "$line" ]; then
-        echo "ringport serve --backend $b did not start:" >&2
-        cat "$out" >&2
-        exit 1
-    fi
-    PORT[ringport-$b]=$(sed -E 's#.*http://[^:]+:([0-9]+)/.*#\1#' <<<"$line")
+    start_server "$b"
+    PORT[ringport-$b]=${PORT[$b]}
     SERVERS+=("ringport-$b")
-    echo "   $line"
+    echo "   ringport serve --backend $b at http://127.0.0.1:${PORT[$b]}/"
 done
 
 for s in "${SERVERS[@]}"; do
