@@ -9,10 +9,55 @@ use std::sync::Arc;
 use super::core::Core;
 use crate::op::Op;
 
+/// Tries `buf` with one non-blocking `send(2)` on this thread, on io_uring
+/// (see "Sends" in `core.rs`). `Some(Ok(n))`: `n` bytes went (possibly
+/// fewer than asked); `Some(Err)`: the send's error; `None`: nothing was
+/// tried or the socket's buffer is full: go through the port.
+pub(crate) fn try_send_now(core: &Core, buf: &[u8]) -> Option<io::Result<usize>> {
+    if buf.is_empty() || !core.send_inline || !crate::rt::op::inline_send_turn() {
+        return None;
+    }
+    // SAFETY: `buf` is borrowed for the call and valid for reads of its
+    // length; the descriptor is the core's own, open while the core lives.
+    let n = unsafe {
+        crate::sys::rawcall::send(
+            std::os::fd::AsRawFd::as_raw_fd(&core.fd),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n >= 0 {
+        return Some(Ok(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EINTR) => None,
+        _ => Some(Err(e)),
+    }
+}
+
+/// Whether `RINGPORT_INLINE_SENDS` leaves inline sends on (it is for
+/// measurements: `off` sends every byte through the port).
+pub(crate) fn inline_sends_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("RINGPORT_INLINE_SENDS").as_deref(),
+            Ok("off" | "0" | "no")
+        )
+    })
+}
+
 /// Writes all of `buf`, resubmitting after short sends.
 pub(crate) async fn write_all(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
     let mut pos = 0;
     let mut buf = buf;
+    match try_send_now(core, &buf) {
+        Some(Ok(n)) => pos = n,
+        Some(Err(e)) => return (Err(e), buf),
+        None => {}
+    }
     while pos < buf.len() {
         let c = match core.run(Op::send_from(&core.fd, buf, pos)).await {
             Ok(c) => c,
@@ -30,6 +75,9 @@ pub(crate) async fn write_all(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<()>
 
 /// Sends once from `buf[0..]`.
 pub(crate) async fn write(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    if let Some(r) = try_send_now(core, &buf) {
+        return (r, buf);
+    }
     match core.run(Op::send(&core.fd, buf)).await {
         Ok(c) => (c.result, c.buf.unwrap_or_default()),
         Err(e) => (Err(e), Vec::new()),

@@ -253,6 +253,21 @@ fn inline_allowed(op: &Op) -> bool {
     })
 }
 
+/// Takes a turn of the inline-send budget (`INLINE_RUN_MAX` in a row, then
+/// one send goes through the port): the stream layer's own inline sends on
+/// io_uring (`net/stream.rs`) share it with `inline_allowed`.
+pub(crate) fn inline_send_turn() -> bool {
+    INLINE_RUN.with(|r| {
+        if r.get() >= INLINE_RUN_MAX {
+            r.set(0);
+            false
+        } else {
+            r.set(r.get() + 1);
+            true
+        }
+    })
+}
+
 /// What `Shared::submit` did.
 pub(crate) enum Submitted {
     Yes(u64, OpId),

@@ -1,6 +1,7 @@
 //! The async face taking work done at once: a stream read whose bytes are
 //! waiting is ready at its first poll (`net/inline.rs`, epoll), and so is a send
-//! with room (`rt/op.rs`, `inline_allowed`, epoll), with a yield after 16 in a row.
+//! with room (epoll: `rt/op.rs`, `inline_allowed`; io_uring: `net/stream.rs`,
+//! `try_send_now`), with a yield after 16 in a row.
 
 use std::io::{Read, Write};
 use std::pin::pin;
@@ -13,6 +14,16 @@ use ringport::BackendChoice;
 
 use crate::common::*;
 use crate::rt::{block, join, runtime};
+
+/// Whether a send with room is done at once on `choice`: always on epoll; on
+/// io_uring unless `RINGPORT_INLINE_SENDS=off` (a measurement switch) says not.
+fn sends_inline(choice: BackendChoice) -> bool {
+    choice == BackendChoice::Epoll
+        || !matches!(
+            std::env::var("RINGPORT_INLINE_SENDS").as_deref(),
+            Ok("off" | "0" | "no")
+        )
+}
 
 /// Waits until `fd` has bytes to read (or 10 s pass).
 fn readable(fd: std::os::fd::RawFd) {
@@ -117,9 +128,11 @@ backend_test!(
     a_write_with_room_is_done_at_its_first_poll,
     |choice: BackendChoice| {
         // On epoll a send with room finishes inside the submit, and the
-        // async layer takes it there (`submit_inline`'s rule): the write is
-        // ready at its first poll, with no packet and no wake-up. On io_uring
-        // the send goes to the ring, and the first poll is `Pending`.
+        // async layer takes it there (`submit_inline`'s rule); on io_uring the
+        // stream tries one `send` before it submits (`try_send_now`). Either
+        // way the write is ready at its first poll, with no packet and no
+        // wake-up. (With `RINGPORT_INLINE_SENDS=off`, io_uring's send goes to
+        // the ring, and the first poll is `Pending`.)
         let rt = runtime(choice);
         let h = rt.handle().clone();
         let (mut peer, server) = tcp_pair();
@@ -127,7 +140,7 @@ backend_test!(
             &h,
             async move { TcpStream::from_std(server).expect("from_std") },
         );
-        let epoll = choice == BackendChoice::Epoll;
+        let inline = sends_inline(choice);
         for round in 0..3u8 {
             let msg = vec![b'a' + round; 100];
             let (first, s_back) = block(&h, async move {
@@ -147,13 +160,16 @@ backend_test!(
                 (first, s)
             });
             s = s_back;
-            if epoll {
+            if inline {
                 assert_eq!(
-                    first.expect("epoll: a write with room was not done at its first poll"),
+                    first.expect("a write with room was not done at its first poll"),
                     (Ok(100), 100)
                 );
             } else {
-                assert!(first.is_none(), "io_uring: the send goes to the ring");
+                assert!(
+                    first.is_none(),
+                    "inline sends off: the send goes to the ring"
+                );
             }
             let mut got = [0u8; 100];
             peer.read_exact(&mut got).unwrap();
@@ -161,8 +177,8 @@ backend_test!(
         }
         // `AsyncWrite` writes behind: `write` is ready at once on both
         // backends, and the send's end is waited for by the next write or
-        // `flush`. On epoll the send finished inside `write`, so the flush is
-        // ready at its first poll.
+        // `flush`. A send with room finished inside `write` (both backends),
+        // so the flush is ready at its first poll.
         let (flushed, s_back) = block(&h, async move {
             let n = AsyncWriteExt::write(&mut s, b"xyz").await;
             assert_eq!(n.map_err(|e| e.to_string()), Ok(3));
@@ -179,9 +195,9 @@ backend_test!(
             (first, s)
         });
         drop(s_back);
-        if epoll {
+        if inline {
             assert_eq!(
-                flushed.expect("AsyncWrite on epoll: the flush was not ready at its first poll"),
+                flushed.expect("AsyncWrite: the flush was not ready at its first poll"),
                 Ok(())
             );
         }
@@ -203,9 +219,9 @@ fn poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Ou
 backend_test!(
     sends_that_always_finish_at_once_still_yield,
     |choice: BackendChoice| {
-        // A send finished inside its submit is ready at once (epoll); after
-        // 16 in a row one goes through the port, so a task that only sends
-        // still waits now and then and other tasks run.
+        // A send with room is ready at once (both backends); after 16 in a
+        // row one goes through the port, so a task that only sends still
+        // waits now and then and other tasks run.
         let rt = runtime(choice);
         let h = rt.handle().clone();
         let (mut peer, server) = tcp_pair();
@@ -248,10 +264,10 @@ backend_test!(
             .max()
             .unwrap_or(0);
         assert!(longest <= 16, "{longest} sends in a row never yielded");
-        if choice == BackendChoice::Epoll {
+        if sends_inline(choice) {
             assert!(
                 firsts.iter().filter(|r| **r).count() >= 30,
-                "epoll: sends with room are ready at once: {firsts:?}"
+                "sends with room are ready at once: {firsts:?}"
             );
         }
     }

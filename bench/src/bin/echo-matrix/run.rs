@@ -25,6 +25,8 @@ pub enum ServerKind {
     RingportEpoll,
     /// `ringport echo --async --backend uring` (the async face).
     RingportAsync,
+    /// `ringport echo --async --backend uring` in the environment `--x-env` gives (an A/B experiment).
+    RingportAsyncX,
     /// `ringport echo --async --backend epoll`.
     RingportAsyncEpoll,
     /// `peer-echo --server tokio-mt`.
@@ -44,6 +46,7 @@ impl ServerKind {
             ServerKind::RingportUringX => "ringport-uring-x",
             ServerKind::RingportEpoll => "ringport-epoll",
             ServerKind::RingportAsync => "ringport-async",
+            ServerKind::RingportAsyncX => "ringport-async-x",
             ServerKind::RingportAsyncEpoll => "ringport-async-epoll",
             ServerKind::TokioMt => "tokio-mt",
             ServerKind::TokioCt => "tokio-ct",
@@ -59,6 +62,7 @@ impl ServerKind {
                 | ServerKind::RingportUringX
                 | ServerKind::RingportEpoll
                 | ServerKind::RingportAsync
+                | ServerKind::RingportAsyncX
                 | ServerKind::RingportAsyncEpoll
         )
     }
@@ -92,7 +96,7 @@ pub struct Tools {
     pub peer_echo: PathBuf,
     /// Extra arguments for `ringport echo`.
     pub ringport_args: Vec<String>,
-    /// Environment of `ringport-uring-x` (KEY=VALUE).
+    /// Environment of `ringport-uring-x` and `ringport-async-x` (KEY=VALUE).
     pub x_env: Vec<String>,
     pub client_threads: usize,
     pub syscalls: SysMethod,
@@ -476,22 +480,29 @@ fn server_argv(tools: &Tools, spec: &Spec, port: u16) -> Vec<String> {
         | ServerKind::RingportUringX
         | ServerKind::RingportEpoll
         | ServerKind::RingportAsync
+        | ServerKind::RingportAsyncX
         | ServerKind::RingportAsyncEpoll => {
-            if spec.server == ServerKind::RingportUringX {
+            if matches!(
+                spec.server,
+                ServerKind::RingportUringX | ServerKind::RingportAsyncX
+            ) {
                 argv.push("env".into());
                 argv.extend(tools.x_env.iter().cloned());
             }
             let backend = match spec.server {
                 ServerKind::RingportUring
                 | ServerKind::RingportUringX
-                | ServerKind::RingportAsync => "uring",
+                | ServerKind::RingportAsync
+                | ServerKind::RingportAsyncX => "uring",
                 _ => "epoll",
             };
             argv.push(tools.ringport.display().to_string());
             argv.extend(["echo", "--listen", &listen, "--backend", backend].map(String::from));
             if matches!(
                 spec.server,
-                ServerKind::RingportAsync | ServerKind::RingportAsyncEpoll
+                ServerKind::RingportAsync
+                    | ServerKind::RingportAsyncX
+                    | ServerKind::RingportAsyncEpoll
             ) {
                 argv.push("--async".into());
             }
