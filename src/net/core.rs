@@ -31,9 +31,12 @@
 //! A dropped write future cancels its send; some of its bytes may already have
 //! been sent (a stream cannot take them back), so after dropping a write the
 //! caller does not know how much of it went out. The `AsyncWrite` impl writes
-//! behind: `poll_write` copies the bytes into the stream's own buffer, starts the
-//! send and returns at once; the next `poll_write`/`poll_flush` waits for it
-//! (resubmitting the rest of a short send) and reports its error, if any. Flush
+//! behind: `poll_write` sends what fits at once (io_uring, above); otherwise it
+//! copies the bytes into the stream's own buffer, starts the send and returns
+//! at once; the next `poll_write`/`poll_flush` waits for it (resubmitting the
+//! rest of a short send) and reports its error, if any. An owned-buffer `write`
+//! or `write_all` made while such a send is in flight is not tried inline: it
+//! goes through the port behind that send, so the two keep their order. Flush
 //! before dropping: a send still in flight when the stream is dropped is allowed
 //! to finish (not cancelled), and the descriptor is closed after it.
 
@@ -340,6 +343,14 @@ impl Core {
         st.op = Some(op);
         st.pos = 0;
         Poll::Ready(Ok(n))
+    }
+
+    /// True when no `AsyncWrite` send is in flight, so an owned write may go
+    /// inline without overtaking it (`stream::try_send_owned`). A write lock
+    /// held elsewhere counts as in flight: the owned write then goes through
+    /// the port, behind whatever that holder submits.
+    pub(crate) fn no_write_behind(&self) -> bool {
+        self.write.try_lock().is_ok_and(|st| st.op.is_none())
     }
 
     /// Waits until no write-behind send is in flight.

@@ -37,6 +37,17 @@ pub(crate) fn try_send_now(core: &Core, buf: &[u8]) -> Option<io::Result<usize>>
     }
 }
 
+/// `try_send_now` for the owned-buffer writes: only while no `AsyncWrite`
+/// send is in flight on the stream (one started by `poll_write` may not have
+/// reached the kernel yet; an inline send would overtake it). Otherwise the
+/// write goes through the port, behind it.
+fn try_send_owned(core: &Core, buf: &[u8]) -> Option<io::Result<usize>> {
+    if !core.send_inline || !core.no_write_behind() {
+        return None;
+    }
+    try_send_now(core, buf)
+}
+
 /// Whether `RINGPORT_INLINE_SENDS` leaves inline sends on (it is for
 /// measurements: `off` sends every byte through the port).
 pub(crate) fn inline_sends_enabled() -> bool {
@@ -53,7 +64,7 @@ pub(crate) fn inline_sends_enabled() -> bool {
 pub(crate) async fn write_all(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
     let mut pos = 0;
     let mut buf = buf;
-    match try_send_now(core, &buf) {
+    match try_send_owned(core, &buf) {
         Some(Ok(n)) => pos = n,
         Some(Err(e)) => return (Err(e), buf),
         None => {}
@@ -75,7 +86,7 @@ pub(crate) async fn write_all(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<()>
 
 /// Sends once from `buf[0..]`.
 pub(crate) async fn write(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-    if let Some(r) = try_send_now(core, &buf) {
+    if let Some(r) = try_send_owned(core, &buf) {
         return (r, buf);
     }
     match core.run(Op::send(&core.fd, buf)).await {

@@ -272,3 +272,42 @@ backend_test!(
         }
     }
 );
+
+backend_test!(
+    owned_writes_after_an_async_write_keep_the_stream_order,
+    |choice: BackendChoice| {
+        // `AsyncWrite` writes behind: its send may still be in flight (the
+        // budget's forced turn, or a full buffer) when the task goes on with
+        // an owned `write_all`. That write must not overtake it, inline or not.
+        const ROUNDS: usize = 40;
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let (mut peer, server) = tcp_pair();
+        let reader = thread::spawn(move || {
+            let mut got = vec![0u8; ROUNDS * 4];
+            peer.read_exact(&mut got).unwrap();
+            got
+        });
+        let task = rt.spawn(async move {
+            let mut s = TcpStream::from_std(server).expect("from_std");
+            for _ in 0..ROUNDS {
+                s.write_all(b"a".to_vec()).await.0.expect("write a");
+                s.write_all(b"|".to_vec()).await.0.expect("write |");
+                AsyncWriteExt::write_all(&mut s, b"B")
+                    .await
+                    .expect("write B");
+                s.write_all(b"C".to_vec()).await.0.expect("write C");
+                AsyncWriteExt::flush(&mut s).await.expect("flush");
+            }
+            s
+        });
+        let s = join(&h, task).expect("writer task");
+        let got = reader.join().expect("reader");
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "a|BC".repeat(ROUNDS),
+            "the stream's bytes came out of order"
+        );
+        drop(s);
+    }
+);
