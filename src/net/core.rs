@@ -331,7 +331,7 @@ impl Core {
         }
         // A send with room goes at once, from `src` itself (io_uring; on
         // epoll the submit below tries it).
-        if let Some(r) = super::stream::try_send_now(self, src) {
+        if let Some(r) = super::stream::try_send_now(self, src, false) {
             return Poll::Ready(r);
         }
         let n = src.len().min(IO_CHUNK);
@@ -346,7 +346,7 @@ impl Core {
     }
 
     /// True when no `AsyncWrite` send is in flight, so an owned write may go
-    /// inline without overtaking it (`stream::try_send_owned`). A write lock
+    /// inline without overtaking it (`stream::try_send_now`). A write lock
     /// held elsewhere counts as in flight: the owned write then goes through
     /// the port, behind whatever that holder submits.
     pub(crate) fn no_write_behind(&self) -> bool {

@@ -10,11 +10,19 @@ use super::core::Core;
 use crate::op::Op;
 
 /// Tries `buf` with one non-blocking `send(2)` on this thread, on io_uring
-/// (see "Sends" in `core.rs`). `Some(Ok(n))`: `n` bytes went (possibly
+/// (see "Writes" in `core.rs`). `Some(Ok(n))`: `n` bytes went (possibly
 /// fewer than asked); `Some(Err)`: the send's error; `None`: nothing was
 /// tried or the socket's buffer is full: go through the port.
-pub(crate) fn try_send_now(core: &Core, buf: &[u8]) -> Option<io::Result<usize>> {
-    if buf.is_empty() || !core.send_inline || !crate::rt::op::inline_send_turn() {
+///
+/// `owned`: the caller is an owned-buffer write, which is tried only while no
+/// `AsyncWrite` send is in flight on the stream (one started by `poll_write`
+/// may not have reached the kernel yet; an inline send would overtake it).
+pub(crate) fn try_send_now(core: &Core, buf: &[u8], owned: bool) -> Option<io::Result<usize>> {
+    if buf.is_empty()
+        || !core.send_inline
+        || (owned && !core.no_write_behind())
+        || !crate::rt::op::inline_send_turn()
+    {
         return None;
     }
     // SAFETY: `buf` is borrowed for the call and valid for reads of its
@@ -37,34 +45,18 @@ pub(crate) fn try_send_now(core: &Core, buf: &[u8]) -> Option<io::Result<usize>>
     }
 }
 
-/// `try_send_now` for the owned-buffer writes: only while no `AsyncWrite`
-/// send is in flight on the stream (one started by `poll_write` may not have
-/// reached the kernel yet; an inline send would overtake it). Otherwise the
-/// write goes through the port, behind it.
-fn try_send_owned(core: &Core, buf: &[u8]) -> Option<io::Result<usize>> {
-    if !core.send_inline || !core.no_write_behind() {
-        return None;
-    }
-    try_send_now(core, buf)
-}
-
 /// Whether `RINGPORT_INLINE_SENDS` leaves inline sends on (it is for
 /// measurements: `off` sends every byte through the port).
 pub(crate) fn inline_sends_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        !matches!(
-            std::env::var("RINGPORT_INLINE_SENDS").as_deref(),
-            Ok("off" | "0" | "no")
-        )
-    })
+    *ON.get_or_init(|| !crate::sys::switched_off("RINGPORT_INLINE_SENDS"))
 }
 
 /// Writes all of `buf`, resubmitting after short sends.
 pub(crate) async fn write_all(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
     let mut pos = 0;
     let mut buf = buf;
-    match try_send_owned(core, &buf) {
+    match try_send_now(core, &buf, true) {
         Some(Ok(n)) => pos = n,
         Some(Err(e)) => return (Err(e), buf),
         None => {}
@@ -86,7 +78,7 @@ pub(crate) async fn write_all(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<()>
 
 /// Sends once from `buf[0..]`.
 pub(crate) async fn write(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-    if let Some(r) = try_send_owned(core, &buf) {
+    if let Some(r) = try_send_now(core, &buf, true) {
         return (r, buf);
     }
     match core.run(Op::send(&core.fd, buf)).await {

@@ -100,12 +100,7 @@ static STATE: [AtomicU16; MAX_FD] = [const { AtomicU16::new(0) }; MAX_FD];
 
 pub(crate) fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        !matches!(
-            std::env::var("RINGPORT_INLINE_READS").as_deref(),
-            Ok("off" | "0" | "no")
-        )
-    })
+    *ON.get_or_init(|| !super::switched_off("RINGPORT_INLINE_READS"))
 }
 
 fn slot(fd: RawFd) -> Option<&'static AtomicU16> {

@@ -72,6 +72,12 @@ pub(crate) use thread::{own_thread, thread_owned, OwnedScope};
 pub(crate) mod uring;
 mod workers;
 
+/// Whether the environment switches a measurement knob off: `var` is `off`,
+/// `0` or `no` (`RINGPORT_INLINE_READS`, `RINGPORT_INLINE_SENDS`).
+pub(crate) fn switched_off(var: &str) -> bool {
+    matches!(std::env::var(var).as_deref(), Ok("off" | "0" | "no"))
+}
+
 /// Which backend drives a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
