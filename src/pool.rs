@@ -36,7 +36,8 @@ use crate::error::Error;
 use crate::port::{batch_submissions, num_cpus, CompletionPort};
 
 /// How long a handler may run while no thread waits for the kernel before the
-/// monitor sends an idle thread to poll (lazy poll-role hand-off).
+/// monitor sends an idle thread to poll (lazy poll-role hand-off), and the
+/// longest a completion held for a running thread waits (lazy release).
 const POLL_HANDOFF: Duration = Duration::from_micros(250);
 
 /// Configures a [`Pool`].
@@ -44,6 +45,7 @@ const POLL_HANDOFF: Duration = Duration::from_micros(250);
 pub struct PoolBuilder {
     threads: usize,
     stall_threshold: Option<Duration>,
+    lazy_release: usize,
     name: String,
 }
 
@@ -52,6 +54,7 @@ impl Default for PoolBuilder {
         PoolBuilder {
             threads: 0,
             stall_threshold: Some(Duration::from_millis(10)),
+            lazy_release: 0,
             name: "ringport".into(),
         }
     }
@@ -68,6 +71,25 @@ impl PoolBuilder {
     /// detector counts its thread as blocked (default 10 ms). `None` turns it off.
     pub fn stall_threshold(mut self, t: Option<Duration>) -> Self {
         self.stall_threshold = t;
+        self
+    }
+
+    /// Lazy release: while a worker runs a handler, up to `n` queued
+    /// completions wait for it instead of waking an idle worker (0, the
+    /// default, keeps IOCP's rule: a completion queued while fewer than the
+    /// concurrency value run releases a waiting thread at once).
+    ///
+    /// A worker that comes back within a few microseconds takes them itself,
+    /// which saves the wake-up and the context switches of a second thread
+    /// when one keeps up; more than `n` queued release a worker at once. The
+    /// stall detector's monitor, which looks every half stall threshold while
+    /// handlers run, releases a worker for completions it finds held 250 µs or
+    /// more: behind a handler that runs on, a held completion waits at most
+    /// about half the stall threshold (5 ms by default). Needs the monitor:
+    /// with [`stall_threshold`](Self::stall_threshold) `None` it is off.
+    /// Measured on `ringport serve` (which uses 4): BENCHMARKS.md, session 11.
+    pub fn lazy_release(mut self, n: usize) -> Self {
+        self.lazy_release = n;
         self
     }
 
@@ -129,6 +151,8 @@ impl PoolBuilder {
                 // long, idle threads need not be woken for it after every
                 // completion (see `sched.rs`, lazy poll hand-off).
                 port.set_lazy_poll(true);
+                // Held completions are handed out by the same monitor.
+                port.set_hold(self.lazy_release);
                 let port = port.clone();
                 let shared = shared.clone();
                 Some(

@@ -512,15 +512,26 @@ impl CompletionPort {
         self.inner.sched.set_lazy_poll(on);
     }
 
-    /// Runs the stall detector once (the pool's monitor thread calls this), and
-    /// sends an idle thread to poll if nobody has for `poll_delay` while a
-    /// handler runs. Returns when to look again if the poll role is vacant behind
+    /// Lazy release (see `sched.rs`): only a pool turns it on, because its
+    /// monitor is what hands held completions out when a handler runs on.
+    pub(crate) fn set_hold(&self, hold: usize) {
+        self.inner.sched.set_hold(hold);
+    }
+
+    /// Runs the stall detector once (the pool's monitor thread calls this),
+    /// sends an idle thread to poll if nobody has for `delay` while a handler
+    /// runs, and hands out completions lazy release has held back for `delay`
+    /// or longer. Returns when to look again if the poll role is vacant behind
     /// a running handler (`None` otherwise).
-    pub(crate) fn stall_scan(&self, threshold: Duration, poll_delay: Duration) -> Option<Duration> {
+    pub(crate) fn stall_scan(&self, threshold: Duration, delay: Duration) -> Option<Duration> {
         let now = Instant::now();
-        let watch = self.inner.sched.poll_scan(now, poll_delay);
+        let watch = self.inner.sched.poll_scan(now, delay);
+        // Not watched closely (no earlier look for it): ticking every 125 µs
+        // while completions were held woke the monitor 1,400–2,100 times a
+        // second in `serve` and preempted the workers (session 11).
+        let released = self.inner.sched.release_scan(now, delay);
         let (_, wake) = self.inner.sched.stall_scan(now, threshold);
-        if wake {
+        if wake || released {
             self.inner.backend.notify();
         }
         if self.inner.backend.has_unflushed() {

@@ -78,6 +78,7 @@ pub struct Builder {
     backend: Option<BackendChoice>,
     max_in_flight: usize,
     stall_threshold: Option<Duration>,
+    lazy_release: usize,
     blocking_threads: usize,
 }
 
@@ -89,6 +90,7 @@ impl Default for Builder {
             backend: None,
             max_in_flight: 32 * 1024,
             stall_threshold: Some(Duration::from_millis(10)),
+            lazy_release: 0,
             blocking_threads: 512,
         }
     }
@@ -127,6 +129,12 @@ impl Builder {
         self
     }
 
+    /// The pool's lazy release (default 0, off; see [`PoolBuilder::lazy_release`](crate::PoolBuilder::lazy_release)).
+    pub fn lazy_release(mut self, n: usize) -> Self {
+        self.lazy_release = n;
+        self
+    }
+
     /// Most threads [`spawn_blocking`] may use at once (default 512).
     pub fn blocking_threads(mut self, n: usize) -> Self {
         self.blocking_threads = n.max(1);
@@ -155,6 +163,7 @@ impl Builder {
         let pool = Pool::builder()
             .threads(self.threads)
             .stall_threshold(self.stall_threshold)
+            .lazy_release(self.lazy_release)
             .name("ringport-rt")
             .spawn(&port, move |_port, c| s.handle_packet(c))?;
         Ok(Runtime {

@@ -254,3 +254,81 @@ fn loom_a_spent_wake_up_is_renewed() {
         assert_eq!(all, [1, 2], "both packets taken");
     });
 }
+
+/// Lazy release (concurrency 2, hold 1): worker A's handler runs until a
+/// second packet is taken, so that packet, held for A, can only be taken by B
+/// once the monitor's `release_scan` hands it out. One scan after the push
+/// must reach B wherever it is (polling in the fake kernel, asleep on the
+/// stack, or not yet arrived), in every interleaving: a lost wake-up
+/// deadlocks the model.
+#[test]
+fn loom_held_packet_is_released_by_the_monitor() {
+    loom::model(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let s: Arc<Sched<Item>> = Arc::new(Sched::new(2));
+        s.set_hold(1);
+        let k = FakeKernel::new();
+        let taken = Arc::new((Mutex::new(0u32), Condvar::new()));
+        let mut handles = Vec::new();
+        for _ in 0..2 {
+            let (s, k, taken) = (s.clone(), k.clone(), taken.clone());
+            handles.push(thread::spawn(move || {
+                let id = s.register();
+                let mut out = Vec::new();
+                loop {
+                    match worker_step(&s, &k, id, &mut out) {
+                        Step::Got => {
+                            assert!(s.stats().running <= 2);
+                            drop(out.drain(..));
+                            // The handler: runs until both packets are taken.
+                            let (m, cv) = &*taken;
+                            let mut g = lock(m);
+                            *g += 1;
+                            cv.notify_all();
+                            while *g < 2 {
+                                g = cv.wait(g).unwrap();
+                            }
+                        }
+                        Step::Nothing => {}
+                        Step::Stop => break,
+                    }
+                }
+                if s.unregister(id) {
+                    k.notify();
+                }
+            }));
+        }
+        let wait_taken = |n: u32| {
+            let (m, cv) = &*taken;
+            let mut g = lock(m);
+            while *g < n {
+                g = cv.wait(g).unwrap();
+            }
+        };
+        if s.push(Item(1, log.clone())) {
+            k.notify();
+        }
+        wait_taken(1);
+        // A runs packet 1's handler: packet 2 is held for it.
+        if s.push(Item(2, log.clone())) {
+            k.notify();
+        }
+        // The monitor, with a zero delay.
+        let wake = s.release_scan(Instant::now(), Duration::ZERO);
+        if wake {
+            k.notify();
+        }
+        wait_taken(2);
+        let (dropped, wake) = s.close();
+        if wake {
+            k.notify();
+        }
+        drop(dropped);
+        for h in handles {
+            h.join().unwrap();
+        }
+        let mut all = lock(&log).clone();
+        all.sort();
+        assert_eq!(all, [1, 2], "both packets taken");
+    });
+}

@@ -31,6 +31,17 @@
 //! * Handing out: a completion is handed to the top waiter (LIFO) only while
 //!   `running < max`; the giver increments `running` on the taker's behalf, so the
 //!   count never lags the handoff.
+//! * Lazy release (opt-in, `hold > 0`; only a pool with a monitor turns it on):
+//!   while `running > 0` and at most `hold` completions are queued, nobody is
+//!   released for them (no handoff, no notification): a running thread takes
+//!   them at its next dequeue. This waives IOCP's rule that a completion queued
+//!   while fewer than `max` run releases a waiter at once. `held_since` is set
+//!   while completions are held so (it is `None` whenever the queue is empty or
+//!   nothing is held), and the monitor's `release_scan` hands them out if they
+//!   have been held for its delay when it looks (it looks every half stall
+//!   threshold while handlers run): a held completion waits at most about that
+//!   long behind a handler that runs on. More than `hold` queued releases at
+//!   once, as before.
 //!
 //! The poller itself is woken by the backend (a kernel completion, or
 //! `Backend::notify`). `dispatch` returns `true` when the poller must be notified:
@@ -99,6 +110,10 @@ pub struct SchedStats {
     pub queued: usize,
     /// Times a thread with fresh submissions took the poll role over.
     pub poll_steals: u64,
+    /// Times lazy release handed out completions it had held back for a
+    /// running thread, because they waited too long (see
+    /// [`PoolBuilder::lazy_release`](crate::PoolBuilder::lazy_release)).
+    pub releases: u64,
 }
 
 #[derive(Debug)]
@@ -120,6 +135,13 @@ struct State<T> {
     /// (a wake-up per completion); the pool's monitor hands it over if the
     /// handler runs long (`poll_scan`).
     lazy_poll: bool,
+    /// Lazy release: completions that may wait for a running thread instead of
+    /// releasing a waiter (0 = off, IOCP's immediate release). See the module
+    /// docs.
+    hold: usize,
+    /// Since when completions have been held back by lazy release (`None` while
+    /// nothing is held).
+    held_since: Option<Instant>,
     /// Since when nobody has held the poll role: set when a poller leaves it to
     /// run a completion, cleared whenever a thread takes it. The monitor hands the
     /// role over only once this is old (`poll_scan`) — not merely because some
@@ -192,6 +214,8 @@ impl<T: Prioritized> Sched<T> {
                 backup: None,
                 backup_enabled,
                 lazy_poll: false,
+                hold: 0,
+                held_since: None,
                 vacant_since: None,
                 closed: false,
                 since_poll: 0,
@@ -525,6 +549,31 @@ impl<T: Prioritized> Sched<T> {
         None
     }
 
+    /// Turns lazy release on with `hold` > 0 (see the module docs), or off.
+    pub(crate) fn set_hold(&self, hold: usize) {
+        let mut st = lock(&self.state);
+        st.hold = hold;
+        st.held_since = None;
+    }
+
+    /// The monitor's half of lazy release: completions held back for a running
+    /// thread for `delay` or longer are handed out (to waiters, newest first, or
+    /// by notifying the poller), as IOCP would have at once. A hold younger
+    /// than `delay` is left alone: the running thread is likely to come back
+    /// for it first. Returns whether the poller must be notified.
+    pub(crate) fn release_scan(&self, now: Instant, delay: Duration) -> bool {
+        let mut st = lock(&self.state);
+        if st.closed || !st.holding() {
+            return false;
+        }
+        let since = *st.held_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < delay {
+            return false;
+        }
+        st.stats.releases += 1;
+        st.dispatch_with(true)
+    }
+
     /// Closes: every waiter wakes with `Closed`; queued completions are returned so
     /// the caller drops them outside the lock. Returns them and whether a poller
     /// must be woken.
@@ -583,9 +632,19 @@ impl<T: Prioritized> State<T> {
         }
     }
 
+    /// Whether lazy release holds the queued completions back now: some are
+    /// queued, no more than `hold`, and a running thread will come back for
+    /// them.
+    fn holding(&self) -> bool {
+        self.hold > 0 && self.running > 0 && !self.queue.is_empty() && self.queue.len() <= self.hold
+    }
+
     /// Takes up to `limit` queued items for `id`, which becomes running.
     fn take(&mut self, id: SlotId, out: &mut Vec<T>, limit: usize) -> usize {
         let n = self.drain_more(out, limit.max(1));
+        if self.queue.is_empty() {
+            self.held_since = None;
+        }
         self.running += 1;
         self.stats.peak_running = self.stats.peak_running.max(self.running);
         self.slot_mut(id).run = Run::Running(Instant::now());
@@ -599,11 +658,25 @@ impl<T: Prioritized> State<T> {
     /// Hands queued completions to waiters (newest first) while slots are free, gives
     /// the poll role to the newest waiter if nobody polls, and says whether the
     /// poller must be notified because completions wait with no waiter to take them.
+    ///
+    /// With lazy release on, completions a running thread will come back for are
+    /// held instead (see `holding`), unless `force` (the monitor's
+    /// `release_scan`).
     fn dispatch(&mut self) -> bool {
+        self.dispatch_with(false)
+    }
+
+    fn dispatch_with(&mut self, force: bool) -> bool {
         if self.closed {
             return false;
         }
-        while self.running < self.max && !self.queue.is_empty() {
+        let hold = !force && self.holding();
+        self.held_since = if hold {
+            Some(self.held_since.unwrap_or_else(Instant::now))
+        } else {
+            None
+        };
+        while !hold && self.running < self.max && !self.queue.is_empty() {
             let Some(id) = self.waiters.pop() else { break };
             let item = self.queue.pop_front().expect("queue is not empty");
             self.running += 1;
@@ -628,7 +701,8 @@ impl<T: Prioritized> State<T> {
                 slot.cv.notify_one();
             }
         }
-        if (self.poller.is_some() || self.backup.is_some())
+        if !hold
+            && (self.poller.is_some() || self.backup.is_some())
             && !self.poller_notified
             && !self.queue.is_empty()
             && self.running < self.max

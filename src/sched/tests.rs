@@ -267,3 +267,100 @@ fn a_busy_queue_lets_the_backend_be_looked_at() {
         assert_eq!(s2.dequeue(a2, &mut out, 1, None, true).0, Next::Got(1));
     }
 }
+
+/// Lazy release (`hold` = 2, concurrency 2): while `a` runs, up to two
+/// completions wait for it and the idle thread is not woken; a third
+/// releases it at once; and completions held past the monitor's delay are
+/// handed out (`release_scan`).
+#[test]
+fn lazy_release_holds_up_to_its_depth_for_a_running_thread() {
+    let s: Sched<u32> = Sched::new(2);
+    s.set_hold(2);
+    let a = s.register();
+    let mut out = Vec::new();
+    s.push(1);
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
+    let sc = std::sync::Arc::new(s);
+    let s2 = sc.clone();
+    let b = std::thread::spawn(move || {
+        let b = s2.register();
+        let mut out = Vec::new();
+        // b takes the poll role, or sleeps on the stack if it is taken:
+        // either way it waits for a hand-off, never for `hold` items.
+        let next = s2
+            .dequeue(
+                b,
+                &mut out,
+                4,
+                Some(Instant::now() + Duration::from_secs(10)),
+                true,
+            )
+            .0;
+        (next, out)
+    });
+    // b is the poller (nothing was queued when it came).
+    while lock(&sc.state).poller.is_none() {
+        std::thread::yield_now();
+    }
+    assert!(!sc.push(2), "held for a: the poller is not notified");
+    assert!(!sc.push(3), "still within the depth");
+    assert!(lock(&sc.state).held_since.is_some());
+    assert_eq!(sc.stats().handoffs, 0);
+    // Not yet held for the delay: the monitor leaves it.
+    assert!(!sc.release_scan(Instant::now(), Duration::from_secs(60)));
+    assert_eq!(sc.stats().releases, 0);
+    // a comes back and takes them itself, in order; the queue empties.
+    assert_eq!(sc.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
+    assert_eq!(sc.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
+    assert_eq!(out, [1, 2, 3]);
+    assert!(lock(&sc.state).held_since.is_none());
+    assert!(!sc.release_scan(Instant::now(), Duration::ZERO));
+    // Past the depth, the poller is notified at once.
+    assert!(!sc.push(4));
+    assert!(!sc.push(5));
+    assert!(sc.push(6), "three queued > hold 2: the poller is notified");
+    let _ = sc.close();
+    let _ = b.join().unwrap();
+}
+
+/// A completion held for a thread whose handler runs on is handed to an idle
+/// thread by the monitor once it has been held for the delay.
+#[test]
+fn lazy_release_hands_out_what_was_held_too_long() {
+    let s: Sched<u32> = Sched::new(2);
+    s.set_hold(4);
+    let a = s.register();
+    let c = s.register();
+    let mut out = Vec::new();
+    s.push(1);
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
+    // c polls; a second completion is held for a.
+    assert_eq!(s.dequeue(c, &mut out, 1, None, true).0, Next::Poll);
+    assert!(!s.push(2));
+    let t0 = Instant::now();
+    let delay = Duration::from_millis(1);
+    assert!(!s.release_scan(t0, Duration::from_secs(60)));
+    // Past the delay: the poller is notified for it, counted as a release.
+    assert!(s.release_scan(t0 + Duration::from_secs(120), delay));
+    assert_eq!(s.stats().releases, 1);
+    // The poller, back with nothing, takes it while a still runs.
+    let (got, _) = s.poll_done(c, std::iter::empty(), &mut out, 1);
+    assert_eq!(got, Some(Next::Got(1)));
+    assert_eq!(out, [1, 2]);
+    assert_eq!(s.stats().running, 2);
+}
+
+/// Without lazy release (the default), a completion queued while a thread runs
+/// notifies the poller at once (IOCP's rule).
+#[test]
+fn without_lazy_release_a_waiter_is_released_at_once() {
+    let s: Sched<u32> = Sched::new(2);
+    let a = s.register();
+    let c = s.register();
+    let mut out = Vec::new();
+    s.push(1);
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
+    assert_eq!(s.dequeue(c, &mut out, 1, None, true).0, Next::Poll);
+    assert!(s.push(2), "the poller is notified at once");
+    assert!(!s.release_scan(Instant::now(), Duration::ZERO));
+}

@@ -261,3 +261,75 @@ backend_test!(
         assert!(port.is_closed(), "shutdown closes the port");
     }
 );
+
+backend_test!(
+    lazy_release_holds_a_packet_only_until_the_monitor_hands_it_out,
+    |choice: BackendChoice| {
+        // Concurrency 2, lazy release 4: packet 2, posted by the running
+        // handler of packet 1, is held for that handler's thread — which waits
+        // for packet 2 to be handled elsewhere. Only the monitor's release lets
+        // it be, at its first look (half the 1 s stall threshold), before the
+        // stall detector would catch the handler (1 s).
+        let port = build(builder(choice).concurrency(2));
+        let second_done = Arc::new(AtomicBool::new(false));
+        let first_saw_second = Arc::new(AtomicBool::new(false));
+        let (s, f) = (second_done.clone(), first_saw_second.clone());
+        let pool = Pool::builder()
+            .threads(2)
+            .stall_threshold(Some(Duration::from_secs(1)))
+            .lazy_release(4)
+            .spawn(&port, move |port, c| match c.user_data {
+                1 => {
+                    port.post(0, 2, 0).unwrap();
+                    let deadline = Instant::now() + T;
+                    while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    f.store(s.load(Ordering::SeqCst), Ordering::SeqCst);
+                }
+                _ => s.store(true, Ordering::SeqCst),
+            })
+            .unwrap();
+        port.post(0, 1, 0).unwrap();
+        wait_until("both packets are handled", || {
+            second_done.load(Ordering::SeqCst) && first_saw_second.load(Ordering::SeqCst)
+        });
+        let st = port.stats().sched;
+        assert!(st.releases >= 1, "held, then released: {st:?}");
+        assert_eq!(st.stalls, 0, "{st:?}");
+        shutdown(pool);
+    }
+);
+
+backend_test!(
+    lazy_release_loses_nothing_under_load,
+    |choice: BackendChoice| {
+        // Many short handlers with lazy release on, each posting the next
+        // packet of its chain: every packet is handled exactly once.
+        let port = build(builder(choice).concurrency(2));
+        let seen = Arc::new(Mutex::new(vec![0u8; 20_000]));
+        let s = seen.clone();
+        let pool = Pool::builder()
+            .threads(3)
+            .lazy_release(2)
+            .spawn(&port, move |port, c| {
+                let i = c.user_data as usize;
+                s.lock().unwrap()[i] += 1;
+                if i % 4 != 3 {
+                    port.post(0, c.user_data + 1, 0).unwrap();
+                }
+            })
+            .unwrap();
+        for chain in 0..5_000u64 {
+            port.post(0, chain * 4, 0).unwrap();
+        }
+        wait_until("20,000 packets are handled", || {
+            seen.lock().unwrap().iter().all(|&n| n > 0)
+        });
+        shutdown(pool);
+        assert!(
+            seen.lock().unwrap().iter().all(|&n| n == 1),
+            "each exactly once"
+        );
+    }
+);

@@ -23,7 +23,8 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     signals::block()?;
     let mut b = Runtime::builder()
         .threads(args.workers())
-        .concurrency(args.concurrency);
+        .concurrency(args.concurrency)
+        .lazy_release(args.lazy_release()?);
     if let Some(backend) = args.backend {
         b = b.backend(backend);
     }

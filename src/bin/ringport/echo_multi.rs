@@ -110,6 +110,7 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
     let s = server.clone();
     let workers = Pool::builder()
         .threads(args.workers())
+        .lazy_release(args.lazy_release()?)
         .name("echo")
         .spawn(&port, move |port, c| s.handle(port, c))?;
     port.submit(Op::accept_multishot(&server.listener), ud(ACCEPT, 0, 0))?;

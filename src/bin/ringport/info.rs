@@ -87,7 +87,8 @@ fn kernel_version() -> String {
 
 /// One line of a port's scheduler counters, each also per `unit` (`n` of them
 /// done), for `--stats`: hand-offs to a sleeping worker, poll-role take-overs,
-/// stalls, kicks of running threads (io_uring `COOP_TASKRUN`), the most
+/// stalls, late releases of completions held for a running thread (lazy
+/// release), kicks of running threads (io_uring `COOP_TASKRUN`), the most
 /// handlers that ran at once.
 pub(crate) fn stats_line(stats: &ringport::PortStats, n: u64, unit: &str) -> String {
     let per = |x: u64| {
@@ -100,12 +101,13 @@ pub(crate) fn stats_line(stats: &ringport::PortStats, n: u64, unit: &str) -> Str
     let s = &stats.sched;
     format!(
         "{n} {unit}s; hand-offs {} ({} per {unit}), poll take-overs {} ({}), stalls {}, \
-         task-work kicks {} ({}), most running at once {}, task run {}",
+         late releases {}, task-work kicks {} ({}), most running at once {}, task run {}",
         s.handoffs,
         per(s.handoffs),
         s.poll_steals,
         per(s.poll_steals),
         s.stalls,
+        s.releases,
         stats.task_work_kicks,
         per(stats.task_work_kicks),
         s.peak_running,
