@@ -27,7 +27,7 @@ impl EchoArgs {
 
     /// `--lazy-release`, or its default.
     pub(crate) fn lazy_release(&self) -> Result<usize, String> {
-        lazy_release_or(self.lazy_release, 0)
+        lazy_release_or(self.lazy_release, 4)
     }
 }
 
@@ -77,8 +77,10 @@ pub struct EchoArgs {
     pub(crate) backend: Option<BackendChoice>,
     /// Lazy release: while a worker runs a handler, up to this many queued
     /// completions wait for it instead of waking another worker (0 = off:
-    /// IOCP's immediate release); the pool's monitor releases completions held
-    /// 250 µs. Default: RINGPORT_LAZY_RELEASE, else 0.
+    /// IOCP's immediate release); the pool's monitor, at its next look,
+    /// releases completions held 250 µs or more. Default:
+    /// RINGPORT_LAZY_RELEASE, else 4: on the skewed load (64 connections)
+    /// p99 0.66 × that of 0, and no cost elsewhere (BENCHMARKS.md, session 11).
     #[arg(long)]
     pub(crate) lazy_release: Option<usize>,
     /// Burn this many microseconds of CPU before echoing a message whose first byte is '!'.

@@ -75,8 +75,11 @@ pub struct ServeArgs {
     backend: Option<BackendChoice>,
     /// Lazy release: while a worker runs a handler, up to this many queued
     /// completions wait for it instead of waking another worker (0 = off:
-    /// IOCP's immediate release); the pool's monitor releases completions held
-    /// 250 µs. Default: RINGPORT_LAZY_RELEASE, else 4.
+    /// IOCP's immediate release); the pool's monitor, at its next look,
+    /// releases completions held 250 µs or more. Default:
+    /// RINGPORT_LAZY_RELEASE, else 0.
+    /// On a CPU-bound load it makes one worker do what two would (1 KiB
+    /// files on epoll: 0.87 × the requests/s of 0; BENCHMARKS.md, session 11).
     #[arg(long)]
     lazy_release: Option<usize>,
 
@@ -374,7 +377,7 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut b = Runtime::builder()
         .threads(crate::echo::workers_or_one_per_cpu(args.threads))
         .concurrency(args.concurrency)
-        .lazy_release(crate::echo::lazy_release_or(args.lazy_release, 4)?)
+        .lazy_release(crate::echo::lazy_release_or(args.lazy_release, 0)?)
         // Each connection waits on a receive and a timer; leave room for them all.
         .max_in_flight((max_conns * 3 + 1024).max(32 * 1024));
     if let Some(backend) = args.backend {
