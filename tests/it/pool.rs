@@ -290,6 +290,11 @@ backend_test!(
                 _ => s.store(true, Ordering::SeqCst),
             })
             .unwrap();
+        // Let both workers settle (one polling, one asleep on the stack): a
+        // worker still on its way to its first dequeue, or a poller woken for
+        // packet 1 after the other worker took it, would take packet 2 without
+        // a release (seen once in CI).
+        std::thread::sleep(Duration::from_millis(200));
         port.post(0, 1, 0).unwrap();
         wait_until("both packets are handled", || {
             second_done.load(Ordering::SeqCst) && first_saw_second.load(Ordering::SeqCst)
