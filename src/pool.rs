@@ -82,12 +82,18 @@ impl PoolBuilder {
     /// A worker that comes back within a few microseconds takes them itself,
     /// which saves the wake-up and the context switches of a second thread
     /// when one keeps up; more than `n` queued release a worker at once. The
-    /// stall detector's monitor, which looks every half stall threshold while
-    /// handlers run, releases a worker for completions it finds held 250 µs or
-    /// more: behind a handler that runs on, a held completion waits at most
-    /// about half the stall threshold (5 ms by default). Needs the monitor:
+    /// stall detector's monitor releases a worker for completions it finds
+    /// queued without a break for 250 µs or more. It looks every half stall
+    /// threshold while handlers run (5 ms by default), and up to every 4 ×
+    /// the threshold after the pool was idle: that is about the most a held
+    /// completion waits behind a handler that runs on. Needs the monitor:
     /// with [`stall_threshold`](Self::stall_threshold) `None` it is off.
-    /// Measured on `ringport serve` (which uses 4): BENCHMARKS.md, session 11.
+    /// A thread outside the pool that called `get` counts as running until it
+    /// calls again, as in IOCP, so completions may be held for it too.
+    ///
+    /// Measured (BENCHMARKS.md, session 11): on the skewed echo load it cut
+    /// p99 to 0.66 ×, but on `ringport serve`'s CPU-bound loads one worker
+    /// then did what two would (1 KiB on epoll: 0.87 × the requests/s).
     pub fn lazy_release(mut self, n: usize) -> Self {
         self.lazy_release = n;
         self
@@ -147,43 +153,54 @@ impl PoolBuilder {
         let monitor = match self.stall_threshold {
             None => None,
             Some(threshold) => {
-                // With a monitor to hand the poll role over when a handler runs
-                // long, idle threads need not be woken for it after every
-                // completion (see `sched.rs`, lazy poll hand-off).
-                port.set_lazy_poll(true);
-                // Held completions are handed out by the same monitor.
-                port.set_hold(self.lazy_release);
-                let port = port.clone();
-                let shared = shared.clone();
-                Some(
-                    thread::Builder::new()
-                        .name(format!("{}-stall", self.name))
-                        .spawn(move || {
-                            crate::sys::own_thread();
-                            // While the poll role is vacant behind a running handler,
-                            // look again when that vacancy reaches the hand-off delay
-                            // (at most every half delay); at half
-                            // the stall threshold while handlers run otherwise; and
-                            // back off (up to 4 × the threshold) while the port is
-                            // idle, so an idle server hardly wakes at all.
-                            let fast = (POLL_HANDOFF / 2).max(Duration::from_micros(50));
-                            let busy = (threshold / 2).max(fast);
-                            let idle_max = (threshold * 4).max(busy);
-                            let mut tick = busy;
-                            while !shared.stop.load(Ordering::Acquire) && !port.is_closed() {
-                                thread::park_timeout(tick);
-                                let watch = port.stall_scan(threshold, POLL_HANDOFF);
-                                let st = port.sched_stats();
-                                tick = if let Some(left) = watch {
-                                    left.max(fast)
-                                } else if st.running == 0 && st.queued == 0 {
-                                    (tick * 2).min(idle_max)
-                                } else {
-                                    busy
-                                };
-                            }
-                        })?,
-                )
+                let mport = port.clone();
+                let mshared = shared.clone();
+                let spawned = thread::Builder::new()
+                    .name(format!("{}-stall", self.name))
+                    .spawn(move || {
+                        crate::sys::own_thread();
+                        // While the poll role is vacant behind a running handler,
+                        // look again when that vacancy reaches the hand-off delay
+                        // (at most every half delay); at half
+                        // the stall threshold while handlers run otherwise; and
+                        // back off (up to 4 × the threshold) while the port is
+                        // idle, so an idle server hardly wakes at all.
+                        let fast = (POLL_HANDOFF / 2).max(Duration::from_micros(50));
+                        let busy = (threshold / 2).max(fast);
+                        let idle_max = (threshold * 4).max(busy);
+                        let mut tick = busy;
+                        while !mshared.stop.load(Ordering::Acquire) && !mport.is_closed() {
+                            thread::park_timeout(tick);
+                            let watch = mport.stall_scan(threshold, POLL_HANDOFF);
+                            let st = mport.sched_stats();
+                            tick = if let Some(left) = watch {
+                                left.max(fast)
+                            } else if st.running == 0 && st.queued == 0 {
+                                (tick * 2).min(idle_max)
+                            } else {
+                                busy
+                            };
+                        }
+                    });
+                match spawned {
+                    Ok(h) => {
+                        // With a monitor to hand the poll role over when a
+                        // handler runs long, idle threads need not be woken for
+                        // it after every completion (see `sched.rs`, lazy poll
+                        // hand-off); held completions are handed out by the
+                        // same monitor (lazy release).
+                        port.set_lazy_poll(true);
+                        port.set_hold(self.lazy_release);
+                        Some(h)
+                    }
+                    Err(e) => {
+                        port.close();
+                        for w in workers {
+                            let _ = w.join();
+                        }
+                        return Err(e);
+                    }
+                }
             }
         };
         Ok(Pool {

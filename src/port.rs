@@ -525,11 +525,14 @@ impl CompletionPort {
     /// a running handler (`None` otherwise).
     pub(crate) fn stall_scan(&self, threshold: Duration, delay: Duration) -> Option<Duration> {
         let now = Instant::now();
-        let watch = self.inner.sched.poll_scan(now, delay);
-        // Not watched closely (no earlier look for it): ticking every 125 µs
-        // while completions were held woke the monitor 1,400–2,100 times a
-        // second in `serve` and preempted the workers (session 11).
+        // Held completions first: once they are handed out, `poll_scan` may
+        // send an idle thread to poll in the same pass (it leaves a non-empty
+        // queue alone). They are not watched closely (no earlier look for
+        // them): ticking every 125 µs while completions were held woke the
+        // monitor 1,400–2,100 times a second in `serve` and preempted the
+        // workers (session 11).
         let released = self.inner.sched.release_scan(now, delay);
+        let watch = self.inner.sched.poll_scan(now, delay);
         let (_, wake) = self.inner.sched.stall_scan(now, threshold);
         if wake || released {
             self.inner.backend.notify();

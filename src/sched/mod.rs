@@ -35,17 +35,22 @@
 //!   while `running > 0` and at most `hold` completions are queued, nobody is
 //!   released for them (no handoff, no notification): a running thread takes
 //!   them at its next dequeue. This waives IOCP's rule that a completion queued
-//!   while fewer than `max` run releases a waiter at once. `held_since` is set
-//!   while completions are held so (it is `None` whenever the queue is empty or
-//!   nothing is held), and the monitor's `release_scan` hands them out if they
-//!   have been held for its delay when it looks (it looks every half stall
-//!   threshold while handlers run): a held completion waits at most about that
-//!   long behind a handler that runs on. More than `hold` queued releases at
-//!   once, as before.
+//!   while fewer than `max` run releases a waiter at once. `held_since` says
+//!   since when the queue has been held without a break: every change that can
+//!   start or end a hold (`dispatch`, `take`, `push_with` without dispatch,
+//!   `block_end`) ends in `note_hold`, which stamps it if it is `None` while
+//!   holding and clears it otherwise. The monitor's `release_scan` hands held
+//!   completions out if that is `delay` or longer ago when it looks (every half
+//!   stall threshold while handlers run; up to 4 × the threshold after the port
+//!   was idle): a held completion waits at most about that long behind a
+//!   handler that runs on, and so may a kernel completion, since nobody is
+//!   sent to poll while completions are queued (`poll_scan`). More than `hold`
+//!   queued releases at once, as before.
 //!
 //! The poller itself is woken by the backend (a kernel completion, or
 //! `Backend::notify`). `dispatch` returns `true` when the poller must be notified:
-//! completions are queued, a slot is free, and no waiter is left to take them.
+//! completions are queued and not held, a slot is free, and no waiter is left
+//! to take them.
 //! `poller_notified` is true only while a notification is owed to the current
 //! poller and not yet seen by it: it is cleared whenever a thread takes the
 //! role, any thread that waited in the backend as poller returns from it (a
@@ -111,7 +116,8 @@ pub struct SchedStats {
     /// Times a thread with fresh submissions took the poll role over.
     pub poll_steals: u64,
     /// Times lazy release handed out completions it had held back for a
-    /// running thread, because they waited too long (see
+    /// running thread (to a waiter, or by waking the poller), because they
+    /// waited too long (see
     /// [`PoolBuilder::lazy_release`](crate::PoolBuilder::lazy_release)).
     pub releases: u64,
 }
@@ -139,8 +145,8 @@ struct State<T> {
     /// releasing a waiter (0 = off, IOCP's immediate release). See the module
     /// docs.
     hold: usize,
-    /// Since when completions have been held back by lazy release (`None` while
-    /// nothing is held).
+    /// Since when completions have been held back by lazy release without a
+    /// break (`None` while nothing is held; see `note_hold`).
     held_since: Option<Instant>,
     /// Since when nobody has held the poll role: set when a poller leaves it to
     /// run a completion, cleared whenever a thread takes it. The monitor hands the
@@ -443,7 +449,8 @@ impl<T: Prioritized> Sched<T> {
 
     /// Queues a completion; with `dispatch = false` nobody is woken for it (the
     /// caller is a running thread that takes it at its next dequeue; the stall
-    /// detector hands it on if that thread stalls).
+    /// detector, or lazy release's `release_scan`, hands it on if that thread
+    /// runs on).
     /// Every item goes in its own priority lane (see `prio.rs`).
     pub(crate) fn push_with(&self, item: T, dispatch: bool) -> bool {
         let mut st = lock(&self.state);
@@ -451,7 +458,12 @@ impl<T: Prioritized> Sched<T> {
             return false;
         }
         st.queue.push_back(item);
-        dispatch && st.dispatch()
+        if dispatch {
+            st.dispatch()
+        } else {
+            st.note_hold();
+            false
+        }
     }
 
     /// The thread is about to block (`ringport::blocking`): its slot is released.
@@ -479,6 +491,7 @@ impl<T: Prioritized> Sched<T> {
             st.running += 1;
             st.stats.peak_running = st.stats.peak_running.max(st.running);
             st.slot_mut(id).run = Run::Running(Instant::now());
+            st.note_hold();
         }
     }
 
@@ -523,8 +536,10 @@ impl<T: Prioritized> Sched<T> {
     /// handler, and the role is handed over at once.
     pub(crate) fn poll_scan(&self, now: Instant, delay: Duration) -> Option<Duration> {
         let mut st = lock(&self.state);
-        // Completions already queued are the stall detector's business: polling
-        // would not get them taken sooner.
+        // Completions already queued are the stall detector's business (and,
+        // held ones, `release_scan`'s, which the monitor runs first): polling
+        // would not get them taken sooner. Watching a held queue closely was
+        // measured to cost more than it saved (see `Port::stall_scan`).
         if !st.lazy_poll
             || st.closed
             || st.poller.is_some()
@@ -570,8 +585,12 @@ impl<T: Prioritized> Sched<T> {
         if now.saturating_duration_since(since) < delay {
             return false;
         }
-        st.stats.releases += 1;
-        st.dispatch_with(true)
+        let handoffs = st.stats.handoffs;
+        let wake = st.dispatch_with(true);
+        if wake || st.stats.handoffs != handoffs {
+            st.stats.releases += 1;
+        }
+        wake
     }
 
     /// Closes: every waiter wakes with `Closed`; queued completions are returned so
@@ -642,13 +661,21 @@ impl<T: Prioritized> State<T> {
     /// Takes up to `limit` queued items for `id`, which becomes running.
     fn take(&mut self, id: SlotId, out: &mut Vec<T>, limit: usize) -> usize {
         let n = self.drain_more(out, limit.max(1));
-        if self.queue.is_empty() {
-            self.held_since = None;
-        }
         self.running += 1;
         self.stats.peak_running = self.stats.peak_running.max(self.running);
         self.slot_mut(id).run = Run::Running(Instant::now());
+        self.note_hold();
         n
+    }
+
+    /// Keeps `held_since` true to its meaning after a change: stamped now if a
+    /// hold begins, kept while it lasts, cleared when it ends.
+    fn note_hold(&mut self) {
+        if !self.holding() {
+            self.held_since = None;
+        } else if self.held_since.is_none() {
+            self.held_since = Some(Instant::now());
+        }
     }
 
     fn drain_more(&mut self, out: &mut Vec<T>, limit: usize) -> usize {
@@ -671,11 +698,6 @@ impl<T: Prioritized> State<T> {
             return false;
         }
         let hold = !force && self.holding();
-        self.held_since = if hold {
-            Some(self.held_since.unwrap_or_else(Instant::now))
-        } else {
-            None
-        };
         while !hold && self.running < self.max && !self.queue.is_empty() {
             let Some(id) = self.waiters.pop() else { break };
             let item = self.queue.pop_front().expect("queue is not empty");
@@ -701,6 +723,9 @@ impl<T: Prioritized> State<T> {
                 slot.cv.notify_one();
             }
         }
+        // A forced release that could hand nothing out keeps the stamp: the
+        // next look tries again.
+        self.note_hold();
         if !hold
             && (self.poller.is_some() || self.backup.is_some())
             && !self.poller_notified

@@ -364,3 +364,36 @@ fn without_lazy_release_a_waiter_is_released_at_once() {
     assert!(s.push(2), "the poller is notified at once");
     assert!(!s.release_scan(Instant::now(), Duration::ZERO));
 }
+
+/// A hold that begins without a dispatch — a running thread's dequeue leaves
+/// the queue within the depth — is stamped then, so the monitor's delay counts
+/// from it; a forced release that can hand nothing out keeps the stamp and
+/// counts no release.
+#[test]
+fn a_hold_begun_by_a_take_is_stamped_and_a_fruitless_release_keeps_it() {
+    let s: Sched<u32> = Sched::new(2);
+    s.set_hold(1);
+    let a = s.register();
+    let mut out = Vec::new();
+    for i in 0..3 {
+        s.push(i);
+    }
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
+    assert!(lock(&s.state).held_since.is_none(), "two queued > hold 1");
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
+    let stamp = lock(&s.state).held_since;
+    assert!(stamp.is_some(), "the take began a hold");
+    // Nobody else is registered: a forced release has nobody to hand to.
+    let later = Instant::now() + Duration::from_secs(1);
+    assert!(!s.release_scan(later, Duration::from_millis(1)));
+    assert_eq!(s.stats().releases, 0);
+    assert_eq!(
+        lock(&s.state).held_since,
+        stamp,
+        "the next look tries again"
+    );
+    // a takes the last one: the hold ends.
+    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
+    assert!(lock(&s.state).held_since.is_none());
+    assert_eq!(out, [0, 1, 2]);
+}
