@@ -23,6 +23,8 @@ pub enum ServerKind {
     RingportUringX,
     /// `ringport echo --backend epoll`.
     RingportEpoll,
+    /// `ringport echo --backend epoll` in the environment `--x-env` gives (an A/B experiment).
+    RingportEpollX,
     /// `ringport echo --async --backend uring` (the async face).
     RingportAsync,
     /// `ringport echo --async --backend uring` in the environment `--x-env` gives (an A/B experiment).
@@ -45,6 +47,7 @@ impl ServerKind {
             ServerKind::RingportUring => "ringport-uring",
             ServerKind::RingportUringX => "ringport-uring-x",
             ServerKind::RingportEpoll => "ringport-epoll",
+            ServerKind::RingportEpollX => "ringport-epoll-x",
             ServerKind::RingportAsync => "ringport-async",
             ServerKind::RingportAsyncX => "ringport-async-x",
             ServerKind::RingportAsyncEpoll => "ringport-async-epoll",
@@ -61,6 +64,7 @@ impl ServerKind {
             ServerKind::RingportUring
                 | ServerKind::RingportUringX
                 | ServerKind::RingportEpoll
+                | ServerKind::RingportEpollX
                 | ServerKind::RingportAsync
                 | ServerKind::RingportAsyncX
                 | ServerKind::RingportAsyncEpoll
@@ -96,7 +100,7 @@ pub struct Tools {
     pub peer_echo: PathBuf,
     /// Extra arguments for `ringport echo`.
     pub ringport_args: Vec<String>,
-    /// Environment of `ringport-uring-x` and `ringport-async-x` (KEY=VALUE).
+    /// Environment of `ringport-uring-x`, `ringport-epoll-x` and `ringport-async-x` (KEY=VALUE).
     pub x_env: Vec<String>,
     pub client_threads: usize,
     pub syscalls: SysMethod,
@@ -479,12 +483,15 @@ fn server_argv(tools: &Tools, spec: &Spec, port: u16) -> Vec<String> {
         ServerKind::RingportUring
         | ServerKind::RingportUringX
         | ServerKind::RingportEpoll
+        | ServerKind::RingportEpollX
         | ServerKind::RingportAsync
         | ServerKind::RingportAsyncX
         | ServerKind::RingportAsyncEpoll => {
             if matches!(
                 spec.server,
-                ServerKind::RingportUringX | ServerKind::RingportAsyncX
+                ServerKind::RingportUringX
+                    | ServerKind::RingportEpollX
+                    | ServerKind::RingportAsyncX
             ) {
                 argv.push("env".into());
                 argv.extend(tools.x_env.iter().cloned());
