@@ -666,3 +666,47 @@ backend_test!(
         wait_idle(&h);
     }
 );
+
+backend_test!(
+    accept_waits_for_a_late_client_and_takes_every_waiting_one,
+    |choice: BackendChoice| {
+        // The listener is non-blocking (accept tries `accept4` inline first):
+        // an accept with nobody waiting must still wait, through the port,
+        // for the client that comes 100 ms later; and connections already
+        // waiting are taken, every one, with the right peers.
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let (addr, late) = block(&h, async {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = l.local_addr().expect("local_addr");
+            (addr, ringport::spawn(async move { (l.accept().await, l) }))
+        });
+        thread::sleep(Duration::from_millis(100));
+        assert!(
+            !late.is_finished(),
+            "accept returned with nobody connecting"
+        );
+        let first = std::net::TcpStream::connect(addr).unwrap();
+        let (got, l) = join(&h, late).expect("the accept task");
+        let (_s, peer) = got.expect("the late client is accepted");
+        assert_eq!(peer, first.local_addr().unwrap());
+        // 40 clients queue in the backlog before anyone accepts.
+        let clients: Vec<_> = (0..40)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let peers = block(&h, async move {
+            let mut peers = Vec::new();
+            for _ in 0..40 {
+                let (s, p) = l.accept().await.expect("accept from the backlog");
+                drop(s);
+                peers.push(p);
+            }
+            peers
+        });
+        let mut want: Vec<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+        let mut got = peers;
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "every waiting client accepted once");
+    }
+);
