@@ -424,3 +424,35 @@ impl Drop for ReadFuture {
         }
     }
 }
+
+/// An accept on a listener (made non-blocking by the listener's constructor)
+/// tried on the task's thread first: one `accept4`, if the thread's inline
+/// budget allows (`rt::op::inline_send_turn`: 16 in a row, then one through
+/// the port). `None` if nobody is waiting (or a signal interrupted it, or the
+/// budget is spent): the caller waits through the port. See docs/design.md,
+/// "Accepts in the async face".
+pub(super) fn accept_now(fd: &OwnedFd) -> Option<io::Result<OwnedFd>> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    if !crate::rt::op::inline_send_turn() {
+        return None;
+    }
+    // SAFETY: accept4 on a descriptor the caller's listener owns (open for
+    // as long as the borrow), with no address buffers to write.
+    let r = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if r >= 0 {
+        // SAFETY: a descriptor accept4 just made: nobody else owns it.
+        return Some(Ok(unsafe { OwnedFd::from_raw_fd(r) }));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EINTR) => None,
+        _ => Some(Err(e)),
+    }
+}

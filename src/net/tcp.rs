@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
-use super::core::Core;
+use super::core::{accept_now, Core};
 use super::stream::stream_api;
 use crate::op::Op;
 use crate::rt::Handle;
@@ -56,7 +56,8 @@ impl TcpListener {
     }
 
     /// Takes over a listening socket made elsewhere (e.g. with `socket2`).
-    /// It is switched to non-blocking mode (see [`accept`](Self::accept)).
+    /// It is switched to non-blocking mode (see [`accept`](Self::accept)); a
+    /// duplicate of it elsewhere shares that mode.
     pub fn from_std(l: std::net::TcpListener) -> io::Result<TcpListener> {
         TcpListener::new(Handle::current()?, OwnedFd::from(l))
     }
@@ -82,41 +83,14 @@ impl TcpListener {
     /// row (the budget inline sends use), one goes through the port, so an
     /// accept loop still yields.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        if crate::rt::op::inline_send_turn() {
-            if let Some(r) = self.try_accept_now() {
-                return r.and_then(|fd| self.accepted(fd));
-            }
+        if let Some(r) = accept_now(&self.core.fd) {
+            return r.and_then(|fd| self.accepted(fd));
         }
         let mut c = self.core.run(Op::accept(&self.core.fd)).await?;
         let fd = c.take_fd();
         c.result?;
         let fd = fd.ok_or_else(|| io::Error::other("accept completed without a socket"))?;
         self.accepted(fd)
-    }
-
-    /// One non-blocking `accept4`: `None` if nobody is waiting (or a signal
-    /// interrupted it), for the port to wait instead.
-    fn try_accept_now(&self) -> Option<io::Result<OwnedFd>> {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        // SAFETY: accept4 on the descriptor this listener owns (open for as
-        // long as `self`), with no address buffers to write.
-        let r = unsafe {
-            libc::accept4(
-                self.core.fd.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
-        if r >= 0 {
-            // SAFETY: a descriptor accept4 just made: nobody else owns it.
-            return Some(Ok(unsafe { OwnedFd::from_raw_fd(r) }));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN | libc::EINTR) => None,
-            _ => Some(Err(e)),
-        }
     }
 
     /// A stream for an accepted socket.
