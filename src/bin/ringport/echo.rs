@@ -80,7 +80,8 @@ pub struct EchoArgs {
     /// IOCP's immediate release); the pool's monitor, at its next look,
     /// releases completions held 250 µs or more. Default:
     /// RINGPORT_LAZY_RELEASE, else 4: on the skewed load (64 connections)
-    /// p99 0.66 × that of 0, and no cost elsewhere (BENCHMARKS.md, session 11).
+    /// p99 0.66 × that of 0, and elsewhere no cost the noise shows (BENCHMARKS.md,
+    /// session 11).
     #[arg(long)]
     pub(crate) lazy_release: Option<usize>,
     /// Burn this many microseconds of CPU before echoing a message whose first byte is '!'.
