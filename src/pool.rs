@@ -141,13 +141,7 @@ impl PoolBuilder {
                 });
             match t {
                 Ok(h) => workers.push(h),
-                Err(e) => {
-                    port.close();
-                    for w in workers {
-                        let _ = w.join();
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err(abandon(port, workers, e)),
             }
         }
         let monitor = match self.stall_threshold {
@@ -193,13 +187,7 @@ impl PoolBuilder {
                         port.set_hold(self.lazy_release);
                         Some(h)
                     }
-                    Err(e) => {
-                        port.close();
-                        for w in workers {
-                            let _ = w.join();
-                        }
-                        return Err(e);
-                    }
+                    Err(e) => return Err(abandon(port, workers, e)),
                 }
             }
         };
@@ -210,6 +198,16 @@ impl PoolBuilder {
             shared,
         })
     }
+}
+
+/// A pool that could not start all its threads: closes the port, joins the
+/// workers started so far, and hands back the spawn error.
+fn abandon(port: &CompletionPort, workers: Vec<JoinHandle<()>>, e: io::Error) -> io::Error {
+    port.close();
+    for w in workers {
+        let _ = w.join();
+    }
+    e
 }
 
 #[derive(Debug)]

@@ -425,15 +425,29 @@ impl Drop for ReadFuture {
     }
 }
 
+/// A listener's accept (`TcpListener`, `UnixListener`): a connection already
+/// waiting is taken on the task's thread (`accept_now`), else the accept goes
+/// through the port. Dropping the future cancels the accept; a connection
+/// accepted anyway is closed, never leaked.
+pub(super) async fn accept(core: &Arc<Core>) -> io::Result<OwnedFd> {
+    if let Some(r) = accept_now(&core.fd) {
+        return r;
+    }
+    let mut c = core.run(Op::accept(&core.fd)).await?;
+    let fd = c.take_fd();
+    c.result?;
+    fd.ok_or_else(|| io::Error::other("accept completed without a socket"))
+}
+
 /// An accept on a listener (made non-blocking by the listener's constructor)
 /// tried on the task's thread first: one `accept4`, if the thread's inline
-/// budget allows (`rt::op::inline_send_turn`: 16 in a row, then one through
+/// budget allows (`rt::op::inline_turn`: 16 in a row, then one through
 /// the port). `None` if nobody is waiting (or a signal interrupted it, or the
 /// budget is spent): the caller waits through the port. See docs/design.md,
 /// "Accepts in the async face".
-pub(super) fn accept_now(fd: &OwnedFd) -> Option<io::Result<OwnedFd>> {
+fn accept_now(fd: &OwnedFd) -> Option<io::Result<OwnedFd>> {
     use std::os::fd::{AsRawFd, FromRawFd};
-    if !crate::rt::op::inline_send_turn() {
+    if !crate::rt::op::inline_turn() {
         return None;
     }
     // SAFETY: accept4 on a descriptor the caller's listener owns (open for

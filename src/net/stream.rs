@@ -21,7 +21,7 @@ pub(crate) fn try_send_now(core: &Core, buf: &[u8], owned: bool) -> Option<io::R
     if buf.is_empty()
         || !core.send_inline
         || (owned && !core.no_write_behind())
-        || !crate::rt::op::inline_send_turn()
+        || !crate::rt::op::inline_turn()
     {
         return None;
     }

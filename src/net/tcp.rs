@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
-use super::core::{accept_now, Core};
+use super::core::{accept, Core};
 use super::stream::stream_api;
 use crate::op::Op;
 use crate::rt::Handle;
@@ -83,18 +83,7 @@ impl TcpListener {
     /// row (the budget inline sends use), one goes through the port, so an
     /// accept loop still yields.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        if let Some(r) = accept_now(&self.core.fd) {
-            return r.and_then(|fd| self.accepted(fd));
-        }
-        let mut c = self.core.run(Op::accept(&self.core.fd)).await?;
-        let fd = c.take_fd();
-        c.result?;
-        let fd = fd.ok_or_else(|| io::Error::other("accept completed without a socket"))?;
-        self.accepted(fd)
-    }
-
-    /// A stream for an accepted socket.
-    fn accepted(&self, fd: OwnedFd) -> io::Result<(TcpStream, SocketAddr)> {
+        let fd = accept(&self.core).await?;
         let peer = SockRef::from(&fd)
             .peer_addr()?
             .as_socket()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::core::{accept_now, Core};
+use super::core::{accept, Core};
 use super::stream::stream_api;
 use crate::op::Op;
 use crate::rt::Handle;
@@ -46,15 +46,7 @@ impl UnixListener {
     /// accepted anyway is closed). A connection already waiting is taken at
     /// once, on the task's thread, as by [`TcpListener::accept`](crate::net::TcpListener::accept).
     pub async fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
-        let fd = match accept_now(&self.core.fd) {
-            Some(r) => r?,
-            None => {
-                let mut c = self.core.run(Op::accept(&self.core.fd)).await?;
-                let fd = c.take_fd();
-                c.result?;
-                fd.ok_or_else(|| io::Error::other("accept completed without a socket"))?
-            }
-        };
+        let fd = accept(&self.core).await?;
         // std's address type is only built by std: ask a duplicate.
         let peer = std::os::unix::net::UnixStream::from(fd.try_clone()?).peer_addr()?;
         Ok((UnixStream::from_fd(self.core.rt.clone(), fd)?, peer))

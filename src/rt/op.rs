@@ -253,10 +253,11 @@ fn inline_allowed(op: &Op) -> bool {
     })
 }
 
-/// Takes a turn of the inline-send budget (`INLINE_RUN_MAX` in a row, then
-/// one send goes through the port): the stream layer's own inline sends on
-/// io_uring (`net/stream.rs`) share it with `inline_allowed`.
-pub(crate) fn inline_send_turn() -> bool {
+/// Takes a turn of the inline budget (`INLINE_RUN_MAX` in a row, then one
+/// operation goes through the port): the stream layer's own inline sends on
+/// io_uring (`net/stream.rs`) and the listeners' inline accepts
+/// (`net/core.rs`) share it with `inline_allowed`.
+pub(crate) fn inline_turn() -> bool {
     INLINE_RUN.with(|r| {
         if r.get() >= INLINE_RUN_MAX {
             r.set(0);

@@ -47,6 +47,58 @@ impl FakeKernel {
     }
 }
 
+/// Packets taken so far, for a model's handlers and its main thread to wait on.
+struct Taken {
+    n: Mutex<u32>,
+    cv: Condvar,
+}
+
+impl Taken {
+    fn new() -> Arc<Taken> {
+        Arc::new(Taken {
+            n: Mutex::new(0),
+            cv: Condvar::new(),
+        })
+    }
+    /// A handler took one: counts it, then runs until `all` are taken.
+    fn add_and_wait(&self, all: u32) {
+        let mut g = lock(&self.n);
+        *g += 1;
+        self.cv.notify_all();
+        while *g < all {
+            g = self.cv.wait(g).unwrap();
+        }
+    }
+    /// Waits until `n` are taken.
+    fn wait(&self, n: u32) {
+        let mut g = lock(&self.n);
+        while *g < n {
+            g = self.cv.wait(g).unwrap();
+        }
+    }
+}
+
+/// Closes the port once both packets were taken, joins the workers, and
+/// checks that both were.
+fn close_and_check(
+    s: &Sched<Item>,
+    k: &FakeKernel,
+    handles: Vec<thread::JoinHandle<()>>,
+    log: &Mutex<Vec<u32>>,
+) {
+    let (dropped, wake) = s.close();
+    if wake {
+        k.notify();
+    }
+    drop(dropped);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let mut all = lock(log).clone();
+    all.sort();
+    assert_eq!(all, [1, 2], "both packets taken");
+}
+
 /// What one step of a worker came to.
 enum Step {
     /// It took an item (in `out`) and counts as running.
@@ -190,7 +242,7 @@ fn loom_a_spent_wake_up_is_renewed() {
         let s: Arc<Sched<Item>> = Arc::new(Sched::new(1));
         let k = FakeKernel::new();
         // Taken packets, for the main thread to wait on before it closes.
-        let taken = Arc::new((Mutex::new(0u32), Condvar::new()));
+        let taken = Taken::new();
         let mut handles = Vec::new();
         for _ in 0..2 {
             let (s, k, taken) = (s.clone(), k.clone(), taken.clone());
@@ -212,15 +264,7 @@ fn loom_a_spent_wake_up_is_renewed() {
                             k.notify();
                         }
                         drop(out.drain(..));
-                        {
-                            let (m, cv) = &*taken;
-                            let mut g = lock(m);
-                            *g += 1;
-                            cv.notify_all();
-                            while *g < 2 {
-                                g = cv.wait(g).unwrap();
-                            }
-                        }
+                        taken.add_and_wait(2);
                         s.block_end(id);
                     }
                 }
@@ -234,24 +278,8 @@ fn loom_a_spent_wake_up_is_renewed() {
                 k.notify();
             }
         }
-        {
-            let (m, cv) = &*taken;
-            let mut g = lock(m);
-            while *g < 2 {
-                g = cv.wait(g).unwrap();
-            }
-        }
-        let (dropped, wake) = s.close();
-        if wake {
-            k.notify();
-        }
-        drop(dropped);
-        for h in handles {
-            h.join().unwrap();
-        }
-        let mut all = lock(&log).clone();
-        all.sort();
-        assert_eq!(all, [1, 2], "both packets taken");
+        taken.wait(2);
+        close_and_check(&s, &k, handles, &log);
     });
 }
 
@@ -268,7 +296,7 @@ fn loom_held_packet_is_released_by_the_monitor() {
         let s: Arc<Sched<Item>> = Arc::new(Sched::new(2));
         s.set_hold(1);
         let k = FakeKernel::new();
-        let taken = Arc::new((Mutex::new(0u32), Condvar::new()));
+        let taken = Taken::new();
         let mut handles = Vec::new();
         for _ in 0..2 {
             let (s, k, taken) = (s.clone(), k.clone(), taken.clone());
@@ -281,13 +309,7 @@ fn loom_held_packet_is_released_by_the_monitor() {
                             assert!(s.stats().running <= 2);
                             drop(out.drain(..));
                             // The handler: runs until both packets are taken.
-                            let (m, cv) = &*taken;
-                            let mut g = lock(m);
-                            *g += 1;
-                            cv.notify_all();
-                            while *g < 2 {
-                                g = cv.wait(g).unwrap();
-                            }
+                            taken.add_and_wait(2);
                         }
                         Step::Nothing => {}
                         Step::Stop => break,
@@ -298,17 +320,10 @@ fn loom_held_packet_is_released_by_the_monitor() {
                 }
             }));
         }
-        let wait_taken = |n: u32| {
-            let (m, cv) = &*taken;
-            let mut g = lock(m);
-            while *g < n {
-                g = cv.wait(g).unwrap();
-            }
-        };
         if s.push(Item(1, log.clone())) {
             k.notify();
         }
-        wait_taken(1);
+        taken.wait(1);
         // A runs packet 1's handler: packet 2 is held for it.
         if s.push(Item(2, log.clone())) {
             k.notify();
@@ -318,17 +333,7 @@ fn loom_held_packet_is_released_by_the_monitor() {
         if wake {
             k.notify();
         }
-        wait_taken(2);
-        let (dropped, wake) = s.close();
-        if wake {
-            k.notify();
-        }
-        drop(dropped);
-        for h in handles {
-            h.join().unwrap();
-        }
-        let mut all = lock(&log).clone();
-        all.sort();
-        assert_eq!(all, [1, 2], "both packets taken");
+        taken.wait(2);
+        close_and_check(&s, &k, handles, &log);
     });
 }

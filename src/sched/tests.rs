@@ -323,19 +323,27 @@ fn lazy_release_holds_up_to_its_depth_for_a_running_thread() {
     let _ = b.join().unwrap();
 }
 
-/// A completion held for a thread whose handler runs on is handed to an idle
-/// thread by the monitor once it has been held for the delay.
-#[test]
-fn lazy_release_hands_out_what_was_held_too_long() {
+/// Concurrency 2 with lazy release `hold` (0 = off): `a` took completion 1
+/// and runs; `c` holds the poll role. Returns the scheduler, `c`, and the
+/// output vector (holding 1).
+fn one_runs_one_polls(hold: usize) -> (Sched<u32>, SlotId, Vec<u32>) {
     let s: Sched<u32> = Sched::new(2);
-    s.set_hold(4);
+    s.set_hold(hold);
     let a = s.register();
     let c = s.register();
     let mut out = Vec::new();
     s.push(1);
     assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
-    // c polls; a second completion is held for a.
     assert_eq!(s.dequeue(c, &mut out, 1, None, true).0, Next::Poll);
+    (s, c, out)
+}
+
+/// A completion held for a thread whose handler runs on is handed to an idle
+/// thread by the monitor once it has been held for the delay.
+#[test]
+fn lazy_release_hands_out_what_was_held_too_long() {
+    let (s, c, mut out) = one_runs_one_polls(4);
+    // A second completion is held for a.
     assert!(!s.push(2));
     let t0 = Instant::now();
     let delay = Duration::from_millis(1);
@@ -354,13 +362,7 @@ fn lazy_release_hands_out_what_was_held_too_long() {
 /// notifies the poller at once (IOCP's rule).
 #[test]
 fn without_lazy_release_a_waiter_is_released_at_once() {
-    let s: Sched<u32> = Sched::new(2);
-    let a = s.register();
-    let c = s.register();
-    let mut out = Vec::new();
-    s.push(1);
-    assert_eq!(s.dequeue(a, &mut out, 1, None, true).0, Next::Got(1));
-    assert_eq!(s.dequeue(c, &mut out, 1, None, true).0, Next::Poll);
+    let (s, _, _) = one_runs_one_polls(0);
     assert!(s.push(2), "the poller is notified at once");
     assert!(!s.release_scan(Instant::now(), Duration::ZERO));
 }

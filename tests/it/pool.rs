@@ -98,28 +98,49 @@ backend_test!(
     }
 );
 
+/// Handlers for packets 1 and 2: packet 1's blocks (no hint) until packet 2
+/// has been handled by another thread, gives up after T, and records whether
+/// it saw that; with `post_second` it posts packet 2 itself first. Returns the
+/// handler, "packet 2 handled" and "packet 1 saw packet 2 handled".
+#[allow(clippy::type_complexity)]
+fn first_waits_for_second(
+    post_second: bool,
+) -> (
+    impl Fn(&ringport::CompletionPort, ringport::Completion) + Send + Sync + 'static,
+    Arc<AtomicBool>,
+    Arc<AtomicBool>,
+) {
+    let second_done = Arc::new(AtomicBool::new(false));
+    let first_saw_second = Arc::new(AtomicBool::new(false));
+    let (s, f) = (second_done.clone(), first_saw_second.clone());
+    let handler = move |port: &ringport::CompletionPort, c: ringport::Completion| match c.user_data
+    {
+        1 => {
+            if post_second {
+                port.post(0, 2, 0).unwrap();
+            }
+            let deadline = Instant::now() + T;
+            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            f.store(s.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+        _ => s.store(true, Ordering::SeqCst),
+    };
+    (handler, second_done, first_saw_second)
+}
+
 backend_test!(
     stall_detector_releases_a_handler_that_blocks_without_the_hint,
     |choice: BackendChoice| {
         let port = build(builder(choice).concurrency(1));
-        let second_done = Arc::new(AtomicBool::new(false));
-        let first_saw_second = Arc::new(AtomicBool::new(false));
-        let (s, f) = (second_done.clone(), first_saw_second.clone());
+        // Packet 1's handler blocks until packet 2 is handled by the other
+        // thread, which only the stall detector can allow.
+        let (handler, second_done, first_saw_second) = first_waits_for_second(false);
         let pool = Pool::builder()
             .threads(2)
             .stall_threshold(Some(Duration::from_millis(10)))
-            .spawn(&port, move |_, c| match c.user_data {
-                1 => {
-                    // Blocks (no hint) until packet 2 has been handled by the other
-                    // thread, which only the stall detector can allow; gives up after T.
-                    let deadline = Instant::now() + T;
-                    while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    f.store(s.load(Ordering::SeqCst), Ordering::SeqCst);
-                }
-                _ => s.store(true, Ordering::SeqCst),
-            })
+            .spawn(&port, handler)
             .unwrap();
         port.post(0, 1, 0).unwrap();
         port.post(0, 2, 0).unwrap();
@@ -271,24 +292,12 @@ backend_test!(
         // it be, at its first look (half the 1 s stall threshold), before the
         // stall detector would catch the handler (1 s).
         let port = build(builder(choice).concurrency(2));
-        let second_done = Arc::new(AtomicBool::new(false));
-        let first_saw_second = Arc::new(AtomicBool::new(false));
-        let (s, f) = (second_done.clone(), first_saw_second.clone());
+        let (handler, second_done, first_saw_second) = first_waits_for_second(true);
         let pool = Pool::builder()
             .threads(2)
             .stall_threshold(Some(Duration::from_secs(1)))
             .lazy_release(4)
-            .spawn(&port, move |port, c| match c.user_data {
-                1 => {
-                    port.post(0, 2, 0).unwrap();
-                    let deadline = Instant::now() + T;
-                    while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    f.store(s.load(Ordering::SeqCst), Ordering::SeqCst);
-                }
-                _ => s.store(true, Ordering::SeqCst),
-            })
+            .spawn(&port, handler)
             .unwrap();
         // Let both workers settle (one polling, one asleep on the stack): a
         // worker still on its way to its first dequeue, or a poller woken for

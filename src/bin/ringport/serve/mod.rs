@@ -82,7 +82,6 @@ pub struct ServeArgs {
     /// files on epoll: 0.87 × the requests/s of 0; BENCHMARKS.md, session 11).
     #[arg(long)]
     lazy_release: Option<usize>,
-
     /// Print one access-log line per request on stdout.
     #[arg(long)]
     log: bool,
