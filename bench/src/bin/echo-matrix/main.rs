@@ -126,7 +126,7 @@ struct Cli {
     /// Extra arguments for `ringport echo`, whitespace-separated, e.g. "--threads 2 --concurrency 1".
     #[arg(long, allow_hyphen_values = true)]
     ringport_args: Option<String>,
-    /// Environment of the `ringport-uring-x`, `ringport-epoll-x` and `ringport-async-x` servers (an A/B experiment), whitespace-separated
+    /// Environment of the `ringport-uring-x`, `ringport-epoll-x`, `ringport-async-x` and `ringport-async-epoll-x` servers (an A/B experiment), whitespace-separated
     /// KEY=VALUE pairs, e.g. "RINGPORT_URING_COOP=off".
     #[arg(long, default_value = "")]
     x_env: String,

@@ -31,6 +31,8 @@ pub enum ServerKind {
     RingportAsyncX,
     /// `ringport echo --async --backend epoll`.
     RingportAsyncEpoll,
+    /// `ringport echo --async --backend epoll` in the environment `--x-env` gives (an A/B experiment).
+    RingportAsyncEpollX,
     /// `peer-echo --server tokio-mt`.
     TokioMt,
     /// `peer-echo --server tokio-ct`.
@@ -51,6 +53,7 @@ impl ServerKind {
             ServerKind::RingportAsync => "ringport-async",
             ServerKind::RingportAsyncX => "ringport-async-x",
             ServerKind::RingportAsyncEpoll => "ringport-async-epoll",
+            ServerKind::RingportAsyncEpollX => "ringport-async-epoll-x",
             ServerKind::TokioMt => "tokio-mt",
             ServerKind::TokioCt => "tokio-ct",
             ServerKind::EpollTpc => "epoll-tpc",
@@ -68,6 +71,7 @@ impl ServerKind {
                 | ServerKind::RingportAsync
                 | ServerKind::RingportAsyncX
                 | ServerKind::RingportAsyncEpoll
+                | ServerKind::RingportAsyncEpollX
         )
     }
 }
@@ -486,12 +490,14 @@ fn server_argv(tools: &Tools, spec: &Spec, port: u16) -> Vec<String> {
         | ServerKind::RingportEpollX
         | ServerKind::RingportAsync
         | ServerKind::RingportAsyncX
-        | ServerKind::RingportAsyncEpoll => {
+        | ServerKind::RingportAsyncEpoll
+        | ServerKind::RingportAsyncEpollX => {
             if matches!(
                 spec.server,
                 ServerKind::RingportUringX
                     | ServerKind::RingportEpollX
                     | ServerKind::RingportAsyncX
+                    | ServerKind::RingportAsyncEpollX
             ) {
                 argv.push("env".into());
                 argv.extend(tools.x_env.iter().cloned());
@@ -510,6 +516,7 @@ fn server_argv(tools: &Tools, spec: &Spec, port: u16) -> Vec<String> {
                 ServerKind::RingportAsync
                     | ServerKind::RingportAsyncX
                     | ServerKind::RingportAsyncEpoll
+                    | ServerKind::RingportAsyncEpollX
             ) {
                 argv.push("--async".into());
             }
