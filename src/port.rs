@@ -320,7 +320,8 @@ impl CompletionPort {
         limit: usize,
         timeout: Option<Duration>,
     ) -> Result<usize> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long for the clock (`Duration::MAX`) waits forever.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let slot = self.slot();
         let inner = &self.inner;
         loop {

@@ -200,6 +200,8 @@ impl<F: Future> Future for Timeout<F> {
 /// Outside a runtime, or if `period` is zero.
 pub fn interval(period: Duration) -> Interval {
     assert!(!period.is_zero(), "ringport::time::interval: zero period");
+    // A period past about 136 years is taken as that (see `Op::timeout`).
+    let period = period.min(crate::op::MAX_WAIT);
     Interval {
         handle: current_or_panic("ringport::time::interval"),
         next: Instant::now(),

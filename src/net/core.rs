@@ -439,6 +439,13 @@ pub(super) async fn accept(core: &Arc<Core>) -> io::Result<OwnedFd> {
     fd.ok_or_else(|| io::Error::other("accept completed without a socket"))
 }
 
+/// The error asking an accepted socket for its peer gives when the client
+/// reset the connection before it was accepted (`ENOTCONN`; `ECONNABORTED`
+/// is what `accept4` itself says when asked for the address).
+pub(super) fn gone_before_accept(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+}
+
 /// An accept on a listener (made non-blocking by the listener's constructor)
 /// tried on the task's thread first: one `accept4`, if the thread's inline
 /// budget allows (`rt::op::inline_turn`: 16 in a row, then one through

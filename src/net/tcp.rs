@@ -82,13 +82,27 @@ impl TcpListener {
     /// connections a second that way (session 11). After 16 such accepts in a
     /// row (the budget inline sends use), one goes through the port, so an
     /// accept loop still yields.
+    ///
+    /// A connection its client reset before it was accepted has no peer
+    /// address any more and nothing to read: it is closed and skipped, and
+    /// the accept waits for the next one (an `accept().await?` loop must not
+    /// end because a client gave up).
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let fd = accept(&self.core).await?;
-        let peer = SockRef::from(&fd)
-            .peer_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("accepted a non-IP socket"))?;
-        Ok((TcpStream::from_fd(self.core.rt.clone(), fd)?, peer))
+        loop {
+            let fd = accept(&self.core).await?;
+            let peer = match SockRef::from(&fd).peer_addr() {
+                Ok(a) => a,
+                Err(e) if super::core::gone_before_accept(&e) => {
+                    tracing::debug!("accept: skipping a connection reset before it was accepted");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let peer = peer
+                .as_socket()
+                .ok_or_else(|| io::Error::other("accepted a non-IP socket"))?;
+            return Ok((TcpStream::from_fd(self.core.rt.clone(), fd)?, peer));
+        }
     }
 
     /// The address it listens on.

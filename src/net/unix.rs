@@ -45,11 +45,20 @@ impl UnixListener {
     /// Waits for a connection (dropping the future cancels it; a connection
     /// accepted anyway is closed). A connection already waiting is taken at
     /// once, on the task's thread, as by [`TcpListener::accept`](crate::net::TcpListener::accept).
+    ///
+    /// A connection whose peer is gone before it was accepted (no peer
+    /// address) is closed and skipped, as by `TcpListener::accept`.
     pub async fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
-        let fd = accept(&self.core).await?;
-        // std's address type is only built by std: ask a duplicate.
-        let peer = std::os::unix::net::UnixStream::from(fd.try_clone()?).peer_addr()?;
-        Ok((UnixStream::from_fd(self.core.rt.clone(), fd)?, peer))
+        loop {
+            let fd = accept(&self.core).await?;
+            // std's address type is only built by std: ask a duplicate.
+            let peer = match std::os::unix::net::UnixStream::from(fd.try_clone()?).peer_addr() {
+                Ok(a) => a,
+                Err(e) if super::core::gone_before_accept(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            return Ok((UnixStream::from_fd(self.core.rt.clone(), fd)?, peer));
+        }
     }
 
     /// The address it listens on.

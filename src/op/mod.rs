@@ -34,6 +34,11 @@ mod zc;
 
 pub use kind::{OpKind, OpPath, OpPaths};
 
+/// The longest wait anything in ringport takes: 2^32 seconds, about 136 years.
+/// Longer durations (`Duration::MAX`, say) are taken as this one — never, in
+/// practice — so that no deadline overflows `Instant` or a kernel `timespec`.
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(u32::MAX as u64);
+
 /// The backend-agnostic body of an operation.
 #[derive(Debug)]
 pub(crate) enum OpBody {
@@ -437,8 +442,13 @@ impl Op {
     }
 
     /// A timer: completes with `Ok(0)` after `after`, or with `ECANCELED` if cancelled.
+    /// A duration longer than about 136 years (`Duration::MAX`, say) is taken as
+    /// 136 years: never, in practice, and no overflow of a clock or a kernel
+    /// `timespec`.
     pub fn timeout(after: Duration) -> Op {
-        Op::new(OpBody::Timeout { after })
+        Op::new(OpBody::Timeout {
+            after: after.min(MAX_WAIT),
+        })
     }
 
     /// Sends up to `len` bytes of `file`, starting at `offset`, on the connected
@@ -634,7 +644,8 @@ impl Op {
     /// # }
     /// ```
     pub fn timeout_after(mut self, d: Duration) -> Op {
-        self.link_timeout = Some(d);
+        // Clamped like `Op::timeout`'s duration.
+        self.link_timeout = Some(d.min(MAX_WAIT));
         self
     }
 

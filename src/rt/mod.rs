@@ -61,7 +61,7 @@ pub use task::{Cancelled, JoinError, JoinHandle};
 use blocking::BlockingPool;
 use op::OpSlot;
 use registry::Registry;
-use task::{JoinState, Task};
+use task::{BlockingStart, JoinState, Stoppable, Task};
 
 /// Key of the runtime's task packets.
 pub(crate) const TASK_KEY: u64 = u64::MAX - 1;
@@ -289,7 +289,7 @@ impl Shared {
         self.post_task(&task);
         JoinHandle {
             join,
-            task: Some(task),
+            task: Stoppable::Task(task),
         }
     }
 
@@ -299,9 +299,10 @@ impl Shared {
         R: Send + 'static,
     {
         let join = Arc::new(JoinState::new());
-        let j = join.clone();
+        let start = Arc::new(BlockingStart::default());
+        let (j, st) = (join.clone(), start.clone());
         let job = Box::new(move || {
-            if j.is_finished() {
+            if !st.claim() {
                 return; // aborted before it started
             }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -312,7 +313,10 @@ impl Shared {
                 "spawn_blocking: could not start a thread: {e}"
             )))));
         }
-        JoinHandle { join, task: None }
+        JoinHandle {
+            join,
+            task: Stoppable::Blocking(start),
+        }
     }
 
     pub(crate) fn wait_for_room(&self, waker: &Waker) {
@@ -524,8 +528,18 @@ impl Runtime {
 fn stop_runtime(sh: &Arc<Shared>, pool: Pool) {
     sh.shut.store(true, Ordering::Release);
     pool.shutdown();
-    drop(sh.ops.drain());
-    drop(std::mem::take(&mut *lock(&sh.room)));
+    // Whoever waits on an operation or for room — a task, or a thread parked
+    // in `block_on` — is woken: its next poll finds the operation gone (or the
+    // port closed) and returns the error. A task's wake finds the port closed
+    // and cancels the task (`post_task`).
+    for slot in sh.ops.drain() {
+        slot.wake_closed();
+    }
+    let room = std::mem::take(&mut *lock(&sh.room));
+    sh.room_waiters.store(0, Ordering::Release);
+    for w in room {
+        w.wake();
+    }
     // Dropping a task's future may drop handles and wake other tasks (whose
     // packets the closed port refuses): loop until nothing is left.
     loop {

@@ -48,6 +48,19 @@ pub(crate) struct OpSlot {
     hold: Option<Hold>,
 }
 
+impl OpSlot {
+    /// At shutdown, after the registry was drained: wakes the future waiting
+    /// on this slot (a `block_on` thread parked on it would otherwise sleep
+    /// forever); its next poll finds the slot gone and reports the port
+    /// closed. What the slot held (an orphan policy, a descriptor hold) drops
+    /// here, outside the registry's lock.
+    pub(crate) fn wake_closed(mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
 impl fmt::Debug for OpSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpSlot")

@@ -98,7 +98,10 @@ impl Task {
         self.state.begin();
         let mut slot = lock(&self.future);
         let done = if self.aborted.load(Ordering::Acquire) {
-            drop(slot.take());
+            // A future whose drop panics must still end the task (and its
+            // join), and must not unwind through the worker.
+            let fut = slot.take();
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
             fail(JoinError::Cancelled);
             true
         } else if let Some(fut) = slot.as_mut() {
@@ -275,7 +278,30 @@ impl<T> JoinState<T> {
 /// running).
 pub struct JoinHandle<T> {
     pub(crate) join: Arc<JoinState<T>>,
-    pub(crate) task: Option<Arc<Task>>,
+    pub(crate) task: Stoppable,
+}
+
+/// What [`JoinHandle::abort`] stops.
+pub(crate) enum Stoppable {
+    /// A spawned future.
+    Task(Arc<Task>),
+    /// A `spawn_blocking` closure, by its start flag: the abort and the
+    /// closure's start race for it (`BlockingStart`), and only the winner
+    /// finishes the join (so a closure that ran to its end is never
+    /// reported as cancelled).
+    Blocking(Arc<BlockingStart>),
+}
+
+/// A `spawn_blocking` closure's start: `false` until the closure starts or
+/// an abort comes first; whichever swaps it to `true` first decides.
+#[derive(Debug, Default)]
+pub(crate) struct BlockingStart(AtomicBool);
+
+impl BlockingStart {
+    /// Claims the start; false if the other side claimed it first.
+    pub(crate) fn claim(&self) -> bool {
+        !self.0.swap(true, Ordering::AcqRel)
+    }
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
@@ -294,8 +320,13 @@ impl<T> JoinHandle<T> {
     /// stopped; one that has not is skipped.
     pub fn abort(&self) {
         match &self.task {
-            Some(t) => t.abort(),
-            None => self.join.finish(Err(JoinError::Cancelled)),
+            Stoppable::Task(t) => t.abort(),
+            // Too late once the closure has started: its output stays.
+            Stoppable::Blocking(start) => {
+                if start.claim() {
+                    self.join.finish(Err(JoinError::Cancelled));
+                }
+            }
         }
     }
 

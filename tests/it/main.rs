@@ -29,6 +29,7 @@ mod pool;
 mod priority;
 mod queue;
 mod rt;
+mod rt_edges;
 mod rt_fair;
 mod rt_files;
 mod rt_inline;

@@ -1,0 +1,238 @@
+//! The async face at its edges (session 12's review): shutdown while a plain
+//! thread waits in `block_on`, an aborted task whose future panics when
+//! dropped, cancelling a `spawn_blocking` closure that already runs, timers
+//! and timeouts of `Duration::MAX`, and a client that resets its connection
+//! before the server accepts it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringport::rt::Cancelled;
+use ringport::time::{sleep, timeout};
+use ringport::{BackendChoice, JoinError};
+
+use crate::common::*;
+use crate::rt::{block, join, runtime, wait_idle};
+
+backend_test!(
+    shutdown_wakes_a_thread_waiting_in_block_on,
+    |choice: BackendChoice| {
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let (tx, rx) = mpsc::channel();
+        let waiter = thread::spawn(move || {
+            // Waits on an operation (a timer far beyond the test's bound) and
+            // on a stream read that nothing will ever answer.
+            let slept = h.block_on(async {
+                let t0 = Instant::now();
+                sleep(Duration::from_secs(3600)).await;
+                t0.elapsed()
+            });
+            let _ = tx.send(slept);
+        });
+        thread::sleep(Duration::from_millis(100));
+        drop(rt);
+        let slept = rx
+            .recv_timeout(T)
+            .expect("a thread in block_on stayed asleep after the runtime shut down");
+        assert!(slept < Duration::from_secs(3600));
+        waiter.join().unwrap();
+    }
+);
+
+backend_test!(
+    shutdown_ends_a_read_awaited_in_block_on_with_an_error,
+    |choice: BackendChoice| {
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = thread::spawn(move || {
+            let r = h.block_on(async move {
+                let s = ringport::net::TcpStream::connect(addr).await?;
+                let (r, _buf) = s.read(Vec::with_capacity(16)).await;
+                r
+            });
+            let _ = tx.send(r);
+        });
+        let (_peer, _) = l.accept().unwrap(); // connected, never writes
+        thread::sleep(Duration::from_millis(100));
+        drop(rt);
+        let r = rx
+            .recv_timeout(T)
+            .expect("a read awaited in block_on stayed asleep after the runtime shut down");
+        assert!(r.is_err(), "a read ended by shutdown must fail, got {r:?}");
+        reader.join().unwrap();
+    }
+);
+
+/// A value whose drop panics.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("PanicsOnDrop dropped");
+    }
+}
+
+backend_test!(
+    an_aborted_task_whose_drop_panics_still_ends,
+    |choice: BackendChoice| {
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let task = rt.spawn(async {
+            let _bomb = PanicsOnDrop;
+            sleep(Duration::from_secs(3600)).await;
+        });
+        thread::sleep(Duration::from_millis(50));
+        task.abort();
+        match join(&h, task) {
+            Err(e) => assert!(e.is_cancelled(), "{e}"),
+            Ok(()) => panic!("an aborted task reported its output"),
+        }
+        wait_idle(&h);
+        // The worker that dropped it still serves.
+        assert_eq!(join(&h, rt.spawn(async { 5 })).unwrap(), 5);
+    }
+);
+
+backend_test!(
+    cancelling_a_running_blocking_closure_gives_its_output,
+    |choice: BackendChoice| {
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let started = Arc::new(AtomicBool::new(false));
+        let s = started.clone();
+        let job = rt.spawn_blocking(move || {
+            s.store(true, Ordering::Release);
+            thread::sleep(Duration::from_millis(100));
+            42
+        });
+        let deadline = Instant::now() + T;
+        while !started.load(Ordering::Acquire) {
+            assert!(
+                Instant::now() < deadline,
+                "the blocking closure never started"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        match block(&h, job.cancel()) {
+            Cancelled::Finished(v) => assert_eq!(v, 42),
+            other => panic!("a closure that ran to its end was reported {other:?}"),
+        }
+
+        // One that has not started yet is cancelled, and never runs.
+        let gate = Arc::new(AtomicBool::new(false));
+        let ran = Arc::new(AtomicBool::new(false));
+        let hold: Vec<_> = (0..64)
+            .map(|_| {
+                let g = gate.clone();
+                rt.spawn_blocking(move || {
+                    while !g.load(Ordering::Acquire) {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        let r = ran.clone();
+        let queued = rt.spawn_blocking(move || r.store(true, Ordering::Release));
+        queued.abort();
+        gate.store(true, Ordering::Release);
+        for j in hold {
+            join(&h, j).unwrap();
+        }
+        // Either the abort won (the closure never ran) or the closure had
+        // started first (then it ran, and its output is reported).
+        match block(&h, queued) {
+            Err(JoinError::Cancelled) => {
+                thread::sleep(Duration::from_millis(20));
+                assert!(!ran.load(Ordering::Acquire), "a cancelled closure ran");
+            }
+            Ok(()) => assert!(ran.load(Ordering::Acquire)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+);
+
+backend_test!(
+    a_timeout_of_duration_max_never_elapses,
+    |choice: BackendChoice| {
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let r = block(&h, async {
+            let t0 = Instant::now();
+            let r = timeout(Duration::MAX, sleep(Duration::from_millis(30))).await;
+            (r, t0.elapsed())
+        });
+        assert!(
+            r.0.is_ok(),
+            "timeout(Duration::MAX) elapsed after {:?}",
+            r.1
+        );
+        assert!(
+            r.1 >= Duration::from_millis(30),
+            "the sleep ended early: {:?}",
+            r.1
+        );
+
+        // A sleep of Duration::MAX waits (and is cancelled cleanly).
+        let r = block(&h, async {
+            timeout(Duration::from_millis(30), sleep(Duration::MAX)).await
+        });
+        assert!(r.is_err(), "sleep(Duration::MAX) ended");
+        // An interval of Duration::MAX ticks once at once, then waits.
+        let r = block(&h, async {
+            let mut i = ringport::time::interval(Duration::MAX);
+            i.tick().await;
+            timeout(Duration::from_millis(30), i.tick()).await
+        });
+        assert!(r.is_err(), "interval(Duration::MAX) ticked twice");
+        wait_idle(&h);
+    }
+);
+
+backend_test!(
+    a_port_wait_of_duration_max_is_a_wait_without_limit,
+    |choice: BackendChoice| {
+        let port = ringport::CompletionPort::builder()
+            .backend(choice)
+            .build()
+            .unwrap();
+        port.post(7, 1, 0).unwrap();
+        let c = port.get(Some(Duration::MAX)).unwrap();
+        assert_eq!((c.key, c.user_data), (7, 1));
+        // A timer of Duration::MAX waits (until cancelled).
+        let id = port
+            .submit(ringport::Op::timeout(Duration::MAX), 3)
+            .unwrap();
+        assert!(port.get(Some(Duration::from_millis(30))).is_err());
+        port.cancel(id).unwrap();
+        let c = port.get(Some(T)).unwrap();
+        assert!(c.is_cancelled(), "{c:?}");
+    }
+);
+
+backend_test!(
+    a_connection_reset_before_accept_is_skipped,
+    |choice: BackendChoice| {
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let peers = block(&h, async {
+            let l = ringport::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let gone = std::net::TcpStream::connect(addr).unwrap();
+            socket2::SockRef::from(&gone)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(gone); // RST, while still in the listen backlog
+            thread::sleep(Duration::from_millis(20));
+            let good = std::net::TcpStream::connect(addr).unwrap();
+            let (_s, peer) = l.accept().await.expect("accept after a reset connection");
+            (peer, good.local_addr().unwrap())
+        });
+        assert_eq!(peers.0, peers.1, "accept returned the reset connection");
+    }
+);
