@@ -35,10 +35,11 @@
 //! copies the bytes into the stream's own buffer, starts the send and returns
 //! at once; the next `poll_write`/`poll_flush` waits for it (resubmitting the
 //! rest of a short send) and reports its error, if any. An owned-buffer `write`
-//! or `write_all` made while such a send is in flight is not tried inline: it
-//! goes through the port behind that send, so the two keep their order. Flush
-//! before dropping: a send still in flight when the stream is dropped is allowed
-//! to finish (not cancelled), and the descriptor is closed after it.
+//! or `write_all` first waits the same way for such a send to be all out (and
+//! reports its error, if any), so the two keep their order. Flush before
+//! dropping to see every error: a send still in flight when the stream is
+//! dropped is allowed to finish (not cancelled), the rest of a short one
+//! included, by a task of its own, and the descriptor is closed after it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -148,12 +149,22 @@ impl Core {
     }
 
     /// Called when the user's handle is dropped: receives nobody will read are
-    /// cancelled; a write-behind send is let finish.
-    pub(crate) fn release(&self) {
+    /// cancelled; a write-behind send is let finish, with the rest of a short
+    /// send: a task of its own flushes it (`poll_flush_writes`), and the
+    /// descriptor closes when that task ends. (Forgetting the send instead
+    /// lost the rest of a short one: `poll_write` had already reported those
+    /// bytes written.)
+    pub(crate) fn release(self: &Arc<Self>) {
         let pending = std::mem::take(&mut lock(&self.read).pending);
         drop(pending); // each detaches: cancelled, completion dropped
-        if let Some(mut op) = lock(&self.write).op.take() {
-            op.forget();
+        if lock(&self.write).op.is_some() {
+            let core = self.clone();
+            // A runtime already shut down cancels the task, and with it the send.
+            drop(self.rt.spawn(async move {
+                if let Err(e) = std::future::poll_fn(|cx| core.poll_flush_writes(cx)).await {
+                    tracing::debug!("a dropped stream's last write failed: {e}");
+                }
+            }));
         }
     }
 
@@ -372,7 +383,18 @@ impl Core {
             st.op = None;
             let c = r?;
             let buf = c.buf.unwrap_or_default();
-            let end = st.pos + c.result?;
+            let sent = match c.result {
+                Ok(n) => n,
+                // Nothing here cancels a write-behind send; the kernel does,
+                // when the thread that submitted it exits (io_uring cancels
+                // a thread's requests at its exit: a `block_on` thread that
+                // returned, the stream living on). A cancelled send sent
+                // nothing: it goes again, from this thread. At shutdown the
+                // port refuses it, and that error ends the loop.
+                Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => 0,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            let end = st.pos + sent;
             if end < buf.len() {
                 // Short send: the rest goes next, from the same buffer.
                 let mut next = self.op(Op::send_from(&self.fd, buf, end));

@@ -52,10 +52,23 @@ pub(crate) fn inline_sends_enabled() -> bool {
     *ON.get_or_init(|| !crate::sys::switched_off("RINGPORT_INLINE_SENDS"))
 }
 
+/// Waits until no `AsyncWrite` send is in flight on the stream (the rest of
+/// a short one included), so an owned write does not overtake it; its error,
+/// if it failed, is the owned write's.
+async fn behind_write_behind(core: &Arc<Core>) -> io::Result<()> {
+    if core.no_write_behind() {
+        return Ok(());
+    }
+    std::future::poll_fn(|cx| core.poll_flush_writes(cx)).await
+}
+
 /// Writes all of `buf`, resubmitting after short sends.
 pub(crate) async fn write_all(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
     let mut pos = 0;
     let mut buf = buf;
+    if let Err(e) = behind_write_behind(core).await {
+        return (Err(e), buf);
+    }
     match try_send_now(core, &buf, true) {
         Some(Ok(n)) => pos = n,
         Some(Err(e)) => return (Err(e), buf),
@@ -78,6 +91,9 @@ pub(crate) async fn write_all(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<()>
 
 /// Sends once from `buf[0..]`.
 pub(crate) async fn write(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    if let Err(e) = behind_write_behind(core).await {
+        return (Err(e), buf);
+    }
     if let Some(r) = try_send_now(core, &buf, true) {
         return (r, buf);
     }

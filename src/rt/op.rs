@@ -189,14 +189,6 @@ impl OpFuture {
         }
     }
 
-    /// Stops waiting without cancelling: the operation runs to its end and its
-    /// completion is dropped.
-    pub(crate) fn forget(&mut self) {
-        if let Stage::InFlight { key, .. } = std::mem::replace(&mut self.stage, Stage::Done) {
-            self.shared.orphan(key, Box::new(drop));
-        }
-    }
-
     /// Stops waiting: an operation in flight is cancelled and its completion goes
     /// to `orphan` when it comes (at once, if it already has). An operation never
     /// submitted is simply dropped.

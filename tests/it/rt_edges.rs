@@ -14,7 +14,7 @@ use ringport::time::{sleep, timeout};
 use ringport::{BackendChoice, JoinError};
 
 use crate::common::*;
-use crate::rt::{block, join, runtime, wait_idle};
+use crate::rt::{block, join, pseudo_random, runtime, wait_idle};
 
 backend_test!(
     shutdown_wakes_a_thread_waiting_in_block_on,
@@ -234,5 +234,88 @@ backend_test!(
             (peer, good.local_addr().unwrap())
         });
         assert_eq!(peers.0, peers.1, "accept returned the reset connection");
+    }
+);
+
+/// A connected pair: a std stream with small buffers for the runtime's side
+/// (so sends come back short), and the peer, read slowly by a thread that
+/// returns everything it read until end-of-stream.
+fn slow_pair() -> (std::net::TcpStream, thread::JoinHandle<Vec<u8>>) {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut b, _) = l.accept().unwrap();
+    socket2::SockRef::from(&b)
+        .set_recv_buffer_size(8 * 1024)
+        .unwrap();
+    socket2::SockRef::from(&a)
+        .set_send_buffer_size(16 * 1024)
+        .unwrap();
+    let reader = thread::spawn(move || {
+        b.set_read_timeout(Some(T)).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let mut all = Vec::new();
+        let mut chunk = vec![0u8; 3000];
+        loop {
+            let n = b.read(&mut chunk).expect("the peer's read timed out");
+            if n == 0 {
+                return all;
+            }
+            all.extend_from_slice(&chunk[..n]);
+            thread::sleep(Duration::from_micros(100));
+        }
+    });
+    (a, reader)
+}
+
+backend_test!(
+    an_owned_write_after_async_write_keeps_stream_order,
+    |choice: BackendChoice| {
+        use futures::io::AsyncWriteExt;
+        const NA: usize = 512 * 1024;
+        const NB: usize = 64 * 1024;
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let (a, reader) = slow_pair();
+        block(&h, async move {
+            let mut s = ringport::net::TcpStream::from_std(a).unwrap();
+            // Written behind (the last chunk's send still in flight, short).
+            AsyncWriteExt::write_all(&mut s, &vec![b'A'; NA])
+                .await
+                .unwrap();
+            let (r, _) = s.write_all(vec![b'B'; NB]).await;
+            r.unwrap();
+            s.close().await.unwrap();
+        });
+        let all = reader.join().unwrap();
+        assert_eq!(all.len(), NA + NB, "bytes lost or added");
+        let first_b = all.iter().position(|&c| c == b'B');
+        assert_eq!(
+            first_b,
+            Some(NA),
+            "an owned write overtook the AsyncWrite bytes before it"
+        );
+    }
+);
+
+backend_test!(
+    dropping_a_stream_after_async_write_sends_every_byte,
+    |choice: BackendChoice| {
+        use futures::io::AsyncWriteExt;
+        const N: usize = 512 * 1024;
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let (a, reader) = slow_pair();
+        let data = pseudo_random(N, 12);
+        let sent = data.clone();
+        block(&h, async move {
+            let mut s = ringport::net::TcpStream::from_std(a).unwrap();
+            AsyncWriteExt::write_all(&mut s, &sent).await.unwrap();
+            drop(s); // no flush: what poll_write reported written must still go
+        });
+        let all = reader.join().unwrap();
+        assert_eq!(all.len(), N, "a dropped stream lost part of its last write");
+        assert!(all == data, "the bytes arrived changed");
+        wait_idle(&h);
     }
 );
