@@ -38,6 +38,7 @@ mod rt_time;
 mod serve;
 mod serve_limits;
 mod serve_open;
+mod serve_race;
 mod taskrun;
 mod timeout_after;
 mod writable;

@@ -176,6 +176,23 @@ type Metas = HashMap<Vec<u8>, (FileId, Arc<FileMeta>)>;
 /// Most entries of the metadata cache; when full, it starts over.
 const MAX_METAS: usize = 4096;
 
+/// What a kept file is charged against the cache's size besides the bytes
+/// `cost` counts: the map's slot, the `Arc`, the `Entry`, allocator slack.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// What an entry costs the cache: its bytes, its key, its path, its head
+/// lines and the rest (`ENTRY_OVERHEAD`). Counting only the bytes let empty or tiny files
+/// reached by endlessly many names (a symlink to `.` inside DIR makes
+/// `/a/a/a/…` name one file) grow memory without bound.
+fn cost(key: &[u8], e: &Entry) -> usize {
+    e.body.len()
+        + key.len()
+        + e.file.as_os_str().len()
+        + e.meta.full_headers.len()
+        + e.meta.content_type.len()
+        + ENTRY_OVERHEAD
+}
+
 #[derive(Debug, Default)]
 struct Map {
     entries: HashMap<Vec<u8>, Arc<Entry>>,
@@ -303,26 +320,26 @@ impl Cache {
     fn remove(&self, key: &[u8]) {
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = m.entries.remove(key) {
-            m.total -= old.body.len();
+            m.total -= cost(key, &old);
         }
     }
 
     /// Keeps `entry` under `key`, dropping others if it does not fit.
     pub fn insert(&self, key: Vec<u8>, entry: Arc<Entry>) {
-        let size = entry.body.len();
-        if self.max_total == 0 || size as u64 > self.max_file {
+        if self.max_total == 0 || entry.body.len() as u64 > self.max_file {
             return;
         }
+        let size = cost(&key, &entry);
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = m.entries.remove(&key) {
-            m.total -= old.body.len();
+            m.total -= cost(&key, &old);
         }
         while m.total + size > self.max_total {
             let Some(k) = m.entries.keys().next().cloned() else {
                 break;
             };
             if let Some(old) = m.entries.remove(&k) {
-                m.total -= old.body.len();
+                m.total -= cost(&k, &old);
             }
         }
         m.total += size;
@@ -345,6 +362,41 @@ mod tests {
             Arc::new(file),
             meta,
         ))
+    }
+
+    #[test]
+    fn endless_names_of_an_empty_file_stay_within_the_bound() {
+        let dir = std::env::temp_dir().join(format!("ringport-cache-e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("empty");
+        std::fs::write(&path, b"").unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        let max = 64 << 10;
+        let c = Cache::new(max, 1024);
+        for i in 0..20_000 {
+            // What `/l/l/l/…/empty` through a link to `.` would make.
+            let key = format!("/{}empty", "l/".repeat(i % 200)).into_bytes();
+            let key = [key, i.to_string().into_bytes()].concat();
+            c.insert(
+                key,
+                Arc::new(Entry {
+                    file: path.clone(),
+                    id: FileId::of(&m),
+                    meta: FileMeta::of(&path, &m),
+                    body: Box::new([]),
+                }),
+            );
+        }
+        let map = c.map.read().unwrap();
+        assert!(map.total <= max, "charged {} of {max}", map.total);
+        let keys: usize = map.entries.keys().map(Vec::len).sum();
+        assert!(
+            keys <= max,
+            "{keys} bytes of keys kept under a {max}-byte bound"
+        );
+        assert!(!map.entries.is_empty(), "the cache still keeps what fits");
+        drop(map);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

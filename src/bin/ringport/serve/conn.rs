@@ -257,11 +257,11 @@ impl Conn {
                     self.send_file(req, keep, file, meta, &index, key).await
                 }
                 Ok(_) | Err(NotServed::NotFound) => {
-                    // The listing is made from the canonical path (rare: no
-                    // need for the fast path here).
-                    match path::resolve(&self.srv.dir.path, &rel) {
+                    // The listing reads the directory opened beneath DIR,
+                    // not a path (a rename racing it must not lead outside).
+                    match self.srv.dir.open_beneath(&rel) {
                         Ok(d) if d.meta.is_dir() => {
-                            self.listing(d.path, &url, keep, head_only).await
+                            self.listing(d.file, rel, &url, keep, head_only).await
                         }
                         Ok(_) => self.error(404, keep, head_only, &[]).await,
                         Err(e) => self.refuse(e, keep, head_only).await,
@@ -470,13 +470,16 @@ impl Conn {
     /// many calls).
     async fn listing(
         &mut self,
-        dir: PathBuf,
+        dir: std::fs::File,
+        rel: PathBuf,
         url: &UrlPath,
         keep: bool,
         head_only: bool,
     ) -> io::Result<Sent> {
         let shown = url.display(true);
-        let page = match ringport::spawn_blocking(move || listing::render(&dir, &shown)).await {
+        let srv = self.srv.clone();
+        let render = move || listing::render(&srv.dir, dir, &rel, &shown);
+        let page = match ringport::spawn_blocking(render).await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
                 return self.error(403, keep, head_only, &[]).await

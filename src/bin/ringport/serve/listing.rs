@@ -1,10 +1,15 @@
 //! The HTML page for a directory without `index.html`: every name escaped for
 //! HTML and percent-encoded in its link, so no file name can inject markup.
 
+use std::ffi::CStr;
 use std::fmt::Write as _;
+use std::fs::File;
+use std::io;
+use std::os::fd::IntoRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::open::Root;
 use super::path::encode;
 
 /// One directory entry.
@@ -15,19 +20,37 @@ struct Item {
     len: u64,
 }
 
-/// Reads `dir` (a blocking call: run it off the workers) and renders its page;
-/// `shown` is the decoded request path, ending in `/`.
-pub fn render(dir: &Path, shown: &str) -> std::io::Result<String> {
+/// Reads the directory `dir` (opened beneath DIR as `rel`: its entries are
+/// read from this descriptor, never by path, so a rename racing the request
+/// cannot list a directory outside DIR) and renders its page; `shown` is the
+/// decoded request path, ending in `/`. A blocking call: run it off the
+/// workers.
+///
+/// Each entry's kind and size come from the entry itself (`fstatat`, no
+/// symlink followed); a symlink is opened beneath DIR as a request would be,
+/// and shown with what it leads to only if that is served: a link leading
+/// outside DIR (or nowhere) is left out, so the page tells nothing about
+/// what lies outside.
+pub fn render(root: &Root, dir: File, rel: &Path, shown: &str) -> io::Result<String> {
     let mut items = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        // Follows symlinks for the kind and size; a dangling one shows as a file.
-        let meta = std::fs::metadata(e.path()).ok();
-        items.push(Item {
-            name: e.file_name().as_bytes().to_vec(),
-            dir: meta.as_ref().is_some_and(|m| m.is_dir()),
-            len: meta.as_ref().map_or(0, |m| m.len()),
-        });
+    for (name, st) in entries(dir)? {
+        let item = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            let Ok(o) = root.open_beneath(&rel.join(std::ffi::OsStr::from_bytes(&name))) else {
+                continue;
+            };
+            Item {
+                name,
+                dir: o.meta.is_dir(),
+                len: o.meta.len(),
+            }
+        } else {
+            Item {
+                name,
+                dir: st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+                len: st.st_size as u64,
+            }
+        };
+        items.push(item);
     }
     items.sort_by(|a, b| b.dir.cmp(&a.dir).then_with(|| a.name.cmp(&b.name)));
     let title = escape(shown);
@@ -56,6 +79,61 @@ pub fn render(dir: &Path, shown: &str) -> std::io::Result<String> {
     }
     page.push_str("</pre><hr></body></html>\n");
     Ok(page)
+}
+
+/// The names in the directory `dir` (but `.` and `..`), each with its own
+/// `fstatat` (symlinks not followed; an entry gone since is skipped).
+fn entries(dir: File) -> io::Result<Vec<(Vec<u8>, libc::stat)>> {
+    /// Closes the stream (and with it the descriptor) however the read ends.
+    struct Stream(*mut libc::DIR);
+    impl Drop for Stream {
+        fn drop(&mut self) {
+            // SAFETY: a stream fdopendir opened, closed once, here.
+            unsafe { libc::closedir(self.0) };
+        }
+    }
+    let fd = dir.into_raw_fd();
+    // SAFETY: `fd` is an open directory descriptor we own; on success the
+    // stream owns it (closedir closes it), on failure we close it.
+    let d = unsafe { libc::fdopendir(fd) };
+    if d.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed: the descriptor is still ours alone.
+        unsafe { libc::close(fd) };
+        return Err(e);
+    }
+    let d = Stream(d);
+    // SAFETY: the stream is open; dirfd only reads its descriptor.
+    let at = unsafe { libc::dirfd(d.0) };
+    let mut out = Vec::new();
+    loop {
+        // readdir says "end" and "error" both with NULL: errno tells them apart.
+        // SAFETY: errno is this thread's.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: the stream is open and used by this thread alone.
+        let ent = unsafe { libc::readdir(d.0) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error().unwrap_or(0) != 0 {
+                return Err(e);
+            }
+            return Ok(out);
+        }
+        // SAFETY: readdir returned an entry, valid until the next readdir on
+        // this stream; its name is NUL-terminated.
+        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+        if matches!(name.to_bytes(), b"." | b"..") {
+            continue;
+        }
+        // SAFETY: stat is plain integers: all zeroes is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `at` is the open directory, `name` a NUL-terminated name
+        // in it, `st` a writable stat; no symlink is followed.
+        let r = unsafe { libc::fstatat(at, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+        if r == 0 {
+            out.push((name.to_bytes().to_vec(), st));
+        }
+    }
 }
 
 /// Escapes the five characters that mean something in HTML text and attributes.
@@ -88,7 +166,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ringport-listing-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("<b>&.txt"), b"x").unwrap();
-        let page = render(&dir, "/a&b/").unwrap();
+        let root = Root::open(std::fs::canonicalize(&dir).unwrap(), true).unwrap();
+        let page = render(&root, File::open(&dir).unwrap(), Path::new(""), "/a&b/").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(page.contains("<title>Index of /a&amp;b/</title>"), "{page}");
         assert!(

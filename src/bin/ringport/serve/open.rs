@@ -15,7 +15,10 @@
 //! DIR was always served, so a refused resolution is decided again by the
 //! canonical path (the slow path, which refuses what really leaves DIR). So is
 //! every open where the kernel lacks `openat2` (before Linux 5.6, or a seccomp
-//! filter that forbids it): probed once at start, said once on stderr.
+//! filter that forbids it): probed once at start, said once on stderr. The
+//! slow path opens the canonical path it checked one name at a time from
+//! DIR's descriptor, following no symlink, so a rename racing the request
+//! cannot lead it outside DIR (`Root::open_walk`).
 
 use std::ffi::CString;
 use std::fs::{File, Metadata};
@@ -99,17 +102,50 @@ impl Root {
         self.open_slow(rel)
     }
 
-    /// The slow path: canonicalize, check the prefix, open what it names.
+    /// The slow path: canonicalize, check the prefix, then open what the
+    /// canonical path names one name at a time from DIR's descriptor,
+    /// following no symlink (`open_walk`).
     fn open_slow(&self, rel: &Path) -> Result<Opened, NotServed> {
         let found = path::resolve(&self.path, rel)?;
-        // The canonical path ends in no symlink: O_NOFOLLOW keeps a link
-        // swapped in since from being followed.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(OPEN_FLAGS | libc::O_NOFOLLOW)
-            .open(&found.path)
-            .map_err(not_served)?;
-        opened(file)
+        let inner = found
+            .strip_prefix(&self.path)
+            .map_err(|_| NotServed::Forbidden)?;
+        opened(self.open_walk(inner).map_err(not_served)?)
+    }
+
+    /// Opens `inner` — a canonical path's names below DIR, so no `..` and no
+    /// symlink — from DIR's descriptor, each directory with `O_NOFOLLOW` and
+    /// relative to the one before. A directory swapped for a symlink since
+    /// the path was checked is refused (`ENOTDIR`, `ELOOP`), never followed:
+    /// opening the checked path by name followed it (only its last name was
+    /// `O_NOFOLLOW`), and a request racing a rename in DIR was served a file
+    /// from outside it.
+    fn open_walk(&self, inner: &Path) -> io::Result<File> {
+        use std::path::Component;
+        let names: Vec<&std::ffi::OsStr> = inner
+            .components()
+            .map(|c| match c {
+                Component::Normal(n) => Ok(n),
+                _ => Err(io::Error::from_raw_os_error(libc::EXDEV)),
+            })
+            .collect::<io::Result<_>>()?;
+        let mut dir: Option<OwnedFd> = None;
+        let last = names.len().saturating_sub(1);
+        for i in 0..names.len().max(1) {
+            let name = names.get(i).map_or(&b"."[..], |n| n.as_bytes());
+            let flags = if i == last {
+                OPEN_FLAGS | libc::O_NOFOLLOW
+            } else {
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
+            };
+            let at = dir.as_ref().unwrap_or(&self.fd).as_raw_fd();
+            let fd = openat(at, name, flags)?;
+            if i == last {
+                return Ok(File::from(fd));
+            }
+            dir = Some(fd);
+        }
+        unreachable!("the loop returns at its last name")
     }
 
     fn openat2(&self, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
@@ -145,6 +181,25 @@ impl Root {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
             }
+        }
+    }
+}
+
+/// One `openat(2)` of `name` (a single name) relative to `at`.
+fn openat(at: i32, name: &[u8], flags: i32) -> io::Result<OwnedFd> {
+    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    loop {
+        // SAFETY: openat reads the NUL-terminated name, alive for the call,
+        // and returns a new descriptor (or -1); `at` is a descriptor the
+        // caller keeps open for the call.
+        let fd = unsafe { libc::openat(at, name.as_ptr(), flags) };
+        if fd >= 0 {
+            // SAFETY: a new descriptor that nothing else owns.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
@@ -216,6 +271,24 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.base);
         }
+    }
+
+    #[test]
+    fn the_walk_after_the_check_follows_no_symlink() {
+        // What the slow path opens is a canonical path, checked a moment
+        // before: here a name on it became a symlink since (a rename race).
+        let t = Tree::new();
+        let r = Root::open(t.root.clone(), false).unwrap();
+        let refused = |rel: &str| r.open_walk(Path::new(rel)).is_err();
+        assert!(refused("sub/up/in.txt"), "a directory turned symlink");
+        assert!(
+            refused("dir-link/deeper/deep.txt"),
+            "a directory turned symlink"
+        );
+        assert!(refused("link-out"), "the last name turned symlink");
+        assert!(refused("link-in"), "even one leading inside");
+        assert!(r.open_walk(Path::new("sub/deeper/deep.txt")).is_ok());
+        assert!(r.open_walk(Path::new("")).is_ok(), "DIR itself");
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //!    leads outside is refused.
 
 use std::ffi::OsStr;
-use std::fs::Metadata;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -165,23 +164,17 @@ pub enum NotServed {
     Forbidden,
 }
 
-/// What a path under DIR is: its canonical path (inside `root`) and metadata.
-#[derive(Debug)]
-pub struct Found {
-    pub path: PathBuf,
-    pub meta: Metadata,
-}
-
 /// Resolves `rel` (plain names from [`decode`]) under the canonical `root`:
-/// symlinks followed, the result required to lie inside `root`.
-pub fn resolve(root: &Path, rel: &Path) -> Result<Found, NotServed> {
+/// symlinks followed, the result required to lie inside `root`. Returns the
+/// canonical path, which the caller must open without following symlinks
+/// again (`open::Root::open_walk`): a rename may change what it leads to.
+pub fn resolve(root: &Path, rel: &Path) -> Result<PathBuf, NotServed> {
     let joined = root.join(rel);
     let path = std::fs::canonicalize(&joined).map_err(not_served)?;
     if !path.starts_with(root) {
         return Err(NotServed::Forbidden);
     }
-    let meta = std::fs::metadata(&path).map_err(not_served)?;
-    Ok(Found { path, meta })
+    Ok(path)
 }
 
 fn not_served(e: io::Error) -> NotServed {
@@ -286,7 +279,7 @@ mod tests {
             Tree { base, root }
         }
 
-        fn get(&self, target: &str) -> Result<Found, String> {
+        fn get(&self, target: &str) -> Result<PathBuf, String> {
             let p = decode(target).map_err(|e| format!("{e:?}"))?;
             resolve(&self.root, &p.relative()).map_err(|e| format!("{e:?}"))
         }
@@ -301,8 +294,8 @@ mod tests {
     #[test]
     fn symlinks() {
         let t = Tree::new();
-        assert!(t.get("/in.txt").unwrap().meta.is_file());
-        assert!(t.get("/link-in").unwrap().path.ends_with("in.txt"));
+        assert!(t.get("/in.txt").unwrap().is_file());
+        assert!(t.get("/link-in").unwrap().ends_with("in.txt"));
         assert!(
             t.get("/sub/up/in.txt").is_ok(),
             "a link back inside is fine"
@@ -350,9 +343,9 @@ mod tests {
             let target = format!("/{}", parts.join("/"));
             TREE.with(|t| {
                 if let Ok(f) = t.get(&target) {
-                    assert!(f.path.starts_with(&t.root), "{target} → {:?}", f.path);
-                    if f.meta.is_file() {
-                        let body = std::fs::read(&f.path).unwrap();
+                    assert!(f.starts_with(&t.root), "{target} → {f:?}");
+                    if f.is_file() {
+                        let body = std::fs::read(&f).unwrap();
                         assert_ne!(body, b"outside", "{target}");
                     }
                 }
