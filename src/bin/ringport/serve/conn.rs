@@ -210,6 +210,20 @@ impl Conn {
             let sent = self.error(status, false, false, allow).await?;
             return Ok((sent, false));
         }
+        let body_here = (self.input.len() - req.head_len.min(self.input.len())) as u64;
+        if req.expect_continue && body_here < req.content_length {
+            // The client waits for a word before it sends its body (RFC 9110
+            // §10.1.1), and no answer here needs the body: the final answer
+            // goes now, instead of a 100, and the connection closes after it
+            // (the body, if the client sends it anyway, is never read).
+            self.consume(req.head_len);
+            let sent = if get {
+                self.get(req, false).await?
+            } else {
+                self.error(405, false, false, ALLOW).await?
+            };
+            return Ok((sent, false));
+        }
         self.consume(req.head_len);
         if req.content_length > 0 && !self.discard(req.content_length).await {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -220,6 +234,8 @@ impl Conn {
         } else {
             self.error(405, keep, false, ALLOW).await?
         };
+        // A 400 (a target that is no path) said `Connection: close`.
+        let keep = keep && sent.status != 400;
         Ok((sent, keep))
     }
 
@@ -228,7 +244,8 @@ impl Conn {
         let head_only = req.method == Method::Head;
         let url = match path::decode(&req.target) {
             Ok(u) => u,
-            Err(Refused::BadRequest) => return self.error(400, keep, head_only, &[]).await,
+            // A 400 closes the connection, as for a malformed head.
+            Err(Refused::BadRequest) => return self.error(400, false, head_only, &[]).await,
             Err(Refused::Forbidden) => return self.error(403, keep, head_only, &[]).await,
         };
         let key = url.cache_key();

@@ -30,6 +30,9 @@ pub struct Request {
     pub content_length: u64,
     /// A `Transfer-Encoding` was sent (a body of unknown length follows).
     pub chunked: bool,
+    /// `Expect: 100-continue` (HTTP/1.1): the client waits for a word from
+    /// the server before it sends its body.
+    pub expect_continue: bool,
     /// Bytes of the head, up to and including its final empty line.
     pub head_len: usize,
 }
@@ -142,6 +145,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Reject> {
         if_range: None,
         content_length: 0,
         chunked: false,
+        expect_continue: false,
         head_len,
     };
     let mut host = false;
@@ -177,6 +181,9 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Reject> {
             length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             r.chunked = true;
+        } else if name.eq_ignore_ascii_case("expect") {
+            r.expect_continue |=
+                minor >= 1 && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case("if-none-match") {
             r.if_none_match = Some(value()?);
         } else if name.eq_ignore_ascii_case("if-modified-since") {

@@ -38,17 +38,24 @@ pub enum Refused {
 /// Decodes a request target (origin form `/p?q`, or absolute form
 /// `http://host/p?q`) into a [`UrlPath`]. Never panics.
 pub fn decode(target: &str) -> Result<UrlPath, Refused> {
-    let path = match target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
-        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+    let path = match strip_scheme(target) {
+        // The authority ends at the first `/`, `?` or `#` (RFC 3986 §3.2):
+        // `http://h?q=/x` names `/`, not `/x`.
+        Some(rest) => match rest.find(['/', '?', '#']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+            _ => "/",
+        },
         None => target,
     };
     if !path.starts_with('/') {
         return Err(Refused::BadRequest);
     }
     let path = path.split(['?', '#']).next().unwrap_or("");
+    // Whether the path names a directory (ends in `/`, or in a `.` segment)
+    // is decided before decoding: `/sub%2F` names `sub/` as a file name
+    // would, and is redirected to `/sub/` like `/sub`.
+    let tail = path.rsplit('/').next().unwrap_or("");
+    let slash = tail.is_empty() || tail == "." || tail.eq_ignore_ascii_case("%2e");
     let raw = path.as_bytes();
     let mut decoded = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -72,18 +79,23 @@ pub fn decode(target: &str) -> Result<UrlPath, Refused> {
         return Err(Refused::Forbidden);
     }
     let mut segments = Vec::new();
-    let mut last = &b""[..];
     for seg in decoded.split(|&b| b == b'/') {
-        last = seg;
         match seg {
             b"" | b"." => {}
             b".." => return Err(Refused::Forbidden),
             s => segments.push(s.to_vec()),
         }
     }
-    Ok(UrlPath {
-        segments,
-        slash: last.is_empty() || last == b".",
+    Ok(UrlPath { segments, slash })
+}
+
+/// The rest of an absolute-form target after its `http://` or `https://`
+/// (the scheme in any case, RFC 3986 §3.1); `None` for any other form.
+fn strip_scheme(target: &str) -> Option<&str> {
+    ["http://", "https://"].into_iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme)
+            .then(|| &target[scheme.len()..])
     })
 }
 
@@ -206,7 +218,17 @@ mod tests {
         assert!(p.slash);
         assert!(decode("/").unwrap().slash);
         assert_eq!(segs(&decode("http://h:80/x").unwrap()), ["x"]);
+        assert_eq!(segs(&decode("HTTP://h/x").unwrap()), ["x"]);
+        assert_eq!(segs(&decode("hTtPs://h/x/").unwrap()), ["x"]);
         assert_eq!(decode("http://h").unwrap().segments.len(), 0);
+        // The authority ends at `?` or `#` too: no path taken from a query.
+        assert_eq!(decode("http://h?q=/ten.txt").unwrap().segments.len(), 0);
+        assert_eq!(decode("http://h#/ten.txt").unwrap().segments.len(), 0);
+        // A trailing encoded slash is part of a name, not a directory's `/`.
+        let p = decode("/sub%2F").unwrap();
+        assert_eq!((segs(&p), p.slash), (vec!["sub"], false));
+        assert!(decode("/sub/.").unwrap().slash);
+        assert!(decode("/sub/%2e").unwrap().slash);
         assert_eq!(segs(&decode("/%3Cb%3E%26.txt").unwrap()), ["<b>&.txt"]);
     }
 
