@@ -60,9 +60,12 @@ impl UdpSocket {
         }
     }
 
-    /// Receives one datagram from the connected peer into `buf`'s capacity (a
-    /// longer datagram is truncated). Dropping the future cancels it; a datagram
-    /// received anyway is dropped (datagrams are independent: nothing is reordered).
+    /// Receives one datagram from the connected peer into `buf`'s capacity.
+    /// A longer datagram is truncated to it and the rest is lost, as with
+    /// `recv(2)`, std and tokio; a buffer of no capacity takes a datagram and
+    /// returns 0. A capacity of 65,507 bytes takes any UDP datagram over IPv4.
+    /// Dropping the future cancels it; a datagram received anyway is dropped
+    /// (datagrams are independent: nothing is reordered).
     pub async fn recv(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self.core.run(Op::recv(&self.core.fd, buf)).await {
             Ok(c) => (c.result, c.buf.unwrap_or_default()),
@@ -78,7 +81,8 @@ impl UdpSocket {
         }
     }
 
-    /// Receives one datagram and its sender's address.
+    /// Receives one datagram and its sender's address (truncated to `buf`'s
+    /// capacity, as by [`recv`](Self::recv)).
     pub async fn recv_from(&self, buf: Vec<u8>) -> (io::Result<(usize, SocketAddr)>, Vec<u8>) {
         match self.core.run(Op::recv_from(&self.core.fd, buf)).await {
             Ok(mut c) => {

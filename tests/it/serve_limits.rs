@@ -238,9 +238,42 @@ backend_test!(access_log_is_written_when_asked, |choice: BackendChoice| {
     };
     assert_eq!(get(srv.addr, "/hello.txt").status, 200);
     assert_eq!(get(srv.addr, "/nothing").status, 404);
+    // A head that does not parse: its 400 page is counted.
+    assert_eq!(fetch(srv.addr, "GARBAGE\r\n\r\n").status, 400);
+    // A response the client cuts off: logged too, without a status.
+    write_random(&site.root.join("big.bin"), 8 << 20);
+    let mut c = Client::connect(srv.addr);
+    c.send(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.fill().unwrap();
+    drop(c); // unread bytes: a reset
     let stdout = srv.stdout.clone();
+    let deadline = Instant::now() + T;
+    while !stdout
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("/big.bin"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the cut-off response was not logged"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
     srv.stop();
     let lines = stdout.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"- -\" 400 ") && !l.ends_with(" 400 0")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"GET /big.bin HTTP/1.1\" - - (")),
+        "{lines:?}"
+    );
     assert!(
         lines
             .iter()

@@ -265,6 +265,38 @@ impl Cache {
         }
     }
 
+    /// Lets go of kept files not served for `OPEN_IDLE_SECS`, and of those
+    /// whose path no longer leads to the same, unchanged file (deleted or
+    /// replaced: without this, a deleted large file stayed open, its disk
+    /// space held, until the next large file was kept). The reaper calls it
+    /// about once a second; the `stat`s run outside the map's lock.
+    pub fn sweep_open(&self) {
+        let now = self.epoch.elapsed().as_secs();
+        let kept: Vec<(Vec<u8>, Arc<OpenFile>)> = self
+            .open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
+        let stale: Vec<_> = kept
+            .into_iter()
+            .filter(|(_, o)| {
+                now.saturating_sub(o.last_used.load(Ordering::Relaxed)) >= OPEN_IDLE_SECS
+                    || !std::fs::metadata(&o.path).is_ok_and(|m| FileId::of(&m) == o.id)
+            })
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+        for (k, o) in stale {
+            if open.get(&k).is_some_and(|now| Arc::ptr_eq(now, &o)) {
+                open.remove(&k);
+            }
+        }
+    }
+
     /// Keeps `file` open under `key` (nothing is kept with the cache off).
     /// Files not served for `OPEN_IDLE_SECS` are let go first; when still
     /// full, the least recently served one (closed once no response uses it).
@@ -420,6 +452,12 @@ mod tests {
         std::fs::write(dir.join(format!("f{}", MAX_OPEN_FILES + 9)), b"changed!!").unwrap();
         assert!(c.open_file(&last).is_none(), "a changed file is let go");
         assert_eq!(c.open_files(), MAX_OPEN_FILES - 1);
+        // A deleted one is let go by the sweep, asked for or not.
+        let victim = c.open.read().unwrap().keys().next().cloned().unwrap();
+        std::fs::remove_file(dir.join(std::str::from_utf8(&victim[1..]).unwrap())).unwrap();
+        c.sweep_open();
+        assert_eq!(c.open_files(), MAX_OPEN_FILES - 2);
+        assert!(!c.open.read().unwrap().contains_key(&victim));
         let off = Cache::new(0, 0);
         off.keep_open(b"/f0".to_vec(), kept(&dir, 0));
         assert_eq!(off.open_files(), 0, "nothing kept with the cache off");

@@ -108,6 +108,12 @@ impl Conn {
                 }
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, "connection ends: {e}");
+                    // A response cut off (the client went away, a send timed
+                    // out, the file shrank) is logged too, without a status.
+                    if self.srv.cfg.log {
+                        let line = format!("{} HTTP/1.{}", req.target, req.minor);
+                        self.log_line(req.method.as_str(), &line, "-", &format!("- ({e})"));
+                    }
                     return;
                 }
             }
@@ -127,8 +133,8 @@ impl Conn {
                     Ok(Parsed::Partial) => {}
                     Err(rej) => {
                         let status = rej.status();
-                        if self.error(status, false, false, &[]).await.is_ok() {
-                            self.log_raw("-", "-", status, 0);
+                        if let Ok(sent) = self.error(status, false, false, &[]).await {
+                            self.log_raw("-", "-", status, sent.body);
                             self.linger().await;
                         }
                         return Err(Ended::Close);
@@ -604,6 +610,11 @@ impl Conn {
     }
 
     fn log_raw(&self, method: &str, what: &str, status: u16, bytes: u64) {
+        self.log_line(method, what, &status.to_string(), &bytes.to_string());
+    }
+
+    /// One access-log line: `PEER [DATE] "METHOD WHAT" STATUS BYTES`.
+    fn log_line(&self, method: &str, what: &str, status: &str, bytes: &str) {
         if !self.srv.cfg.log {
             return;
         }

@@ -197,8 +197,15 @@ impl Server {
     async fn reap(self: Arc<Self>, tick: Duration) {
         let mut every = ringport::time::interval(tick);
         let mut due = Vec::new();
+        // Kept-open files are swept about once a second.
+        let sweep_every = (1000 / tick.as_millis().max(1)).max(1);
+        let mut ticks = 0u128;
         while !self.stopping() {
             every.tick().await;
+            ticks += 1;
+            if ticks % sweep_every == 0 {
+                self.cache.sweep_open();
+            }
             let now = self.now_ms();
             for slot in lock(&self.watchers).values() {
                 let d = slot.deadline.load(Ordering::SeqCst);
