@@ -7,6 +7,7 @@
 //! each operation at its priority's I/O class (`ioprio.rs`).
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 
@@ -25,14 +26,21 @@ pub(crate) trait Sink: Send + Sync + std::fmt::Debug + 'static {
     fn done(&self, id: OpId, res: i32, body: OpBody);
 }
 
+/// How long `shutdown` waits for running jobs before it leaves them behind.
+const JOIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Workers kept however long they idle; the others leave after [`IDLE_EXIT`].
 const KEEP: usize = 2;
 /// How long a worker beyond the first [`KEEP`] waits for work before it leaves.
 const IDLE_EXIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A job: the operation, its priority, and the caller's descriptor number
+/// its body held before `push` put a duplicate in its place (`own_fd`).
+type Job = (OpId, OpBody, Priority, Option<RawFd>);
+
 #[derive(Debug, Default)]
 struct State {
-    jobs: VecDeque<(OpId, OpBody, Priority)>,
+    jobs: VecDeque<Job>,
     threads: usize,
     idle: usize,
     stop: bool,
@@ -68,14 +76,30 @@ impl<S: Sink> Workers<S> {
     }
 
     /// Queues a file operation; starts a worker if none is idle.
+    ///
+    /// The job runs on a duplicate of the operation's descriptor, made here
+    /// (`own_fd`): the caller may close its own — `Op::close` does at once on
+    /// epoll — and the number go to another file while the job waits for a
+    /// worker, and a `pwrite` on the number would then land in that file.
+    /// (io_uring holds a reference to the file from the submit on.)
     pub(crate) fn push(&self, id: OpId, body: OpBody, prio: Priority) {
+        let mut body = body;
+        let orig = match own_fd(&mut body) {
+            Ok(orig) => orig,
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(libc::EMFILE);
+                self.shared.done(id, -errno, body);
+                return;
+            }
+        };
         let mut st = lock(&self.pool.st);
         if st.stop {
             drop(st);
+            give_back_fd(&mut body, orig);
             self.shared.done(id, -libc::ECANCELED, body);
             return;
         }
-        st.jobs.push_back((id, body, prio));
+        st.jobs.push_back((id, body, prio, orig));
         if st.idle == 0 && st.threads < self.max {
             st.threads += 1;
             let (pool, shared) = (self.pool.clone(), self.shared.clone());
@@ -102,24 +126,44 @@ impl<S: Sink> Workers<S> {
     /// Takes back a queued (not yet started) operation's body.
     pub(crate) fn try_cancel(&self, id: OpId) -> Option<OpBody> {
         let mut st = lock(&self.pool.st);
-        let i = st.jobs.iter().position(|(j, _, _)| *j == id)?;
-        st.jobs.remove(i).map(|(_, b, _)| b)
+        let i = st.jobs.iter().position(|(j, ..)| *j == id)?;
+        let (_, mut body, _, orig) = st.jobs.remove(i)?;
+        drop(st);
+        give_back_fd(&mut body, orig);
+        Some(body)
     }
 
     /// Cancels queued jobs (completing them with `ECANCELED`), lets running ones
-    /// finish, and joins the workers.
+    /// finish, and joins the workers — for at most [`JOIN_LIMIT`]: a job
+    /// blocked in the kernel (an `open` of a FIFO nobody writes to, a file on
+    /// a hung network mount) cannot be interrupted, and must not hang the
+    /// port's close. Its worker is left to finish on its own: it owns the
+    /// job's buffers and descriptor, and its result goes to a sink nobody
+    /// reads any more.
     pub(crate) fn shutdown(&self) {
-        let jobs: Vec<(OpId, OpBody, Priority)> = {
+        let jobs: Vec<Job> = {
             let mut st = lock(&self.pool.st);
             st.stop = true;
             st.jobs.drain(..).collect()
         };
-        for (id, body, _) in jobs {
+        for (id, mut body, _, orig) in jobs {
+            give_back_fd(&mut body, orig);
             self.shared.done(id, -libc::ECANCELED, body);
         }
         self.pool.cv.notify_all();
+        let deadline = std::time::Instant::now() + JOIN_LIMIT;
         for h in lock(&self.handles).drain(..) {
-            let _ = h.join();
+            while !h.is_finished() && std::time::Instant::now() < deadline {
+                thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            } else {
+                tracing::warn!(
+                    "ringport: a file operation is still blocked in the kernel at close; \
+                     its worker thread is left to finish it"
+                );
+            }
         }
     }
 }
@@ -127,7 +171,7 @@ impl<S: Sink> Workers<S> {
 fn work<S: Sink>(pool: &Pool, shared: &S) {
     let mut ioprio = ThreadIoprio::default();
     loop {
-        let (id, mut body, prio) = {
+        let (id, mut body, prio, orig) = {
             let mut st = lock(&pool.st);
             loop {
                 if let Some(job) = st.jobs.pop_front() {
@@ -153,7 +197,55 @@ fn work<S: Sink>(pool: &Pool, shared: &S) {
         };
         ioprio.apply(prio);
         let res = run(&mut body);
+        give_back_fd(&mut body, orig);
         shared.done(id, res, body);
+    }
+}
+
+/// The descriptor a worker job acts on, if it names one (`OpenAt` and
+/// `Statx` name a directory, `AT_FDCWD` for none).
+fn job_fd(body: &mut OpBody) -> Option<&mut RawFd> {
+    match body {
+        OpBody::Read { fd, .. }
+        | OpBody::Write { fd, .. }
+        | OpBody::ReadFixed { fd, .. }
+        | OpBody::WriteFixed { fd, .. }
+        | OpBody::ReadV { fd, .. }
+        | OpBody::WriteV { fd, .. }
+        | OpBody::Fsync { fd, .. }
+        | OpBody::Fallocate { fd, .. } => Some(fd),
+        OpBody::OpenAt { dir, .. } | OpBody::Statx { dir, .. } if *dir != libc::AT_FDCWD => {
+            Some(dir)
+        }
+        _ => None,
+    }
+}
+
+/// Puts a duplicate of the job's descriptor (close-on-exec) in its body;
+/// returns the caller's number, for `give_back_fd`.
+fn own_fd(body: &mut OpBody) -> std::io::Result<Option<RawFd>> {
+    let Some(fd) = job_fd(body) else {
+        return Ok(None);
+    };
+    if *fd < 0 {
+        return Ok(None); // not a descriptor: the call itself says EBADF
+    }
+    // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor (or fails); nothing
+    // else is touched. A number the caller does not hold open fails EBADF.
+    let dup = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some(std::mem::replace(fd, dup)))
+}
+
+/// Closes the job's duplicate and puts the caller's number back.
+fn give_back_fd(body: &mut OpBody, orig: Option<RawFd>) {
+    if let (Some(orig), Some(fd)) = (orig, job_fd(body)) {
+        // SAFETY: `*fd` is the duplicate `own_fd` made, owned by this job
+        // alone and closed once, here.
+        unsafe { libc::close(*fd) };
+        *fd = orig;
     }
 }
 

@@ -16,6 +16,7 @@ mod close;
 mod dgram;
 mod echo;
 mod fallback;
+mod file_workers;
 mod hyper_bridge;
 mod inline_read;
 mod inline_submit;

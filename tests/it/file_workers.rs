@@ -1,0 +1,122 @@
+//! File operations the backend runs on blocking worker threads (every file
+//! operation on epoll; on io_uring only those a kernel lacks the opcode for):
+//! a job waiting for a worker acts on its own file even if the caller's
+//! descriptor is closed meanwhile, and a job blocked in the kernel does not
+//! hang the port's close (session 12's review).
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use ringport::{BackendChoice, Op};
+
+use crate::common::*;
+
+/// A FIFO in a fresh temp path: opening it to read blocks until a writer comes.
+fn fifo(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("ringport-fifo-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path alive for the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    p
+}
+
+/// Opens `p` to write without blocking (there is a reader, or it fails).
+fn open_writer(p: &PathBuf) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+}
+
+backend_test!(
+    a_write_waiting_for_a_worker_reaches_its_own_file_after_close,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let tag = format!("{choice:?}-w");
+        let f = fifo(&tag);
+        // Every worker busy (epoll has at most 64): the write waits its turn.
+        for i in 0..64 {
+            port.submit(Op::openat(None, &f, libc::O_RDONLY, 0), 1000 + i)
+                .unwrap();
+        }
+        thread::sleep(Duration::from_millis(100));
+        let pa = std::env::temp_dir().join(format!("ringport-a-{}-{tag}", std::process::id()));
+        let pb = std::env::temp_dir().join(format!("ringport-b-{}-{tag}", std::process::id()));
+        let fa = std::fs::File::create(&pa).unwrap();
+        let num = fa.as_raw_fd();
+        port.associate(&fa, 7).unwrap();
+        port.submit(Op::write_at(&fa, b"meant for A".to_vec(), 0), 1)
+            .unwrap();
+        port.submit(Op::close(OwnedFd::from(fa)), 2).unwrap();
+        // The close ran (at once on epoll): the next file takes its number.
+        let fb = std::fs::File::create(&pb).unwrap();
+        let reused = fb.as_raw_fd() == num;
+        // Release the workers: opening the FIFO's write side lets every
+        // blocked open finish.
+        let writer = (0..1000)
+            .find_map(|_| {
+                open_writer(&f).ok().or_else(|| {
+                    thread::sleep(Duration::from_millis(1));
+                    None
+                })
+            })
+            .expect("open the FIFO's write side");
+        let mut seen = 0;
+        while seen < 66 {
+            let c = get(&port);
+            if c.user_data < 1000 {
+                assert!(c.result.is_ok(), "op {}: {:?}", c.user_data, c.result);
+            }
+            seen += 1;
+        }
+        drop(writer);
+        let read = |p: &PathBuf| {
+            let mut s = String::new();
+            std::fs::File::open(p)
+                .unwrap()
+                .read_to_string(&mut s)
+                .unwrap();
+            s
+        };
+        assert_eq!(read(&pa), "meant for A", "the write missed its file");
+        assert_eq!(
+            read(&pb),
+            "",
+            "the write landed in another file (number reused: {reused})"
+        );
+        drop(fb);
+        for p in [&pa, &pb, &f] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+);
+
+backend_test!(
+    close_does_not_hang_on_an_operation_blocked_in_the_kernel,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let f = fifo(&format!("{choice:?}-c"));
+        // An open of a FIFO nobody writes to blocks (on a worker, on epoll).
+        port.submit(Op::openat(None, &f, libc::O_RDONLY, 0), 1)
+            .unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let (tx, rx) = mpsc::channel();
+        let p = port.clone();
+        let closer = thread::spawn(move || {
+            p.close();
+            let _ = tx.send(());
+        });
+        let closed = rx.recv_timeout(T).is_ok();
+        // Unblock whatever is left, so no thread outlives the test for long.
+        let _w = open_writer(&f);
+        assert!(closed, "close() hung on an operation blocked in the kernel");
+        closer.join().unwrap();
+        let _ = std::fs::remove_file(&f);
+    }
+);
