@@ -50,7 +50,9 @@ impl CompletionPort {
         }
         let n = got
             .iter()
-            .filter(|c| c.priority == Priority::High && c.op.is_some())
+            // A multishot operation's completions with `more` set are not
+            // its end: only its last one ends what `count_high` counted.
+            .filter(|c| c.priority == Priority::High && c.op.is_some() && !c.more)
             .count();
         if n > 0 {
             // Saturating: a count that ran low (it cannot, but) must not wrap.

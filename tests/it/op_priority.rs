@@ -75,6 +75,55 @@ backend_test!(
 );
 
 backend_test!(
+    a_high_multishot_op_ends_the_count_of_high_ops_once,
+    |choice: BackendChoice| {
+        let port = build(builder(choice).concurrency(1));
+        ringport::long_lived_thread();
+        let t0 = std::time::Instant::now();
+        port.submit(
+            Op::timeout(Duration::from_millis(300)).priority(Priority::High),
+            HIGH_UD,
+        )
+        .unwrap();
+        // A High multishot receive gives four completions and ends, while
+        // the High timer is still in flight.
+        let pool = port.buffer_pool(8, 64).unwrap();
+        let (a, mut w) = UnixStream::pair().unwrap();
+        port.associate(&a, 1).unwrap();
+        port.submit(Op::recv_multishot(&a, &pool).priority(Priority::High), 5)
+            .unwrap();
+        for i in 0..3u8 {
+            w.write_all(&[i; 10]).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(w);
+        let mut n = 0;
+        loop {
+            let c = get(&port);
+            assert_eq!(c.user_data, 5);
+            n += 1;
+            if !c.more() {
+                break;
+            }
+        }
+        assert!(n >= 2, "a multishot receive of three messages ended after {n}");
+        for i in 0..LOWS {
+            port.submit(Op::nop().priority(Priority::Low), i).unwrap();
+        }
+        hold_slot_and_gather(&port, LOWS as usize);
+        // The timer has fired (into the kernel's ring, on io_uring).
+        while t0.elapsed() < Duration::from_millis(500) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let c = get(&port);
+        assert_eq!(
+            c.user_data, HIGH_UD,
+            "the High timer must overtake the queued Low completions"
+        );
+    }
+);
+
+backend_test!(
     high_file_read_overtakes_queued_low_reads,
     |choice: BackendChoice| {
         // The same with reads that finish on worker threads (epoll) or in the
