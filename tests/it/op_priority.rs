@@ -106,7 +106,10 @@ backend_test!(
                 break;
             }
         }
-        assert!(n >= 2, "a multishot receive of three messages ended after {n}");
+        assert!(
+            n >= 2,
+            "a multishot receive of three messages ended after {n}"
+        );
         for i in 0..LOWS {
             port.submit(Op::nop().priority(Priority::Low), i).unwrap();
         }

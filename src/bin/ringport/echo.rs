@@ -153,6 +153,25 @@ struct Server {
     stopping: AtomicBool,
     accepted: AtomicU64,
     closed: AtomicU64,
+    /// Connections open, and the most that may be (`conn_cap`): each keeps
+    /// one operation in flight, so past this a handler would wait for room
+    /// that only other handlers can free — and with every worker waiting,
+    /// nobody would. Connections past the cap are closed at once.
+    live: crate::echo_multi::ConnCap,
+}
+
+/// Connections `ops_per_conn` operations each can be served at once under
+/// `--max-in-flight`, beside the accepts kept outstanding.
+pub(crate) fn conn_cap(args: &EchoArgs, ops_per_conn: usize) -> Result<usize, String> {
+    let accepts = args.accepts.max(1);
+    if args.max_in_flight <= accepts {
+        return Err(format!(
+            "--max-in-flight ({}) must be larger than --accepts ({accepts}): \
+             the accepts alone would fill it",
+            args.max_in_flight
+        ));
+    }
+    Ok((args.max_in_flight - accepts) / ops_per_conn)
 }
 
 pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -175,6 +194,7 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.multishot || (!args.plain_recv && native) {
         return crate::echo_multi::run(args, port);
     }
+    let cap = conn_cap(args, 1)?;
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr()?;
@@ -188,6 +208,7 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         stopping: AtomicBool::new(false),
         accepted: AtomicU64::new(0),
         closed: AtomicU64::new(0),
+        live: crate::echo_multi::ConnCap::new(cap),
     });
     let s = server.clone();
     let pool = Pool::builder()
@@ -202,12 +223,12 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     signals::on_shutdown(move |sig| {
         let _ = tx.send(sig);
     })?;
-    println!(
+    crate::say(format_args!(
         "listening on {local} (backend {}, {} threads, concurrency {})",
         port.backend(),
         pool.threads(),
         port.concurrency()
-    );
+    ));
     let sig = rx.recv()?;
     server.stopping.store(true, Ordering::Release);
     pool.shutdown();
@@ -291,11 +312,16 @@ impl Server {
     fn on_accept(&self, port: &CompletionPort, c: &mut Completion) {
         match (c.take_fd(), &c.result) {
             (Some(fd), _) => {
+                if !self.live.admit() {
+                    drop(fd); // past the cap: closed at once
+                    return self.resubmit_accept(port);
+                }
                 let raw = fd.as_raw_fd();
                 let sock = socket2::SockRef::from(&fd);
                 let _ = sock.set_tcp_nodelay(true);
                 if let Err(e) = port.associate(&fd, raw as u64) {
                     tracing::error!("associate accepted socket: {e}");
+                    self.live.leave();
                     return self.resubmit_accept(port);
                 }
                 {
@@ -313,7 +339,7 @@ impl Server {
             }
             (None, Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 // Out of descriptors: back off instead of spinning on the error.
-                tracing::warn!("accept: {e}; backing off 10 ms");
+                crate::warn_backoff(&e, Duration::from_millis(10));
                 ringport::blocking(|| std::thread::sleep(Duration::from_millis(10)));
             }
             (None, Err(e)) if e.raw_os_error() == Some(libc::ECANCELED) => return,
@@ -371,6 +397,7 @@ impl Server {
         if let Some(owned) = owned {
             let _ = port.disassociate(&owned);
             self.closed.fetch_add(1, Ordering::Relaxed);
+            self.live.leave();
             drop(owned);
         }
     }

@@ -20,10 +20,14 @@ struct Counts {
 }
 
 pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Each accept loop keeps an accept in flight: as many as --max-in-flight
+    // would leave no room for the connections' reads.
+    crate::echo::conn_cap(args, 1)?;
     signals::block()?;
     let mut b = Runtime::builder()
         .threads(args.workers())
         .concurrency(args.concurrency)
+        .max_in_flight(args.max_in_flight)
         .lazy_release(args.lazy_release()?);
     if let Some(backend) = args.backend {
         b = b.backend(backend);
@@ -52,7 +56,7 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
                         });
                     }
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                        tracing::warn!("accept: {e}; backing off 10 ms");
+                        crate::warn_backoff(&e, Duration::from_millis(10));
                         ringport::time::sleep(Duration::from_millis(10)).await;
                     }
                     Err(e) => tracing::debug!("accept: {e}"),
@@ -64,10 +68,10 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     signals::on_shutdown(move |sig| {
         let _ = tx.send(sig);
     })?;
-    println!(
+    crate::say(format_args!(
         "listening on {local} (async, backend {})",
         rt.handle().backend()
-    );
+    ));
     let sig = rx.recv()?;
     let open = rt.handle().live_tasks();
     rt.shutdown();

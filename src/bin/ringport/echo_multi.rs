@@ -79,8 +79,51 @@ struct ConnState {
     early: std::collections::BTreeMap<u32, Completion>,
 }
 
+/// The count of open connections against a cap (see `echo::conn_cap`).
+#[derive(Debug)]
+pub(crate) struct ConnCap {
+    live: std::sync::atomic::AtomicUsize,
+    cap: usize,
+    warned: std::sync::Once,
+}
+
+impl ConnCap {
+    pub(crate) fn new(cap: usize) -> ConnCap {
+        ConnCap {
+            live: std::sync::atomic::AtomicUsize::new(0),
+            cap,
+            warned: std::sync::Once::new(),
+        }
+    }
+
+    /// Counts a new connection in; false (and a warning, once) at the cap.
+    pub(crate) fn admit(&self) -> bool {
+        let ok = self
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.cap).then_some(n + 1)
+            })
+            .is_ok();
+        if !ok {
+            self.warned.call_once(|| {
+                tracing::warn!(
+                    "{} connections open: closing new ones (raise --max-in-flight)",
+                    self.cap
+                )
+            });
+        }
+        ok
+    }
+
+    /// Counts a connection out.
+    pub(crate) fn leave(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct Server {
     listener: TcpListener,
+    live: ConnCap,
     pool: BufferPool,
     conns: Mutex<Vec<Option<Arc<Conn>>>>,
     /// Connections whose receive ended with `ENOBUFS`, to re-arm.
@@ -97,8 +140,12 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
     let local = listener.local_addr()?;
     port.associate(&listener, LISTENER_KEY)?;
     let pool = port.buffer_pool(args.pool_buffers, args.buf_size)?;
+    // Each connection keeps its multishot receive and at most one send in
+    // flight.
+    let cap = crate::echo::conn_cap(args, 2)?;
     let server = Arc::new(Server {
         listener,
+        live: ConnCap::new(cap),
         pool,
         conns: Mutex::new(Vec::new()),
         starved: Mutex::new(VecDeque::new()),
@@ -119,7 +166,7 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
         let _ = tx.send(sig);
     })?;
     let paths = port.stats().op_paths;
-    println!(
+    crate::say(format_args!(
         "listening on {local} (backend {}, {} threads, concurrency {}, multishot recv: {}, pool {} × {} B)",
         port.backend(),
         workers.threads(),
@@ -127,7 +174,7 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
         paths.get(ringport::OpKind::RecvMulti).expect("an op kind"),
         server.pool.count(),
         server.pool.buffer_size(),
-    );
+    ));
     let sig = rx.recv()?;
     server.stopping.store(true, Ordering::Release);
     workers.shutdown();
@@ -176,7 +223,7 @@ impl Server {
         // The multishot accept ended: say why, and re-arm it.
         match &c.result {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                tracing::warn!("accept: {e}; backing off 10 ms");
+                crate::warn_backoff(&e, Duration::from_millis(10));
                 ringport::blocking(|| std::thread::sleep(Duration::from_millis(10)));
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
@@ -189,10 +236,14 @@ impl Server {
     }
 
     fn add(&self, port: &CompletionPort, fd: OwnedFd) {
+        if !self.live.admit() {
+            return; // past the cap: `fd` closes here
+        }
         let raw = fd.as_raw_fd();
         let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
         if let Err(e) = port.associate(&fd, raw as u64) {
             tracing::error!("associate accepted socket: {e}");
+            self.live.leave();
             return;
         }
         let conn = Arc::new(Conn {
@@ -400,6 +451,7 @@ impl Server {
                 *slot = None;
                 let _ = port.disassociate(&conn.fd);
                 self.closed.fetch_add(1, Ordering::Relaxed);
+                self.live.leave();
             }
         }
     }

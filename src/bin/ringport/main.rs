@@ -40,6 +40,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Info(_) | Command::Bench(_)) {
@@ -62,6 +64,47 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("ringport: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a server's line on stdout (its ready line). A stdout that is
+/// closed or full (`ringport echo | true`) must not panic the server, as
+/// `println!` would: the line is lost, the server serves.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
+    let _ = out.flush();
+}
+
+/// Logs "accept: {e}; backing off …" at most once a second (with how many
+/// were left out): a server out of descriptors retries every few
+/// milliseconds, and one warning per retry flooded the log.
+pub(crate) fn warn_backoff(e: &std::io::Error, backoff: std::time::Duration) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static QUIET: AtomicU64 = AtomicU64::new(0);
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1000;
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < 1000
+        || LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        QUIET.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    match QUIET.swap(0, Ordering::Relaxed) {
+        0 => tracing::warn!("accept: {e}; backing off {backoff:?}"),
+        n => {
+            tracing::warn!("accept: {e}; backing off {backoff:?} ({n} more since the last warning)")
         }
     }
 }

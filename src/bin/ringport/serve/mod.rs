@@ -435,11 +435,11 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     signals::on_shutdown(move |sig| {
         let _ = tx.send(sig);
     })?;
-    println!(
+    crate::say(format_args!(
         "serving {} at http://{local}/ (backend {}, max {max_conns} connections)",
         root.display(),
         rt.handle().backend()
-    );
+    ));
     let sig = rx.recv()?;
     srv.stop();
     let deadline = Instant::now() + Duration::from_millis(args.grace_ms);
@@ -493,7 +493,7 @@ async fn accept_loop(srv: Arc<Server>, listener: Arc<TcpListener>) {
                 drop(permit);
                 match e.raw_os_error() {
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        tracing::warn!("accept: {e}; backing off {backoff:?}");
+                        crate::warn_backoff(&e, backoff);
                         let nap = ringport::time::sleep(backoff);
                         if let Waited::Stopped = watch.wait(nap, backoff * 2, true).await {
                             return;

@@ -1,0 +1,194 @@
+//! `ringport echo` and `ringport bench echo` at their edges (session 12's
+//! review): connections past what `--max-in-flight` can serve are closed
+//! while the others go on being served, a cap smaller than the accepts is a
+//! clear error, a stdout nobody reads does not stop the server, and the bench
+//! carries messages larger than the sockets' buffers and refuses durations
+//! it cannot run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ringport::BackendChoice;
+
+use crate::common::T;
+use crate::echo::{run_bin, BIN};
+
+fn backend(choice: BackendChoice) -> &'static str {
+    match choice {
+        BackendChoice::Epoll => "epoll",
+        _ => "uring",
+    }
+}
+
+/// `ringport echo` on 127.0.0.1:0 with `extra`; its address from the ready line.
+fn spawn_echo(choice: BackendChoice, extra: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args([
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backend(choice),
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ringport echo");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (child, addr)
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: kill(2) on our own child's pid, with SIGTERM.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "ringport echo exited with {status}");
+}
+
+/// One echo of `msg` on `s`: true if it came back whole.
+fn echoes(s: &mut TcpStream, msg: &[u8]) -> bool {
+    let mut got = vec![0; msg.len()];
+    s.write_all(msg).is_ok() && s.read_exact(&mut got).is_ok() && got == msg
+}
+
+backend_test!(
+    connections_past_the_cap_are_closed_and_the_others_still_served,
+    |choice: BackendChoice| {
+        // 24 operations, 16 of them accepts: 8 connections on the plain path
+        // (one operation each), 4 on the multishot one (a receive and a send).
+        // io_uring's default path is the multishot one, epoll's the plain one.
+        let modes: [(&[&str], usize); 2] = match choice {
+            BackendChoice::Epoll => [(&[], 8), (&["--multishot"], 4)],
+            _ => [(&[], 4), (&["--plain-recv"], 8)],
+        };
+        for (extra, cap) in modes {
+            let mut args = vec!["--max-in-flight", "24"];
+            args.extend_from_slice(extra);
+            let (child, addr) = spawn_echo(choice, &args);
+            let mut socks: Vec<TcpStream> = (0..12)
+                .map(|_| {
+                    let s = TcpStream::connect_timeout(&addr, T).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    s
+                })
+                .collect();
+            let served = socks
+                .iter_mut()
+                .map(|s| echoes(s, b"ping"))
+                .filter(|&ok| ok)
+                .count();
+            assert_eq!(served, cap, "{args:?}: connections served");
+            // The first ones are still served: nobody waits for room.
+            assert!(
+                echoes(&mut socks[0], b"again"),
+                "{args:?}: the server froze"
+            );
+            stop(child);
+        }
+    }
+);
+
+#[test]
+fn a_cap_smaller_than_the_accepts_is_a_clear_error() {
+    let out = run_bin(&["echo", "--listen", "127.0.0.1:0", "--max-in-flight", "4"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-in-flight"), "{err}");
+    let out = run_bin(&[
+        "echo",
+        "--async",
+        "--listen",
+        "127.0.0.1:0",
+        "--accepts",
+        "40000",
+    ]);
+    assert!(!out.status.success(), "--async --accepts 40000 started");
+}
+
+backend_test!(
+    a_closed_stdout_does_not_stop_the_server,
+    |choice: BackendChoice| {
+        let mut child = Command::new(BIN)
+            .args([
+                "echo",
+                "--listen",
+                "127.0.0.1:0",
+                "--backend",
+                backend(choice),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // nobody reads the ready line
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the server exited when its stdout closed"
+        );
+        stop(child);
+    }
+);
+
+backend_test!(
+    the_bench_carries_messages_larger_than_the_socket_buffers,
+    |choice: BackendChoice| {
+        let (child, addr) = spawn_echo(choice, &[]);
+        let target = addr.to_string();
+        let out = run_bin(&[
+            "bench",
+            "echo",
+            "--target",
+            &target,
+            "--conns",
+            "1",
+            "--size",
+            "8388608",
+            "--duration",
+            "0.5",
+            "--json",
+        ]);
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{json} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!json.contains("\"messages\":0,"), "{json}");
+        assert!(json.contains("\"errors\":0,\"mismatches\":0"), "{json}");
+        stop(child);
+    }
+);
+
+#[test]
+fn the_bench_refuses_durations_it_cannot_run() {
+    for d in ["nan", "inf", "1e300"] {
+        let out = run_bin(&["bench", "echo", "--target", "127.0.0.1:9", "--duration", d]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--duration {d}: {err}");
+        assert!(err.contains("--duration"), "--duration {d}: {err}");
+        assert!(!err.contains("panicked"), "--duration {d}: {err}");
+    }
+    let out = run_bin(&[
+        "bench",
+        "echo",
+        "--target",
+        "127.0.0.1:9",
+        "--conns",
+        "100000000000",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--conns"), "{err}");
+}
