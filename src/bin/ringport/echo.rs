@@ -339,7 +339,7 @@ impl Server {
             }
             (None, Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 // Out of descriptors: back off instead of spinning on the error.
-                crate::warn_backoff(&e, Duration::from_millis(10));
+                crate::warn_backoff(e, Duration::from_millis(10));
                 ringport::blocking(|| std::thread::sleep(Duration::from_millis(10)));
             }
             (None, Err(e)) if e.raw_os_error() == Some(libc::ECANCELED) => return,

@@ -223,7 +223,7 @@ impl Server {
         // The multishot accept ended: say why, and re-arm it.
         match &c.result {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                crate::warn_backoff(&e, Duration::from_millis(10));
+                crate::warn_backoff(e, Duration::from_millis(10));
                 ringport::blocking(|| std::thread::sleep(Duration::from_millis(10)));
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
