@@ -24,7 +24,7 @@ impl Op {
         Op::new(OpBody::ReadFixed {
             fd: raw(file),
             buf,
-            offset,
+            offset: super::at(offset),
         })
     }
 
@@ -46,7 +46,7 @@ impl Op {
             fd: raw(file),
             buf,
             pos,
-            offset,
+            offset: super::at(offset),
         })
     }
 }

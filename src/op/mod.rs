@@ -34,6 +34,19 @@ mod zc;
 
 pub use kind::{OpKind, OpPath, OpPaths};
 
+/// An operation's file offset as both backends take it. io_uring reads an
+/// offset of -1 (`u64::MAX`) as "the file's current position, advanced",
+/// where `pread` refuses it: every offset past `i64::MAX` becomes one the
+/// kernel refuses with `EINVAL` on both (and `pread`, `splice` and
+/// `sendfile` alike).
+pub(crate) fn at(offset: u64) -> u64 {
+    if offset > i64::MAX as u64 {
+        1 << 63
+    } else {
+        offset
+    }
+}
+
 /// The longest wait anything in ringport takes: 2^32 seconds, about 136 years.
 /// Longer durations (`Duration::MAX`, say) are taken as this one — never, in
 /// practice — so that no deadline overflows `Instant` or a kernel `timespec`.
@@ -254,7 +267,7 @@ impl Op {
         Op::new(OpBody::Read {
             fd: raw(file),
             buf,
-            offset,
+            offset: at(offset),
         })
     }
 
@@ -271,7 +284,7 @@ impl Op {
             fd: raw(file),
             buf,
             pos,
-            offset,
+            offset: at(offset),
         })
     }
 
@@ -309,7 +322,7 @@ impl Op {
         Op::new(OpBody::ReadV {
             fd: raw(file),
             bufs,
-            offset,
+            offset: at(offset),
         })
     }
 
@@ -323,7 +336,7 @@ impl Op {
         Op::new(OpBody::WriteV {
             fd: raw(file),
             bufs,
-            offset,
+            offset: at(offset),
         })
     }
 
@@ -492,7 +505,7 @@ impl Op {
         Op::new(OpBody::SendFile {
             sock: raw(socket),
             file: raw(file),
-            offset,
+            offset: at(offset),
             len,
         })
     }
@@ -571,7 +584,7 @@ impl Op {
         Op::new(OpBody::Fallocate {
             fd: raw(file),
             mode,
-            offset,
+            offset: at(offset),
             len,
         })
     }

@@ -26,10 +26,16 @@ impl CompletionPort {
     fn key_for(&self, op: &Op) -> Result<u64> {
         match op.fd() {
             None => Ok(op.key.unwrap_or(0)),
-            // A close ends the association as it is submitted.
-            Some(fd) if matches!(op.body, OpBody::Close { .. }) => {
-                self.inner.assoc.remove(fd, || {})
-            }
+            // A close ends the association as it is submitted — with the
+            // backend's part of it (epoll's registration, its queued socket
+            // operations), as `disassociate` does: a close refused for room
+            // (`try_submit`'s `QueueFull`) drops its descriptor all the same,
+            // and a registration left behind made the number's next socket
+            // `AlreadyAssociated` and stranded the old one's receives.
+            Some(fd) if matches!(op.body, OpBody::Close { .. }) => self
+                .inner
+                .assoc
+                .remove(fd, || self.inner.backend.disassociate(fd)),
             Some(fd) => self.inner.assoc.get(fd),
         }
     }

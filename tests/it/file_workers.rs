@@ -120,3 +120,70 @@ backend_test!(
         let _ = std::fs::remove_file(&f);
     }
 );
+
+backend_test!(
+    an_offset_past_i64_max_is_refused_alike_on_both_backends,
+    |choice: BackendChoice| {
+        use std::io::{Seek, SeekFrom, Write};
+        let port = port(choice);
+        let mut f = temp_file();
+        f.write_all(b"0123456789").unwrap();
+        f.seek(SeekFrom::Start(4)).unwrap();
+        port.associate(&f, 1).unwrap();
+        let (sock, _peer) = tcp_pair();
+        port.associate(&sock, 2).unwrap();
+        // io_uring reads -1 as "the current position": it must not here.
+        for (i, op) in [
+            Op::read_at(&f, Vec::with_capacity(3), u64::MAX),
+            Op::write_at(&f, b"XY".to_vec(), u64::MAX),
+            Op::read_at(&f, Vec::with_capacity(3), 1 << 63),
+            Op::send_file(&sock, &f, u64::MAX, 100),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            port.submit(op, i as u64).unwrap();
+            let c = get(&port);
+            assert_errno(&c.result, libc::EINVAL);
+        }
+        assert_eq!(f.stream_position().unwrap(), 4, "the file position moved");
+        let mut all = String::new();
+        std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .unwrap()
+            .read_to_string(&mut all)
+            .unwrap();
+        assert_eq!(all, "0123456789", "the file was written");
+    }
+);
+
+backend_test!(
+    a_close_refused_for_room_leaves_the_number_free,
+    |choice: BackendChoice| {
+        use std::os::unix::net::UnixStream;
+        let port = build(builder(choice).max_in_flight(1));
+        let (a, _peer) = UnixStream::pair().unwrap();
+        port.associate(&a, 1).unwrap();
+        let recv = port
+            .submit(Op::recv(&a, Vec::with_capacity(16)), 10)
+            .unwrap();
+        // No room (on io_uring; epoll's close ends the queued receive first,
+        // which makes room): refused or not, the descriptor is closed.
+        let r = port.try_submit(Op::close(OwnedFd::from(a)), 11);
+        assert!(
+            matches!(r, Ok(_) | Err(ringport::Error::QueueFull)),
+            "{r:?}"
+        );
+        // The number's next socket associates, and the old receive ends.
+        let (c, _cpeer) = UnixStream::pair().unwrap();
+        port.associate(&c, 2).unwrap();
+        let _ = port.cancel(recv);
+        loop {
+            let got = get(&port);
+            if got.user_data == 10 {
+                assert!(got.result.is_err(), "{:?}", got.result);
+                break;
+            }
+            assert_eq!(got.user_data, 11, "{got:?}");
+        }
+    }
+);
