@@ -743,3 +743,25 @@ backend_test!(exclusive fixed_buffers_over_the_memlock_limit_fail_clearly, |choi
         std::panic::resume_unwind(p);
     }
 });
+
+backend_test!(
+    a_zero_copy_send_sent_again_plainly_keeps_its_timeout,
+    |choice: BackendChoice| {
+        use std::io::Write;
+        let port = port(choice);
+        // A Unix socket (no zero-copy there: io_uring sends it again as a
+        // plain SEND), full, whose peer does not read.
+        let (a, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        while (&a).write(&[0u8; 4096]).is_ok() {}
+        a.set_nonblocking(false).unwrap();
+        port.associate(&a, 1).unwrap();
+        port.submit(
+            Op::send_zc(&a, vec![1; 1000]).timeout_after(std::time::Duration::from_millis(50)),
+            1,
+        )
+        .unwrap();
+        let c = get(&port);
+        assert!(c.is_cancelled(), "the timeout did not end the send: {c:?}");
+    }
+);

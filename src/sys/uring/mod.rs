@@ -476,8 +476,12 @@ impl Core {
                     // A transfer's rounds run on io-wq, where the kernel never
                     // arms a LINK_TIMEOUT linked to a SPLICE (found on 6.18):
                     // those, and kernels without LINK_TIMEOUT, get a plain
-                    // TIMEOUT whose expiry cancels the operation.
-                    if chain.len() > 1 || !self.support.link_timeout {
+                    // TIMEOUT whose expiry cancels the operation. So does a
+                    // zero-copy send: where it is not supported (a Unix
+                    // socket) it is sent again as a plain SEND, which a
+                    // LINK_TIMEOUT on the first SQE would not cover.
+                    let zero_copy = matches!(rec.aux, Aux::ZeroCopy(_));
+                    if chain.len() > 1 || !self.support.link_timeout || zero_copy {
                         rec.timer = true;
                         chain.push(opcode::Timeout::new(ts).build().user_data(id.0 | TIMER_BIT));
                     } else {
