@@ -207,6 +207,15 @@ impl CompletionPort {
     /// Associates a handle with this port: every completion of an operation on it
     /// carries `key`. The association lasts until the handle is closed through
     /// [`Op::close`] or [`disassociate`](Self::disassociate) is called.
+    ///
+    /// On the epoll backend a socket (or pipe) is made non-blocking
+    /// (`O_NONBLOCK`) here, as its operations are tried at once and waited
+    /// for by readiness; it stays so after `disassociate`. A program that
+    /// also makes blocking calls of its own on the descriptor sees
+    /// `WouldBlock` instead of waiting: make them through the port, or wait
+    /// for readiness ([`Op::writable`]).
+    ///
+    /// [`Op::writable`]: crate::Op::writable
     pub fn associate(&self, handle: &impl AsFd, key: u64) -> Result<()> {
         let fd = handle.as_fd().as_raw_fd();
         self.inner

@@ -263,6 +263,11 @@ impl Op {
 
     /// Reads from `file` at `offset` into `buf`'s whole capacity; the completion's
     /// buffer then holds exactly the bytes read (its old contents are replaced).
+    ///
+    /// For regular files and block devices: on epoll it is a `pread(2)` on a
+    /// worker thread, which a pipe, FIFO or socket refuses (`ESPIPE`) —
+    /// use [`Op::recv`] or a `read` of your own there. An offset past
+    /// `i64::MAX` fails with `EINVAL` on both backends.
     pub fn read_at(file: &impl AsFd, buf: Vec<u8>, offset: u64) -> Op {
         Op::new(OpBody::Read {
             fd: raw(file),
@@ -277,7 +282,8 @@ impl Op {
         Op::write_at_from(file, buf, 0, offset)
     }
 
-    /// Writes `buf[pos..]` to `file` at `offset`.
+    /// Writes `buf[pos..]` to `file` at `offset` (regular files and block
+    /// devices, as [`Op::read_at`]).
     pub fn write_at_from(file: &impl AsFd, buf: Vec<u8>, pos: usize, offset: u64) -> Op {
         let pos = pos.min(buf.len());
         Op::new(OpBody::Write {

@@ -20,14 +20,26 @@ pub(crate) struct OpTable<R> {
     entries: Vec<Entry<R>>,
     free: Vec<u32>,
     live: usize,
+    /// The generation a new slot starts at: each table (each port) its own,
+    /// spread over the 2^30 generations, so an id handed to another port's
+    /// `cancel` names no operation there (`NotFound`) instead of one of its
+    /// own in the same slot. (With every table starting at 1, the first
+    /// operation of any two ports had the same id.)
+    first_gen: u32,
 }
 
 impl<R> OpTable<R> {
     pub(crate) fn new() -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static TABLES: AtomicU32 = AtomicU32::new(0);
+        // A golden-ratio step: successive tables' starts lie far apart.
+        let n = TABLES.fetch_add(1, Ordering::Relaxed);
+        let first_gen = (n.wrapping_mul(0x9E37_79B9) & GEN_MASK).max(1);
         OpTable {
             entries: Vec::new(),
             free: Vec::new(),
             live: 0,
+            first_gen,
         }
     }
 
@@ -41,7 +53,10 @@ impl<R> OpTable<R> {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.entries.push(Entry { gen: 1, rec: None });
+                self.entries.push(Entry {
+                    gen: self.first_gen,
+                    rec: None,
+                });
                 (self.entries.len() - 1) as u32
             }
         };

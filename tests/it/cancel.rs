@@ -169,3 +169,25 @@ backend_test!(
         other.close();
     }
 );
+
+backend_test!(
+    an_id_from_another_port_cancels_nothing_there,
+    |choice: BackendChoice| {
+        let a = port(choice);
+        let b = port(choice);
+        let on_a = a
+            .submit(Op::timeout(std::time::Duration::from_secs(30)), 1)
+            .unwrap();
+        let on_b = b
+            .submit(Op::timeout(std::time::Duration::from_millis(50)), 2)
+            .unwrap();
+        assert_ne!(on_a, on_b, "two ports' first operations share an id");
+        assert!(matches!(b.cancel(on_a), Err(ringport::Error::NotFound)));
+        // B's timer runs to its end, not cancelled by A's id.
+        let c = get(&b);
+        assert_eq!(c.user_data, 2);
+        assert!(c.result.is_ok(), "{:?}", c.result);
+        a.cancel(on_a).unwrap();
+        assert!(get(&a).is_cancelled());
+    }
+);
