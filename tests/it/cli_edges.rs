@@ -192,3 +192,40 @@ fn the_bench_refuses_durations_it_cannot_run() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("--conns"), "{err}");
 }
+
+#[test]
+fn info_exits_non_zero_when_no_backend_can_run() {
+    let out = Command::new(BIN)
+        .arg("info")
+        .env("RINGPORT_BACKEND", "bogus")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("backend:      none"), "{text}");
+    assert!(!out.status.success(), "info exited 0 without a backend");
+}
+
+backend_test!(addresses_may_name_a_host, |choice: BackendChoice| {
+    let (child, addr) = spawn_echo(choice, &[]);
+    let target = format!("localhost:{}", addr.port());
+    let out = run_bin(&[
+        "bench",
+        "echo",
+        "--target",
+        &target,
+        "--conns",
+        "1",
+        "--duration",
+        "0.2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_bin(&["bench", "echo", "--target", "no-port-here"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("HOST:PORT"), "{err}");
+    stop(child);
+});

@@ -60,7 +60,7 @@ pub(crate) fn workers_or_one_per_cpu(threads: usize) -> usize {
 #[derive(Debug, Args)]
 pub struct EchoArgs {
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7000")]
+    #[arg(long, default_value = "127.0.0.1:7000", value_parser = crate::socket_addr)]
     pub(crate) listen: SocketAddr,
     /// Worker threads (0 = CPUs, at least 2). Echo handlers never block, so the
     /// pool's usual 2 × CPUs (IOCP's rule for handlers that may) only adds threads

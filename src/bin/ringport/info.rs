@@ -26,6 +26,7 @@ pub fn run(args: &InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(b) = args.backend {
         builder = builder.backend(b);
     }
+    let mut failed = None;
     match builder.build() {
         Ok(port) => {
             println!(
@@ -55,7 +56,10 @@ pub fn run(args: &InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
                 println!("  (RINGPORT_URING_OPS_OFF={off} forces io_uring fallbacks)");
             }
         }
-        Err(e) => println!("backend:      none: {e}"),
+        Err(e) => {
+            println!("backend:      none: {e}");
+            failed = Some(e);
+        }
     }
     match ringport::info::uring_probe() {
         Ok((features, ops)) => {
@@ -66,7 +70,12 @@ pub fn run(args: &InfoArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         Err(e) => println!("io_uring probe failed: {e}"),
     }
-    Ok(())
+    // Everything is printed; then a backend that cannot run is the exit
+    // status too (a script asking `ringport info` whether it would run).
+    match failed {
+        Some(e) => Err(format!("no backend: {e}").into()),
+        None => Ok(()),
+    }
 }
 
 fn print_flags(list: &[(&str, bool)]) {

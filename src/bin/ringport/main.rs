@@ -108,3 +108,16 @@ pub(crate) fn warn_backoff(e: &std::io::Error, backoff: std::time::Duration) {
         }
     }
 }
+
+/// A socket address from the command line: `IP:PORT`, or `HOST:PORT`
+/// resolved (the first address it names, e.g. `localhost:7000`).
+pub(crate) fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("{s} names no address")),
+        Err(e) => Err(format!("{s}: {e} (expected IP:PORT or HOST:PORT)")),
+    }
+}

@@ -25,7 +25,7 @@ use io_uring::{opcode, types, IoUring};
 #[derive(Debug, Args)]
 pub struct EchoBenchArgs {
     /// The echo server.
-    #[arg(long, default_value = "127.0.0.1:7000")]
+    #[arg(long, default_value = "127.0.0.1:7000", value_parser = crate::socket_addr)]
     target: SocketAddr,
     /// Connections.
     #[arg(long, default_value_t = 64)]

@@ -17,7 +17,7 @@ use clap::Args;
 #[derive(Debug, Args)]
 pub struct IdleArgs {
     /// The server.
-    #[arg(long, default_value = "127.0.0.1:7000")]
+    #[arg(long, default_value = "127.0.0.1:7000", value_parser = crate::socket_addr)]
     target: SocketAddr,
     /// Connections to open and hold.
     #[arg(long, default_value_t = 10_000)]

@@ -57,7 +57,7 @@ pub struct ServeArgs {
     #[arg(default_value = ".")]
     dir: PathBuf,
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = crate::socket_addr)]
     listen: SocketAddr,
     /// Worker threads (0 = CPUs, at least 2). A handler blocks only where a
     /// file read misses the page cache (as an nginx worker does), so the
