@@ -98,6 +98,10 @@ struct WriteState {
     pos: usize,
     /// A spare buffer for the next write-behind copy.
     spare: Vec<u8>,
+    /// Everyone else waiting for the send in flight (owned writes of other
+    /// tasks, `poll_flush`): the operation's slot keeps one waker, the last
+    /// poller's, so the others are woken from here when it ends.
+    waiters: Vec<std::task::Waker>,
 }
 
 impl fmt::Debug for Core {
@@ -379,8 +383,20 @@ impl Core {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         while let Some(op) = st.op.as_mut() {
-            let r = ready!(op.poll_op(cx));
+            let r = match op.poll_op(cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                        st.waiters.push(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+            };
             st.op = None;
+            // Whoever else waited polls again: the next send, or none.
+            for w in st.waiters.drain(..) {
+                w.wake();
+            }
             let c = r?;
             let buf = c.buf.unwrap_or_default();
             let sent = match c.result {

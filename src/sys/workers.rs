@@ -41,6 +41,8 @@ type Job = (OpId, OpBody, Priority, Option<RawFd>);
 #[derive(Debug, Default)]
 struct State {
     jobs: VecDeque<Job>,
+    /// Jobs a worker is running now.
+    running: Vec<OpId>,
     threads: usize,
     idle: usize,
     stop: bool,
@@ -140,7 +142,10 @@ impl<S: Sink> Workers<S> {
     /// port's close. Its worker is left to finish on its own: it owns the
     /// job's buffers and descriptor, and its result goes to a sink nobody
     /// reads any more.
-    pub(crate) fn shutdown(&self) {
+    ///
+    /// Returns the jobs left running: their driver forgets them (so its close
+    /// does not wait for them), and their late results find no record.
+    pub(crate) fn shutdown(&self) -> Vec<OpId> {
         let jobs: Vec<Job> = {
             let mut st = lock(&self.pool.st);
             st.stop = true;
@@ -165,6 +170,7 @@ impl<S: Sink> Workers<S> {
                 );
             }
         }
+        lock(&self.pool.st).running.clone()
     }
 }
 
@@ -175,6 +181,7 @@ fn work<S: Sink>(pool: &Pool, shared: &S) {
             let mut st = lock(&pool.st);
             loop {
                 if let Some(job) = st.jobs.pop_front() {
+                    st.running.push(job.0);
                     break job;
                 }
                 if st.stop {
@@ -199,6 +206,10 @@ fn work<S: Sink>(pool: &Pool, shared: &S) {
         let res = run(&mut body);
         give_back_fd(&mut body, orig);
         shared.done(id, res, body);
+        let mut st = lock(&pool.st);
+        if let Some(i) = st.running.iter().position(|&r| r == id) {
+            st.running.swap_remove(i);
+        }
     }
 }
 
@@ -234,7 +245,15 @@ fn own_fd(body: &mut OpBody) -> std::io::Result<Option<RawFd>> {
     // else is touched. A number the caller does not hold open fails EBADF.
     let dup = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
-        return Err(std::io::Error::last_os_error());
+        let e = std::io::Error::last_os_error();
+        // Out of descriptors: the job runs on the caller's number, as it
+        // did before duplicates (exposed again to a close racing it) —
+        // failing file operations exactly when a server is short of
+        // descriptors would be worse.
+        if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            return Ok(None);
+        }
+        return Err(e);
     }
     Ok(Some(std::mem::replace(fd, dup)))
 }

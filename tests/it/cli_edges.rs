@@ -114,6 +114,18 @@ fn a_cap_smaller_than_the_accepts_is_a_clear_error() {
         "40000",
     ]);
     assert!(!out.status.success(), "--async --accepts 40000 started");
+    // Room for the accepts but for no connection (the multishot path needs 2).
+    let out = run_bin(&[
+        "echo",
+        "--multishot",
+        "--backend",
+        "epoll",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-in-flight",
+        "17",
+    ]);
+    assert!(!out.status.success(), "started with room for no connection");
 }
 
 backend_test!(

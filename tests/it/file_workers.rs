@@ -97,6 +97,25 @@ backend_test!(
     }
 );
 
+#[test]
+fn close_does_not_hang_on_a_fallback_job_blocked_in_the_kernel() {
+    // io_uring with `openat` forced onto the worker threads (as on a kernel
+    // without the opcode): the job blocks on a worker, not in io-wq.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "file_workers::close_does_not_hang_on_an_operation_blocked_in_the_kernel::uring",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("RINGPORT_URING_OPS_OFF", "openat")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
 backend_test!(
     close_does_not_hang_on_an_operation_blocked_in_the_kernel,
     |choice: BackendChoice| {

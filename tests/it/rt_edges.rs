@@ -319,3 +319,38 @@ backend_test!(
         wait_idle(&h);
     }
 );
+
+backend_test!(
+    two_tasks_writing_behind_one_async_write_both_finish,
+    |choice: BackendChoice| {
+        use futures::io::AsyncWriteExt;
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let (a, reader) = slow_pair();
+        let total = block(&h, async move {
+            let mut s = ringport::net::TcpStream::from_std(a).unwrap();
+            // A write-behind send in flight (the socket is full).
+            AsyncWriteExt::write_all(&mut s, &vec![b'A'; 256 * 1024])
+                .await
+                .unwrap();
+            let s = Arc::new(s);
+            let tasks: Vec<_> = (0..2)
+                .map(|_| {
+                    let s = s.clone();
+                    ringport::spawn(async move { s.write_all(vec![b'B'; 10]).await.0 })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            drop(s);
+            256 * 1024 + 20
+        });
+        let all = reader.join().unwrap();
+        assert_eq!(
+            all.len(),
+            total,
+            "a write behind the AsyncWrite send was lost"
+        );
+    }
+);

@@ -171,7 +171,14 @@ pub(crate) fn conn_cap(args: &EchoArgs, ops_per_conn: usize) -> Result<usize, St
             args.max_in_flight
         ));
     }
-    Ok((args.max_in_flight - accepts) / ops_per_conn)
+    match (args.max_in_flight - accepts) / ops_per_conn {
+        0 => Err(format!(
+            "--max-in-flight ({}) leaves no room for a connection beside {accepts} accepts \
+             (each connection keeps {ops_per_conn} operations in flight)",
+            args.max_in_flight
+        )),
+        cap => Ok(cap),
+    }
 }
 
 pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {

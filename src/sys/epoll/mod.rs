@@ -616,8 +616,13 @@ impl Driver {
         }
         // Edges kept for a later poll: their sockets are unregistered now.
         self.shared.stash.clear();
-        self.files.shutdown();
+        let left = self.files.shutdown();
         let mut inner = lock(&self.shared.inner);
+        // Jobs still blocked in the kernel: forgotten (their late results
+        // find no record), so this close does not wait for them.
+        for id in left {
+            inner.remove_op(id);
+        }
         let timers: Vec<(Instant, u64)> = std::mem::take(&mut inner.timers).into_iter().collect();
         for (_, raw) in timers {
             // (A deadline's operation is cancelled where it waits.)

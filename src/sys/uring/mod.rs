@@ -650,7 +650,13 @@ impl Core {
         // Queued worker jobs end as cancelled; running ones are waited for.
         // Their results come through the mailbox, which the loop below reaps.
         if let Some(fb) = self.fallback.get() {
-            fb.workers.shutdown();
+            // Jobs still blocked in the kernel: forgotten (their late
+            // results find no record), so the loop below does not wait.
+            let left = fb.workers.shutdown();
+            let mut inner = lock(&self.inner);
+            for id in left {
+                inner.ops.remove(id);
+            }
         }
         let mut sink = Vec::new();
         let mut woken = false;
