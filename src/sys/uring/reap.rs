@@ -92,11 +92,6 @@ impl Core {
                 }
             }
         }
-        // Emulated linked timeouts that fired: cancel their operations.
-        let pushes = !expired.is_empty();
-        for id in expired {
-            out.extend(self.cancel_locked(&mut inner, id));
-        }
         if mail {
             inner.mailbox_armed = false;
             if let Some(fb) = self.fallback.get() {
@@ -114,6 +109,14 @@ impl Core {
         // a timer, the re-armed mailbox).
         for chain in &follow {
             self.push_all_locked(chain.as_slice());
+        }
+        // Emulated linked timeouts that fired: cancel their operations —
+        // after the follow-ups above, so a cancel also reaches an operation
+        // started again in this batch (a zero-copy send sent again as a
+        // plain SEND, a transfer's next round).
+        let pushes = !expired.is_empty();
+        for id in expired {
+            out.extend(self.cancel_locked(&mut inner, id));
         }
         drop(inner);
         if !follow.is_empty() || pushes {

@@ -86,6 +86,10 @@ impl Inner {
             Aux::ZeroCopy(z) => match z.on_cqe(res, flags, closing) {
                 ZcStep::Wait => return None,
                 ZcStep::Done(res) => res,
+                // Its emulated timer fired already (the cancel it sent found
+                // the zero-copy send ended): the deadline has passed, so it
+                // ends cancelled rather than start again with no timer.
+                ZcStep::Resend if rec.link_ts.is_some() && !rec.timer => -libc::ECANCELED,
                 ZcStep::Resend => {
                     let sqe = plain_send(&rec.body).expect("a zero-copy record holds a send_zc");
                     follow.push(vec![sqe.user_data(id.0)]);
