@@ -22,8 +22,21 @@ fn backend(choice: BackendChoice) -> &'static str {
     }
 }
 
+/// A running `ringport echo`: killed and reaped if a failing test drops it
+/// without `stop`, so no test leaves a server behind.
+struct Echo(Option<Child>);
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// `ringport echo` on 127.0.0.1:0 with `extra`; its address from the ready line.
-fn spawn_echo(choice: BackendChoice, extra: &[&str]) -> (Child, SocketAddr) {
+fn spawn_echo(choice: BackendChoice, extra: &[&str]) -> (Echo, SocketAddr) {
     let mut child = Command::new(BIN)
         .args([
             "echo",
@@ -46,10 +59,12 @@ fn spawn_echo(choice: BackendChoice, extra: &[&str]) -> (Child, SocketAddr) {
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
-    (child, addr)
+    (Echo(Some(child)), addr)
 }
 
-fn stop(mut child: Child) {
+/// Stops the server with SIGTERM; it must exit 0.
+fn stop(mut echo: Echo) {
+    let mut child = echo.0.take().expect("running");
     // SAFETY: kill(2) on our own child's pid, with SIGTERM.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -144,12 +159,11 @@ backend_test!(
             .spawn()
             .unwrap();
         drop(child.stdout.take()); // nobody reads the ready line
+        let mut echo = Echo(Some(child));
         std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the server exited when its stdout closed"
-        );
-        stop(child);
+        let running = echo.0.as_mut().unwrap().try_wait().unwrap().is_none();
+        assert!(running, "the server exited when its stdout closed");
+        stop(echo);
     }
 );
 
