@@ -35,18 +35,24 @@ impl Drop for Echo {
     }
 }
 
+/// `ringport echo --listen 127.0.0.1:0` on `choice`'s backend, stdout piped.
+fn echo_command(choice: BackendChoice) -> Command {
+    let mut c = Command::new(BIN);
+    c.args([
+        "echo",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        backend(choice),
+    ])
+    .stdout(Stdio::piped());
+    c
+}
+
 /// `ringport echo` on 127.0.0.1:0 with `extra`; its address from the ready line.
 fn spawn_echo(choice: BackendChoice, extra: &[&str]) -> (Echo, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args([
-            "echo",
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            backend(choice),
-        ])
+    let mut child = echo_command(choice)
         .args(extra)
-        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn ringport echo");
@@ -146,18 +152,7 @@ fn a_cap_smaller_than_the_accepts_is_a_clear_error() {
 backend_test!(
     a_closed_stdout_does_not_stop_the_server,
     |choice: BackendChoice| {
-        let mut child = Command::new(BIN)
-            .args([
-                "echo",
-                "--listen",
-                "127.0.0.1:0",
-                "--backend",
-                backend(choice),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = echo_command(choice).stderr(Stdio::piped()).spawn().unwrap();
         drop(child.stdout.take()); // nobody reads the ready line
         let mut echo = Echo(Some(child));
         std::thread::sleep(Duration::from_millis(300));

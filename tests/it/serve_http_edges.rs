@@ -11,6 +11,14 @@ use crate::serve::{fetch, Client, Serve, Site};
 /// answering late.
 const SLOW_HEADER: [&str; 2] = ["--header-timeout-ms", "60000"];
 
+/// `GET target` on a fresh connection that closes after the response.
+fn get_closing(srv: &Serve, target: &str) -> crate::serve::Resp {
+    fetch(
+        srv.addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    )
+}
+
 backend_test!(
     expect_100_continue_is_answered_without_waiting_for_the_body,
     |choice: BackendChoice| {
@@ -60,12 +68,7 @@ backend_test!(
         let Some(srv) = Serve::start(choice, &site, &[]) else {
             return;
         };
-        let ask = |target: &str| {
-            fetch(
-                srv.addr,
-                &format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
-            )
-        };
+        let ask = |target: &str| get_closing(&srv, target);
         let r = ask("HTTP://t/hello.txt");
         assert_eq!((r.status, r.body.as_slice()), (200, &b"hello, world\n"[..]));
         // No path: `/` (the listing), not a path out of the query.
@@ -86,10 +89,7 @@ backend_test!(
             return;
         };
         for t in ["/sub", "/sub%2F", "/sub%2f"] {
-            let r = fetch(
-                srv.addr,
-                &format!("GET {t} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
-            );
+            let r = get_closing(&srv, t);
             assert_eq!(r.status, 301, "{t}");
             assert_eq!(r.must("Location"), "/sub/", "{t}");
         }
