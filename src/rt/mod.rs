@@ -61,7 +61,7 @@ pub use task::{Cancelled, JoinError, JoinHandle};
 use blocking::BlockingPool;
 use op::OpSlot;
 use registry::Registry;
-use task::{BlockingStart, JoinState, Stoppable, Task};
+use task::{BlockingStart, JoinState, Stoppable, Task, TaskRef};
 
 /// Key of the runtime's task packets.
 pub(crate) const TASK_KEY: u64 = u64::MAX - 1;
@@ -178,7 +178,7 @@ pub(crate) struct Shared {
     pub(crate) port: CompletionPort,
     /// Every live task. Owning them here (not in their packets) is what lets
     /// shutdown drop them all, whatever the port dropped.
-    pub(crate) tasks: Registry<Arc<Task>>,
+    pub(crate) tasks: Registry<TaskRef>,
     /// Every operation in flight (see `op.rs`).
     pub(crate) ops: Registry<OpSlot>,
     /// Futures waiting for room under `max_in_flight`.
@@ -204,7 +204,7 @@ thread_local! {
     /// The runtime this thread is a worker of (its `Shared` address), or 0.
     static WORKER: Cell<usize> = const { Cell::new(0) };
     /// A task woken by this worker while it handled a packet; runs next.
-    static NEXT: RefCell<Option<Arc<Task>>> = const { RefCell::new(None) };
+    static NEXT: RefCell<Option<TaskRef>> = const { RefCell::new(None) };
 }
 
 impl Shared {
@@ -246,7 +246,7 @@ impl Shared {
 
     /// Schedules a task that just moved to `SCHEDULED` (it holds no other
     /// schedule). `inline`: a worker of this runtime may keep it in its next slot.
-    pub(crate) fn schedule(&self, task: Arc<Task>, inline: bool) {
+    pub(crate) fn schedule(&self, task: TaskRef, inline: bool) {
         if inline && WORKER.with(Cell::get) == self.addr() {
             let task = NEXT.with(|n| {
                 let mut n = n.borrow_mut();
@@ -265,7 +265,7 @@ impl Shared {
         self.post_task(&task);
     }
 
-    fn post_task(&self, task: &Arc<Task>) {
+    fn post_task(&self, task: &TaskRef) {
         if self.port.post(TASK_KEY, task.key(), 0).is_err() {
             // Closed: the runtime is shutting down; shutdown drops the task (it
             // is still in the registry, or was never run).
@@ -284,6 +284,7 @@ impl Shared {
         F::Output: Send + 'static,
     {
         let (task, join) = Task::new(self.clone(), fut);
+        let task: TaskRef = task;
         let key = self.tasks.insert(task.clone());
         task.set_key(key);
         self.post_task(&task);

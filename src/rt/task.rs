@@ -11,6 +11,7 @@
 //! The run-state machine and its invariant are in `state.rs`.
 
 use std::any::Any;
+use std::cell::UnsafeCell;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,26 +24,61 @@ use super::state::RunState;
 use super::Shared;
 use crate::sync::lock;
 
-type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+/// What the runtime holds of a task, whatever its future's type: the
+/// registry's entry, a worker's next slot, a [`JoinHandle`]'s abort.
+pub(crate) type TaskRef = Arc<dyn Runnable>;
 
-/// One spawned future.
-pub(crate) struct Task {
+/// A task seen without its future's type.
+pub(crate) trait Runnable: Send + Sync + 'static {
+    /// The task's key in the runtime's task registry.
+    fn key(&self) -> u64;
+    /// Sets the key (right after the registry insert, before the first schedule).
+    fn set_key(&self, key: u64);
+    /// Runs the task once. The caller holds its schedule (state `SCHEDULED`).
+    /// Returns true if the task finished.
+    fn run(self: Arc<Self>) -> bool;
+    /// Asks the task to stop: it is dropped the next time it would run.
+    fn abort(self: Arc<Self>);
+    /// Drops the future without running it (runtime shutdown). The caller took
+    /// the task out of the registry while no worker can be running it (see
+    /// [`Task`]'s invariant).
+    fn cancel_at_shutdown(&self);
+}
+
+/// One spawned future, in one allocation with its state (the `Arc`'s), so a
+/// wake and the poll it leads to touch one object, not a task and a boxed
+/// future behind a lock.
+pub(crate) struct Task<F: Future> {
     state: RunState,
-    /// The future; `None` once finished or aborted. Only the thread that moved the
-    /// task to `RUNNING` locks it (and shutdown, after every worker stopped), so
-    /// the lock is never contended.
-    future: Mutex<Option<BoxFuture>>,
-    /// The task's key in the runtime's task registry (set right after insert,
+    /// The key in the runtime's task registry (set right after insert,
     /// before the first schedule).
     key: AtomicU64,
     aborted: AtomicBool,
-    /// Reports a panic or an abort to the join state (the wrapper future that
-    /// reports the output is gone by then).
-    fail: Box<dyn Fn(JoinError) + Send + Sync>,
     shared: Arc<Shared>,
+    /// Where the output (or the panic, or the abort) goes.
+    join: Arc<JoinState<F::Output>>,
+    /// The future; `None` once finished, panicked or aborted (dropped in
+    /// place: it is pinned here, never moved).
+    ///
+    /// Invariant: only two kinds of thread touch it, never at once — the
+    /// thread that moved the task to `RUNNING` (`begin`, in `run`) until it
+    /// leaves that state, and, at shutdown, the thread that took the task out
+    /// of the registry: `stop_runtime` after the pool's workers are joined (so
+    /// none runs it), or a waker whose post the closed port refused, which
+    /// holds the task's one schedule (so nobody else can begin it). The state
+    /// machine (`state.rs`, loom-checked) gives the first its exclusivity.
+    future: UnsafeCell<Option<F>>,
 }
 
-impl fmt::Debug for Task {
+// SAFETY: the only non-`Sync` field is `future`, and the invariant on it
+// (above) means no two threads ever access it at once; each access is ordered
+// after the previous one by the state machine's acquire/release RMWs (`begin`
+// after the schedule that `end_pending`/`wake` handed over) or by the registry
+// shard's lock and the pool's join (shutdown). `F: Send` makes moving the
+// accesses between threads sound.
+unsafe impl<F: Future + Send> Sync for Task<F> where F::Output: Send {}
+
+impl<F: Future> fmt::Debug for Task<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Task")
             .field("state", &self.state)
@@ -51,81 +87,96 @@ impl fmt::Debug for Task {
     }
 }
 
-impl Task {
+impl<F> Task<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
     /// Creates a task (in `SCHEDULED`: the caller must schedule it once) running
     /// `fut`, whose output goes to the returned join state.
-    pub(crate) fn new<F>(shared: Arc<Shared>, fut: F) -> (Arc<Task>, Arc<JoinState<F::Output>>)
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
+    pub(crate) fn new(shared: Arc<Shared>, fut: F) -> (Arc<Task<F>>, Arc<JoinState<F::Output>>) {
         let join = Arc::new(JoinState::new());
-        let j = join.clone();
-        let wrapped: BoxFuture = Box::pin(async move {
-            let out = fut.await;
-            j.finish(Ok(out));
-        });
-        let j = join.clone();
         let task = Arc::new(Task {
             state: RunState::new_scheduled(),
-            future: Mutex::new(Some(wrapped)),
             key: AtomicU64::new(0),
             aborted: AtomicBool::new(false),
-            fail: Box::new(move |e| j.finish(Err(e))),
             shared,
+            join: join.clone(),
+            future: UnsafeCell::new(Some(fut)),
         });
         (task, join)
     }
 
-    pub(crate) fn set_key(&self, key: u64) {
-        self.key.store(key, Ordering::Release);
+    /// Drops the future in place, catching a panic in its `Drop` (the task
+    /// and its join must still end, and the worker must not unwind).
+    ///
+    /// # Safety
+    ///
+    /// The caller has the exclusive access `future`'s invariant describes.
+    unsafe fn drop_future(&self) {
+        // SAFETY: exclusive, by the caller's contract.
+        let slot = unsafe { &mut *self.future.get() };
+        let _ = catch_unwind(AssertUnwindSafe(|| *slot = None));
     }
+}
 
-    pub(crate) fn key(&self) -> u64 {
+impl<F> Runnable for Task<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn key(&self) -> u64 {
         self.key.load(Ordering::Acquire)
     }
 
-    /// Asks the task to stop: it is dropped the next time it would run.
-    pub(crate) fn abort(self: &Arc<Self>) {
+    fn set_key(&self, key: u64) {
+        self.key.store(key, Ordering::Release);
+    }
+
+    fn abort(self: Arc<Self>) {
         self.aborted.store(true, Ordering::Release);
         self.wake_by_ref();
     }
 
-    /// Runs the task once. The caller holds its schedule (state `SCHEDULED`).
-    /// Returns true if the task finished.
-    pub(crate) fn run(self: Arc<Self>) -> bool {
-        let fail = &self.fail;
+    fn run(self: Arc<Self>) -> bool {
         self.state.begin();
-        let mut slot = lock(&self.future);
         let done = if self.aborted.load(Ordering::Acquire) {
-            // A future whose drop panics must still end the task (and its
-            // join), and must not unwind through the worker.
-            let fut = slot.take();
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
-            fail(JoinError::Cancelled);
+            // SAFETY: we moved the task to RUNNING (`begin`): exclusive.
+            unsafe { self.drop_future() };
+            self.join.finish(Err(JoinError::Cancelled));
             true
-        } else if let Some(fut) = slot.as_mut() {
-            let waker = Waker::from(self.clone());
-            let mut cx = Context::from_waker(&waker);
-            match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
-                Ok(Poll::Ready(())) => {
-                    slot.take();
-                    true
-                }
-                Ok(Poll::Pending) => false,
-                Err(payload) => {
-                    // Drop what is left of the future; a panic in its drop is
-                    // caught too, so the worker keeps serving.
-                    let fut = slot.take();
-                    let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
-                    fail(JoinError::Panic(payload));
-                    true
+        } else {
+            // SAFETY: we moved the task to RUNNING (`begin`), so by the
+            // invariant on `future` nobody else touches it until we leave that
+            // state below.
+            let slot = unsafe { &mut *self.future.get() };
+            match slot.as_mut() {
+                None => true,
+                Some(fut) => {
+                    // SAFETY: the future lives in this `Arc`'s allocation,
+                    // which never moves, and is only ever dropped in place
+                    // (`drop_future`), never moved out: it stays pinned.
+                    let fut = unsafe { Pin::new_unchecked(fut) };
+                    let waker = Waker::from(self.clone());
+                    let mut cx = Context::from_waker(&waker);
+                    match catch_unwind(AssertUnwindSafe(|| fut.poll(&mut cx))) {
+                        Ok(Poll::Ready(out)) => {
+                            // SAFETY: still RUNNING, still exclusive.
+                            unsafe { self.drop_future() };
+                            self.join.finish(Ok(out));
+                            true
+                        }
+                        Ok(Poll::Pending) => false,
+                        Err(payload) => {
+                            // SAFETY: still RUNNING, still exclusive.
+                            unsafe { self.drop_future() };
+                            self.join.finish(Err(JoinError::Panic(payload)));
+                            true
+                        }
+                    }
                 }
             }
-        } else {
-            true
         };
-        drop(slot);
         if done {
             self.state.finish();
             self.shared.tasks.remove(self.key());
@@ -140,19 +191,24 @@ impl Task {
         false
     }
 
-    /// Drops the future without running it (runtime shutdown).
-    pub(crate) fn cancel_at_shutdown(&self) {
-        let fail = &self.fail;
+    fn cancel_at_shutdown(&self) {
         self.state.finish();
-        let fut = lock(&self.future).take();
-        if fut.is_some() {
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
-            fail(JoinError::Cancelled);
+        // SAFETY: the caller took the task out of the registry at shutdown,
+        // which by `future`'s invariant makes its access exclusive.
+        let had = unsafe { (*self.future.get()).is_some() };
+        if had {
+            // SAFETY: as above.
+            unsafe { self.drop_future() };
+            self.join.finish(Err(JoinError::Cancelled));
         }
     }
 }
 
-impl Wake for Task {
+impl<F> Wake for Task<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -284,7 +340,7 @@ pub struct JoinHandle<T> {
 /// What [`JoinHandle::abort`] stops.
 pub(crate) enum Stoppable {
     /// A spawned future.
-    Task(Arc<Task>),
+    Task(TaskRef),
     /// A `spawn_blocking` closure, by its start flag: the abort and the
     /// closure's start race for it (`BlockingStart`), and only the winner
     /// finishes the join (so a closure that ran to its end is never
@@ -320,7 +376,7 @@ impl<T> JoinHandle<T> {
     /// stopped; one that has not is skipped.
     pub fn abort(&self) {
         match &self.task {
-            Stoppable::Task(t) => t.abort(),
+            Stoppable::Task(t) => t.clone().abort(),
             // Too late once the closure has started: its output stays.
             Stoppable::Blocking(start) => {
                 if start.claim() {

@@ -130,6 +130,10 @@ struct Cli {
     /// KEY=VALUE pairs, e.g. "RINGPORT_URING_COOP=off".
     #[arg(long, default_value = "")]
     x_env: String,
+    /// The ringport binary of the `-x` servers (default: `--ringport`'s): an
+    /// A/B experiment between two builds, e.g. the last commit's and the work tree's.
+    #[arg(long)]
+    x_bin: Option<PathBuf>,
     /// Client threads (`ringport bench echo --threads`).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
@@ -289,6 +293,7 @@ fn real_main(cli: Cli) -> Result<i32, String> {
         cli.base_port,
     );
     tools.x_env = cli.x_env.split_whitespace().map(String::from).collect();
+    tools.x_bin = cli.x_bin.clone();
     // Attaching perf (or strace) costs the servers CPU and throughput, so by
     // default syscalls are counted in a pass of their own after the timed rounds.
     let syscall_pass = syscalls != SysMethod::Off && !cli.syscalls_inline && !cli.skewed;

@@ -106,6 +106,8 @@ pub struct Tools {
     pub ringport_args: Vec<String>,
     /// Environment of `ringport-uring-x`, `ringport-epoll-x` and `ringport-async-x` (KEY=VALUE).
     pub x_env: Vec<String>,
+    /// The ringport binary of the `-x` servers, if not `ringport`.
+    pub x_bin: Option<PathBuf>,
     pub client_threads: usize,
     pub syscalls: SysMethod,
     next_port: u16,
@@ -125,6 +127,7 @@ impl Tools {
             peer_echo,
             ringport_args,
             x_env: Vec::new(),
+            x_bin: None,
             client_threads,
             syscalls,
             next_port: base_port,
@@ -492,13 +495,14 @@ fn server_argv(tools: &Tools, spec: &Spec, port: u16) -> Vec<String> {
         | ServerKind::RingportAsyncX
         | ServerKind::RingportAsyncEpoll
         | ServerKind::RingportAsyncEpollX => {
-            if matches!(
+            let x = matches!(
                 spec.server,
                 ServerKind::RingportUringX
                     | ServerKind::RingportEpollX
                     | ServerKind::RingportAsyncX
                     | ServerKind::RingportAsyncEpollX
-            ) {
+            );
+            if x {
                 argv.push("env".into());
                 argv.extend(tools.x_env.iter().cloned());
             }
@@ -509,7 +513,11 @@ fn server_argv(tools: &Tools, spec: &Spec, port: u16) -> Vec<String> {
                 | ServerKind::RingportAsyncX => "uring",
                 _ => "epoll",
             };
-            argv.push(tools.ringport.display().to_string());
+            let bin = match (&tools.x_bin, x) {
+                (Some(b), true) => b,
+                _ => &tools.ringport,
+            };
+            argv.push(bin.display().to_string());
             argv.extend(["echo", "--listen", &listen, "--backend", backend].map(String::from));
             if matches!(
                 spec.server,
