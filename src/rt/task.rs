@@ -108,15 +108,54 @@ where
     }
 
     /// Drops the future in place, catching a panic in its `Drop` (the task
-    /// and its join must still end, and the worker must not unwind).
+    /// and its join must still end, and the worker must not unwind); the
+    /// panic's payload, if it panicked.
     ///
     /// # Safety
     ///
     /// The caller has the exclusive access `future`'s invariant describes.
-    unsafe fn drop_future(&self) {
+    unsafe fn drop_future(&self) -> Option<Box<dyn Any + Send>> {
         // SAFETY: exclusive, by the caller's contract.
         let slot = unsafe { &mut *self.future.get() };
-        let _ = catch_unwind(AssertUnwindSafe(|| *slot = None));
+        catch_unwind(AssertUnwindSafe(|| *slot = None)).err()
+    }
+
+    /// Polls the future once (the caller moved the task to `RUNNING`): `None`
+    /// while it is pending, else how it ended — its output, or the panic of
+    /// its poll or of its drop, which is always done here.
+    fn poll_once(self: &Arc<Self>) -> Option<Result<F::Output, JoinError>> {
+        if self.aborted.load(Ordering::Acquire) {
+            // SAFETY: the caller moved the task to RUNNING: exclusive. (A
+            // panic in the drop of an aborted future is swallowed: the task
+            // was cancelled either way.)
+            let _ = unsafe { self.drop_future() };
+            return Some(Err(JoinError::Cancelled));
+        }
+        // SAFETY: the caller moved the task to RUNNING (`begin`), so by the
+        // invariant on `future` nobody else touches it until it leaves that
+        // state.
+        let fut = unsafe { (*self.future.get()).as_mut() }?;
+        // SAFETY: the future lives in this `Arc`'s allocation, which never
+        // moves, and is only ever dropped in place (`drop_future`), never
+        // moved out: it stays pinned.
+        let fut = unsafe { Pin::new_unchecked(fut) };
+        let waker = Waker::from(self.clone());
+        let mut cx = Context::from_waker(&waker);
+        let r = match catch_unwind(AssertUnwindSafe(|| fut.poll(&mut cx))) {
+            Ok(Poll::Pending) => return None,
+            Ok(Poll::Ready(out)) => Ok(out),
+            Err(payload) => Err(JoinError::Panic(payload)),
+        };
+        // SAFETY: still RUNNING, still exclusive. A future that finished but
+        // panics in its drop failed, as tokio reports it: the panic wins
+        // over the output (dropped here, its own drop's panic caught too).
+        match (unsafe { self.drop_future() }, r) {
+            (Some(p), Ok(out)) => {
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(out)));
+                Some(Err(JoinError::Panic(p)))
+            }
+            (_, r) => Some(r),
+        }
     }
 }
 
@@ -140,55 +179,26 @@ where
 
     fn run(self: Arc<Self>) -> bool {
         self.state.begin();
-        let done = if self.aborted.load(Ordering::Acquire) {
-            // SAFETY: we moved the task to RUNNING (`begin`): exclusive.
-            unsafe { self.drop_future() };
-            self.join.finish(Err(JoinError::Cancelled));
-            true
-        } else {
-            // SAFETY: we moved the task to RUNNING (`begin`), so by the
-            // invariant on `future` nobody else touches it until we leave that
-            // state below.
-            let slot = unsafe { &mut *self.future.get() };
-            match slot.as_mut() {
-                None => true,
-                Some(fut) => {
-                    // SAFETY: the future lives in this `Arc`'s allocation,
-                    // which never moves, and is only ever dropped in place
-                    // (`drop_future`), never moved out: it stays pinned.
-                    let fut = unsafe { Pin::new_unchecked(fut) };
-                    let waker = Waker::from(self.clone());
-                    let mut cx = Context::from_waker(&waker);
-                    match catch_unwind(AssertUnwindSafe(|| fut.poll(&mut cx))) {
-                        Ok(Poll::Ready(out)) => {
-                            // SAFETY: still RUNNING, still exclusive.
-                            unsafe { self.drop_future() };
-                            self.join.finish(Ok(out));
-                            true
-                        }
-                        Ok(Poll::Pending) => false,
-                        Err(payload) => {
-                            // SAFETY: still RUNNING, still exclusive.
-                            unsafe { self.drop_future() };
-                            self.join.finish(Err(JoinError::Panic(payload)));
-                            true
-                        }
-                    }
-                }
+        match self.poll_once() {
+            Some(r) => {
+                // The task ends (and leaves the registry) before its joiner
+                // hears of it: a joiner sees it gone from `live_tasks`.
+                self.state.finish();
+                self.shared.tasks.remove(self.key());
+                self.join.finish(r);
+                true
             }
-        };
-        if done {
-            self.state.finish();
-            self.shared.tasks.remove(self.key());
-            return true;
+            None => {
+                if self.state.end_pending() {
+                    // Woken while running: schedule again, through the port's
+                    // queue so a task that keeps waking itself cannot starve
+                    // the others.
+                    let shared = self.shared.clone();
+                    shared.schedule(self, false);
+                }
+                false
+            }
         }
-        if self.state.end_pending() {
-            // Woken while running: schedule again, through the port's queue so a
-            // task that keeps waking itself cannot starve the others.
-            let shared = self.shared.clone();
-            shared.schedule(self, false);
-        }
-        false
     }
 
     fn cancel_at_shutdown(&self) {
@@ -197,8 +207,9 @@ where
         // which by `future`'s invariant makes its access exclusive.
         let had = unsafe { (*self.future.get()).is_some() };
         if had {
-            // SAFETY: as above.
-            unsafe { self.drop_future() };
+            // SAFETY: as above. (A panic in the drop is swallowed: the task
+            // is cancelled either way.)
+            let _ = unsafe { self.drop_future() };
             self.join.finish(Err(JoinError::Cancelled));
         }
     }
@@ -304,7 +315,12 @@ impl<T> JoinState<T> {
             g.waker.take()
         };
         if let Some(w) = waker {
-            w.wake();
+            // The joiner's waker is foreign code: its panic must not unwind
+            // through the worker that finished the task (nor through
+            // shutdown).
+            if catch_unwind(AssertUnwindSafe(|| w.wake())).is_err() {
+                tracing::error!("ringport: a JoinHandle's waker panicked; the panic is dropped");
+            }
         }
     }
 

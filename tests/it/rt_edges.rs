@@ -2,7 +2,8 @@
 //! thread waits in `block_on`, an aborted task whose future panics when
 //! dropped, cancelling a `spawn_blocking` closure that already runs, timers
 //! and timeouts of `Duration::MAX`, and a client that resets its connection
-//! before the server accepts it.
+//! before the server accepts it; and (session 13's) a finished task whose
+//! drop panics, and a joiner whose waker panics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -96,6 +97,79 @@ backend_test!(
         wait_idle(&h);
         // The worker that dropped it still serves.
         assert_eq!(join(&h, rt.spawn(async { 5 })).unwrap(), 5);
+    }
+);
+
+backend_test!(
+    a_finished_task_whose_drop_panics_reports_the_panic,
+    |choice: BackendChoice| {
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let task = rt.spawn(async {
+            let _bomb = PanicsOnDrop;
+            ringport::yield_now().await;
+            1
+        });
+        match join(&h, task) {
+            Err(e) => assert!(e.is_panic(), "{e}"),
+            Ok(v) => panic!("the output ({v}) hid the panic of the future's drop"),
+        }
+        wait_idle(&h);
+    }
+);
+
+/// A waker that panics when woken: a joiner's, foreign to the runtime.
+struct PanickingWaker;
+
+impl std::task::Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("PanickingWaker woken");
+    }
+}
+
+backend_test!(
+    a_joiner_whose_waker_panics_strands_nothing,
+    |choice: BackendChoice| {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        // U parks its waker, then ends when woken again.
+        let (parked_tx, parked_rx) = mpsc::channel::<Waker>();
+        let u_ran = Arc::new(AtomicBool::new(false));
+        let ran = u_ran.clone();
+        let mut first = true;
+        let _u = rt.spawn(std::future::poll_fn(move |cx| {
+            if std::mem::take(&mut first) {
+                parked_tx.send(cx.waker().clone()).unwrap();
+                Poll::Pending
+            } else {
+                ran.store(true, Ordering::SeqCst);
+                Poll::Ready(())
+            }
+        }));
+        let u_waker = parked_rx.recv_timeout(T).unwrap();
+        let gate = Arc::new(AtomicBool::new(false));
+        let g = gate.clone();
+        let mut task = rt.spawn(async move {
+            while !g.load(Ordering::SeqCst) {
+                ringport::yield_now().await;
+            }
+            // Woken from this worker: U waits in its next slot while this
+            // task finishes and wakes its joiner.
+            u_waker.wake();
+            7
+        });
+        let w = Waker::from(Arc::new(PanickingWaker));
+        let mut cx = Context::from_waker(&w);
+        assert!(std::pin::Pin::new(&mut task).poll(&mut cx).is_pending());
+        gate.store(true, Ordering::SeqCst);
+        // The finished task leaves the registry, and U runs, with nothing
+        // else happening on the runtime.
+        wait_idle(&h);
+        assert!(u_ran.load(Ordering::SeqCst));
+        assert!(task.is_finished());
+        assert_eq!(join(&h, task).unwrap(), 7);
     }
 );
 
