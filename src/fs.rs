@@ -6,6 +6,11 @@
 //! `File` also keeps a cursor for the sequential helpers
 //! ([`read_to_end`](File::read_to_end), [`write_all`](File::write_all)).
 //!
+//! A `File` is for seekable files (regular files, block devices, most
+//! character devices): opening or taking over a pipe, a FIFO, a socket or a
+//! terminal fails with `InvalidInput` on both backends — use a stream handle
+//! for those.
+//!
 //! ```
 //! use ringport::fs::File;
 //! let rt = ringport::Runtime::new()?;
@@ -72,9 +77,13 @@ impl OpenOptions {
         self
     }
 
-    /// Writes through the cursor start at the end of the file.
+    /// Open for appending (`O_APPEND`, which implies writing): every write
+    /// goes to the end of the file as it is then — atomically against other
+    /// appending writers, and whatever offset `write_at` names (Linux's rule
+    /// for `pwrite` on such a file). The cursor starts at 0, for reads, and
+    /// appending writes do not move it.
     pub fn append(&mut self, on: bool) -> &mut Self {
-        self.std.write(on || self.append);
+        self.std.append(on);
         self.append = on;
         self
     }
@@ -103,18 +112,20 @@ impl OpenOptions {
         let opts = self.std.clone();
         let path = path.as_ref().to_path_buf();
         let f = rt.spawn_blocking(move || opts.open(path)).await??;
-        let start = if self.append { f.metadata()?.len() } else { 0 };
-        Ok(File {
-            core: Core::new(rt, OwnedFd::from(f))?,
-            cursor: AtomicU64::new(start),
-        })
+        File::new(rt, f, 0, self.append)
     }
 }
 
 /// An open file.
 pub struct File {
     core: Arc<Core>,
+    /// Where the sequential helpers go next. A `write_all` reserves its range
+    /// here before it writes (`fetch_add`), so concurrent ones never write
+    /// over each other, and one dropped midway still leaves the cursor past
+    /// its range.
     cursor: AtomicU64,
+    /// Opened with `O_APPEND`: writes go to the end, the cursor stays.
+    append: bool,
 }
 
 impl fmt::Debug for File {
@@ -142,11 +153,48 @@ impl File {
             .await
     }
 
-    /// Takes over a file opened elsewhere.
+    /// Takes over a file opened elsewhere, at its current position (the
+    /// cursor starts there) and in its mode (`O_APPEND` or not).
     pub fn from_std(f: std::fs::File) -> io::Result<File> {
+        use std::os::fd::AsRawFd;
+        let fd = f.as_raw_fd();
+        // SAFETY: fcntl F_GETFL on a descriptor `f` owns; no memory passed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: lseek of 0 from the current position only reads it.
+        let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        File::new(
+            Handle::current()?,
+            f,
+            u64::try_from(pos).unwrap_or(0),
+            flags & libc::O_APPEND != 0,
+        )
+    }
+
+    /// A `File` on `f` with the cursor at `cursor`; refuses a descriptor
+    /// that cannot seek (see the module docs).
+    fn new(rt: Handle, f: std::fs::File, cursor: u64, append: bool) -> io::Result<File> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: lseek of 0 from the current position moves nothing; it
+        // fails with ESPIPE on a pipe, FIFO, socket or terminal.
+        if unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_CUR) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::ESPIPE) {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "ringport::fs::File is for seekable files; this is a pipe, FIFO, \
+                     socket or terminal (ESPIPE)",
+                )
+            } else {
+                e
+            });
+        }
         Ok(File {
-            core: Core::new(Handle::current()?, OwnedFd::from(f))?,
-            cursor: AtomicU64::new(0),
+            core: Core::new(rt, OwnedFd::from(f))?,
+            cursor: AtomicU64::new(cursor),
+            append,
         })
     }
 
@@ -171,35 +219,78 @@ impl File {
         }
     }
 
-    /// Writes all of `buf` at `offset`.
+    /// Writes all of `buf` at `offset` (on an `O_APPEND` file: at the end,
+    /// whatever `offset` says).
     pub async fn write_all_at(&self, buf: Vec<u8>, offset: u64) -> (io::Result<()>, Vec<u8>) {
+        let (r, buf, _) = self.write_all_counted(buf, offset).await;
+        (r, buf)
+    }
+
+    /// `write_all_at`, also saying how many bytes were written.
+    async fn write_all_counted(
+        &self,
+        buf: Vec<u8>,
+        offset: u64,
+    ) -> (io::Result<()>, Vec<u8>, usize) {
         let mut pos = 0usize;
         let mut buf = buf;
         while pos < buf.len() {
-            let op = Op::write_at_from(&self.core.fd, buf, pos, offset + pos as u64);
+            let op = Op::write_at_from(&self.core.fd, buf, pos, offset.saturating_add(pos as u64));
             let c = match self.core.run(op).await {
                 Ok(c) => c,
-                Err(e) => return (Err(e), Vec::new()),
+                Err(e) => return (Err(e), Vec::new(), pos),
             };
             buf = c.buf.unwrap_or_default();
             match c.result {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf, pos),
                 Ok(n) => pos += n,
-                Err(e) => return (Err(e), buf),
+                Err(e) => return (Err(e), buf, pos),
             }
         }
-        (Ok(()), buf)
+        (Ok(()), buf, pos)
     }
 
-    /// Writes all of `buf` at the cursor and moves it past them.
+    /// Writes all of `buf` at the cursor and moves it past them; on a file
+    /// opened with [`append`](OpenOptions::append), at the end of the file.
+    ///
+    /// The range is taken from the cursor before the first byte is written,
+    /// so concurrent calls on one `File` write one after another's range,
+    /// never over it. A call that fails gives back what it did not write if
+    /// no later call took a range meanwhile; a call dropped midway (or one
+    /// that failed after another took a range) leaves its range in the file
+    /// with whatever part of `buf` reached it.
     pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let at = self.cursor.load(Ordering::Acquire);
-        let len = buf.len() as u64;
-        let r = self.write_all_at(buf, at).await;
-        if r.0.is_ok() {
-            self.cursor.store(at + len, Ordering::Release);
+        if self.append {
+            return self.append_all(buf).await;
         }
-        r
+        let len = buf.len() as u64;
+        let at = self.cursor.fetch_add(len, Ordering::AcqRel);
+        if at.checked_add(len).is_none_or(|end| end > i64::MAX as u64) {
+            let _ = self.cursor.compare_exchange(
+                at.wrapping_add(len),
+                at,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            return (Err(io::Error::from_raw_os_error(libc::EFBIG)), buf);
+        }
+        let (r, buf, written) = self.write_all_counted(buf, at).await;
+        if r.is_err() {
+            let _ = self.cursor.compare_exchange(
+                at + len,
+                at + written as u64,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        (r, buf)
+    }
+
+    /// `write_all` on an `O_APPEND` file: each write goes to the end (the
+    /// kernel ignores the offset), so only the count matters.
+    async fn append_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let (r, buf, _) = self.write_all_counted(buf, 0).await;
+        (r, buf)
     }
 
     /// Reads from the cursor to the end of the file, appending to `buf`; returns

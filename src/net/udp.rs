@@ -45,11 +45,20 @@ impl UdpSocket {
         Err(last.unwrap_or_else(|| io::Error::other("no address to bind")))
     }
 
-    /// Sets the default peer (`send`/`recv` then talk to it only). UDP's connect
-    /// only records the address: it does not wait.
+    /// Sets the default peer (`send`/`recv` then talk to it only): the first
+    /// address `addr` resolves to that the socket takes (an IPv6 one is
+    /// skipped on an IPv4 socket, as with std). UDP's connect only records
+    /// the address: it does not wait.
     pub fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<()> {
-        let a = resolve(addr)?[0];
-        SockRef::from(&self.core.fd).connect(&a.into())
+        let sock = SockRef::from(&self.core.fd);
+        let mut last = None;
+        for a in resolve(addr)? {
+            match sock.connect(&a.into()) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no address to connect to")))
     }
 
     /// Sends one datagram to the connected peer.

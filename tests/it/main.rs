@@ -34,6 +34,7 @@ mod rt;
 mod rt_edges;
 mod rt_fair;
 mod rt_files;
+mod rt_files_edges;
 mod rt_inline;
 mod rt_io;
 mod rt_time;

@@ -247,3 +247,26 @@ backend_test!(send_file_on_the_async_face, |choice: BackendChoice| {
     assert!(got == want, "the bytes differ");
     wait_idle(&h);
 });
+
+backend_test!(
+    udp_connect_takes_the_first_address_that_fits,
+    |choice: BackendChoice| {
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        block(&h, async move {
+            let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let me = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let to = peer.local_addr().unwrap();
+            // An IPv6 address first: an IPv4 socket cannot take it; std goes
+            // on to the next, and so does this.
+            let v6: std::net::SocketAddr = "[::1]:9".parse().unwrap();
+            me.connect(&[v6, to][..])
+                .expect("connect to the IPv4 address");
+            me.send(b"hi".to_vec()).await.0.unwrap();
+            let (n, b) = peer.recv(Vec::with_capacity(8)).await;
+            assert_eq!(&b[..n.unwrap()], b"hi");
+            // Nothing that fits: the last error.
+            assert!(me.connect(&[v6][..]).is_err());
+        });
+    }
+);
