@@ -617,6 +617,10 @@ thread_local! {
     static DEFER_SUBMIT: Cell<bool> = const { Cell::new(false) };
     /// This thread holds submissions it has not handed to the kernel yet.
     static HOLDING: Cell<bool> = const { Cell::new(false) };
+    /// How deep in [`blocking`] calls this thread is: only the outermost one
+    /// releases and takes back the concurrency slots (an inner one returning
+    /// must not count the thread as running while the outer still blocks).
+    static BLOCKING_DEPTH: Cell<u32> = const { Cell::new(0) };
     /// The thread's buffer for completions reaped by one wait, kept between
     /// waits (an allocation and a free per wait otherwise).
     static BATCH: Cell<Vec<Completion>> = const { Cell::new(Vec::new()) };
@@ -663,6 +667,22 @@ pub fn batch_submissions(on: bool) {
 /// assert!(v.unwrap() > 0);
 /// ```
 pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            BLOCKING_DEPTH.with(|d| d.set(d.get() - 1));
+        }
+    }
+    let outer = BLOCKING_DEPTH.with(|d| {
+        d.set(d.get() + 1);
+        d.get() == 1
+    });
+    let _depth = Depth;
+    if !outer {
+        // Nested: the outermost call released the slots already and takes
+        // them back when it returns.
+        return f();
+    }
     let ports: Vec<(Arc<PortInner>, SlotId)> = THREAD_SLOTS.with(|regs| {
         regs.borrow()
             .0

@@ -157,6 +157,37 @@ backend_test!(
 );
 
 backend_test!(
+    a_nested_blocking_hint_keeps_the_slot_released,
+    |choice: BackendChoice| {
+        let port = build(builder(choice).concurrency(1));
+        // Packet 1's handler blocks inside a blocking hint, after a nested
+        // one returned, until packet 2 is handled by the other thread: which
+        // only the outer hint, still in force, allows.
+        let (inner, second_done, first_saw_second) = first_waits_for_second(false);
+        let pool = Pool::builder()
+            .threads(2)
+            .stall_threshold(None)
+            .spawn(&port, move |p, c| {
+                if c.user_data == 1 {
+                    ringport::blocking(|| {
+                        ringport::blocking(|| ());
+                        inner(p, c)
+                    })
+                } else {
+                    inner(p, c)
+                }
+            })
+            .unwrap();
+        port.post(0, 1, 0).unwrap();
+        port.post(0, 2, 0).unwrap();
+        wait_until("both packets are handled", || {
+            second_done.load(Ordering::SeqCst) && first_saw_second.load(Ordering::SeqCst)
+        });
+        shutdown(pool);
+    }
+);
+
+backend_test!(
     most_recently_idle_thread_is_woken_first,
     |choice: BackendChoice| {
         let port = build(builder(choice).concurrency(1));
