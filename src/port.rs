@@ -225,6 +225,12 @@ impl CompletionPort {
 
     /// Ends a handle's association (call it before closing the handle yourself, so a
     /// later descriptor with the same number is not mistaken for it).
+    ///
+    /// Operations still in flight on a socket are cancelled, on both
+    /// backends: each completes with `ECANCELED` (or with its result, if it
+    /// finished first). On epoll they complete here; on io_uring when the
+    /// kernel has taken the cancel, soon after. A file's operations run to
+    /// their end.
     pub fn disassociate(&self, handle: &impl AsFd) -> Result<()> {
         let fd = handle.as_fd().as_raw_fd();
         self.inner

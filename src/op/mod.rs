@@ -439,7 +439,11 @@ impl Op {
     }
 
     /// Closes a descriptor, taking ownership of it. Its association with the port
-    /// ends when this operation is submitted.
+    /// ends when this operation is submitted. On a socket, operations still in
+    /// flight are cancelled first (they complete with `ECANCELED`, or with
+    /// their result if they finished first), on both backends — as
+    /// `CloseHandle` aborts a handle's pending I/O; a file's operations run to
+    /// their end.
     pub fn close(fd: OwnedFd) -> Op {
         Op::new(OpBody::Close { fd })
     }

@@ -400,7 +400,7 @@ impl Backend {
     pub(crate) fn disassociate(&self, fd: std::os::fd::RawFd) {
         inline_read::forget(fd);
         match self {
-            Backend::Uring(d) => d.forget_fd(fd),
+            Backend::Uring(d) => d.disassociate(fd),
             Backend::Epoll(d) => d.disassociate(fd),
         }
     }

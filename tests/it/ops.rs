@@ -349,3 +349,37 @@ backend_test!(
         assert_eq!(&head, b"hi2");
     }
 );
+
+backend_test!(
+    closing_a_listener_cancels_its_pending_accept_and_frees_the_address,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        port.associate(&l, 3).unwrap();
+        let id = port.submit(Op::accept(&l), 1).unwrap();
+        port.submit(Op::close(OwnedFd::from(l)), 2).unwrap();
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let c = get(&port);
+            if c.kind() == OpKind::Accept {
+                assert_eq!(c.op_id(), Some(id));
+                assert!(
+                    c.is_cancelled(),
+                    "the accept of a closed listener: {:?}",
+                    c.result
+                );
+            } else {
+                assert_eq!(*c.result.as_ref().unwrap(), 0, "{c:?}");
+            }
+            kinds.push(c.kind());
+        }
+        kinds.sort_by_key(|k| format!("{k:?}"));
+        assert_eq!(kinds, [OpKind::Accept, OpKind::Close]);
+        assert_eq!(port.stats().in_flight, 0);
+        // Nothing holds the listener any more: nobody accepts there, and the
+        // address is free again.
+        assert!(std::net::TcpStream::connect_timeout(&addr, T).is_err());
+        std::net::TcpListener::bind(addr).expect("the closed listener's address is free");
+    }
+);

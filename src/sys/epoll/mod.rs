@@ -65,8 +65,10 @@
 //! (it is removed from its queue and completes with `ECANCELED`); a cancel of an
 //! operation that has already been attempted successfully, or of a file
 //! operation already running on a worker, loses and the real result arrives.
-//! Difference: closing a socket through `Op::close` (or `disassociate`) cancels
-//! the operations still queued on it, which io_uring would leave pending.
+//! Closing a socket through `Op::close` (or `disassociate`) cancels the
+//! operations still queued on it, at once; io_uring's driver does the same
+//! with an `ASYNC_CANCEL` of every request on the socket. A file's
+//! operations run to their end on both.
 
 mod cancel;
 mod fixed;

@@ -370,7 +370,7 @@ impl Core {
         }
     }
 
-    fn is_socket(&self, fd: RawFd) -> bool {
+    pub(super) fn is_socket(&self, fd: RawFd) -> bool {
         if let Some(&s) = lock(&self.sockets).get(&fd) {
             return s;
         }

@@ -449,7 +449,15 @@ impl Core {
             })
         } else {
             if let OpBody::Close { fd } = &body {
-                self.forget_fd(std::os::fd::AsRawFd::as_raw_fd(fd));
+                let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+                // What is still in flight on a socket ends first, with
+                // ECANCELED (IOCP's CloseHandle; epoll's close does the same
+                // to its sockets' queues). A file's operations run to their
+                // end, as epoll's file jobs do.
+                if self.is_socket(raw) {
+                    self.push_locked(&cancel_all_on(raw));
+                }
+                self.forget_fd(raw);
             }
             ops::build(&mut body, prio).map(|(sqe, aux)| {
                 rec.aux = aux;
@@ -502,6 +510,21 @@ impl Core {
             self.flush();
         }
         Ok((id, None))
+    }
+
+    /// A handle's association ended: what is still in flight on it, if it
+    /// is a socket, is cancelled (each ends with `ECANCELED`, or its result
+    /// if it won the race), as on epoll.
+    pub(crate) fn disassociate(&self, fd: RawFd) {
+        let sock = self.is_socket(fd);
+        self.forget_fd(fd);
+        let inner = lock(&self.inner);
+        if !sock || inner.closed || inner.ops.len() == 0 {
+            return;
+        }
+        self.push_locked(&cancel_all_on(fd));
+        drop(inner);
+        self.flush();
     }
 
     /// Starts an operation on a worker thread (the kernel lacks its opcode),
@@ -744,4 +767,13 @@ mod tests {
         d.notify();
         assert_eq!(t.join().unwrap(), 0, "woken with nothing to hand out");
     }
+}
+
+/// An `ASYNC_CANCEL` of every request on descriptor `fd` (matched by the
+/// file it names when the cancel runs; kernel 5.19, older ones refuse the
+/// flags with `EINVAL`, which changes nothing). Its own CQE is ignored.
+fn cancel_all_on(fd: RawFd) -> squeue::Entry {
+    opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+        .build()
+        .user_data(CANCEL_TAG)
 }
