@@ -348,6 +348,15 @@ impl Op {
 
     /// Receives from a connected socket into `buf`'s whole capacity; the completion's
     /// buffer holds exactly the bytes received. `Ok(0)` means the peer closed its side.
+    ///
+    /// # One at a time per direction
+    ///
+    /// Keep at most one receive (and one send) in flight per socket, as
+    /// ringport's own handles do. With several, the epoll backend serves them
+    /// in submission order, but io_uring does not: receives (and sends) that
+    /// have to wait are served newest first when the socket becomes ready, so
+    /// a stream's bytes would be split among them (or sent) out of order.
+    /// Unlike IOCP, neither backend queues them for you.
     pub fn recv(socket: &impl AsFd, buf: Vec<u8>) -> Op {
         Op::new(OpBody::Recv {
             fd: raw(socket),
@@ -358,7 +367,9 @@ impl Op {
 
     /// Sends all of `buf` on a connected socket (a short send completes with the count
     /// sent; resubmit the rest with [`Op::send_from`]). `MSG_NOSIGNAL` is always set: a
-    /// closed peer gives `EPIPE`, never a `SIGPIPE`.
+    /// closed peer gives `EPIPE`, never a `SIGPIPE`. Keep one send in flight per
+    /// socket: io_uring may put several that wait on the wire newest first (see
+    /// [`Op::recv`]).
     pub fn send(socket: &impl AsFd, buf: Vec<u8>) -> Op {
         Op::send_from(socket, buf, 0)
     }
