@@ -96,6 +96,11 @@ impl UnixStream {
     }
 
     /// Connects to the socket at `path`.
+    ///
+    /// When the listener's accept queue is full, io_uring waits for room;
+    /// the epoll backend fails at once with `WouldBlock` (`EAGAIN`), as a
+    /// non-blocking `connect` does (the kernel gives no readiness to wait
+    /// for): retry later.
     pub async fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
         let rt = Handle::current()?;
         let addr = SockAddr::unix(path)?;

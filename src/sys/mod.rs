@@ -438,14 +438,15 @@ impl Backend {
     pub(crate) fn register_fixed(&self, bufs: &[libc::iovec]) -> io::Result<Option<u32>> {
         match self {
             Backend::Uring(d) => d.register_fixed(bufs),
-            Backend::Epoll(_) => Ok(None),
+            Backend::Epoll(d) => d.register_fixed(bufs.len()),
         }
     }
 
     /// Clears the slots of a set of fixed buffers that is gone.
     pub(crate) fn unregister_fixed(&self, base: u32, count: usize) {
-        if let Backend::Uring(d) = self {
-            d.unregister_fixed(base, count);
+        match self {
+            Backend::Uring(d) => d.unregister_fixed(base, count),
+            Backend::Epoll(d) => d.unregister_fixed(count),
         }
     }
 

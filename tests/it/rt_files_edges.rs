@@ -182,3 +182,49 @@ backend_test!(
         wait_idle(&h);
     }
 );
+
+backend_test!(
+    a_unix_connect_to_a_full_accept_queue_ends,
+    |choice: BackendChoice| {
+        use ringport::net::UnixStream;
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        let dir = TempDir::new("unix-full");
+        let path = dir.path("s");
+        let l = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        l.bind(&socket2::SockAddr::unix(&path).unwrap()).unwrap();
+        l.listen(0).unwrap();
+        // Fill the accept queue with plain blocking-free connects.
+        let mut held = Vec::new();
+        loop {
+            let s =
+                socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            match s.connect(&socket2::SockAddr::unix(&path).unwrap()) {
+                Ok(()) => held.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the queue: {e}"),
+            }
+            assert!(held.len() < 1000, "the accept queue never filled");
+        }
+        // Room appears a little later.
+        let acceptor = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let a = l.accept();
+            (l, a)
+        });
+        let r = block(
+            &h,
+            async move { timeout(T, UnixStream::connect(&path)).await },
+        );
+        match r {
+            Err(_) => panic!("the connect never ended"),
+            // io_uring waits for the room; epoll says WouldBlock at once.
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
+        }
+        let _ = acceptor.join().unwrap();
+        drop(held);
+        wait_idle(&h);
+    }
+);

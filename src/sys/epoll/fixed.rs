@@ -3,6 +3,7 @@
 //! workers; on a registered socket, `recv`/`send` (`MSG_NOSIGNAL`) tried and
 //! queued on readiness like any receive or send.
 
+use std::io;
 use std::os::fd::RawFd;
 
 use crate::op::{Op, OpBody};
@@ -13,6 +14,33 @@ use super::{Driver, SubmitResult, Wait};
 impl Driver {
     pub(crate) fn fixed_owner(&self) -> u64 {
         self.fixed_owner
+    }
+
+    /// Takes `n` of the port's fixed-buffer slots (the same limit and the
+    /// same error as io_uring's table); `Some(0)`: the set is counted, and
+    /// its drop gives them back (`unregister_fixed`). No slot number means
+    /// anything here.
+    pub(crate) fn register_fixed(&self, n: usize) -> io::Result<Option<u32>> {
+        let mut used = crate::sync::lock(&self.fixed_used);
+        let table = crate::fixed::MAX_FIXED_BUFFERS;
+        if *used + n > table {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!(
+                    "fixed buffers: {n} asked, but only {} of this port's {table} slots are free \
+                     (drop a set first)",
+                    table - *used
+                ),
+            ));
+        }
+        *used += n;
+        Ok(Some(0))
+    }
+
+    /// A set of `n` buffers is gone: its slots are free again.
+    pub(crate) fn unregister_fixed(&self, n: usize) {
+        let mut used = crate::sync::lock(&self.fixed_used);
+        *used = used.saturating_sub(n);
     }
 
     fn is_registered(&self, fd: RawFd) -> bool {

@@ -323,6 +323,10 @@ pub(crate) struct Driver {
     owner: u64,
     /// This driver's id for fixed-buffer sets (`fixed.rs`).
     fixed_owner: u64,
+    /// Fixed-buffer slots the port's live sets take: counted against
+    /// `MAX_FIXED_BUFFERS` as io_uring's table does, though nothing is
+    /// registered here (`fixed.rs`).
+    fixed_used: std::sync::Mutex<usize>,
 }
 
 impl Driver {
@@ -387,6 +391,7 @@ impl Driver {
             max_in_flight: cfg.max_in_flight.max(1),
             owner: crate::provided::new_owner_id(),
             fixed_owner: crate::fixed::next_owner_id(),
+            fixed_used: std::sync::Mutex::new(0),
         })
     }
 

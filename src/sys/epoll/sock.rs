@@ -196,9 +196,16 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
                 }
                 // SAFETY: `addr` is a valid socket address of `addr.len()` bytes.
                 let rc = unsafe { libc::connect(*fd, addr.as_ptr().cast(), addr.len()) };
-                if rc < 0 && matches!(errno(), libc::EINPROGRESS | libc::EAGAIN | libc::EALREADY) {
+                if rc < 0 && matches!(errno(), libc::EINPROGRESS | libc::EALREADY) {
                     p.connecting = true;
                     return None;
+                }
+                // EAGAIN is not "in progress": a Unix listener's accept queue
+                // is full (or TCP has no port left), and no readiness will
+                // ever come for this socket. It is the result (WouldBlock),
+                // not a wait that never ends.
+                if rc < 0 && errno() == libc::EAGAIN {
+                    return Some(-libc::EAGAIN);
                 }
                 attempt(rc as isize)
             }
