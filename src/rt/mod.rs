@@ -43,7 +43,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -117,7 +117,9 @@ impl Builder {
 
     /// Caps operations in flight (default 32,768, enough for that many idle
     /// connections each waiting to receive). Past it, a new operation waits (its
-    /// future stays pending) until one completes.
+    /// future stays pending) until one completes. Timers are operations too:
+    /// at the cap, a `sleep` or `timeout` starts (and so fires) only once
+    /// room comes.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n.max(1);
         self
@@ -156,6 +158,7 @@ impl Builder {
             ops: Registry::new(),
             room: Mutex::new(VecDeque::new()),
             room_waiters: AtomicUsize::new(0),
+            room_epoch: AtomicU64::new(0),
             blocking: BlockingPool::new(self.blocking_threads),
             shut: AtomicBool::new(false),
         });
@@ -184,6 +187,10 @@ pub(crate) struct Shared {
     /// Futures waiting for room under `max_in_flight`.
     room: Mutex<VecDeque<Waker>>,
     room_waiters: AtomicUsize,
+    /// Bumped (under `room`'s lock) each time the waiters for room are taken
+    /// out to be woken: a future that registered in the current epoch with
+    /// the same waker is still queued and need not register again.
+    room_epoch: AtomicU64,
     blocking: BlockingPool,
     shut: AtomicBool,
 }
@@ -320,10 +327,22 @@ impl Shared {
         }
     }
 
-    pub(crate) fn wait_for_room(&self, waker: &Waker) {
+    /// Queues `waker` to be woken when an operation completes. `seen` is the
+    /// caller's last registration (epoch and waker): while it is still
+    /// queued, polling again adds nothing (each poll of a waiting future used
+    /// to queue one more clone).
+    pub(crate) fn wait_for_room(&self, waker: &Waker, seen: &mut Option<(u64, Waker)>) {
         let mut q = lock(&self.room);
+        let epoch = self.room_epoch.load(Ordering::Relaxed);
+        if let Some((e, w)) = seen {
+            if *e == epoch && w.will_wake(waker) {
+                return;
+            }
+        }
         q.push_back(waker.clone());
         self.room_waiters.store(q.len(), Ordering::Release);
+        drop(q);
+        *seen = Some((epoch, waker.clone()));
     }
 
     /// An operation completed: every future waiting for room retries. (All of
@@ -337,6 +356,7 @@ impl Shared {
         let waiters = {
             let mut q = lock(&self.room);
             self.room_waiters.store(0, Ordering::Release);
+            self.room_epoch.fetch_add(1, Ordering::Relaxed);
             std::mem::take(&mut *q)
         };
         for w in waiters {
@@ -536,7 +556,11 @@ fn stop_runtime(sh: &Arc<Shared>, pool: Pool) {
     for slot in sh.ops.drain() {
         slot.wake_closed();
     }
-    let room = std::mem::take(&mut *lock(&sh.room));
+    let room = {
+        let mut q = lock(&sh.room);
+        sh.room_epoch.fetch_add(1, Ordering::Relaxed);
+        std::mem::take(&mut *q)
+    };
     sh.room_waiters.store(0, Ordering::Release);
     for w in room {
         w.wake();

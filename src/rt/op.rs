@@ -89,6 +89,8 @@ enum Stage {
 pub(crate) struct OpFuture {
     shared: Arc<Shared>,
     stage: Stage,
+    /// This future's last registration to wait for room (`wait_for_room`).
+    room: Option<(u64, Waker)>,
 }
 
 impl fmt::Debug for OpFuture {
@@ -110,6 +112,7 @@ impl OpFuture {
             shared,
             // A `with_priority` around the caller's future lanes its ops.
             stage: Stage::New(op.key(IO_KEY).priority(super::prio::current()), hold),
+            room: None,
         }
     }
 
@@ -126,7 +129,7 @@ impl OpFuture {
                 let Stage::New(op, hold) = std::mem::replace(&mut self.stage, Stage::Done) else {
                     unreachable!()
                 };
-                match self.shared.submit(op, hold, cx, true) {
+                match self.shared.submit(op, hold, cx, true, &mut self.room) {
                     Submitted::Yes(key, id) => {
                         // The slot holds this waker: the completion wakes it.
                         self.stage = Stage::InFlight { key, id };
@@ -172,7 +175,7 @@ impl OpFuture {
             let Stage::New(op, hold) = std::mem::replace(&mut self.stage, Stage::Done) else {
                 unreachable!()
             };
-            self.stage = match self.shared.submit(op, hold, cx, false) {
+            self.stage = match self.shared.submit(op, hold, cx, false, &mut self.room) {
                 Submitted::Yes(key, id) => Stage::InFlight { key, id },
                 Submitted::Wait(op, hold) => Stage::New(op, hold),
                 Submitted::Done(c) => Stage::Finished(c),
@@ -305,6 +308,7 @@ impl Shared {
         hold: Option<Hold>,
         cx: &mut Context<'_>,
         wait: bool,
+        room: &mut Option<(u64, Waker)>,
     ) -> Submitted {
         let mut op = op;
         let mut hold = hold;
@@ -339,7 +343,7 @@ impl Shared {
                         // Register, then try once more: a completion between the
                         // failed attempt and the registration would otherwise be
                         // a lost wake-up.
-                        self.wait_for_room(cx.waker());
+                        self.wait_for_room(cx.waker(), room);
                     }
                 }
                 Err((e, _)) => {

@@ -428,3 +428,47 @@ backend_test!(
         );
     }
 );
+
+/// A waker that does nothing; its clones are counted by its `Arc`.
+struct Quiet;
+
+impl std::task::Wake for Quiet {
+    fn wake(self: Arc<Self>) {}
+}
+
+backend_test!(
+    a_future_polled_while_it_waits_for_room_registers_once,
+    |choice: BackendChoice| {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+        // One operation in flight at most: the timer holds it.
+        let rt = ringport::Runtime::builder()
+            .backend(choice)
+            .max_in_flight(1)
+            .build()
+            .expect("build a runtime");
+        let h = rt.handle().clone();
+        let holder = rt.spawn(async { sleep(Duration::from_secs(3600)).await });
+        while h.ops_in_flight() == 0 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let clones = block(&h, async move {
+            let quiet = Arc::new(Quiet);
+            let w = Waker::from(quiet.clone());
+            let mut cx = Context::from_waker(&w);
+            let mut waiting = Box::pin(sleep(Duration::from_millis(1)));
+            // Polled again and again while there is no room (a select! on a
+            // busy channel does this).
+            for _ in 0..10_000 {
+                assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            }
+            let held = Arc::strong_count(&quiet) - 2; // less `quiet` and `w`
+            drop(waiting);
+            held
+        });
+        assert!(clones <= 2, "{clones} clones of one waker held for room");
+        holder.abort();
+        assert!(join(&h, holder).unwrap_err().is_cancelled());
+        wait_idle(&h);
+    }
+);
