@@ -112,7 +112,7 @@ impl OpenOptions {
         let opts = self.std.clone();
         let path = path.as_ref().to_path_buf();
         let f = rt.spawn_blocking(move || opts.open(path)).await??;
-        File::new(rt, f, 0, self.append)
+        File::new(rt, f, false, self.append)
     }
 }
 
@@ -157,29 +157,22 @@ impl File {
     /// cursor starts there) and in its mode (`O_APPEND` or not).
     pub fn from_std(f: std::fs::File) -> io::Result<File> {
         use std::os::fd::AsRawFd;
-        let fd = f.as_raw_fd();
         // SAFETY: fcntl F_GETFL on a descriptor `f` owns; no memory passed.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
         if flags < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: lseek of 0 from the current position only reads it.
-        let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
-        File::new(
-            Handle::current()?,
-            f,
-            u64::try_from(pos).unwrap_or(0),
-            flags & libc::O_APPEND != 0,
-        )
+        File::new(Handle::current()?, f, true, flags & libc::O_APPEND != 0)
     }
 
-    /// A `File` on `f` with the cursor at `cursor`; refuses a descriptor
-    /// that cannot seek (see the module docs).
-    fn new(rt: Handle, f: std::fs::File, cursor: u64, append: bool) -> io::Result<File> {
+    /// A `File` on `f`, its cursor at the file's position (`at_position`) or
+    /// at 0; refuses a descriptor that cannot seek (see the module docs).
+    fn new(rt: Handle, f: std::fs::File, at_position: bool, append: bool) -> io::Result<File> {
         use std::os::fd::AsRawFd;
         // SAFETY: lseek of 0 from the current position moves nothing; it
         // fails with ESPIPE on a pipe, FIFO, socket or terminal.
-        if unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_CUR) } < 0 {
+        let pos = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_CUR) };
+        if pos < 0 {
             let e = io::Error::last_os_error();
             return Err(if e.raw_os_error() == Some(libc::ESPIPE) {
                 io::Error::new(
@@ -193,7 +186,7 @@ impl File {
         }
         Ok(File {
             core: Core::new(rt, OwnedFd::from(f))?,
-            cursor: AtomicU64::new(cursor),
+            cursor: AtomicU64::new(if at_position { pos as u64 } else { 0 }),
             append,
         })
     }
@@ -261,7 +254,8 @@ impl File {
     /// with whatever part of `buf` reached it.
     pub async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         if self.append {
-            return self.append_all(buf).await;
+            // O_APPEND: every write goes to the end, whatever the offset.
+            return self.write_all_at(buf, 0).await;
         }
         let len = buf.len() as u64;
         let at = self.cursor.fetch_add(len, Ordering::AcqRel);
@@ -283,13 +277,6 @@ impl File {
                 Ordering::Acquire,
             );
         }
-        (r, buf)
-    }
-
-    /// `write_all` on an `O_APPEND` file: each write goes to the end (the
-    /// kernel ignores the offset), so only the count matters.
-    async fn append_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        let (r, buf, _) = self.write_all_counted(buf, 0).await;
         (r, buf)
     }
 

@@ -77,6 +77,15 @@ fn stop(mut echo: Echo) {
     assert!(status.success(), "ringport echo exited with {status}");
 }
 
+/// `ringport bench echo --target TARGET --conns 1 --json` with `extra`.
+fn bench_one_conn(target: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "bench", "echo", "--target", target, "--conns", "1", "--json",
+    ];
+    args.extend_from_slice(extra);
+    run_bin(&args)
+}
+
 /// One echo of `msg` on `s`: true if it came back whole.
 fn echoes(s: &mut TcpStream, msg: &[u8]) -> bool {
     let mut got = vec![0; msg.len()];
@@ -169,19 +178,7 @@ backend_test!(
     |choice: BackendChoice| {
         let (child, addr) = spawn_echo(choice, &[]);
         let target = addr.to_string();
-        let out = run_bin(&[
-            "bench",
-            "echo",
-            "--target",
-            &target,
-            "--conns",
-            "1",
-            "--size",
-            "8388608",
-            "--duration",
-            "0.5",
-            "--json",
-        ]);
+        let out = bench_one_conn(&target, &["--size", "8388608", "--duration", "0.5"]);
         let json = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -231,17 +228,7 @@ fn info_exits_non_zero_when_no_backend_can_run() {
 backend_test!(addresses_may_name_a_host, |choice: BackendChoice| {
     let (child, addr) = spawn_echo(choice, &[]);
     let target = format!("localhost:{}", addr.port());
-    let out = run_bin(&[
-        "bench",
-        "echo",
-        "--target",
-        &target,
-        "--conns",
-        "1",
-        "--duration",
-        "0.2",
-        "--json",
-    ]);
+    let out = bench_one_conn(&target, &["--duration", "0.2"]);
     assert!(
         out.status.success(),
         "{}",

@@ -366,6 +366,21 @@ fn ioprios_of_threads(name: &str) -> Vec<u16> {
     out
 }
 
+/// The ioprios of the `ringport-worker` threads, scanned until one has
+/// `want` or five scans went by (a scan of /proc/self/task can miss an entry
+/// while other tests' threads come and go).
+fn worker_ioprios_until(want: u16) -> Vec<u16> {
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen = ioprios_of_threads("ringport-worker");
+        if seen.contains(&want) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    seen
+}
+
 backend_test!(
     file_reads_carry_their_class_to_the_kernel,
     |choice: BackendChoice| {
@@ -387,16 +402,7 @@ backend_test!(
             if choice == BackendChoice::Epoll {
                 // A worker keeps the class of the last operation it ran: one of
                 // them now has it.
-                // (A scan of /proc/self/task can miss an entry while other
-                // tests' threads come and go: a few scans.)
-                let mut seen = Vec::new();
-                for _ in 0..5 {
-                    seen = ioprios_of_threads("ringport-worker");
-                    if seen.contains(&want) {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
+                let seen = worker_ioprios_until(want);
                 assert!(
                     seen.contains(&want),
                     "{p:?}: no worker thread at ioprio {want:#x}: {seen:x?}"
@@ -431,16 +437,7 @@ backend_test!(
             assert_eq!(buf.len(), 512);
             if choice == BackendChoice::Epoll {
                 let want = (2u16 << 13) | level;
-                // (A scan of /proc/self/task can miss an entry while other
-                // tests' threads come and go: a few scans.)
-                let mut seen = Vec::new();
-                for _ in 0..5 {
-                    seen = ioprios_of_threads("ringport-worker");
-                    if seen.contains(&want) {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
+                let seen = worker_ioprios_until(want);
                 assert!(
                     seen.contains(&want),
                     "{p:?}: no worker thread at ioprio {want:#x}: {seen:x?}"
