@@ -235,7 +235,18 @@ impl CompletionPort {
         let fd = handle.as_fd().as_raw_fd();
         self.inner
             .assoc
-            .remove(fd, || self.inner.backend.disassociate(fd))?;
+            .remove(fd, || self.inner.backend.disassociate(fd, false))?;
+        Ok(())
+    }
+
+    /// [`disassociate`](Self::disassociate) for a handle with no operation in
+    /// flight (the async face's handles, whose operations keep them alive):
+    /// there is nothing to cancel.
+    pub(crate) fn disassociate_idle(&self, handle: &impl AsFd) -> Result<()> {
+        let fd = handle.as_fd().as_raw_fd();
+        self.inner
+            .assoc
+            .remove(fd, || self.inner.backend.disassociate(fd, true))?;
         Ok(())
     }
 

@@ -115,7 +115,7 @@ impl Drop for Core {
         // The last reference: no operation is in flight on the descriptor any
         // more. End the association before the descriptor closes (the field drop
         // after this), so its number, when reused, is not mistaken for it.
-        let _ = self.rt.shared.port.disassociate(&self.fd);
+        let _ = self.rt.shared.port.disassociate_idle(&self.fd);
     }
 }
 

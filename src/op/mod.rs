@@ -349,14 +349,18 @@ impl Op {
     /// Receives from a connected socket into `buf`'s whole capacity; the completion's
     /// buffer holds exactly the bytes received. `Ok(0)` means the peer closed its side.
     ///
-    /// # One at a time per direction
+    /// # Several in flight on one socket
     ///
-    /// Keep at most one receive (and one send) in flight per socket, as
-    /// ringport's own handles do. With several, the epoll backend serves them
-    /// in submission order, but io_uring does not: receives (and sends) that
-    /// have to wait are served newest first when the socket becomes ready, so
-    /// a stream's bytes would be split among them (or sent) out of order.
-    /// Unlike IOCP, neither backend queues them for you.
+    /// As with IOCP's overlapped receives, several receives in flight on one
+    /// socket are filled in the order they were submitted, and several sends
+    /// go out in that order, on both backends. epoll keeps a queue per socket
+    /// and direction; on io_uring (whose waiting receives would otherwise be
+    /// served newest first) the driver keeps one per socket and direction in
+    /// the kernel and the later ones back until it ends. A kept-back one is
+    /// still cancelled, timed out ([`Op::timeout_after`], counted from its
+    /// submission) and ended by a close like any other. Their completions
+    /// may still be dequeued by different threads in any order: number them
+    /// (IOCP's advice) if several threads handle one socket.
     pub fn recv(socket: &impl AsFd, buf: Vec<u8>) -> Op {
         Op::new(OpBody::Recv {
             fd: raw(socket),
@@ -367,9 +371,9 @@ impl Op {
 
     /// Sends all of `buf` on a connected socket (a short send completes with the count
     /// sent; resubmit the rest with [`Op::send_from`]). `MSG_NOSIGNAL` is always set: a
-    /// closed peer gives `EPIPE`, never a `SIGPIPE`. Keep one send in flight per
-    /// socket: io_uring may put several that wait on the wire newest first (see
-    /// [`Op::recv`]).
+    /// closed peer gives `EPIPE`, never a `SIGPIPE`. Several sends in flight on
+    /// one socket go out in submission order (see [`Op::recv`]); after a short
+    /// one, the later ones' bytes follow what it sent.
     pub fn send(socket: &impl AsFd, buf: Vec<u8>) -> Op {
         Op::send_from(socket, buf, 0)
     }

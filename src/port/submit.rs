@@ -35,7 +35,7 @@ impl CompletionPort {
             Some(fd) if matches!(op.body, OpBody::Close { .. }) => self
                 .inner
                 .assoc
-                .remove(fd, || self.inner.backend.disassociate(fd)),
+                .remove(fd, || self.inner.backend.disassociate(fd, false)),
             Some(fd) => self.inner.assoc.get(fd),
         }
     }

@@ -396,11 +396,12 @@ impl Backend {
         }
     }
 
-    /// A handle's association ended.
-    pub(crate) fn disassociate(&self, fd: std::os::fd::RawFd) {
+    /// A handle's association ended. `idle`: the caller knows no operation
+    /// is in flight on it (io_uring then skips its cancel).
+    pub(crate) fn disassociate(&self, fd: std::os::fd::RawFd, idle: bool) {
         inline_read::forget(fd);
         match self {
-            Backend::Uring(d) => d.disassociate(fd),
+            Backend::Uring(d) => d.disassociate(fd, idle),
             Backend::Epoll(d) => d.disassociate(fd),
         }
     }

@@ -21,6 +21,7 @@ mod file_workers;
 mod hyper_bridge;
 mod inline_read;
 mod inline_submit;
+mod lanes;
 mod multishot;
 mod op_priority;
 mod ops;

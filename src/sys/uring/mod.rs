@@ -82,6 +82,7 @@
 
 mod bufs;
 mod fallback;
+mod lanes;
 mod multi;
 mod ops;
 mod probe;
@@ -221,6 +222,9 @@ pub(crate) struct Core {
     /// change only under `inner`.
     backlog: Mutex<VecDeque<Vec<squeue::Entry>>>,
     backlogged: AtomicUsize,
+    /// The kernel refused `REGISTER_SYNC_CANCEL` (before 6.0): `disassociate`
+    /// pushes an `ASYNC_CANCEL` instead.
+    no_sync_cancel: std::sync::atomic::AtomicBool,
     /// This core, for the submitter thread (which must not keep it alive).
     me: Weak<Core>,
     kicker: Kicker,
@@ -298,6 +302,9 @@ impl Core {
                 pipes: Vec::new(),
                 worker_ops: 0,
                 mailbox_armed: false,
+                lanes: lanes::Lanes::default(),
+                resume: Vec::new(),
+                done: Vec::new(),
             }),
             max_in_flight,
             support,
@@ -315,6 +322,7 @@ impl Core {
             combined: AtomicU64::new(NO_COMBINED),
             backlog: Mutex::new(VecDeque::new()),
             backlogged: AtomicUsize::new(0),
+            no_sync_cancel: std::sync::atomic::AtomicBool::new(false),
             me: me.clone(),
             kicker: Kicker::default(),
             taskrun,
@@ -411,6 +419,8 @@ impl Core {
             aux: Aux::None,
             link_ts: None,
             timer: false,
+            lane: None,
+            parked: None,
         };
         let built = if let OpBody::SendFile {
             sock,
@@ -458,13 +468,18 @@ impl Core {
                     self.push_locked(&cancel_all_on(raw));
                 }
                 self.forget_fd(raw);
+                self.forget_lanes_locked(&mut inner, raw);
             }
             ops::build(&mut body, prio).map(|(sqe, aux)| {
                 rec.aux = aux;
                 (None, sqe)
             })
         };
+        if built.is_ok() {
+            rec.lane = lanes::lane_of(&body, |fd| self.is_socket(fd));
+        }
         rec.body = body;
+        let lane = rec.lane;
         let id = inner.ops.insert(rec);
         let (head, tail) = match built {
             Ok(sqes) => sqes,
@@ -472,6 +487,27 @@ impl Core {
             Err(res) => return Ok((id, inner.complete(id, res))),
         };
         let tail = tail.user_data(id.0);
+        if lane.is_some_and(|l| !inner.lanes.enter(l, id)) {
+            // Parked behind its lane's busy operation (`lanes.rs`): pushed
+            // when that one ends. Its deadline runs from now, as an
+            // emulated linked timeout (a plain TIMEOUT that cancels it),
+            // which keeps covering it once it is pushed.
+            let mut chain = Vec::with_capacity(2);
+            chain.extend(head.map(|h| h.user_data(id.0 | LEG_BIT)));
+            chain.push(tail);
+            let rec = inner.ops.get_mut(id).expect("just inserted");
+            rec.parked = Some(chain);
+            if let Some(d) = link {
+                let ts: &types::Timespec = rec.link_ts.insert(Box::new(d.into()));
+                rec.timer = true;
+                self.push_locked(&opcode::Timeout::new(ts).build().user_data(id.0 | TIMER_BIT));
+                drop(inner);
+                if flush {
+                    self.flush();
+                }
+            }
+            return Ok((id, None));
+        }
         match (head, link) {
             (None, None) => self.push_locked(&tail),
             (head, link) => {
@@ -514,14 +550,44 @@ impl Core {
 
     /// A handle's association ended: what is still in flight on it, if it
     /// is a socket, is cancelled (each ends with `ECANCELED`, or its result
-    /// if it won the race), as on epoll.
-    pub(crate) fn disassociate(&self, fd: RawFd) {
-        let sock = self.is_socket(fd);
+    /// if it won the race), as on epoll; operations parked in its lanes end
+    /// here. `idle`: the caller knows nothing is in flight on it (no cancel).
+    pub(crate) fn disassociate(&self, fd: RawFd, idle: bool) {
+        let sock = !idle && self.is_socket(fd);
         self.forget_fd(fd);
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
+        self.forget_lanes_locked(&mut inner, fd);
         if !sock || inner.closed || inner.ops.len() == 0 {
             return;
         }
+        drop(inner);
+        // The kernel matches the descriptor when the cancel runs, so it must
+        // run before this returns: the caller closes the descriptor next, and
+        // a cancel pushed from a thread the port does not own would run
+        // later, on the submitter thread, and find nothing (the requests
+        // would wait on the closed socket for good). `REGISTER_SYNC_CANCEL`
+        // (Linux 6.0) runs it in this call; with a zero timeout it does not
+        // wait for a request already running, which is still told to stop.
+        if !self
+            .no_sync_cancel
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let builder = types::CancelBuilder::fd(types::Fd(fd)).all();
+            match self
+                .ring
+                .submitter()
+                .register_sync_cancel(Some(types::Timespec::new()), builder)
+            {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.no_sync_cancel
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Done, nothing to cancel (`ENOENT`), or one still running
+                // (`ETIME`, `EALREADY`): it has been told to stop.
+                _ => return,
+            }
+        }
+        let inner = lock(&self.inner);
         self.push_locked(&cancel_all_on(fd));
         drop(inner);
         self.flush();
@@ -626,6 +692,15 @@ impl Core {
     /// kernel is asked to cancel every SQE of it that may still run.
     fn cancel_locked(&self, inner: &mut Inner, id: OpId) -> Option<Completion> {
         let rec = inner.ops.get_mut(id)?;
+        if rec.parked.is_some() {
+            // Not in the kernel yet: it ends here.
+            let mut timer = Vec::new();
+            let c = inner.end_parked(id, -libc::ECANCELED, &mut timer);
+            for sqe in &timer {
+                self.push_locked(sqe);
+            }
+            return c;
+        }
         if let Aux::Worker = rec.aux {
             // A job already running on a worker cannot be stopped: its result
             // comes through the mailbox.
@@ -641,6 +716,51 @@ impl Core {
             self.push_locked(&sqe);
         }
         None
+    }
+
+    /// A descriptor is being closed or disassociated: its lanes are
+    /// forgotten, and the operations parked on them end with `ECANCELED`
+    /// (handed out by the next reap, which the cancel of their lanes' busy
+    /// operations brings).
+    fn forget_lanes_locked(&self, inner: &mut Inner, fd: RawFd) {
+        let mut timers = Vec::new();
+        for id in inner.lanes.forget(fd) {
+            if let Some(c) = inner.end_parked(id, -libc::ECANCELED, &mut timers) {
+                inner.done.push(c);
+            }
+        }
+        for sqe in &timers {
+            self.push_locked(sqe);
+        }
+    }
+
+    /// Pushes the parked operations whose lanes passed to them (after the
+    /// port closed, they end cancelled instead). Returns whether it pushed.
+    fn resume_locked(&self, inner: &mut Inner) -> bool {
+        let mut pushed = false;
+        while let Some(id) = inner.resume.pop() {
+            let Some(rec) = inner.ops.get_mut(id) else {
+                continue;
+            };
+            let Some(chain) = rec.parked.take() else {
+                continue;
+            };
+            if inner.closed {
+                // (Put back, so it ends like any parked one.)
+                rec.parked = Some(chain);
+                let mut timers = Vec::new();
+                let c = inner.end_parked(id, -libc::ECANCELED, &mut timers);
+                inner.done.extend(c);
+                for sqe in &timers {
+                    self.push_locked(sqe);
+                }
+                pushed = true;
+                continue;
+            }
+            self.push_all_locked(&chain);
+            pushed = true;
+        }
+        pushed
     }
 
     /// Wakes the poller and the backup: two NOPs, because the backup waits for

@@ -37,6 +37,8 @@ impl Driver {
             aux: Aux::None,
             link_ts: None,
             timer: false,
+            lane: None,
+            parked: None,
         });
         Ok((id, inner.complete(id, res)))
     }

@@ -114,10 +114,14 @@ impl Core {
         // after the follow-ups above, so a cancel also reaches an operation
         // started again in this batch (a zero-copy send sent again as a
         // plain SEND, a transfer's next round).
-        let pushes = !expired.is_empty();
+        let mut pushes = !expired.is_empty();
         for id in expired {
             out.extend(self.cancel_locked(&mut inner, id));
         }
+        // Parked socket operations whose lanes passed to them (`lanes.rs`),
+        // and what the driver ended outside a reap.
+        pushes |= self.resume_locked(&mut inner);
+        out.append(&mut inner.done);
         drop(inner);
         if !follow.is_empty() || pushes {
             if let Err(e) = self.submit_all() {

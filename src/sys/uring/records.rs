@@ -9,6 +9,7 @@ use crate::op::{OpBody, OpKind};
 use crate::sched::Priority;
 
 use super::bufs::{plain_send, ZcStep};
+use super::lanes::{Lane, Lanes};
 use super::ops::Aux;
 use super::transfer::{Pipe, Step, PIPE_POOL};
 use super::{CANCEL_TAG, LEG_BIT, TIMER_BIT};
@@ -30,6 +31,10 @@ pub(super) struct Record {
     pub(super) link_ts: Option<Box<types::Timespec>>,
     /// An emulated linked timeout ([`TIMER_BIT`]) is pending.
     pub(super) timer: bool,
+    /// Its socket lane (`lanes.rs`), if it takes one.
+    pub(super) lane: Option<Lane>,
+    /// Parked behind its lane's busy operation: its SQEs, built, not pushed.
+    pub(super) parked: Option<Vec<squeue::Entry>>,
 }
 
 /// The driver's state under its mutex (see the module docs of `uring`).
@@ -43,6 +48,14 @@ pub(super) struct Inner {
     pub(super) worker_ops: usize,
     /// The `POLL_ADD` on the workers' eventfd is in the ring.
     pub(super) mailbox_armed: bool,
+    /// Same-direction socket operations, one in the kernel at a time.
+    pub(super) lanes: Lanes,
+    /// Parked operations whose lane just passed to them: to push
+    /// (`Core::resume_locked`).
+    pub(super) resume: Vec<OpId>,
+    /// Completions the driver built outside a reap (parked operations ended
+    /// by a close): the next reap hands them out.
+    pub(super) done: Vec<Completion>,
 }
 
 impl Inner {
@@ -142,6 +155,13 @@ impl Inner {
     /// Removes the record of `id` and builds its completion.
     pub(super) fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
         let rec = self.ops.remove(id)?;
+        if let Some(lane) = rec.lane {
+            // Its lane passes to the next one parked behind it, if it was
+            // the busy one (a parked one ending releases nothing).
+            if let Some(next) = self.lanes.leave(lane, id) {
+                self.resume.push(next);
+            }
+        }
         // The CQE is in hand: the kernel is done with everything the record
         // holds, so it may be read (a receive's header, a statx result).
         if matches!(rec.aux, Aux::None) {
@@ -172,6 +192,27 @@ impl Inner {
             Completion::from_raw(id, rec.kind, rec.key, rec.user_data, res, out)
                 .with_priority(rec.prio),
         )
+    }
+}
+
+impl Inner {
+    /// Ends a parked operation `id` with `res` (it never reached the kernel);
+    /// `None` if it is not parked. Its emulated timer, if still running,
+    /// goes in `follow` to be removed.
+    pub(super) fn end_parked(
+        &mut self,
+        id: OpId,
+        res: i32,
+        follow: &mut Vec<squeue::Entry>,
+    ) -> Option<Completion> {
+        let rec = self.ops.get_mut(id)?;
+        rec.parked.take()?;
+        let lane = rec.lane.expect("a parked operation has a lane");
+        if rec.timer {
+            follow.push(remove_timer(id));
+        }
+        self.lanes.unpark(lane, id);
+        self.complete(id, res)
     }
 }
 

@@ -1,0 +1,227 @@
+//! Same-direction socket operations in submission order.
+//!
+//! IOCP fills several overlapped receives posted on one socket in the order
+//! they were posted, and sends several in order; the epoll backend does the
+//! same (one queue per socket and direction). io_uring does not: a receive
+//! that finds no data arms a poll on the socket's wait queue, at its head, so
+//! when data comes the newest waiter runs first and takes it. Several waiting
+//! receives would split a stream among themselves out of order (several sends
+//! would put their bytes on the wire out of order).
+//!
+//! So the driver keeps a *lane* per socket and direction: at most one of its
+//! operations is in the kernel (the lane's *busy* one); later ones are
+//! *parked* here, with their SQEs built, and the next one is pushed when the
+//! busy one's completion is built (`Inner::complete`). The common case — one
+//! receive and one send in flight per socket, as ringport's own handles keep —
+//! costs an array store when the operation is pushed and one when it ends.
+//!
+//! Which operations take a lane: receives (`recv`, `recv_from`) and sends
+//! (`send`, `send_to`, `send_zc`, `send_file`), plus fixed-buffer reads and
+//! writes on a socket. Not accepts (any waiting accept may take any
+//! connection), not multishot receives (one operation already), not connects.
+//!
+//! A parked operation is not in the kernel, so the driver ends it itself:
+//! a cancel completes it at once (`ECANCELED`); closing or disassociating its
+//! socket completes every parked one on it (`ECANCELED`); a linked timeout
+//! runs while it is parked, as a plain `TIMEOUT` whose expiry cancels it
+//! (the driver's emulated linked timeout, which keeps running once the
+//! operation is pushed); at shutdown it is cancelled like the rest.
+//!
+//! # Invariants (all under the driver's `inner` mutex)
+//!
+//! * `busy[fd][dir]` is 0 or the id of the operation of that lane in the
+//!   kernel (or on its way there). Op ids are never 0 (generations start at 1).
+//! * An id is in `parked[(fd, dir)]` exactly while its record holds its
+//!   unpushed SQEs (`Record::parked`); a lane with parked ids has a busy one.
+//! * A lane is released only by its busy operation's id (`leave`): after a
+//!   close forgot the lane, the old operation's late completion cannot
+//!   release a new socket's lane on the same descriptor number.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+
+use crate::completion::OpId;
+use crate::op::OpBody;
+
+/// Receive side (0) or send side (1) of a socket.
+pub(super) type Lane = (RawFd, u8);
+
+/// Descriptors below this have their busy ids in an array; others in a map.
+const DIRECT: usize = 1 << 20;
+
+#[derive(Debug, Default)]
+pub(super) struct Lanes {
+    /// `busy[fd]`: the busy op of the receive and send lanes, or 0.
+    busy: Vec<[u64; 2]>,
+    /// The same for descriptors at or above [`DIRECT`].
+    far: HashMap<Lane, u64>,
+    /// Operations waiting behind each lane's busy one, oldest first.
+    parked: HashMap<Lane, VecDeque<OpId>>,
+}
+
+/// The lane of an operation, if it takes one. `socket` says whether a fixed
+/// buffer operation's descriptor is a socket (asked only for those).
+pub(super) fn lane_of(body: &OpBody, socket: impl Fn(RawFd) -> bool) -> Option<Lane> {
+    match body {
+        OpBody::Recv { fd, .. } | OpBody::RecvFrom { fd, .. } => Some((*fd, 0)),
+        OpBody::Send { fd, .. } | OpBody::SendTo { fd, .. } | OpBody::SendZc { fd, .. } => {
+            Some((*fd, 1))
+        }
+        OpBody::SendFile { sock, .. } => Some((*sock, 1)),
+        OpBody::ReadFixed { fd, .. } if socket(*fd) => Some((*fd, 0)),
+        OpBody::WriteFixed { fd, .. } if socket(*fd) => Some((*fd, 1)),
+        _ => None,
+    }
+}
+
+impl Lanes {
+    /// The busy id of `lane`; `create`: make room for it (else `None` when
+    /// the lane was never used).
+    fn slot(&mut self, (fd, dir): Lane, create: bool) -> Option<&mut u64> {
+        match usize::try_from(fd) {
+            Ok(i) if i < DIRECT => {
+                if i >= self.busy.len() {
+                    if !create {
+                        return None;
+                    }
+                    let n = (i + 1).next_power_of_two().max(64);
+                    self.busy.resize(n, [0; 2]);
+                }
+                Some(&mut self.busy[i][usize::from(dir)])
+            }
+            _ if create => Some(self.far.entry((fd, dir)).or_insert(0)),
+            _ => self.far.get_mut(&(fd, dir)),
+        }
+    }
+
+    /// Sets the busy id of a lane that has a slot (0: free).
+    fn set(&mut self, lane: Lane, id: u64) {
+        if let Some(slot) = self.slot(lane, false) {
+            *slot = id;
+        }
+        if id == 0 && !self.far.is_empty() {
+            // (A far lane's entry goes with its last operation.)
+            self.far.remove(&lane);
+        }
+    }
+
+    /// `id` wants its lane: true if it may go to the kernel now (the lane
+    /// was free, and is now `id`'s); false if it was parked behind the busy
+    /// one.
+    pub(super) fn enter(&mut self, lane: Lane, id: OpId) -> bool {
+        let slot = self.slot(lane, true).expect("made");
+        if *slot == 0 {
+            *slot = id.0;
+            return true;
+        }
+        self.parked.entry(lane).or_default().push_back(id);
+        false
+    }
+
+    /// `id` ended. If it was its lane's busy operation, the lane passes to
+    /// the oldest parked one, which is returned (the caller pushes it).
+    pub(super) fn leave(&mut self, lane: Lane, id: OpId) -> Option<OpId> {
+        if self.slot(lane, false).map(|s| *s) != Some(id.0) {
+            return None;
+        }
+        // (Most of the time nothing is parked anywhere: no lookup.)
+        let queue = match self.parked.is_empty() {
+            true => None,
+            false => self.parked.get_mut(&lane),
+        };
+        let next = match queue {
+            Some(q) => {
+                let next = q.pop_front();
+                if q.is_empty() {
+                    self.parked.remove(&lane);
+                }
+                next
+            }
+            None => None,
+        };
+        self.set(lane, next.map_or(0, |n| n.0));
+        next
+    }
+
+    /// Takes a parked `id` out of its lane (it is being cancelled). False if
+    /// it was not parked there.
+    pub(super) fn unpark(&mut self, lane: Lane, id: OpId) -> bool {
+        let Some(q) = self.parked.get_mut(&lane) else {
+            return false;
+        };
+        let Some(at) = q.iter().position(|&p| p == id) else {
+            return false;
+        };
+        q.remove(at);
+        if q.is_empty() {
+            self.parked.remove(&lane);
+        }
+        true
+    }
+
+    /// The descriptor is being closed (or disassociated): both its lanes are
+    /// forgotten, and the ids parked on them returned (the caller ends them).
+    /// The busy ones end through the kernel's cancel; their late `leave`
+    /// finds the lane no longer theirs.
+    pub(super) fn forget(&mut self, fd: RawFd) -> Vec<OpId> {
+        let mut out = Vec::new();
+        for dir in 0..2u8 {
+            let lane = (fd, dir);
+            self.set(lane, 0);
+            if let Some(q) = self.parked.remove(&lane) {
+                out.extend(q);
+            }
+        }
+        out
+    }
+
+    /// True when no operation is parked anywhere.
+    #[cfg(test)]
+    pub(super) fn none_parked(&self) -> bool {
+        self.parked.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lane_serves_its_operations_in_order_and_only_its_busy_one_releases_it() {
+        let mut l = Lanes::default();
+        let (a, b, c) = (OpId(1 << 32), OpId(2 << 32), OpId(3 << 32));
+        assert!(l.enter((5, 0), a));
+        assert!(!l.enter((5, 0), b));
+        assert!(!l.enter((5, 0), c));
+        // The other direction and another socket are free.
+        assert!(l.enter((5, 1), OpId(9 << 32)));
+        assert!(l.enter((6, 0), OpId(10 << 32)));
+        // A parked one ending (a cancel) does not release the lane.
+        assert_eq!(l.leave((5, 0), b), None);
+        assert_eq!(l.leave((5, 0), a), Some(b));
+        assert!(l.unpark((5, 0), c));
+        assert!(!l.unpark((5, 0), c));
+        assert_eq!(l.leave((5, 0), b), None);
+        assert!(l.none_parked());
+        assert!(l.enter((5, 0), c));
+    }
+
+    #[test]
+    fn forgetting_a_descriptor_hands_back_its_parked_operations() {
+        let mut l = Lanes::default();
+        let fd = (DIRECT + 7) as RawFd;
+        let ids: Vec<OpId> = (1..=4).map(|i| OpId(i << 32)).collect();
+        assert!(l.enter((fd, 1), ids[0]));
+        assert!(!l.enter((fd, 1), ids[1]));
+        assert!(l.enter((3, 0), ids[2]));
+        assert!(!l.enter((3, 0), ids[3]));
+        assert_eq!(l.forget(fd), vec![ids[1]]);
+        assert_eq!(l.forget(3), vec![ids[3]]);
+        // The old busy ones' late ends release nothing; the lanes are free.
+        assert_eq!(l.leave((fd, 1), ids[0]), None);
+        assert!(l.enter((3, 0), OpId(8 << 32)));
+        assert_eq!(l.leave((3, 0), ids[2]), None);
+        assert!(l.none_parked());
+        assert!(l.far.is_empty());
+    }
+}
