@@ -235,7 +235,7 @@ impl CompletionPort {
         let fd = handle.as_fd().as_raw_fd();
         self.inner
             .assoc
-            .remove(fd, || self.inner.backend.disassociate(fd, false))?;
+            .remove(fd, || self.inner.backend.disassociate(fd, true))?;
         Ok(())
     }
 
@@ -246,7 +246,7 @@ impl CompletionPort {
         let fd = handle.as_fd().as_raw_fd();
         self.inner
             .assoc
-            .remove(fd, || self.inner.backend.disassociate(fd, true))?;
+            .remove(fd, || self.inner.backend.disassociate(fd, false))?;
         Ok(())
     }
 

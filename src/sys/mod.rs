@@ -396,12 +396,13 @@ impl Backend {
         }
     }
 
-    /// A handle's association ended. `idle`: the caller knows no operation
-    /// is in flight on it (io_uring then skips its cancel).
-    pub(crate) fn disassociate(&self, fd: std::os::fd::RawFd, idle: bool) {
+    /// A handle's association ended. `cancel`: cancel what is in flight on
+    /// it (false when the caller knows nothing is, or cancels it itself: a
+    /// close's own SQEs on io_uring; epoll always ends its queued ones).
+    pub(crate) fn disassociate(&self, fd: std::os::fd::RawFd, cancel: bool) {
         inline_read::forget(fd);
         match self {
-            Backend::Uring(d) => d.disassociate(fd, idle),
+            Backend::Uring(d) => d.disassociate(fd, cancel),
             Backend::Epoll(d) => d.disassociate(fd),
         }
     }

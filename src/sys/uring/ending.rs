@@ -7,47 +7,30 @@ use super::*;
 impl Core {
     /// A handle's association ended: what is still in flight on it, if it
     /// is a socket, is cancelled (each ends with `ECANCELED`, or its result
-    /// if it won the race), as on epoll; operations parked in its lanes end
-    /// here. `idle`: the caller knows nothing is in flight on it (no cancel).
-    pub(crate) fn disassociate(&self, fd: RawFd, idle: bool) {
-        let sock = !idle && self.is_socket(fd);
+    /// if it won the race), as on epoll. Operations parked in its lanes are
+    /// pushed first, in order (so a send queued behind another still goes
+    /// out if the socket has room, as on epoll; one that has to wait is
+    /// cancelled with the rest). `cancel`: false when the caller knows
+    /// nothing is in flight on it, or cancels it itself (a close's SQEs).
+    ///
+    /// When this returns, the kernel has taken everything pushed so far,
+    /// the cancel included: the caller may close the descriptor next, and
+    /// the cancel matches requests by the file the descriptor names when it
+    /// runs (a cancel left for the submitter thread would find the number
+    /// closed, or another socket's).
+    pub(crate) fn disassociate(&self, fd: RawFd, cancel: bool) {
+        let sock = cancel && self.is_socket(fd);
         self.forget_fd(fd);
         let mut inner = lock(&self.inner);
-        self.forget_lanes_locked(&mut inner, fd);
-        if !sock || inner.closed || inner.ops.len() == 0 {
-            return;
+        let pushed = self.forget_lanes_locked(&mut inner, fd);
+        let cancel = sock && !inner.closed && inner.ops.len() > 0;
+        if cancel {
+            self.push_locked(&cancel_all_on(fd));
         }
         drop(inner);
-        // The kernel matches the descriptor when the cancel runs, so it must
-        // run before this returns: the caller closes the descriptor next, and
-        // a cancel pushed from a thread the port does not own would run
-        // later, on the submitter thread, and find nothing (the requests
-        // would wait on the closed socket for good). `REGISTER_SYNC_CANCEL`
-        // (Linux 6.0) runs it in this call; with a zero timeout it does not
-        // wait for a request already running, which is still told to stop.
-        if !self
-            .no_sync_cancel
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            let builder = types::CancelBuilder::fd(types::Fd(fd)).all();
-            match self
-                .ring
-                .submitter()
-                .register_sync_cancel(Some(types::Timespec::new()), builder)
-            {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    self.no_sync_cancel
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                // Done, nothing to cancel (`ENOENT`), or one still running
-                // (`ETIME`, `EALREADY`): it has been told to stop.
-                _ => return,
-            }
+        if cancel || pushed {
+            self.submit_before_return();
         }
-        let inner = lock(&self.inner);
-        self.push_locked(&cancel_all_on(fd));
-        drop(inner);
-        self.flush();
     }
 
     /// Cancels operation `id`; the caller holds `inner`. An operation waiting
@@ -82,18 +65,35 @@ impl Core {
     }
 
     /// A descriptor is being closed or disassociated: its lanes are
-    /// forgotten, and the operations parked on them end with `ECANCELED`
-    /// (handed out by the next reap, which the cancel of their lanes' busy
-    /// operations brings).
-    pub(super) fn forget_lanes_locked(&self, inner: &mut Inner, fd: RawFd) {
-        let mut timers = Vec::new();
-        for id in inner.lanes.forget(fd) {
-            if let Some(c) = inner.end_parked(id, -libc::ECANCELED, &mut timers) {
-                inner.done.push(c);
-            }
+    /// forgotten, and the operations parked on them are pushed, oldest first
+    /// (after the port closed, they end cancelled instead). Returns whether
+    /// it pushed anything.
+    pub(super) fn forget_lanes_locked(&self, inner: &mut Inner, fd: RawFd) -> bool {
+        let parked = inner.lanes.forget(fd);
+        let any = !parked.is_empty();
+        for id in parked {
+            self.push_parked_locked(inner, id);
         }
-        for sqe in &timers {
-            self.push_locked(sqe);
+        any
+    }
+
+    /// Pushes parked operation `id`, which no longer waits for its lane;
+    /// after the port closed it ends cancelled instead.
+    fn push_parked_locked(&self, inner: &mut Inner, id: OpId) {
+        let Some(rec) = inner.ops.get_mut(id) else {
+            return;
+        };
+        if inner.closed {
+            let mut timers = Vec::new();
+            let c = inner.end_parked(id, -libc::ECANCELED, &mut timers);
+            inner.done.extend(c);
+            for sqe in &timers {
+                self.push_locked(sqe);
+            }
+            return;
+        }
+        if let Some(chain) = rec.parked.take() {
+            self.push_all_locked(&chain);
         }
     }
 
@@ -102,25 +102,7 @@ impl Core {
     pub(super) fn resume_locked(&self, inner: &mut Inner) -> bool {
         let mut pushed = false;
         while let Some(id) = inner.resume.pop() {
-            let Some(rec) = inner.ops.get_mut(id) else {
-                continue;
-            };
-            let Some(chain) = rec.parked.take() else {
-                continue;
-            };
-            if inner.closed {
-                // (Put back, so it ends like any parked one.)
-                rec.parked = Some(chain);
-                let mut timers = Vec::new();
-                let c = inner.end_parked(id, -libc::ECANCELED, &mut timers);
-                inner.done.extend(c);
-                for sqe in &timers {
-                    self.push_locked(sqe);
-                }
-                pushed = true;
-                continue;
-            }
-            self.push_all_locked(&chain);
+            self.push_parked_locked(inner, id);
             pushed = true;
         }
         pushed
@@ -198,5 +180,79 @@ impl Core {
         if woken {
             self.notify();
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A parked receive with a deadline, cancelled before its TIMEOUT SQE
+    /// reached the kernel: the kernel still reads the TIMEOUT's timespec
+    /// when it takes the SQE, so it must outlive the record (a review found
+    /// it freed: the timer read a reused allocation and failed `EINVAL`).
+    #[test]
+    fn a_parked_timers_timespec_outlives_its_operation_until_the_timer_ends() {
+        let d = Driver::new(Config {
+            entries: 8,
+            max_in_flight: 8,
+        })
+        .expect("io_uring");
+        let _owned = OwnedScope::enter();
+        let (_c, s) = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            (c, l.accept().unwrap().0)
+        };
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let a = d
+                .submit(Op::recv(&s, Vec::with_capacity(4)), 0, 0, false)
+                .unwrap()
+                .0;
+            let b = d
+                .submit(
+                    Op::recv(&s, Vec::with_capacity(4)).timeout_after(Duration::from_secs(30)),
+                    0,
+                    1,
+                    false,
+                )
+                .unwrap()
+                .0;
+            // (nothing flushed yet: batching, as a pool thread does)
+            let mut inner = lock(&d.inner);
+            let c = d.cancel_locked(&mut inner, b);
+            assert!(c.is_some(), "a parked op ends at once");
+            drop(inner);
+            // Reuse the freed 16-byte chunk (among the next few of its size): an
+            // invalid timespec.
+            let junk: Vec<Box<[i64; 2]>> = (0..64).map(|_| Box::new([0, -1])).collect();
+            d.flush();
+            std::thread::sleep(Duration::from_millis(20));
+            // Look at the timer's CQE before the driver swallows it.
+            let inner = lock(&d.inner);
+            // SAFETY: under inner, as `reap`.
+            for cqe in unsafe { d.ring.completion_shared() } {
+                if cqe.user_data() == b.0 | TIMER_BIT {
+                    seen.push(cqe.result());
+                }
+            }
+            drop(inner);
+            drop(junk);
+            let mut out = Vec::new();
+            d.cancel(a).unwrap();
+            for _ in 0..50 {
+                d.poll(Some(Duration::from_millis(10)), &mut out, PollMode::Poller)
+                    .unwrap();
+                if d.in_flight() == 0 {
+                    break;
+                }
+            }
+        }
+        // Read before the free it would be a 30 s timer, removed: ECANCELED.
+        assert!(
+            seen.iter().all(|&r| r == -libc::ECANCELED),
+            "the TIMEOUT read a freed timespec: results {seen:?} (EINVAL = -22)"
+        );
     }
 }

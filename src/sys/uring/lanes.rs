@@ -16,13 +16,22 @@
 //! costs an array store when the operation is pushed and one when it ends.
 //!
 //! Which operations take a lane: receives (`recv`, `recv_from`) and sends
-//! (`send`, `send_to`, `send_zc`, `send_file`), plus fixed-buffer reads and
-//! writes on a socket. Not accepts (any waiting accept may take any
-//! connection), not multishot receives (one operation already), not connects.
+//! (`send`, `send_to`, `send_zc`, `send_file`, and a `shutdown` of the
+//! sending side, which must follow the sends before it), plus fixed-buffer
+//! reads and writes on a socket. Not accepts (any waiting accept may take
+//! any connection), not multishot receives (one operation already), not
+//! connects.
+//!
+//! A parked operation reaches the kernel when a thread next reaps
+//! completions (a thread in `get`: the pool's workers always are); with no
+//! thread waiting on the port it waits, as an operation that must wait for
+//! readiness does on epoll.
 //!
 //! A parked operation is not in the kernel, so the driver ends it itself:
 //! a cancel completes it at once (`ECANCELED`); closing or disassociating its
-//! socket completes every parked one on it (`ECANCELED`); a linked timeout
+//! socket pushes every parked one on it, in order, ahead of the close's
+//! cancel (so a send the socket has room for still goes out, as on epoll,
+//! and one that must wait ends `ECANCELED` with the rest); a linked timeout
 //! runs while it is parked, as a plain `TIMEOUT` whose expiry cancels it
 //! (the driver's emulated linked timeout, which keeps running once the
 //! operation is pushed); at shutdown it is cancelled like the rest.
@@ -68,6 +77,8 @@ pub(super) fn lane_of(body: &OpBody, socket: impl Fn(RawFd) -> bool) -> Option<L
             Some((*fd, 1))
         }
         OpBody::SendFile { sock, .. } => Some((*sock, 1)),
+        // A shutdown of the sending side goes out after the sends before it.
+        OpBody::Shutdown { fd, how } if *how != libc::SHUT_RD => Some((*fd, 1)),
         OpBody::ReadFixed { fd, .. } if socket(*fd) => Some((*fd, 0)),
         OpBody::WriteFixed { fd, .. } if socket(*fd) => Some((*fd, 1)),
         _ => None,

@@ -230,9 +230,6 @@ pub(crate) struct Core {
     /// change only under `inner`.
     backlog: Mutex<VecDeque<Vec<squeue::Entry>>>,
     backlogged: AtomicUsize,
-    /// The kernel refused `REGISTER_SYNC_CANCEL` (before 6.0): `disassociate`
-    /// pushes an `ASYNC_CANCEL` instead.
-    no_sync_cancel: std::sync::atomic::AtomicBool,
     /// This core, for the submitter thread (which must not keep it alive).
     me: Weak<Core>,
     kicker: Kicker,
@@ -313,6 +310,7 @@ impl Core {
                 lanes: lanes::Lanes::default(),
                 resume: Vec::new(),
                 done: Vec::new(),
+                timer_ts: std::collections::HashMap::new(),
             }),
             max_in_flight,
             support,
@@ -330,7 +328,6 @@ impl Core {
             combined: AtomicU64::new(NO_COMBINED),
             backlog: Mutex::new(VecDeque::new()),
             backlogged: AtomicUsize::new(0),
-            no_sync_cancel: std::sync::atomic::AtomicBool::new(false),
             me: me.clone(),
             kicker: Kicker::default(),
             taskrun,
@@ -472,11 +469,12 @@ impl Core {
                 // ECANCELED (IOCP's CloseHandle; epoll's close does the same
                 // to its sockets' queues). A file's operations run to their
                 // end, as epoll's file jobs do.
+                // (Its parked sends and receives go first, in order.)
+                self.forget_lanes_locked(&mut inner, raw);
                 if self.is_socket(raw) {
                     self.push_locked(&cancel_all_on(raw));
                 }
                 self.forget_fd(raw);
-                self.forget_lanes_locked(&mut inner, raw);
             }
             ops::build(&mut body, prio).map(|(sqe, aux)| {
                 rec.aux = aux;

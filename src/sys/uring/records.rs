@@ -54,8 +54,13 @@ pub(super) struct Inner {
     /// (`Core::resume_locked`).
     pub(super) resume: Vec<OpId>,
     /// Completions the driver built outside a reap (parked operations ended
-    /// by a close): the next reap hands them out.
+    /// after the port closed): the next reap hands them out.
     pub(super) done: Vec<Completion>,
+    /// The `timespec`s of emulated linked timeouts whose operation ended
+    /// before the timer's CQE came: the kernel reads one when it takes the
+    /// TIMEOUT SQE, which may still wait in the SQ (a batching thread, the
+    /// submitter thread), so it lives until that CQE (`on_timer`).
+    pub(super) timer_ts: std::collections::HashMap<OpId, Box<types::Timespec>>,
 }
 
 impl Inner {
@@ -145,7 +150,8 @@ impl Inner {
     pub(super) fn on_timer(&mut self, id: OpId, res: i32) -> bool {
         let Some(rec) = self.ops.get_mut(id) else {
             // The operation ended first (and removed the timer, or the timer
-            // fired as it ended): nothing to do.
+            // fired as it ended): its timespec may go now.
+            self.timer_ts.remove(&id);
             return false;
         };
         rec.timer = false;
@@ -154,7 +160,13 @@ impl Inner {
 
     /// Removes the record of `id` and builds its completion.
     pub(super) fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
-        let rec = self.ops.remove(id)?;
+        let mut rec = self.ops.remove(id)?;
+        if rec.timer {
+            // Its timer's CQE is still to come (removed or fired).
+            if let Some(ts) = rec.link_ts.take() {
+                self.timer_ts.insert(id, ts);
+            }
+        }
         if let Some(lane) = rec.lane {
             // Its lane passes to the next one parked behind it, if it was
             // the busy one (a parked one ending releases nothing).

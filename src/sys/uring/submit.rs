@@ -187,6 +187,52 @@ impl Core {
         self.submit_all_here()
     }
 
+    /// Hands the kernel every SQE pushed so far and returns once it has
+    /// taken them all (for `disassociate`, whose caller closes the descriptor
+    /// next). A thread the port does not own waits for the submitter thread,
+    /// at most a second (an `EBUSY` ring can hold SQEs back longer; then it
+    /// returns all the same).
+    pub(super) fn submit_before_return(&self) {
+        if thread_owned() {
+            if let Err(e) = self.submit_all_here() {
+                tracing::debug!("io_uring submit: {e}");
+            }
+            return;
+        }
+        let ticket = {
+            let _inner = lock(&self.inner);
+            // (What waits in the backlog is pushed, in order, before anything
+            // pushed after it.)
+            let waiting: usize = match self.backlogged.load(Ordering::Relaxed) {
+                0 => 0,
+                _ => lock(&self.backlog).iter().map(Vec::len).sum(),
+            };
+            self.pushed.load(Ordering::Relaxed) + waiting as u64
+        };
+        if !self.kick() {
+            if let Err(e) = self.submit_all_here() {
+                tracing::debug!("io_uring submit: {e}");
+            }
+            return;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            {
+                let _inner = lock(&self.inner);
+                // SAFETY: the inner mutex is held; SubmissionQueues are only created under it.
+                let len = unsafe { self.ring.submission_shared() }.len() as u64;
+                if self.pushed.load(Ordering::Relaxed) - len >= ticket {
+                    return;
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!("io_uring: the submitter thread has not submitted in 1 s");
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
     /// `submit_all` from this thread, whatever it is.
     pub(super) fn submit_all_here(&self) -> io::Result<usize> {
         let inner = lock(&self.inner);
