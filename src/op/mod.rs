@@ -356,9 +356,14 @@ impl Op {
     /// go out in that order, on both backends. epoll keeps a queue per socket
     /// and direction; on io_uring (whose waiting receives would otherwise be
     /// served newest first) the driver keeps one per socket and direction in
-    /// the kernel and the later ones back until it ends. A kept-back one is
-    /// still cancelled, timed out ([`Op::timeout_after`], counted from its
-    /// submission) and ended by a close like any other. Their completions
+    /// the kernel and the later ones back until it ends (a kept-back one goes
+    /// to the kernel when a thread next reaps completions: a thread in
+    /// [`get`](crate::CompletionPort::get), as the pool's workers always
+    /// are). A kept-back one is still cancelled, timed out
+    /// ([`Op::timeout_after`], counted from its submission) and ended by a
+    /// close like any other; a close or `disassociate` first hands the kept-
+    /// back ones to the kernel, in order, so a send the socket has room for
+    /// still goes out. Their completions
     /// may still be dequeued by different threads in any order: number them
     /// (IOCP's advice) if several threads handle one socket.
     pub fn recv(socket: &impl AsFd, buf: Vec<u8>) -> Op {
