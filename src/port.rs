@@ -206,7 +206,7 @@ impl CompletionPort {
 
     /// Associates a handle with this port: every completion of an operation on it
     /// carries `key`. The association lasts until the handle is closed through
-    /// [`Op::close`] or [`disassociate`](Self::disassociate) is called.
+    /// [`Op::close`](crate::Op::close) or [`disassociate`](Self::disassociate) is called.
     ///
     /// On the epoll backend a socket (or pipe) is made non-blocking
     /// (`O_NONBLOCK`) here, as its operations are tried at once and waited
@@ -491,8 +491,8 @@ impl CompletionPort {
     }
 
     /// Registers `count` buffers of `size` bytes each with this port (io_uring's
-    /// registered, or *fixed*, buffers), for [`Op::read_fixed`] and
-    /// [`Op::write_fixed`]; see [`FixedBuffers`](crate::FixedBuffers). A port
+    /// registered, or *fixed*, buffers), for [`Op::read_fixed`](crate::Op::read_fixed) and
+    /// [`Op::write_fixed`](crate::Op::write_fixed); see [`FixedBuffers`](crate::FixedBuffers). A port
     /// holds at most [`MAX_FIXED_BUFFERS`](crate::MAX_FIXED_BUFFERS) at once,
     /// each at most [`MAX_FIXED_SIZE`](crate::MAX_FIXED_SIZE) bytes. Zero or
     /// absurd sizes fail with `InvalidInput`; memory the kernel will not pin

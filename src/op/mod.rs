@@ -352,8 +352,10 @@ impl Op {
     /// # Several in flight on one socket
     ///
     /// As with IOCP's overlapped receives, several receives in flight on one
-    /// socket are filled in the order they were submitted, and several sends
-    /// go out in that order, on both backends. epoll keeps a queue per socket
+    /// stream socket are filled in the order they were submitted, and
+    /// several sends go out in that order, on both backends. (On a datagram
+    /// socket each receive takes one whole datagram; io_uring keeps no order
+    /// among several waiting ones there, epoll does.) epoll keeps a queue per socket
     /// and direction; on io_uring (whose waiting receives would otherwise be
     /// served newest first) the driver keeps one per socket and direction in
     /// the kernel and the later ones back until it ends (a kept-back one goes

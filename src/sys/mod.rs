@@ -389,7 +389,7 @@ impl Backend {
         inline_read::on_associate(fd);
         match self {
             Backend::Uring(d) => {
-                d.forget_fd(fd);
+                d.associate(fd);
                 Ok(())
             }
             Backend::Epoll(d) => d.associate(fd),

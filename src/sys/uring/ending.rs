@@ -64,6 +64,13 @@ impl Core {
         None
     }
 
+    /// A descriptor is being associated: what its lanes knew of an earlier
+    /// socket of the same number (its type) is forgotten.
+    pub(crate) fn associate(&self, fd: RawFd) {
+        self.forget_fd(fd);
+        lock(&self.inner).lanes.reset(fd);
+    }
+
     /// A descriptor is being closed or disassociated: its lanes are
     /// forgotten, and the operations parked on them are pushed, oldest first
     /// (after the port closed, they end cancelled instead). Returns whether

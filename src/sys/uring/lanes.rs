@@ -15,12 +15,16 @@
 //! receive and one send in flight per socket, as ringport's own handles keep —
 //! costs an array store when the operation is pushed and one when it ends.
 //!
-//! Which operations take a lane: receives (`recv`, `recv_from`) and sends
-//! (`send`, `send_to`, `send_zc`, `send_file`, and a `shutdown` of the
-//! sending side, which must follow the sends before it), plus fixed-buffer
-//! reads and writes on a socket. Not accepts (any waiting accept may take
-//! any connection), not multishot receives (one operation already), not
-//! connects.
+//! Which operations take a lane: on a stream (or sequenced-packet) socket,
+//! receives (`recv`, a fixed-buffer read) and sends (`send`, `send_zc`,
+//! `send_file`, a fixed-buffer write, and a `shutdown` of the sending side,
+//! which must follow the sends before it). Not datagrams (`recv_from`,
+//! `send_to`, or `recv`/`send` on a UDP socket): they keep no order to
+//! protect, and a UDP socket shared by many tasks must not have its
+//! operations served one reap apart. Not accepts (any waiting accept may
+//! take any connection), not multishot receives (one operation already),
+//! not connects. The socket's type is looked up once per association
+//! (`SO_TYPE`).
 //!
 //! A parked operation reaches the kernel when a thread next reaps
 //! completions (a thread in `get`: the pool's workers always are); with no
@@ -66,23 +70,82 @@ pub(super) struct Lanes {
     far: HashMap<Lane, u64>,
     /// Operations waiting behind each lane's busy one, oldest first.
     parked: HashMap<Lane, VecDeque<OpId>>,
+    /// `kinds[fd]`: whether its operations take lanes (`ordered`).
+    kinds: Vec<u8>,
 }
 
-/// The lane of an operation, if it takes one. `socket` says whether a fixed
-/// buffer operation's descriptor is a socket (asked only for those).
-pub(super) fn lane_of(body: &OpBody, socket: impl Fn(RawFd) -> bool) -> Option<Lane> {
-    match body {
-        OpBody::Recv { fd, .. } | OpBody::RecvFrom { fd, .. } => Some((*fd, 0)),
-        OpBody::Send { fd, .. } | OpBody::SendTo { fd, .. } | OpBody::SendZc { fd, .. } => {
-            Some((*fd, 1))
-        }
-        OpBody::SendFile { sock, .. } => Some((*sock, 1)),
-        // A shutdown of the sending side goes out after the sends before it.
-        OpBody::Shutdown { fd, how } if *how != libc::SHUT_RD => Some((*fd, 1)),
-        OpBody::ReadFixed { fd, .. } if socket(*fd) => Some((*fd, 0)),
-        OpBody::WriteFixed { fd, .. } if socket(*fd) => Some((*fd, 1)),
-        _ => None,
+/// `Lanes::kinds`: not looked up yet.
+const UNKNOWN: u8 = 0;
+/// A stream (or sequenced-packet) socket: its operations take lanes.
+const ORDERED: u8 = 1;
+/// Anything else (a datagram socket, a file): no lanes.
+const UNORDERED: u8 = 2;
+
+impl Lanes {
+    /// The lane of an operation, if it takes one: a receive or send on a
+    /// stream or sequenced-packet socket. Datagrams keep no order to
+    /// protect, and a datagram socket shared by many tasks (one receive or
+    /// send each, as UDP servers run) must not have them served one reap
+    /// apart; `recv_from` and `send_to` never take one.
+    pub(super) fn lane_of(&mut self, body: &OpBody) -> Option<Lane> {
+        let (fd, dir) = match body {
+            OpBody::Recv { fd, .. } | OpBody::ReadFixed { fd, .. } => (*fd, 0),
+            OpBody::Send { fd, .. } | OpBody::SendZc { fd, .. } | OpBody::WriteFixed { fd, .. } => {
+                (*fd, 1)
+            }
+            OpBody::SendFile { sock, .. } => (*sock, 1),
+            // A shutdown of the sending side goes out after the sends before it.
+            OpBody::Shutdown { fd, how } if *how != libc::SHUT_RD => (*fd, 1),
+            _ => return None,
+        };
+        self.ordered(fd).then_some((fd, dir))
     }
+
+    /// Whether `fd` is a stream or sequenced-packet socket (cached per
+    /// descriptor below [`DIRECT`] until `reset`).
+    fn ordered(&mut self, fd: RawFd) -> bool {
+        let i = match usize::try_from(fd) {
+            Ok(i) if i < DIRECT => i,
+            _ => return socket_type_ordered(fd),
+        };
+        if i >= self.kinds.len() {
+            self.kinds
+                .resize((i + 1).next_power_of_two().max(64), UNKNOWN);
+        }
+        if self.kinds[i] == UNKNOWN {
+            self.kinds[i] = if socket_type_ordered(fd) {
+                ORDERED
+            } else {
+                UNORDERED
+            };
+        }
+        self.kinds[i] == ORDERED
+    }
+
+    /// Forgets what `fd` was (it is being associated: maybe a new socket).
+    pub(super) fn reset(&mut self, fd: RawFd) {
+        if let Some(k) = usize::try_from(fd).ok().and_then(|i| self.kinds.get_mut(i)) {
+            *k = UNKNOWN;
+        }
+    }
+}
+
+/// `SO_TYPE` says stream or sequenced-packet (`false` for anything else,
+/// and for a descriptor that is not a socket).
+fn socket_type_ordered(fd: RawFd) -> bool {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && (ty == libc::SOCK_STREAM || ty == libc::SOCK_SEQPACKET)
 }
 
 impl Lanes {
@@ -175,6 +238,7 @@ impl Lanes {
     /// The busy ones end through the kernel's cancel; their late `leave`
     /// finds the lane no longer theirs.
     pub(super) fn forget(&mut self, fd: RawFd) -> Vec<OpId> {
+        self.reset(fd);
         let mut out = Vec::new();
         for dir in 0..2u8 {
             let lane = (fd, dir);
@@ -215,6 +279,50 @@ mod tests {
         assert_eq!(l.leave((5, 0), b), None);
         assert!(l.none_parked());
         assert!(l.enter((5, 0), c));
+    }
+
+    #[test]
+    fn only_stream_sockets_take_lanes() {
+        use std::os::fd::AsRawFd;
+        let mut l = Lanes::default();
+        let l_tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpStream::connect(l_tcp.local_addr().unwrap()).unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (t, u) = (tcp.as_raw_fd(), udp.as_raw_fd());
+        let recv = |fd| OpBody::Recv {
+            fd,
+            buf: Vec::new(),
+            flags: 0,
+        };
+        let send = |fd| OpBody::Send {
+            fd,
+            buf: Vec::new(),
+            pos: 0,
+            flags: 0,
+        };
+        assert_eq!(l.lane_of(&recv(t)), Some((t, 0)));
+        assert_eq!(l.lane_of(&send(t)), Some((t, 1)));
+        let shut = |how| OpBody::Shutdown { fd: t, how };
+        assert_eq!(l.lane_of(&shut(libc::SHUT_WR)), Some((t, 1)));
+        assert_eq!(l.lane_of(&shut(libc::SHUT_RD)), None);
+        assert_eq!(l.lane_of(&recv(u)), None, "a UDP socket keeps no order");
+        assert_eq!(l.lane_of(&send(u)), None);
+        let to = OpBody::SendTo {
+            fd: t,
+            buf: Vec::new(),
+            addr: Box::new(socket2::SockAddr::from(l_tcp.local_addr().unwrap())),
+            flags: 0,
+        };
+        assert_eq!(l.lane_of(&to), None, "datagram operations take none");
+        // The type is remembered per association: a reset looks again.
+        drop(tcp);
+        let udp2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let u2 = udp2.as_raw_fd();
+        if u2 == t {
+            assert_eq!(l.lane_of(&recv(u2)), Some((u2, 0)), "cached until reset");
+            l.reset(u2);
+            assert_eq!(l.lane_of(&recv(u2)), None);
+        }
     }
 
     #[test]

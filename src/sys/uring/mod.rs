@@ -482,7 +482,7 @@ impl Core {
             })
         };
         if built.is_ok() {
-            rec.lane = lanes::lane_of(&body, |fd| self.is_socket(fd));
+            rec.lane = inner.lanes.lane_of(&body);
         }
         rec.body = body;
         let lane = rec.lane;
