@@ -123,10 +123,22 @@ impl CompletionPort {
 
     /// Like [`submit`](Self::submit), but returns [`Error::QueueFull`] at once when
     /// `max_in_flight` operations are outstanding.
+    ///
+    /// A refused [`Op::close`] still closes its descriptor (the operation owns
+    /// it and is dropped), after cancelling what is in flight on it, as the
+    /// close would have.
     pub fn try_submit(&self, op: Op, user_data: u64) -> Result<OpId> {
         let key = self.key_for(&op)?;
         self.submit_inner(op, key, user_data, None)
-            .map_err(|(e, _)| e)
+            .map_err(|(e, back)| {
+                if let Some(OpBody::Close { fd }) = back.as_ref().map(|op| &op.body) {
+                    // (The association already ended in `key_for`, without a
+                    // cancel: the close's own SQEs were to do it.)
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+                    self.inner.backend.disassociate(fd, true);
+                }
+                e
+            })
     }
 
     /// Like `try_submit`, but hands the operation back on `QueueFull` (and on any

@@ -733,3 +733,30 @@ backend_test!(
         assert_eq!(stuck, 0, "rounds with a receive left on a closed socket");
     }
 );
+
+backend_test!(
+    a_close_refused_for_room_still_ends_the_sockets_operations_and_closes_it,
+    |choice: BackendChoice| {
+        let port = build(builder(choice).max_in_flight(1));
+        let (mut client, server) = tcp_pair();
+        port.associate(&server, 1).unwrap();
+        port.submit(Op::recv(&server, Vec::with_capacity(4)), 0)
+            .unwrap();
+        quiet(&port);
+        let fd: OwnedFd = server.into();
+        let refused = match port.try_submit(Op::close(fd), 1) {
+            Err(Error::QueueFull) => true,
+            Ok(_) => false,
+            Err(e) => panic!("close: {e:?}"),
+        };
+        let ended = take(&port, if refused { 1 } else { 2 });
+        let c = &ended[0];
+        assert_eq!(c.user_data, 0, "refused: {refused}");
+        assert!(c.is_cancelled(), "refused: {refused}: {:?}", c.result);
+        // The peer sees the connection closed.
+        client.set_read_timeout(Some(T)).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(client.read(&mut b).unwrap(), 0, "refused: {refused}");
+        assert_eq!(port.stats().in_flight, 0);
+    }
+);
