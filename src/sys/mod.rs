@@ -460,3 +460,21 @@ impl Backend {
         }
     }
 }
+
+/// A socket's `SO_TYPE` (`SOCK_STREAM`, `SOCK_DGRAM`, …); `None` if `fd` is
+/// not a socket (or not open).
+pub(crate) fn socket_type(fd: std::os::fd::RawFd) -> Option<libc::c_int> {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(ty)
+}

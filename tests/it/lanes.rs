@@ -277,72 +277,60 @@ backend_test!(
     }
 );
 
+/// Two sends on one socket, then `last` (a close, which takes the socket,
+/// or a shutdown of the sending side): the peer gets both sends' bytes, and
+/// every operation succeeds.
+fn send_send_then(
+    choice: BackendChoice,
+    what: &str,
+    last: fn(&mut Option<std::net::TcpStream>) -> Op,
+) {
+    let port = port(choice);
+    let (mut client, server) = tcp_pair();
+    port.associate(&server, 1).unwrap();
+    port.submit(Op::send(&server, b"aaaa".to_vec()), 0).unwrap();
+    port.submit(Op::send(&server, b"bbbb".to_vec()), 1).unwrap();
+    let mut server = Some(server);
+    port.submit(last(&mut server), 2).unwrap();
+    let done = take_for(&port, 3, what);
+    let res: Vec<_> = done
+        .iter()
+        .map(|c| {
+            (
+                c.user_data,
+                c.result.as_ref().map(|n| *n).map_err(|e| e.raw_os_error()),
+            )
+        })
+        .collect();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut all = Vec::new();
+    client.read_to_end(&mut all).unwrap();
+    assert_eq!(
+        (String::from_utf8_lossy(&all).into_owned(), &res),
+        (
+            "aaaabbbb".to_string(),
+            &vec![(0, Ok(4)), (1, Ok(4)), (2, Ok(0))]
+        )
+    );
+}
+
 backend_test!(
     review_send_send_close_sends_both,
     |choice: BackendChoice| {
-        let port = port(choice);
-        let (mut client, server) = tcp_pair();
-        port.associate(&server, 1).unwrap();
-        port.submit(Op::send(&server, b"aaaa".to_vec()), 0).unwrap();
-        port.submit(Op::send(&server, b"bbbb".to_vec()), 1).unwrap();
-        port.submit(Op::close(server.into()), 2).unwrap();
-        let done = take_for(&port, 3, "send send close");
-        let res: Vec<_> = done
-            .iter()
-            .map(|c| {
-                (
-                    c.user_data,
-                    c.result.as_ref().map(|n| *n).map_err(|e| e.raw_os_error()),
-                )
-            })
-            .collect();
-        client
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
-        let mut all = Vec::new();
-        client.read_to_end(&mut all).unwrap();
-        assert_eq!(
-            (String::from_utf8_lossy(&all).into_owned(), &res),
-            (
-                "aaaabbbb".to_string(),
-                &vec![(0, Ok(4)), (1, Ok(4)), (2, Ok(0))]
-            )
-        );
+        send_send_then(choice, "send send close", |s| {
+            Op::close(s.take().unwrap().into())
+        });
     }
 );
 
 backend_test!(
     review_send_send_shutdown_sends_both,
     |choice: BackendChoice| {
-        let port = port(choice);
-        let (mut client, server) = tcp_pair();
-        port.associate(&server, 1).unwrap();
-        port.submit(Op::send(&server, b"aaaa".to_vec()), 0).unwrap();
-        port.submit(Op::send(&server, b"bbbb".to_vec()), 1).unwrap();
-        port.submit(Op::shutdown(&server, Shutdown::Write), 2)
-            .unwrap();
-        let done = take_for(&port, 3, "send send shutdown");
-        let res: Vec<_> = done
-            .iter()
-            .map(|c| {
-                (
-                    c.user_data,
-                    c.result.as_ref().map(|n| *n).map_err(|e| e.raw_os_error()),
-                )
-            })
-            .collect();
-        client
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
-        let mut all = Vec::new();
-        client.read_to_end(&mut all).unwrap();
-        assert_eq!(
-            (String::from_utf8_lossy(&all).into_owned(), &res),
-            (
-                "aaaabbbb".to_string(),
-                &vec![(0, Ok(4)), (1, Ok(4)), (2, Ok(0))]
-            )
-        );
+        send_send_then(choice, "send send shutdown", |s| {
+            Op::shutdown(s.as_ref().unwrap(), Shutdown::Write)
+        });
     }
 );
 

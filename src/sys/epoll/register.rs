@@ -28,19 +28,7 @@ impl Driver {
         if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
             return Err(Error::Io(io::Error::last_os_error()));
         }
-        let mut ty: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `ty`, which we own.
-        let r = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_TYPE,
-                (&mut ty as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        let stream = r == 0 && ty == libc::SOCK_STREAM;
+        let stream = crate::sys::socket_type(fd) == Some(libc::SOCK_STREAM);
         let mut big = lock(&self.shared.big);
         let (q, gen) = match FdTable::<FdQueue>::index(fd) {
             Some(i) => {

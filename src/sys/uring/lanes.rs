@@ -133,19 +133,10 @@ impl Lanes {
 /// `SO_TYPE` says stream or sequenced-packet (`false` for anything else,
 /// and for a descriptor that is not a socket).
 fn socket_type_ordered(fd: RawFd) -> bool {
-    let mut ty: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `ty`, which we own.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && (ty == libc::SOCK_STREAM || ty == libc::SOCK_SEQPACKET)
+    matches!(
+        crate::sys::socket_type(fd),
+        Some(libc::SOCK_STREAM | libc::SOCK_SEQPACKET)
+    )
 }
 
 impl Lanes {
