@@ -4,7 +4,7 @@ label=$1; conns=$2; size=$3; secs=$4; cache=${5:-no}; shift 6
 port=$((20000 + RANDOM % 20000))
 out=/tmp/cg.$label
 rm -f $out.*
-taskset -c 0 valgrind --tool=callgrind --cache-sim=$cache --callgrind-out-file=$out.%p "$@" --listen 127.0.0.1:$port >/tmp/cgsrv.$label.log 2>&1 &
+taskset -c 0 valgrind --tool=callgrind --cache-sim=$cache --compress-strings=no --callgrind-out-file=$out.%p "$@" --listen 127.0.0.1:$port >/tmp/cgsrv.$label.log 2>&1 &
 vpid=$!
 for i in $(seq 50); do ss -ltnH "sport = :$port" | grep -q . && break; sleep 0.2; done
 taskset -c 1 "$(dirname "$0")/../target/release/ringport" bench echo --json --target 127.0.0.1:$port --conns $conns --size $size --duration 1 >/dev/null 2>&1

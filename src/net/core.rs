@@ -15,18 +15,21 @@
 //!
 //! ## Writes
 //!
-//! On io_uring a send is first tried right away, on the task's thread: one
+//! A send is first tried right away, on the task's thread: one
 //! `send(MSG_DONTWAIT)` (`stream::try_send_now`). When the socket's buffer has
 //! room — nearly always for a request-sized reply — the write is done in its
 //! first poll: no operation, no completion through the port, no second wake-up
 //! of the task. Only `EAGAIN` (or the rest of a short send) goes through the
-//! port. This is what epoll's submit does for every send; on io_uring it
-//! trades the ring's batching of sends for a system call each, which measured
-//! cheaper for the async face at 1 and 1000 connections and dearer at 64
-//! (docs/design.md, "Sends on io_uring"). After 16 sends in a row finish this
-//! way, one goes through the port, so a task that only writes still yields
-//! (the budget epoll's inline sends use). `RINGPORT_INLINE_SENDS=off` sends
-//! everything through the port (for measurements).
+//! port. On io_uring this trades the ring's batching of sends for a system
+//! call each, which measured cheaper for the async face at 1 and 1000
+//! connections and dearer at 64 (docs/design.md, "Sends on io_uring"). On
+//! epoll the port's submit would try the same send inline, but around it
+//! builds an operation, a registry slot and a completion: about 1,000 user
+//! instructions per send (docs/design.md, "Inline sends on epoll"). After 16
+//! sends in a row finish this way, one goes through the port, so a task that
+//! only writes still yields. `RINGPORT_INLINE_SENDS=off` sends through the
+//! port (for measurements; on epoll the port's submit still tries each send
+//! at once).
 //!
 //! A dropped write future cancels its send; some of its bytes may already have
 //! been sent (a stream cannot take them back), so after dropping a write the
@@ -73,8 +76,8 @@ pub(crate) struct Core {
     read: Mutex<ReadState>,
     /// Reads tried inline before a receive is submitted (`inline.rs`).
     inline: InlineReads,
-    /// Sends tried inline before a send is submitted, on io_uring
-    /// (`stream.rs`; epoll's submit tries them itself).
+    /// Sends tried inline before a send is submitted (`stream.rs`), unless
+    /// `RINGPORT_INLINE_SENDS=off`.
     pub(crate) send_inline: bool,
     write: Mutex<WriteState>,
 }
@@ -136,7 +139,7 @@ impl Core {
             read_dirty: AtomicBool::new(false),
             read: Mutex::new(ReadState::default()),
             inline: InlineReads::new(epoll),
-            send_inline: !epoll && super::stream::inline_sends_enabled(),
+            send_inline: super::stream::inline_sends_enabled(),
             write: Mutex::new(WriteState::default()),
         }))
     }
@@ -344,8 +347,7 @@ impl Core {
         if src.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        // A send with room goes at once, from `src` itself (io_uring; on
-        // epoll the submit below tries it).
+        // A send with room goes at once, from `src` itself.
         if let Some(r) = super::stream::try_send_now(self, src, false) {
             return Poll::Ready(r);
         }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::core::Core;
 use crate::op::Op;
 
-/// Tries `buf` with one non-blocking `send(2)` on this thread, on io_uring
-/// (see "Writes" in `core.rs`). `Some(Ok(n))`: `n` bytes went (possibly
+/// Tries `buf` with one non-blocking `send(2)` on this thread (see "Writes"
+/// in `core.rs`). `Some(Ok(n))`: `n` bytes went (possibly
 /// fewer than asked); `Some(Err)`: the send's error; `None`: nothing was
 /// tried or the socket's buffer is full: go through the port.
 ///

@@ -262,13 +262,16 @@ fn inline_allowed(op: &Op) -> bool {
 }
 
 /// Takes a turn of the inline budget (`INLINE_RUN_MAX` in a row, then one
-/// operation goes through the port): the stream layer's own inline sends on
-/// io_uring (`net/stream.rs`) and the listeners' inline accepts
+/// operation goes through the port): the stream layer's own inline sends
+/// (`net/stream.rs`) and the listeners' inline accepts
 /// (`net/core.rs`) share it with `inline_allowed`.
+///
+/// A refused turn leaves the budget spent: the caller's operation then goes
+/// through the port, where `inline_allowed` refuses it too (so on epoll it is
+/// not finished inside its submit after all) and its submit starts a new run.
 pub(crate) fn inline_turn() -> bool {
     INLINE_RUN.with(|r| {
         if r.get() >= INLINE_RUN_MAX {
-            r.set(0);
             false
         } else {
             r.set(r.get() + 1);

@@ -1,7 +1,8 @@
 //! The async face taking work done at once: a stream read whose bytes are
 //! waiting is ready at its first poll (`net/inline.rs`, epoll), and so is a send
-//! with room (epoll: `rt/op.rs`, `inline_allowed`; io_uring: `net/stream.rs`,
-//! `try_send_now`), with a yield after 16 in a row.
+//! with room (`net/stream.rs`, `try_send_now`; on epoll with
+//! `RINGPORT_INLINE_SENDS=off`, the port's submit: `rt/op.rs`,
+//! `inline_allowed`), with a yield after 16 in a row.
 
 use std::io::{Read, Write};
 use std::pin::pin;
