@@ -123,6 +123,11 @@ macro_rules! stream_api {
             }
 
             /// Sends all of `buf`.
+            ///
+            /// Writes of several tasks to one stream at once are not kept
+            /// whole: a send with room goes at once, the rest of a short one
+            /// later, so another task's bytes may come between. Keep one
+            /// writer per stream (or a lock around whole messages).
             pub async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
                 $crate::net::stream::write_all(&self.core, buf).await
             }
