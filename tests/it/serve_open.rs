@@ -312,3 +312,81 @@ backend_test!(stats_at_exit_count_the_requests, |choice: BackendChoice| {
     let err = srv.stop();
     assert!(!err.contains("hand-offs"), "stats without --stats:\n{err}");
 });
+
+/// The lowest descriptor number `pid` has free: with its `RLIMIT_NOFILE` set
+/// to it, the process can open nothing more.
+fn lowest_free_fd(pid: u32) -> u64 {
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the server's fd list")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).expect("a free number")
+}
+
+/// Sets `pid`'s soft `RLIMIT_NOFILE`; returns the limits it had.
+fn set_nofile(pid: u32, soft: u64, hard: Option<u64>) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads nothing when `new` is null and writes the old
+    // limits into `old`, which we own.
+    let r = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(r, 0, "prlimit (read): {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard.unwrap_or(old.rlim_max),
+    };
+    // SAFETY: prlimit reads `new`, which lives for the call.
+    let r = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(r, 0, "prlimit (set): {}", std::io::Error::last_os_error());
+    old
+}
+
+backend_test!(
+    a_file_that_cannot_be_opened_for_want_of_descriptors_answers_503,
+    |choice: BackendChoice| {
+        // The server out of descriptors (its RLIMIT_NOFILE lowered from
+        // outside to the lowest free number) cannot open a file it has not
+        // seen before: that is a 503 with Retry-After on a closed connection,
+        // not a 404 (the file is there), and it serves the file again once
+        // descriptors are back.
+        let site = Site::new();
+        let body = vec![b'z'; 100 << 10];
+        for (i, mode) in MODES.iter().enumerate() {
+            let name = format!("/fresh-{i}.bin");
+            site.write(&name[1..], &body);
+            let Some(srv) = Serve::start(choice, &site, mode) else {
+                return;
+            };
+            let pid = srv.child.id();
+            let mut c = Client::connect(srv.addr);
+            assert_eq!(c.get("/hello.txt", "").status, 200, "{mode:?}");
+            let old = set_nofile(pid, lowest_free_fd(pid), None);
+            let r = c.get(&name, "");
+            set_nofile(pid, old.rlim_cur, Some(old.rlim_max));
+            assert_eq!(r.status, 503, "{mode:?}: {}", r.text());
+            assert_eq!(r.header("retry-after"), Some("1"), "{mode:?}");
+            assert_eq!(r.header("connection"), Some("close"), "{mode:?}");
+            assert!(c.closed_by_server(), "{mode:?}: the connection stays open");
+            let again = get(srv.addr, &name);
+            assert_eq!(again.status, 200, "{mode:?}");
+            assert!(again.body == body, "{mode:?}: the body after the 503");
+            srv.stop();
+        }
+    }
+);

@@ -240,8 +240,9 @@ impl Conn {
         } else {
             self.error(405, keep, false, ALLOW).await?
         };
-        // A 400 (a target that is no path) said `Connection: close`.
-        let keep = keep && sent.status != 400;
+        // A 400 (a target that is no path) and a 503 (out of descriptors)
+        // said `Connection: close`.
+        let keep = keep && !matches!(sent.status, 400 | 503);
         Ok((sent, keep))
     }
 
@@ -322,11 +323,14 @@ impl Conn {
     }
 
     async fn refuse(&mut self, e: NotServed, keep: bool, head_only: bool) -> io::Result<Sent> {
-        let status = match e {
-            NotServed::NotFound => 404,
-            NotServed::Forbidden => 403,
-        };
-        self.error(status, keep, head_only, &[]).await
+        match e {
+            NotServed::NotFound => self.error(404, keep, head_only, &[]).await,
+            NotServed::Forbidden => self.error(403, keep, head_only, &[]).await,
+            // Out of descriptors: this connection is closed after the
+            // answer, which gives one back.
+            NotServed::Busy => self.error(503, false, head_only, RETRY).await,
+            NotServed::Failed => self.error(500, keep, head_only, &[]).await,
+        }
     }
 
     /// 301 to the directory's URL with a slash (built from the decoded names,
@@ -504,10 +508,9 @@ impl Conn {
         let render = move || listing::render(&srv.dir, dir, &rel, &shown);
         let page = match ringport::spawn_blocking(render).await {
             Ok(Ok(p)) => p,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return self.error(403, keep, head_only, &[]).await
-            }
-            _ => return self.error(404, keep, head_only, &[]).await,
+            Ok(Err(e)) => return self.refuse(NotServed::from_io(&e), keep, head_only).await,
+            // The blocking pool refused the job (shutting down) or it panicked.
+            Err(_) => return self.error(500, keep, head_only, &[]).await,
         };
         let out = &mut self.out;
         out.clear();
@@ -631,6 +634,8 @@ impl Conn {
 
 /// Allowed methods, for 405.
 const ALLOW: &[(&str, &str)] = &[("Allow", "GET, HEAD")];
+/// A 503's advice: try again in a second.
+const RETRY: &[(&str, &str)] = &[("Retry-After", "1")];
 
 /// What follows a file response's head.
 enum Plan {

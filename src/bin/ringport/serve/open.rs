@@ -210,10 +210,7 @@ fn opened(file: File) -> Result<Opened, NotServed> {
 }
 
 fn not_served(e: io::Error) -> NotServed {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied => NotServed::Forbidden,
-        _ => NotServed::NotFound,
-    }
+    NotServed::from_io(&e)
 }
 
 #[cfg(test)]

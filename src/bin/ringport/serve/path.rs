@@ -174,6 +174,33 @@ pub enum NotServed {
     NotFound,
     /// 403: it leads outside DIR, or may not be read.
     Forbidden,
+    /// 503: the server is out of descriptors or memory for now (`EMFILE`,
+    /// `ENFILE`, `ENOMEM`, `ENOBUFS`); the file may well be there.
+    Busy,
+    /// 500: the file system failed (`EIO` and its kin).
+    Failed,
+}
+
+impl NotServed {
+    /// What an error opening (or reading the metadata of) a path under DIR
+    /// answers. Anything not listed is a 404, as a name that is not there:
+    /// the traversal checks rely on `EXDEV`, `ELOOP`, `ENOTDIR` and
+    /// `ENOENT` ending there.
+    pub fn from_io(e: &io::Error) -> NotServed {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) => NotServed::Busy,
+            Some(
+                libc::EIO
+                | libc::ESTALE
+                | libc::EUCLEAN
+                | libc::EBADMSG
+                | libc::ENOLINK
+                | libc::EREMOTEIO,
+            ) => NotServed::Failed,
+            _ if e.kind() == io::ErrorKind::PermissionDenied => NotServed::Forbidden,
+            _ => NotServed::NotFound,
+        }
+    }
 }
 
 /// Resolves `rel` (plain names from [`decode`]) under the canonical `root`:
@@ -182,18 +209,11 @@ pub enum NotServed {
 /// again (`open::Root::open_walk`): a rename may change what it leads to.
 pub fn resolve(root: &Path, rel: &Path) -> Result<PathBuf, NotServed> {
     let joined = root.join(rel);
-    let path = std::fs::canonicalize(&joined).map_err(not_served)?;
+    let path = std::fs::canonicalize(&joined).map_err(|e| NotServed::from_io(&e))?;
     if !path.starts_with(root) {
         return Err(NotServed::Forbidden);
     }
     Ok(path)
-}
-
-fn not_served(e: io::Error) -> NotServed {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied => NotServed::Forbidden,
-        _ => NotServed::NotFound,
-    }
 }
 
 #[cfg(test)]
@@ -206,6 +226,30 @@ mod tests {
             .iter()
             .map(|s| std::str::from_utf8(s).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn open_errors_answer_by_cause() {
+        let of = |errno| NotServed::from_io(&io::Error::from_raw_os_error(errno));
+        for e in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::ENOBUFS] {
+            assert_eq!(of(e), NotServed::Busy, "errno {e}");
+        }
+        for e in [libc::EIO, libc::ESTALE, libc::EUCLEAN] {
+            assert_eq!(of(e), NotServed::Failed, "errno {e}");
+        }
+        for e in [libc::EACCES, libc::EPERM] {
+            assert_eq!(of(e), NotServed::Forbidden, "errno {e}");
+        }
+        // What the traversal checks end in stays a 404.
+        for e in [
+            libc::ENOENT,
+            libc::ENOTDIR,
+            libc::ELOOP,
+            libc::EXDEV,
+            libc::ENAMETOOLONG,
+        ] {
+            assert_eq!(of(e), NotServed::NotFound, "errno {e}");
+        }
     }
 
     #[test]
