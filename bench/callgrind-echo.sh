@@ -19,7 +19,8 @@ f=$(ls -t $out.* | grep -v "\.[0-9]*$" | head -1); [ -z "$f" ] && f=$(ls -S $out
 best=""; bestn=0
 for x in $out.*; do n=$(grep -m1 "^summary:\|^totals:" $x | awk '{print $2}'); [ -n "$n" ] && [ "$n" -gt "$bestn" ] 2>/dev/null && { best=$x; bestn=$n; }; done
 echo "$label msgs=$msgs file=$best"
-callgrind_annotate $best 2>/dev/null | head -30 > /tmp/cgann.$label.txt
+# (inclusive: a dump taken after `-z` attributes every self cost to `clone`)
+callgrind_annotate --inclusive=yes --threshold=99 --auto=no $best 2>/dev/null | head -80 > /tmp/cgann.$label.txt
 python3 - "$best" "$msgs" <<'PY'
 import sys,re
 f,m=sys.argv[1],int(sys.argv[2])
