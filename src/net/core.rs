@@ -25,7 +25,8 @@
 //! connections and dearer at 64 (docs/design.md, "Sends on io_uring"). On
 //! epoll the port's submit would try the same send inline, but around it
 //! builds an operation, a registry slot and a completion: about 1,000 user
-//! instructions per send (docs/design.md, "Inline sends on epoll"). After 16
+//! instructions per send (docs/design.md, "Sends on io_uring in the async face", its part "On
+//! epoll too"). After 16
 //! sends in a row finish this way, one goes through the port, so a task that
 //! only writes still yields. `RINGPORT_INLINE_SENDS=off` sends through the
 //! port (for measurements; on epoll the port's submit still tries each send
@@ -34,7 +35,7 @@
 //! A dropped write future cancels its send; some of its bytes may already have
 //! been sent (a stream cannot take them back), so after dropping a write the
 //! caller does not know how much of it went out. The `AsyncWrite` impl writes
-//! behind: `poll_write` sends what fits at once (io_uring, above); otherwise it
+//! behind: `poll_write` sends what fits at once (above); otherwise it
 //! copies the bytes into the stream's own buffer, starts the send and returns
 //! at once; the next `poll_write`/`poll_flush` waits for it (resubmitting the
 //! rest of a short send) and reports its error, if any. An owned-buffer `write`

@@ -128,12 +128,13 @@ backend_test!(
 backend_test!(
     a_write_with_room_is_done_at_its_first_poll,
     |choice: BackendChoice| {
-        // On epoll a send with room finishes inside the submit, and the
-        // async layer takes it there (`submit_inline`'s rule); on io_uring the
-        // stream tries one `send` before it submits (`try_send_now`). Either
-        // way the write is ready at its first poll, with no packet and no
-        // wake-up. (With `RINGPORT_INLINE_SENDS=off`, io_uring's send goes to
-        // the ring, and the first poll is `Pending`.)
+        // The stream tries one `send` before it submits (`try_send_now`,
+        // both backends); with `RINGPORT_INLINE_SENDS=off` epoll's submit
+        // still finishes a send with room inside the call, and the async
+        // layer takes it there (`submit_inline`'s rule). Either way the write
+        // is ready at its first poll, with no packet and no wake-up. (With
+        // `RINGPORT_INLINE_SENDS=off`, io_uring's send goes to the ring, and
+        // the first poll is `Pending`.)
         let rt = runtime(choice);
         let h = rt.handle().clone();
         let (mut peer, server) = tcp_pair();

@@ -313,16 +313,6 @@ backend_test!(stats_at_exit_count_the_requests, |choice: BackendChoice| {
     assert!(!err.contains("hand-offs"), "stats without --stats:\n{err}");
 });
 
-/// The lowest descriptor number `pid` has free: with its `RLIMIT_NOFILE` set
-/// to it, the process can open nothing more.
-fn lowest_free_fd(pid: u32) -> u64 {
-    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("the server's fd list")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    (0..).find(|n| !open.contains(n)).expect("a free number")
-}
-
 /// Sets `pid`'s soft `RLIMIT_NOFILE`; returns the limits it had.
 fn set_nofile(pid: u32, soft: u64, hard: Option<u64>) -> libc::rlimit {
     let mut old = libc::rlimit {
@@ -361,10 +351,12 @@ backend_test!(
     a_file_that_cannot_be_opened_for_want_of_descriptors_answers_503,
     |choice: BackendChoice| {
         // The server out of descriptors (its RLIMIT_NOFILE lowered from
-        // outside to the lowest free number) cannot open a file it has not
-        // seen before: that is a 503 with Retry-After on a closed connection,
-        // not a 404 (the file is there), and it serves the file again once
-        // descriptors are back.
+        // outside to 0: every new descriptor is refused, whatever it closes
+        // meanwhile) cannot open a file it has not seen before: that is a
+        // 503 with Retry-After on a closed connection, not a 404 (the file
+        // is there) — for a GET, a GET first in a pipeline (nothing after it
+        // is answered) and a HEAD (no body) — and it serves the file again
+        // once descriptors are back.
         let site = Site::new();
         let body = vec![b'z'; 100 << 10];
         for (i, mode) in MODES.iter().enumerate() {
@@ -374,15 +366,33 @@ backend_test!(
                 return;
             };
             let pid = srv.child.id();
-            let mut c = Client::connect(srv.addr);
-            assert_eq!(c.get("/hello.txt", "").status, 200, "{mode:?}");
-            let old = set_nofile(pid, lowest_free_fd(pid), None);
-            let r = c.get(&name, "");
+            let mut conns: Vec<Client> = (0..3).map(|_| Client::connect(srv.addr)).collect();
+            for c in &mut conns {
+                assert_eq!(c.get("/hello.txt", "").status, 200, "{mode:?}");
+            }
+            let old = set_nofile(pid, 0, None);
+            let plain = conns[0].get(&name, "");
+            conns[1].send(
+                format!(
+                    "GET {name} HTTP/1.1\r\nHost: t\r\n\r\nGET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            let piped = conns[1].response(false);
+            let after = conns[1].try_response(false).map(|r| r.status);
+            conns[2].send(format!("HEAD {name} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            let head = conns[2].response(true);
             set_nofile(pid, old.rlim_cur, Some(old.rlim_max));
-            assert_eq!(r.status, 503, "{mode:?}: {}", r.text());
-            assert_eq!(r.header("retry-after"), Some("1"), "{mode:?}");
-            assert_eq!(r.header("connection"), Some("close"), "{mode:?}");
-            assert!(c.closed_by_server(), "{mode:?}: the connection stays open");
+            for (what, r) in [("get", &plain), ("pipelined", &piped), ("head", &head)] {
+                assert_eq!(r.status, 503, "{mode:?} {what}");
+                assert_eq!(r.header("retry-after"), Some("1"), "{mode:?} {what}");
+                assert_eq!(r.header("connection"), Some("close"), "{mode:?} {what}");
+            }
+            assert!(after.is_err(), "{mode:?}: answered after a 503: {after:?}");
+            assert!(head.body.is_empty(), "{mode:?}: a HEAD's 503 has no body");
+            for (k, c) in conns.iter_mut().enumerate() {
+                assert!(c.closed_by_server(), "{mode:?}: connection {k} stays open");
+            }
             let again = get(srv.addr, &name);
             assert_eq!(again.status, 200, "{mode:?}");
             assert!(again.body == body, "{mode:?}: the body after the 503");
