@@ -328,7 +328,9 @@ impl Op {
     /// The socket's association gives the completion its key; the file is only
     /// read (it needs no association, and must stay open until the completion is
     /// dequeued). `file` must be a regular file (or anything `splice` and
-    /// `sendfile` read from); otherwise the result is `EINVAL`.
+    /// `sendfile` read from at an offset). Otherwise, on both backends: a
+    /// directory or a socket fails with `EINVAL`, a pipe with `ESPIPE`, a
+    /// descriptor not open for reading with `EBADF`.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -329,3 +329,15 @@ pub fn wait_timeout(
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A pipe: (read end, write end). (`std::io::pipe` is past the MSRV.)
+pub fn pipe() -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are new and owned by nobody else.
+    unsafe {
+        use std::os::fd::FromRawFd;
+        (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+    }
+}

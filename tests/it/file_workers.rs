@@ -206,3 +206,43 @@ backend_test!(
         }
     }
 );
+
+backend_test!(
+    send_file_from_what_it_cannot_read_fails_alike_on_both_backends,
+    |choice: BackendChoice| {
+        // A pipe, a socket, a directory and a write-only file as the source:
+        // the same errno on both backends (sendfile said ESPIPE for a
+        // socket, where io_uring's splice says EINVAL).
+        use std::io::Write;
+        let port = port(choice);
+        let (sock, _peer) = tcp_pair();
+        port.associate(&sock, 2).unwrap();
+        let (pipe, mut w) = crate::common::pipe();
+        w.write_all(b"hello").unwrap();
+        let (other, _other_peer) = tcp_pair();
+        let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
+        let write_only = write_only_file();
+        for (name, op, errno) in [
+            ("a pipe", Op::send_file(&sock, &pipe, 0, 5), libc::ESPIPE),
+            ("a socket", Op::send_file(&sock, &other, 0, 5), libc::EINVAL),
+            (
+                "a directory",
+                Op::send_file(&sock, &dir, 0, 5),
+                libc::EINVAL,
+            ),
+            (
+                "a write-only file",
+                Op::send_file(&sock, &write_only, 0, 5),
+                libc::EBADF,
+            ),
+        ] {
+            port.submit(op, 0).unwrap();
+            let c = get(&port);
+            assert_eq!(
+                c.result.as_ref().map_err(|e| e.raw_os_error()),
+                Err(Some(errno)),
+                "{name}"
+            );
+        }
+    }
+);

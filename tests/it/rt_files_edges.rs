@@ -164,17 +164,7 @@ backend_test!(
                 .expect_err("a FIFO opened as a File");
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
             assert!(e.to_string().contains("seekable"), "{e}");
-            let mut fds = [0; 2];
-            // SAFETY: pipe2 writes two new descriptors into `fds`.
-            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-            // SAFETY: both descriptors are new and owned by nobody else.
-            let (r, _w) = unsafe {
-                use std::os::fd::FromRawFd;
-                (
-                    std::fs::File::from_raw_fd(fds[0]),
-                    std::fs::File::from_raw_fd(fds[1]),
-                )
-            };
+            let (r, _w) = crate::common::pipe();
             let e = File::from_std(r).expect_err("a pipe taken over as a File");
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
         });

@@ -223,9 +223,17 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
                 let count = (*len).min(0x7fff_f000);
                 // SAFETY: sendfile reads from one descriptor and writes to
                 // another; the only memory it touches is `off`, which we own.
-                attempt(without_sigpipe(|| unsafe {
+                let r = attempt(without_sigpipe(|| unsafe {
                     libc::sendfile(sock, file, &mut off, count)
-                }))
+                }));
+                // A socket as the source: sendfile says `ESPIPE` (no reading
+                // it at an offset), io_uring's splice `EINVAL`; both say
+                // `EINVAL` (a pipe is `ESPIPE` on both).
+                if r == Ok(Some(-libc::ESPIPE)) && crate::sys::socket_type(file).is_some() {
+                    Ok(Some(-libc::EINVAL))
+                } else {
+                    r
+                }
             }
             body @ (OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. }) => {
                 super::fixed::try_fixed(body)
