@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ringport::{BackendChoice, CompletionPort, Op, Runtime};
+use ringport::{BackendChoice, Completion, CompletionPort, Op, Runtime};
 
 const BACKENDS: [(BackendChoice, &str); 2] = [
     (BackendChoice::Uring, "uring"),
@@ -27,34 +27,33 @@ fn port(choice: BackendChoice, name: &str) -> Option<CompletionPort> {
     }
 }
 
-/// `post` then `get` on one thread: the queue alone.
-fn post_get(c: &mut Criterion) {
+/// Benchmarks `op` as `group/backend` on a port of each backend.
+fn per_port<R>(c: &mut Criterion, group: &str, op: impl Fn(&CompletionPort) -> R) {
     for (choice, name) in BACKENDS {
         let Some(p) = port(choice, name) else {
             continue;
         };
-        c.bench_function(&format!("post_get/{name}"), |b| {
-            b.iter(|| {
-                p.post(1, 2, 3).unwrap();
-                p.get(Some(Duration::from_secs(5))).unwrap()
-            })
-        });
+        c.bench_function(&format!("{group}/{name}"), |b| b.iter(|| op(&p)));
     }
 }
 
+/// `post` then `get` on one thread: the queue alone.
+fn post_get(c: &mut Criterion) {
+    per_port(c, "post_get", |p| {
+        p.post(1, 2, 3).unwrap();
+        p.get(Some(Duration::from_secs(5))).unwrap()
+    });
+}
+
 /// `submit(nop)` then `get`: an operation through the backend and back.
+fn nop(p: &CompletionPort) -> Completion {
+    p.submit(Op::nop(), 7).unwrap();
+    p.get(Some(Duration::from_secs(5))).unwrap()
+}
+
+/// [`nop`] from this (criterion's) thread, which the port does not own.
 fn nop_round_trip(c: &mut Criterion) {
-    for (choice, name) in BACKENDS {
-        let Some(p) = port(choice, name) else {
-            continue;
-        };
-        c.bench_function(&format!("nop_round_trip/{name}"), |b| {
-            b.iter(|| {
-                p.submit(Op::nop(), 7).unwrap();
-                p.get(Some(Duration::from_secs(5))).unwrap()
-            })
-        });
-    }
+    per_port(c, "nop_round_trip", nop);
 }
 
 /// The same from a thread that promised to outlive its operations
@@ -63,17 +62,7 @@ fn nop_round_trip(c: &mut Criterion) {
 /// each way, the cost above).
 fn nop_round_trip_owned(c: &mut Criterion) {
     ringport::long_lived_thread();
-    for (choice, name) in BACKENDS {
-        let Some(p) = port(choice, name) else {
-            continue;
-        };
-        c.bench_function(&format!("nop_round_trip_owned/{name}"), |b| {
-            b.iter(|| {
-                p.submit(Op::nop(), 7).unwrap();
-                p.get(Some(Duration::from_secs(5))).unwrap()
-            })
-        });
-    }
+    per_port(c, "nop_round_trip_owned", nop);
 }
 
 /// A task spawned and joined from `block_on`: the async face's task cost.

@@ -15,6 +15,11 @@ use ringport::{BackendChoice, Completion, CompletionPort, Error, Op, OpKind};
 
 use crate::common::*;
 
+/// A receive of up to 4 bytes on `sock`.
+fn recv4(sock: &std::net::TcpStream) -> Op {
+    Op::recv(sock, Vec::with_capacity(4))
+}
+
 /// Nothing more comes out of the port for a moment (what was submitted waits).
 fn quiet(port: &CompletionPort) {
     assert!(matches!(
@@ -51,8 +56,7 @@ backend_test!(
         let (mut client, server) = tcp_pair();
         port.associate(&server, 1).unwrap();
         for i in 0..4u64 {
-            port.submit(Op::recv(&server, Vec::with_capacity(4)), i)
-                .unwrap();
+            port.submit(recv4(&server), i).unwrap();
         }
         quiet(&port);
         client.write_all(b"0000111122223333").unwrap();
@@ -126,10 +130,7 @@ backend_test!(
         port.associate(&server, 1).unwrap();
         let mut ids = Vec::new();
         for i in 0..3u64 {
-            ids.push(
-                port.submit(Op::recv(&server, Vec::with_capacity(4)), i)
-                    .unwrap(),
-            );
+            ids.push(port.submit(recv4(&server), i).unwrap());
         }
         quiet(&port);
         port.cancel(ids[1]).unwrap();
@@ -155,19 +156,14 @@ backend_test!(
         let (mut client, server) = tcp_pair();
         port.associate(&server, 1).unwrap();
         // The first waits with no deadline; the second, behind it, has one.
-        port.submit(Op::recv(&server, Vec::with_capacity(4)), 0)
+        port.submit(recv4(&server), 0).unwrap();
+        port.submit(recv4(&server).timeout_after(Duration::from_millis(50)), 1)
             .unwrap();
-        port.submit(
-            Op::recv(&server, Vec::with_capacity(4)).timeout_after(Duration::from_millis(50)),
-            1,
-        )
-        .unwrap();
         let c = get(&port);
         assert_eq!(c.user_data, 1, "the one with the deadline ends first");
         assert!(c.is_cancelled(), "expected ECANCELED, got {:?}", c.result);
         // A third, behind the first, still comes after it.
-        port.submit(Op::recv(&server, Vec::with_capacity(4)), 2)
-            .unwrap();
+        port.submit(recv4(&server), 2).unwrap();
         quiet(&port);
         client.write_all(b"aaaabbbb").unwrap();
         let got: Vec<_> = take(&port, 2)
@@ -185,13 +181,9 @@ backend_test!(
         let port = port(choice);
         let (mut client, server) = tcp_pair();
         port.associate(&server, 1).unwrap();
-        port.submit(
-            Op::recv(&server, Vec::with_capacity(4)).timeout_after(Duration::from_millis(30)),
-            0,
-        )
-        .unwrap();
-        port.submit(Op::recv(&server, Vec::with_capacity(4)), 1)
+        port.submit(recv4(&server).timeout_after(Duration::from_millis(30)), 0)
             .unwrap();
+        port.submit(recv4(&server), 1).unwrap();
         let c = get(&port);
         assert_eq!(c.user_data, 0);
         assert!(c.is_cancelled(), "expected ECANCELED, got {:?}", c.result);
@@ -210,8 +202,7 @@ backend_test!(
             let (_client, server) = tcp_pair();
             port.associate(&server, 1).unwrap();
             for i in 0..3u64 {
-                port.submit(Op::recv(&server, Vec::with_capacity(4)), i)
-                    .unwrap();
+                port.submit(recv4(&server), i).unwrap();
             }
             quiet(&port);
             match how {
@@ -341,8 +332,7 @@ backend_test!(
         for round in 0..50 {
             let (_client, server) = tcp_pair();
             port.associate(&server, 1).unwrap();
-            port.submit(Op::recv(&server, Vec::with_capacity(4)), round)
-                .unwrap();
+            port.submit(recv4(&server), round).unwrap();
             port.disassociate(&server).unwrap();
             // The caller keeps the socket open: the receive must still end.
             let c = port.get(Some(Duration::from_secs(2))).unwrap_or_else(|e| {
@@ -429,10 +419,7 @@ backend_test!(
         let (mut client, server) = tcp_pair();
         port.associate(&server, 1).unwrap();
         let ids: Vec<_> = (0..3u64)
-            .map(|i| {
-                port.submit(Op::recv(&server, Vec::with_capacity(4)), i)
-                    .unwrap()
-            })
+            .map(|i| port.submit(recv4(&server), i).unwrap())
             .collect();
         assert!(matches!(
             port.get(Some(Duration::from_millis(30))),
@@ -521,15 +508,10 @@ backend_test!(
         let port = port(choice);
         let (mut client, server) = tcp_pair();
         port.associate(&server, 1).unwrap();
-        port.submit(Op::recv(&server, Vec::with_capacity(4)), 0)
+        port.submit(recv4(&server), 0).unwrap();
+        port.submit(recv4(&server).timeout_after(Duration::from_millis(150)), 1)
             .unwrap();
-        port.submit(
-            Op::recv(&server, Vec::with_capacity(4)).timeout_after(Duration::from_millis(150)),
-            1,
-        )
-        .unwrap();
-        port.submit(Op::recv(&server, Vec::with_capacity(4)), 2)
-            .unwrap();
+        port.submit(recv4(&server), 2).unwrap();
         client.write_all(b"aaaa").unwrap();
         let c = get(&port);
         assert_eq!((c.user_data, c.buf.clone().unwrap()), (0, b"aaaa".to_vec()));
@@ -555,11 +537,10 @@ backend_test!(
         let (mut client, server) = tcp_pair();
         port.associate(&server, 1).unwrap();
         for i in 0..3u64 {
-            port.submit(Op::recv(&server, Vec::with_capacity(4)), i)
-                .unwrap();
+            port.submit(recv4(&server), i).unwrap();
         }
         assert!(matches!(
-            port.try_submit(Op::recv(&server, Vec::with_capacity(4)), 3),
+            port.try_submit(recv4(&server), 3),
             Err(Error::QueueFull)
         ));
         let w = std::thread::spawn(move || {
@@ -568,8 +549,7 @@ backend_test!(
             client
         });
         // Waits for room (reaps meanwhile).
-        port.submit(Op::recv(&server, Vec::with_capacity(4)), 3)
-            .unwrap();
+        port.submit(recv4(&server), 3).unwrap();
         let _client = w.join().unwrap();
         for c in take_for(&port, 4, "queue full") {
             let want = format!("{0}{0}{0}{0}", c.user_data);
@@ -592,14 +572,10 @@ backend_test!(
             port.associate(&server, 1).unwrap();
             let fa = file_of(&vec![b'B'; 100 << 10]);
             for i in 0..3 {
-                port.submit(Op::recv(&server, Vec::with_capacity(4)), i)
-                    .unwrap();
+                port.submit(recv4(&server), i).unwrap();
             }
-            port.submit(
-                Op::recv(&server, Vec::with_capacity(4)).timeout_after(Duration::from_secs(60)),
-                3,
-            )
-            .unwrap();
+            port.submit(recv4(&server).timeout_after(Duration::from_secs(60)), 3)
+                .unwrap();
             port.submit(Op::send(&server, vec![b'A'; 4 << 20]), 10)
                 .unwrap();
             port.submit(Op::send_file(&server, &fa, 0, 100 << 10), 11)
@@ -699,8 +675,7 @@ backend_test!(
         for round in 0..50 {
             let (mut client, server) = tcp_pair();
             port.associate(&server, 1).unwrap();
-            port.submit(Op::recv(&server, Vec::with_capacity(4)), round)
-                .unwrap();
+            port.submit(recv4(&server), round).unwrap();
             port.disassociate(&server).unwrap();
             drop(server);
             client
@@ -728,8 +703,7 @@ backend_test!(
         let port = build(builder(choice).max_in_flight(1));
         let (mut client, server) = tcp_pair();
         port.associate(&server, 1).unwrap();
-        port.submit(Op::recv(&server, Vec::with_capacity(4)), 0)
-            .unwrap();
+        port.submit(recv4(&server), 0).unwrap();
         quiet(&port);
         let fd: OwnedFd = server.into();
         let refused = match port.try_submit(Op::close(fd), 1) {

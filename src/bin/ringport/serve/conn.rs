@@ -508,7 +508,7 @@ impl Conn {
         let render = move || listing::render(&srv.dir, dir, &rel, &shown);
         let page = match ringport::spawn_blocking(render).await {
             Ok(Ok(p)) => p,
-            Ok(Err(e)) => return self.refuse(NotServed::from_io(&e), keep, head_only).await,
+            Ok(Err(e)) => return self.refuse(NotServed::from_io(e), keep, head_only).await,
             // The blocking pool refused the job (shutting down) or it panicked.
             Err(_) => return self.error(500, keep, head_only, &[]).await,
         };

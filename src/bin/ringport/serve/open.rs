@@ -96,7 +96,7 @@ impl Root {
                 // may not), or a rename raced: the canonical path decides.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EAGAIN)) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
-                Err(e) => return Err(not_served(e)),
+                Err(e) => return Err(NotServed::from_io(e)),
             }
         }
         self.open_slow(rel)
@@ -110,7 +110,7 @@ impl Root {
         let inner = found
             .strip_prefix(&self.path)
             .map_err(|_| NotServed::Forbidden)?;
-        opened(self.open_walk(inner).map_err(not_served)?)
+        opened(self.open_walk(inner).map_err(NotServed::from_io)?)
     }
 
     /// Opens `inner` — a canonical path's names below DIR, so no `..` and no
@@ -205,12 +205,8 @@ fn openat(at: i32, name: &[u8], flags: i32) -> io::Result<OwnedFd> {
 }
 
 fn opened(file: File) -> Result<Opened, NotServed> {
-    let meta = file.metadata().map_err(not_served)?;
+    let meta = file.metadata().map_err(NotServed::from_io)?;
     Ok(Opened { file, meta })
-}
-
-fn not_served(e: io::Error) -> NotServed {
-    NotServed::from_io(&e)
 }
 
 #[cfg(test)]

@@ -186,7 +186,7 @@ impl NotServed {
     /// answers. Anything not listed is a 404, as a name that is not there:
     /// the traversal checks rely on `EXDEV`, `ELOOP`, `ENOTDIR` and
     /// `ENOENT` ending there.
-    pub fn from_io(e: &io::Error) -> NotServed {
+    pub fn from_io(e: io::Error) -> NotServed {
         match e.raw_os_error() {
             Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) => NotServed::Busy,
             Some(
@@ -209,7 +209,7 @@ impl NotServed {
 /// again (`open::Root::open_walk`): a rename may change what it leads to.
 pub fn resolve(root: &Path, rel: &Path) -> Result<PathBuf, NotServed> {
     let joined = root.join(rel);
-    let path = std::fs::canonicalize(&joined).map_err(|e| NotServed::from_io(&e))?;
+    let path = std::fs::canonicalize(&joined).map_err(NotServed::from_io)?;
     if !path.starts_with(root) {
         return Err(NotServed::Forbidden);
     }
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn open_errors_answer_by_cause() {
-        let of = |errno| NotServed::from_io(&io::Error::from_raw_os_error(errno));
+        let of = |errno| NotServed::from_io(io::Error::from_raw_os_error(errno));
         for e in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::ENOBUFS] {
             assert_eq!(of(e), NotServed::Busy, "errno {e}");
         }
