@@ -40,6 +40,7 @@ mod rt_inline;
 mod rt_io;
 mod rt_time;
 mod serve;
+mod serve_conditions;
 mod serve_http_edges;
 mod serve_limits;
 mod serve_open;

@@ -29,7 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 
-use super::http::{self, Validators};
+use super::cond::Validators;
+use super::http;
 
 /// A file's identity: what must be unchanged for a cached copy to be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,7 +22,8 @@ use ringport::fs::File;
 use ringport::net::TcpStream;
 
 use super::cache::{Entry, FileId, FileMeta, OpenFile};
-use super::http::{self, Method, Parsed, RangeAsk, Request};
+use super::cond::{self, RangeAsk, Verdict};
+use super::http::{self, Method, Parsed, Request};
 use super::open::Opened;
 use super::path::{self, NotServed, Refused, UrlPath};
 use super::{body, listing, Permit, Server, Waited, Watch};
@@ -145,15 +146,15 @@ impl Conn {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => self.srv.cfg.idle_timeout,
             };
-            if limit.is_zero() || !self.read_more(limit).await {
+            if limit.is_zero() || !self.read_more(limit, true).await {
                 return Err(Ended::Close);
             }
         }
     }
 
     /// Receives more input within `limit`; false: closed, failed, timed out or
-    /// the server is stopping.
-    async fn read_more(&mut self, limit: Duration) -> bool {
+    /// (if `stoppable`) the server is stopping.
+    async fn read_more(&mut self, limit: Duration, stoppable: bool) -> bool {
         let direct = self.input.is_empty();
         let mut buf = if direct {
             std::mem::take(&mut self.input)
@@ -162,7 +163,11 @@ impl Conn {
         };
         buf.clear();
         buf.reserve(READ_CHUNK);
-        match self.watch.wait(self.stream.read(buf), limit, true).await {
+        match self
+            .watch
+            .wait(self.stream.read(buf), limit, stoppable)
+            .await
+        {
             Waited::Done((Ok(n), b)) if n > 0 => {
                 if direct {
                     self.input = b;
@@ -196,7 +201,9 @@ impl Conn {
                 return true;
             }
             let limit = deadline.saturating_duration_since(Instant::now());
-            if limit.is_zero() || !self.read_more(limit).await {
+            // Not cut short by a stop: the head is in, so this request is
+            // in flight and is answered (within the header timeout).
+            if limit.is_zero() || !self.read_more(limit, false).await {
                 return false;
             }
         }
@@ -444,21 +451,30 @@ impl Conn {
         Ok(sent)
     }
 
-    /// Writes into `out` the head for a file: 304, 416, 206 or 200.
+    /// Writes into `out` the head for a file: 412, 304, 416, 206 or 200.
     fn head_for(&mut self, req: &Request, keep: bool, m: &FileMeta) -> Plan {
         let v = &m.validators;
         let out = &mut self.out;
         out.clear();
-        if http::not_modified(req, v) {
-            http::begin(out, 304);
-            http::header(out, "ETag", &v.etag);
-            http::header(out, "Last-Modified", &v.last_modified);
-            http::end(out, keep);
-            return Plan::NoBody(304);
+        match cond::preconditions(req, v) {
+            Verdict::Proceed => {}
+            Verdict::NotModified => {
+                http::begin(out, 304);
+                http::header(out, "ETag", &v.etag);
+                http::header(out, "Last-Modified", &v.last_modified);
+                http::end(out, keep);
+                return Plan::NoBody(304);
+            }
+            Verdict::Failed => {
+                http::begin(out, 412);
+                http::header(out, "Content-Length", 0);
+                http::end(out, keep);
+                return Plan::NoBody(412);
+            }
         }
         let ask = match &req.range {
-            Some(r) if req.method == Method::Get && http::if_range_holds(req, v) => {
-                http::range(r, m.len)
+            Some(r) if req.method == Method::Get && cond::if_range_holds(req, v) => {
+                cond::range(r, m.len)
             }
             _ => RangeAsk::Full,
         };
@@ -600,7 +616,7 @@ impl Conn {
         while drained < LINGER_BYTES {
             self.input.clear();
             let limit = deadline.saturating_duration_since(Instant::now());
-            if limit.is_zero() || !self.read_more(limit).await {
+            if limit.is_zero() || !self.read_more(limit, true).await {
                 return;
             }
             drained += self.input.len();

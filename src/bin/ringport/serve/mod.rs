@@ -3,7 +3,9 @@
 //! One [`Runtime`] (the IOCP pool: `--threads`, `--concurrency`), a few acceptor
 //! tasks on one listener, and one task per connection (`conn.rs`). Every wait
 //! of a connection — for the next request, for the rest of a head, for a send —
-//! is bounded in time and ends early when the server stops; see [`Watch`].
+//! is bounded in time and ends early when the server stops (but for the rest
+//! of the body of a request whose head is in: that request is answered); see
+//! [`Watch`].
 //!
 //! Deadlines are not port timers: a `ringport::time::timeout` around every
 //! receive and send would submit a timer and then cancel it for each of them,
@@ -21,13 +23,15 @@
 //!
 //! Files: `path.rs` (target → path under DIR, the traversal walls), `open.rs`
 //! (opening it: `openat2` beneath DIR), `http.rs`
-//! (parsing, limits, heads, ranges, conditionals), `conn.rs` (a connection),
+//! (parsing, limits, heads), `cond.rs` (ranges, conditional requests),
+//! `conn.rs` (a connection),
 //! `body.rs` (a file body onto the socket, copy-free), `cache.rs` (small files
 //! in memory, larger ones kept open),
 //! `listing.rs` (directory pages).
 
 mod body;
 mod cache;
+mod cond;
 mod conn;
 mod http;
 mod listing;
