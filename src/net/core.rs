@@ -52,7 +52,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Wake, Waker};
 
 use super::inline::InlineReads;
 use crate::completion::Completion;
@@ -83,6 +83,74 @@ pub(crate) struct Core {
     write: Mutex<WriteState>,
 }
 
+/// Everyone waiting on one of the stream's own operations: a receive in
+/// `ReadState::pending`, or the write-behind send. An operation's slot keeps
+/// one waker; such an operation is polled with this fan's, which wakes every
+/// waiter registered since the last wake-up. With the pollers' own wakers
+/// the slot kept the last one's alone: when that poller had given up (its
+/// future dropped by a timeout, a select, an abort) the wake-up was lost, and
+/// every other waiter slept for ever (session 16's review: two readers of a
+/// shared stream behind an abandoned `poll_read`; an owned write behind a
+/// write-behind send). A waiter that gave up now costs a spurious wake-up.
+///
+/// A waiter registers *before* it polls the operation: a completion between
+/// the two then finds it in the list.
+struct Fan {
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Fan {
+    fn register(&self, w: &Waker) {
+        let mut ws = lock(&self.wakers);
+        if !ws.iter().any(|x| x.will_wake(w)) {
+            ws.push(w.clone());
+        }
+    }
+
+    /// Wakes everyone registered but `me` (who is running), and forgets them
+    /// all, `me` too.
+    fn wake_others(&self, me: &Waker) {
+        let ws = std::mem::take(&mut *lock(&self.wakers));
+        for w in ws {
+            if !w.will_wake(me) {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Wake for Fan {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Taken out of the lock first: a waker may run its task at once.
+        let ws = std::mem::take(&mut *lock(&self.wakers));
+        for w in ws {
+            w.wake();
+        }
+    }
+}
+
+/// A [`Fan`] and the waker that wakes it.
+struct FanOut {
+    fan: Arc<Fan>,
+    waker: Waker,
+}
+
+impl Default for FanOut {
+    fn default() -> Self {
+        let fan = Arc::new(Fan {
+            wakers: Mutex::new(Vec::new()),
+        });
+        FanOut {
+            waker: Waker::from(fan.clone()),
+            fan,
+        }
+    }
+}
+
 #[derive(Default)]
 struct ReadState {
     /// Bytes received but not yet returned (from a dropped read or a larger
@@ -91,8 +159,10 @@ struct ReadState {
     pos: usize,
     /// An end-of-stream or error a dropped read met, for the next reader.
     outcome: Option<io::Result<()>>,
-    /// Receives in flight that no future owns any more, oldest first.
+    /// Receives in flight that no future owns any more, oldest first. Polled
+    /// with `fan`'s waker.
     pending: VecDeque<OpFuture>,
+    fan: FanOut,
 }
 
 #[derive(Default)]
@@ -102,10 +172,9 @@ struct WriteState {
     pos: usize,
     /// A spare buffer for the next write-behind copy.
     spare: Vec<u8>,
-    /// Everyone else waiting for the send in flight (owned writes of other
-    /// tasks, `poll_flush`): the operation's slot keeps one waker, the last
-    /// poller's, so the others are woken from here when it ends.
-    waiters: Vec<std::task::Waker>,
+    /// Everyone waiting for the send in flight (owned writes of several
+    /// tasks, `poll_flush`); the send is polled with its waker.
+    fan: FanOut,
 }
 
 impl fmt::Debug for Core {
@@ -195,8 +264,14 @@ impl Core {
 
     /// Waits for the orphaned receives, folding their data into the stash.
     fn poll_pending(st: &mut ReadState, cx: &mut Context<'_>) -> Poll<()> {
+        if st.pending.is_empty() {
+            return Poll::Ready(());
+        }
+        let waker = st.fan.waker.clone();
+        let mut fan_cx = Context::from_waker(&waker);
         while let Some(front) = st.pending.front_mut() {
-            let r = ready!(front.poll_op(cx));
+            st.fan.fan.register(cx.waker());
+            let r = ready!(front.poll_op(&mut fan_cx));
             st.pending.pop_front();
             Self::absorb(st, r);
         }
@@ -357,7 +432,7 @@ impl Core {
         buf.clear();
         buf.extend_from_slice(&src[..n]);
         let mut op = self.op(Op::send(&self.fd, buf));
-        op.start(cx);
+        op.start(&mut Context::from_waker(&st.fan.waker));
         st.op = Some(op);
         st.pos = 0;
         Poll::Ready(Ok(n))
@@ -385,21 +460,19 @@ impl Core {
         st: &mut WriteState,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
+        if st.op.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut fan_cx = Context::from_waker(&st.fan.waker);
         while let Some(op) = st.op.as_mut() {
-            let r = match op.poll_op(cx) {
-                Poll::Ready(r) => r,
-                Poll::Pending => {
-                    if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                        st.waiters.push(cx.waker().clone());
-                    }
-                    return Poll::Pending;
-                }
-            };
+            // Again for each send: `wake_others` below forgets this waiter
+            // too, and a short send's rest is waited for in this same loop.
+            st.fan.fan.register(cx.waker());
+            let r = ready!(op.poll_op(&mut fan_cx));
             st.op = None;
-            // Whoever else waited polls again: the next send, or none.
-            for w in st.waiters.drain(..) {
-                w.wake();
-            }
+            // Whoever else waited polls again: the next send, or none. (A
+            // send that finished inside its submit woke nobody.)
+            st.fan.fan.wake_others(cx.waker());
             let c = r?;
             let buf = c.buf.unwrap_or_default();
             let sent = match c.result {
@@ -417,7 +490,7 @@ impl Core {
             if end < buf.len() {
                 // Short send: the rest goes next, from the same buffer.
                 let mut next = self.op(Op::send_from(&self.fd, buf, end));
-                next.start(cx);
+                next.start(&mut fan_cx);
                 st.op = Some(next);
                 st.pos = end;
             } else {

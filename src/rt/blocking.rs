@@ -12,6 +12,15 @@ use crate::sync::lock;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// Why [`BlockingPool::spawn`] did not take a job.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The runtime has shut down.
+    Stopped,
+    /// No thread runs jobs and none could be started.
+    NoThread(io::Error),
+}
+
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 pub(crate) struct BlockingPool {
@@ -26,9 +35,14 @@ struct Inner {
 
 /// Invariant: `threads` counts live workers, `idle` those waiting on `cv`; every
 /// queued job is taken by a worker before that worker waits or exits (a worker
-/// only waits, or times out, with the queue empty).
+/// only waits, or times out, with the queue empty). The one gap: a thread that
+/// could not be started leaves the jobs other callers queued for it (their
+/// `spawn` said yes, counting on it) to the next thread a `spawn` starts.
 struct St {
-    queue: VecDeque<Job>,
+    /// Jobs with their numbers (`next` is the next one's), so a job whose
+    /// thread could not start is taken back, not another caller's.
+    queue: VecDeque<(u64, Job)>,
+    next: u64,
     threads: usize,
     idle: usize,
     stop: bool,
@@ -51,6 +65,7 @@ impl BlockingPool {
             inner: Arc::new(Inner {
                 st: Mutex::new(St {
                     queue: VecDeque::new(),
+                    next: 0,
                     threads: 0,
                     idle: 0,
                     stop: false,
@@ -62,12 +77,14 @@ impl BlockingPool {
     }
 
     /// Queues `job`; starts a thread if none is idle and the cap allows.
-    pub(crate) fn spawn(&self, job: Job) -> io::Result<()> {
+    pub(crate) fn spawn(&self, job: Job) -> Result<(), Refused> {
         let mut st = lock(&self.inner.st);
         if st.stop {
-            return Err(io::Error::other("the runtime has shut down"));
+            return Err(Refused::Stopped);
         }
-        st.queue.push_back(job);
+        let seq = st.next;
+        st.next += 1;
+        st.queue.push_back((seq, job));
         if st.idle >= st.queue.len() {
             drop(st);
             self.inner.cv.notify_one();
@@ -86,9 +103,13 @@ impl BlockingPool {
             let mut st = lock(&self.inner.st);
             st.threads -= 1;
             if st.threads == 0 {
-                // Nobody will ever run it: take it back.
-                st.queue.pop_back();
-                return Err(e);
+                // Nobody will run it (unless a thread took it meanwhile and
+                // has exited since): take it back, by its number — others may
+                // have been queued after it.
+                if let Some(i) = st.queue.iter().position(|(n, _)| *n == seq) {
+                    drop(st.queue.remove(i));
+                    return Err(Refused::NoThread(e));
+                }
             }
         }
         Ok(())
@@ -105,7 +126,7 @@ impl BlockingPool {
 fn work(inner: &Inner) {
     let mut st = lock(&inner.st);
     loop {
-        if let Some(job) = st.queue.pop_front() {
+        if let Some((_, job)) = st.queue.pop_front() {
             drop(st);
             job();
             st = lock(&inner.st);

@@ -316,10 +316,13 @@ impl Shared {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             j.finish(r.map_err(JoinError::Panic));
         });
-        if let Err(e) = self.blocking.spawn(job) {
-            join.finish(Err(JoinError::Panic(Box::new(format!(
-                "spawn_blocking: could not start a thread: {e}"
-            )))));
+        match self.blocking.spawn(job) {
+            Ok(()) => {}
+            // As `spawn` after shutdown: cancelled.
+            Err(blocking::Refused::Stopped) => join.finish(Err(JoinError::Cancelled)),
+            Err(blocking::Refused::NoThread(e)) => join.finish(Err(JoinError::Panic(Box::new(
+                format!("spawn_blocking: could not start a thread: {e}"),
+            )))),
         }
         JoinHandle {
             join,
@@ -491,9 +494,9 @@ impl Runtime {
     ///
     /// # Panics
     ///
-    /// When called on one of a runtime's own worker threads (it would block the
-    /// worker that may be the one to complete what it waits for); use `.await` or
-    /// [`spawn_blocking`] there.
+    /// When called on a worker thread of any ringport runtime, this one's or
+    /// another's (it would block a worker that may be the one to complete
+    /// what it waits for); use `.await` or [`spawn_blocking`] there.
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
         block_on_with(self.handle.clone(), fut)
     }

@@ -39,6 +39,7 @@ mod rt_files_edges;
 mod rt_inline;
 mod rt_io;
 mod rt_time;
+mod rt_waiters;
 mod serve;
 mod serve_conditions;
 mod serve_http_edges;

@@ -2,8 +2,9 @@
 //! thread waits in `block_on`, an aborted task whose future panics when
 //! dropped, cancelling a `spawn_blocking` closure that already runs, timers
 //! and timeouts of `Duration::MAX`, and a client that resets its connection
-//! before the server accepts it; and (session 13's) a finished task whose
-//! drop panics, and a joiner whose waker panics.
+//! before the server accepts it; (session 13's) a finished task whose
+//! drop panics, and a joiner whose waker panics; and (session 16's) a
+//! `spawn_blocking` after shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -470,5 +471,22 @@ backend_test!(
         holder.abort();
         assert!(join(&h, holder).unwrap_err().is_cancelled());
         wait_idle(&h);
+    }
+);
+
+backend_test!(
+    spawn_blocking_after_shutdown_is_cancelled_like_spawn,
+    |choice: BackendChoice| {
+        let rt = runtime(choice);
+        let h = rt.handle().clone();
+        drop(rt);
+        let r = futures::executor::block_on(h.spawn(async { 1 }));
+        assert!(matches!(r, Err(JoinError::Cancelled)), "spawn: {r:?}");
+        // It said the closure had panicked.
+        let r = futures::executor::block_on(h.spawn_blocking(|| 1));
+        assert!(
+            matches!(r, Err(JoinError::Cancelled)),
+            "spawn_blocking: {r:?}"
+        );
     }
 );
