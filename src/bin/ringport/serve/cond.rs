@@ -104,8 +104,13 @@ impl Validators {
         let since = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
         let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let secs = since.as_secs().min(now_secs);
+        // Nanoseconds from the epoch, signed: times before it name versions too.
+        let nanos = match mtime.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
+        };
         Validators {
-            etag: format!("\"{ino:x}-{:x}-{len:x}\"", since.as_nanos()),
+            etag: format!("\"{ino:x}-{nanos:x}-{len:x}\""),
             mtime: secs,
             last_modified: httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs)),
         }
@@ -368,6 +373,18 @@ mod tests {
         r.if_modified_since = Some(httpdate::fmt_http_date(future));
         assert_eq!(preconditions_at(&r, &v, now), Verdict::Proceed);
         assert_eq!(preconditions_at(&r, &edited, later), Verdict::Proceed);
+    }
+
+    /// Times before the epoch make distinct tags (they all made one).
+    #[test]
+    fn times_before_the_epoch_name_their_versions() {
+        let now = SystemTime::now();
+        let a = Validators::at(1, 2, UNIX_EPOCH - Duration::from_secs(10), now);
+        let b = Validators::at(1, 2, UNIX_EPOCH - Duration::from_secs(20), now);
+        let c = Validators::at(1, 2, UNIX_EPOCH, now);
+        assert_ne!(a.etag, b.etag);
+        assert_ne!(a.etag, c.etag);
+        assert_eq!(a.mtime, 0);
     }
 
     /// Several field lines of one precondition are joined (RFC 9110 §5.3).

@@ -316,10 +316,9 @@ fn names_other_version(line: &[u8]) -> bool {
     else {
         return false;
     };
-    let mut parts = v.splitn(2, |&b| b == b'.');
-    let ok =
-        |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
-    ok(parts.next()) && ok(parts.next())
+    // RFC 9112 §2.3: `HTTP/` DIGIT `.` DIGIT; `HTTP/01.1` or `HTTP/1.10` is
+    // no version at all (400).
+    matches!(v, [major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit())
 }
 
 /// Decimal digits to a number, saturating (a position past any file).
@@ -470,6 +469,14 @@ mod tests {
             Err(Reject::VersionNotSupported)
         );
         assert_eq!(parse(b"GET / HTTP/x\r\n\r\n"), Err(Reject::BadRequest));
+        for malformed in ["HTTP/01.1", "HTTP/1.10", "HTTP/11", "HTTP/1.", "HTTP/.1"] {
+            let line = format!("GET / {malformed}\r\nHost: h\r\n\r\n");
+            assert_eq!(
+                parse(line.as_bytes()),
+                Err(Reject::BadRequest),
+                "{malformed}"
+            );
+        }
         assert_eq!(parse(b"GET / FTP/1.0\r\n\r\n"), Err(Reject::BadRequest));
         assert_eq!(
             parse(b"GET / HTTP/1.1\r\n\r\n"),
