@@ -144,7 +144,12 @@ impl Conn {
             }
             let limit = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
-                None => self.srv.cfg.idle_timeout,
+                None => {
+                    // Idle between requests: the copying path's body buffer
+                    // (256 KiB) is not held by a connection that waits.
+                    self.chunk = Vec::new();
+                    self.srv.cfg.idle_timeout
+                }
             };
             if limit.is_zero() || !self.read_more(limit, true).await {
                 return Err(Ended::Close);
