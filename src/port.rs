@@ -208,7 +208,9 @@ impl CompletionPort {
     /// carries `key`. The association lasts until the handle is closed through
     /// [`Op::close`](crate::Op::close) or [`disassociate`](Self::disassociate) is called.
     ///
-    /// On the epoll backend a socket (or pipe) is made non-blocking
+    /// A descriptor that is not open is refused (`EBADF`).
+    ///
+    /// On the epoll backend a socket is made non-blocking
     /// (`O_NONBLOCK`) here, as its operations are tried at once and waited
     /// for by readiness; it stays so after `disassociate`. A program that
     /// also makes blocking calls of its own on the descriptor sees
@@ -307,8 +309,10 @@ impl CompletionPort {
     /// forever; `Some(Duration::ZERO)` only looks.
     ///
     /// The calling thread counts as running a handler from the moment this returns
-    /// a completion until it calls `get` (or `get_many`) again; while `concurrency`
-    /// threads are running, further callers wait even if completions are queued.
+    /// a completion until it calls `get` (or `get_many`) again, on this port or
+    /// another (as in IOCP, waiting on another port ends its association with
+    /// this one); while `concurrency` threads are running, further callers wait
+    /// even if completions are queued.
     pub fn get(&self, timeout: Option<Duration>) -> Result<Completion> {
         let mut out = Vec::with_capacity(1);
         self.dequeue(&mut out, 1, timeout)?;
@@ -334,6 +338,10 @@ impl CompletionPort {
         timeout: Option<Duration>,
     ) -> Result<usize> {
         let from = out.len();
+        let home = HOME.with(|h| h.replace(self.inner.id));
+        if home != self.inner.id && home != 0 {
+            self.leave_others();
+        }
         self.inner.backend.new_burst();
         let r = self.dequeue_inner(out, limit, timeout);
         self.dequeued(&out[from.min(out.len())..]);
@@ -570,6 +578,31 @@ impl CompletionPort {
         watch
     }
 
+    /// This thread now waits on this port, after another: as in IOCP (iocp.md
+    /// §1.3), that ends its association with every other port. It no longer
+    /// counts as running there (another thread may take that port's next
+    /// packet), and what it submitted there and held back for its next `get`
+    /// goes to the kernel now.
+    fn leave_others(&self) {
+        let others: Vec<(Arc<PortInner>, SlotId)> = THREAD_SLOTS.with(|regs| {
+            regs.borrow()
+                .0
+                .iter()
+                .filter(|r| r.port_id != self.inner.id)
+                .filter_map(|r| r.port.upgrade().map(|p| (p, r.slot)))
+                .collect()
+        });
+        for (port, slot) in others {
+            if port.backend.has_unflushed() {
+                port.backend.flush();
+            }
+            if port.sched.leave(slot) {
+                port.backend.notify();
+            }
+        }
+        HOLDING.with(|h| h.set(false));
+    }
+
     /// This thread's scheduler slot on this port, registering it on first use.
     fn slot(&self) -> SlotId {
         THREAD_SLOTS.with(|regs| {
@@ -632,8 +665,13 @@ thread_local! {
     /// Set on pool worker threads: their submissions are batched until their next
     /// `get`, which they are certain to make.
     static DEFER_SUBMIT: Cell<bool> = const { Cell::new(false) };
-    /// This thread holds submissions it has not handed to the kernel yet.
+    /// This thread holds submissions it has not handed to the kernel yet (to
+    /// its home port).
     static HOLDING: Cell<bool> = const { Cell::new(false) };
+    /// The port this thread last waited on (0: none): the only one its
+    /// submissions are held back for, as it is the one whose `get` it comes
+    /// back to.
+    pub(crate) static HOME: Cell<u64> = const { Cell::new(0) };
     /// How deep in [`blocking`] calls this thread is: only the outermost one
     /// releases and takes back the concurrency slots (an inner one returning
     /// must not count the thread as running while the outer still blocks).

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::op::{Op, OpBody};
 use crate::sys::PollMode;
 
-use super::{CompletionPort, DEFER_SUBMIT, HOLDING};
+use super::{CompletionPort, DEFER_SUBMIT, HOLDING, HOME};
 
 /// What [`CompletionPort::submit_inline`] did with an operation.
 #[derive(Debug)]
@@ -173,7 +173,10 @@ impl CompletionPort {
             return Err((Error::Closed, None));
         }
         // Pool threads batch: their next `get` submits everything at once.
-        let batching = DEFER_SUBMIT.with(Cell::get);
+        // Only to the port they wait on: an operation for another port would
+        // wait for a `get` that never comes to it (its own waiter sleeps in
+        // the kernel with the SQE unsubmitted: session 16's review).
+        let batching = DEFER_SUBMIT.with(Cell::get) && HOME.with(Cell::get) == self.inner.id;
         let high = self.count_high(&op);
         let (id, done) = self
             .inner

@@ -483,6 +483,21 @@ impl<T: Prioritized> Sched<T> {
         }
     }
 
+    /// The thread waits on another port now (IOCP ends its association with
+    /// this one): no longer counted as running. True if the poller must be
+    /// notified.
+    pub(crate) fn leave(&self, id: SlotId) -> bool {
+        let mut st = lock(&self.state);
+        match st.slot(id).run {
+            Run::Running(_) | Run::Stalled => {
+                st.release(id);
+                st.dispatch()
+            }
+            // Inside `blocking`: not counted, and counted again when it ends.
+            Run::Idle | Run::Blocking => false,
+        }
+    }
+
     /// The thread is back from blocking: counted as running again, unconditionally
     /// (running may exceed `max` for a while, as in IOCP).
     pub(crate) fn block_end(&self, id: SlotId) {

@@ -389,6 +389,14 @@ impl Backend {
         inline_read::on_associate(fd);
         match self {
             Backend::Uring(d) => {
+                // A descriptor that is not open is refused, as epoll's
+                // `fstat` refuses it (IOCP: ERROR_INVALID_HANDLE); accepted,
+                // its number would stay associated, and the socket that
+                // later gets the number could not be.
+                // SAFETY: F_GETFD only reads the descriptor's flags.
+                if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                    return Err(crate::Error::Io(std::io::Error::last_os_error()));
+                }
                 d.associate(fd);
                 Ok(())
             }

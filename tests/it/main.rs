@@ -29,6 +29,7 @@ mod ops2;
 mod order;
 mod outcomes;
 mod pool;
+mod ports;
 mod priority;
 mod queue;
 mod rt;
