@@ -687,3 +687,57 @@ backend_test!(exclusive send_file_to_a_closed_peer_from_a_pool_worker, |choice: 
     );
     shutdown(pool);
 });
+
+// Session 16's review: on epoll a `shutdown(Write)` was done at once, ahead of
+// a send still waiting for room on the socket; the send then failed `EPIPE`
+// and its bytes were lost. It waits behind it now, as on io_uring.
+backend_test!(
+    a_shutdown_waits_behind_a_send_that_waits_for_room,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let (mut client, server) = tcp_pair();
+        port.associate(&server, 4).unwrap();
+        // Fill the send path with writes of our own, so the send must wait.
+        server.set_nonblocking(true).unwrap();
+        let chunk = vec![1u8; 65536];
+        let mut prefilled = 0;
+        loop {
+            match (&server).write(&chunk) {
+                Ok(n) => prefilled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        port.submit(Op::send(&server, vec![2u8; 100_000]), 1)
+            .unwrap();
+        port.submit(Op::shutdown(&server, std::net::Shutdown::Write), 2)
+            .unwrap();
+        let reader = std::thread::spawn(move || {
+            client.set_read_timeout(Some(T)).unwrap();
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).map(|_| all)
+        });
+        let mut results: Vec<_> = (0..2)
+            .map(|_| {
+                let c = get(&port);
+                (c.user_data, c.result.map_err(|e| e.raw_os_error()))
+            })
+            .collect();
+        results.sort();
+        let all = reader
+            .join()
+            .unwrap()
+            .expect("the peer reads to end of stream");
+        // (The send may be short: it sends what there is room for.)
+        let sent = match results[0] {
+            (1, Ok(n)) if n > 0 => n,
+            other => panic!("the send the shutdown waited behind: {other:?}"),
+        };
+        assert_eq!(results[1], (2, Ok(0)));
+        assert_eq!(all.len(), prefilled + sent);
+        assert!(
+            all[prefilled..].iter().all(|&b| b == 2),
+            "the send's bytes last"
+        );
+    }
+);

@@ -43,7 +43,9 @@
 //!   queue, two kept when idle), which queue their completions and
 //!   wake the poller through an eventfd. (A buffered read the page cache holds
 //!   is done on the submitting thread instead: `sys/inline_read.rs`.) `shutdown` never blocks: it is done
-//!   on the submitting thread, like a close.
+//!   on the submitting thread, like a close, unless sends wait on the socket:
+//!   a shutdown of the writing side then waits behind them in its write queue,
+//!   as io_uring's write lane keeps it.
 //! * `send_file` is `sendfile(2)` into the socket, tried and queued like a send
 //!   (`sock.rs`). `send_zc` is a plain (copying) send. Fixed buffers are plain
 //!   memory here: `read_fixed`/`write_fixed` are `pread`/`pwrite` on the file
@@ -559,6 +561,17 @@ impl Driver {
                 let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
                 self.files.push(id, op.body, op.prio);
                 Ok((id, None))
+            }
+            // Shutting the writing side down waits behind the sends queued on
+            // the socket, as io_uring's write lane keeps it behind them: done
+            // at once, it overtook them, and they failed `EPIPE` with their
+            // bytes unsent (session 16's review). With none queued it is done
+            // at once all the same (`sock.rs`).
+            OpBody::Shutdown { fd, how }
+                if *how != libc::SHUT_RD && self.shared.queue(*fd).is_some() =>
+            {
+                let fd = *fd;
+                self.submit_socket(op, fd, key, user_data)
             }
             OpBody::Shutdown { fd, how } => {
                 // Never blocks: done here, like a close.

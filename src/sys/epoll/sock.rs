@@ -238,6 +238,12 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
             body @ (OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. }) => {
                 super::fixed::try_fixed(body)
             }
+            // Queued behind the socket's sends (`Driver::submit`); never
+            // `EAGAIN`.
+            OpBody::Shutdown { fd, how } => {
+                // SAFETY: a plain system call on a descriptor; no memory is passed.
+                attempt(unsafe { libc::shutdown(*fd, *how) } as isize)
+            }
             OpBody::Writable { fd } => {
                 let mut p = libc::pollfd {
                     fd: *fd,

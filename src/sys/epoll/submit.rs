@@ -53,6 +53,9 @@ impl Driver {
         );
         // A connect must be started by its own system call.
         let must_try = matches!(op.body, OpBody::Connect { .. });
+        // A shutdown never waits for room: with nothing queued before it, it
+        // goes now even if the last send found the socket full.
+        let never_waits = matches!(op.body, OpBody::Shutdown { .. });
         let g = &mut *g;
         let closed = g.read_closed;
         let (queue, blocked) = if is_read {
@@ -81,7 +84,7 @@ impl Driver {
         // A connect's attempt starts the connection, so it is admitted first
         // (a refusal hands back an operation that has done nothing, as
         // io_uring's would); anything else is tried before it is admitted.
-        if !must_try && queue.is_empty() && !*blocked {
+        if !must_try && queue.is_empty() && (!*blocked || never_waits) {
             if self.shared.closed.load(Ordering::Acquire) {
                 return Err((Error::Closed, None));
             }
@@ -109,6 +112,10 @@ impl Driver {
                 None => *blocked = true,
             }
         }
+        debug_assert!(
+            !never_waits || !queue.is_empty(),
+            "a shutdown is done at once"
+        );
         match FdTable::<FdQueue>::index(fd) {
             // (A descriptor too large for an own id: its record goes in the table.)
             None => {
