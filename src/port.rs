@@ -232,7 +232,9 @@ impl CompletionPort {
     /// backends: each completes with `ECANCELED` (or with its result, if it
     /// finished first). On epoll they complete here; on io_uring when the
     /// kernel has taken the cancel, soon after. A file's operations run to
-    /// their end.
+    /// their end. (On io_uring the kernel finds them by the open socket, not
+    /// by the number: of two associated duplicates of a socket, ending one's
+    /// association cancels the other's operations too.)
     pub fn disassociate(&self, handle: &impl AsFd) -> Result<()> {
         let fd = handle.as_fd().as_raw_fd();
         self.inner

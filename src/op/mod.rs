@@ -281,7 +281,9 @@ impl Op {
     /// flight are cancelled first (they complete with `ECANCELED`, or with
     /// their result if they finished first), on both backends — as
     /// `CloseHandle` aborts a handle's pending I/O; a file's operations run to
-    /// their end.
+    /// their end. (On io_uring the kernel finds them by the open socket, not
+    /// by the number: closing one of two associated duplicates of a socket
+    /// (`dup`) cancels the other's operations too.)
     pub fn close(fd: OwnedFd) -> Op {
         Op::new(OpBody::Close { fd })
     }
@@ -444,6 +446,10 @@ impl Op {
     /// here after `EAGAIN`. `Ok(events)` (the `poll(2)` bits, `POLLOUT` set;
     /// `POLLERR`/`POLLHUP` for a socket in error or shut down — the next send
     /// reports why).
+    ///
+    /// A socket: the epoll backend waits only on sockets. Given anything else
+    /// (a pipe), it looks once and completes with `EAGAIN` if there is no
+    /// room, where io_uring waits.
     pub fn writable(socket: &impl AsFd) -> Op {
         Op::new(OpBody::Writable { fd: raw(socket) })
     }
