@@ -562,18 +562,15 @@ impl Driver {
                 self.files.push(id, op.body, op.prio);
                 Ok((id, None))
             }
-            // Shutting the writing side down waits behind the sends queued on
-            // the socket, as io_uring's write lane keeps it behind them: done
+            // Shutting the writing side of a registered socket down waits
+            // behind the sends queued on it (below, with the socket
+            // operations), as io_uring's write lane keeps it behind them: done
             // at once, it overtook them, and they failed `EPIPE` with their
             // bytes unsent (session 16's review). With none queued it is done
             // at once all the same (`sock.rs`).
             OpBody::Shutdown { fd, how }
-                if *how != libc::SHUT_RD && self.shared.queue(*fd).is_some() =>
+                if *how == libc::SHUT_RD || self.shared.queue(*fd).is_none() =>
             {
-                let fd = *fd;
-                self.submit_socket(op, fd, key, user_data)
-            }
-            OpBody::Shutdown { fd, how } => {
                 // Never blocks: done here, like a close.
                 let (fd, how) = (*fd, *how);
                 let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
@@ -607,7 +604,8 @@ impl Driver {
             | OpBody::ReadFixed { fd, .. }
             | OpBody::WriteFixed { fd, .. }
             | OpBody::SendFile { sock: fd, .. }
-            | OpBody::Writable { fd } => {
+            | OpBody::Writable { fd }
+            | OpBody::Shutdown { fd, .. } => {
                 let fd = *fd;
                 self.submit_socket(op, fd, key, user_data)
             }
