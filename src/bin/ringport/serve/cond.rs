@@ -199,15 +199,8 @@ fn etag_list_matches(list: &str, etag: &str, strong: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::http::{parse, Parsed};
+    use crate::serve::http::complete;
     use proptest::prelude::*;
-
-    fn complete(buf: &[u8]) -> Request {
-        match parse(buf) {
-            Ok(Parsed::Complete(r)) => r,
-            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
-        }
-    }
 
     #[test]
     fn ranges() {

@@ -397,17 +397,19 @@ fn with_date(f: impl FnOnce(&str)) {
     })
 }
 
+/// The head `buf` holds, whole (a test's request).
+#[cfg(test)]
+pub(super) fn complete(buf: &[u8]) -> Request {
+    match parse(buf) {
+        Ok(Parsed::Complete(r)) => r,
+        other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn complete(buf: &[u8]) -> Request {
-        match parse(buf) {
-            Ok(Parsed::Complete(r)) => r,
-            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
-        }
-    }
 
     #[test]
     fn a_simple_get() {
