@@ -586,15 +586,7 @@ impl CompletionPort {
     /// packet), and what it submitted there and held back for its next `get`
     /// goes to the kernel now.
     fn leave_others(&self) {
-        let others: Vec<(Arc<PortInner>, SlotId)> = THREAD_SLOTS.with(|regs| {
-            regs.borrow()
-                .0
-                .iter()
-                .filter(|r| r.port_id != self.inner.id)
-                .filter_map(|r| r.port.upgrade().map(|p| (p, r.slot)))
-                .collect()
-        });
-        for (port, slot) in others {
+        for (port, slot) in thread_ports(Some(self.inner.id)) {
             if port.backend.has_unflushed() {
                 port.backend.flush();
             }
@@ -683,6 +675,19 @@ thread_local! {
     static BATCH: Cell<Vec<Completion>> = const { Cell::new(Vec::new()) };
 }
 
+/// The live ports this thread is registered with (but `except`), with its
+/// slot on each.
+fn thread_ports(except: Option<u64>) -> Vec<(Arc<PortInner>, SlotId)> {
+    THREAD_SLOTS.with(|regs| {
+        regs.borrow()
+            .0
+            .iter()
+            .filter(|r| Some(r.port_id) != except)
+            .filter_map(|r| r.port.upgrade().map(|p| (p, r.slot)))
+            .collect()
+    })
+}
+
 /// Room kept in a thread's reaping buffer (`BATCH`) between waits.
 const BATCH_KEEP: usize = 256;
 
@@ -740,13 +745,7 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
         // them back when it returns.
         return f();
     }
-    let ports: Vec<(Arc<PortInner>, SlotId)> = THREAD_SLOTS.with(|regs| {
-        regs.borrow()
-            .0
-            .iter()
-            .filter_map(|r| r.port.upgrade().map(|p| (p, r.slot)))
-            .collect()
-    });
+    let ports = thread_ports(None);
     HOLDING.with(|h| h.set(false));
     for (port, slot) in &ports {
         if port.backend.has_unflushed() {
