@@ -8,15 +8,16 @@
 //! fails first. Every socket read and write has a timeout, every child process
 //! wait is bounded.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::{mpsc, Arc};
+use std::thread::{self};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::common::{gate, wait_timeout, wait_until, T};
+use crate::child::Spawned;
+use crate::common::{gate, wait_until, T};
 
 /// The `ringport` program built for this test run.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_ringport");
@@ -90,16 +91,13 @@ fn run(backend: &'static str, test: &str, exclusive: bool, body: fn(&Server)) {
 /// A running `ringport echo`. Dropping it without `stop` (a failed test) sends
 /// SIGTERM, then SIGKILL if it lingers, and reaps it: no test leaves a server.
 struct Server {
-    child: Child,
+    proc: Spawned,
     /// Where it listens (the address it printed, or the port-0 workaround's).
     addr: SocketAddr,
     backend: &'static str,
     /// The `listening on ...` line of a launch on 127.0.0.1:0 that reported port
     /// 0 (a server bug, worked around by listening on a port picked here).
     port_zero_bug: Option<String>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-    reaped: bool,
 }
 
 /// How a launch ended up.
@@ -180,43 +178,18 @@ impl Server {
             "multi" => Some("--multishot"),
             _ => None,
         };
-        let mut child = Command::new(BIN)
-            .args(["echo", "--listen", &listen.to_string(), "--backend", name])
-            .args(flag)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn `ringport echo`");
-        let (tx, lines) = mpsc::channel();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let stdout = thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let err = BufReader::new(child.stderr.take().unwrap());
-        let sink = stderr.clone();
-        let stderr_reader = thread::spawn(move || {
-            for line in err.lines() {
-                let Ok(line) = line else { break };
-                let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        let proc = Spawned::spawn(
+            Command::new(BIN)
+                .args(["echo", "--listen", &listen.to_string(), "--backend", name])
+                .args(flag),
+        );
         let mut server = Server {
-            child,
+            proc,
             addr: listen,
             backend,
             port_zero_bug: None,
-            stderr,
-            readers: vec![stdout, stderr_reader],
-            reaped: false,
         };
-        match lines.recv_timeout(T) {
+        match server.proc.first_line() {
             Ok(line) => {
                 let addr = line
                     .strip_prefix("listening on ")
@@ -226,7 +199,7 @@ impl Server {
                         panic!(
                             "`ringport echo` printed {line:?}, not `listening on ADDR ...`; \
                              stderr:\n{}",
-                            server.stderr()
+                            server.proc.stderr()
                         )
                     });
                 server.addr = addr;
@@ -234,16 +207,15 @@ impl Server {
             }
             // Its stdout closed: it exited.
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = wait_timeout(&mut server.child, T)
+                let status = server
+                    .proc
+                    .wait()
                     .expect("`ringport echo` closed its stdout but did not exit");
-                server.reaped = true;
-                server.join_readers();
-                let stderr = server.stderr();
-                Launch::Exited(status, stderr)
+                Launch::Exited(status, server.proc.stderr())
             }
             Err(mpsc::RecvTimeoutError::Timeout) => panic!(
                 "`ringport echo --backend {backend}` printed nothing within {T:?}; stderr:\n{}",
-                server.stderr()
+                server.proc.stderr()
             ),
         }
     }
@@ -262,24 +234,14 @@ impl Server {
         );
     }
 
-    /// Everything the server wrote on stderr so far.
-    fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     /// Fails the test if the server has exited (crashed) while it should serve.
     #[track_caller]
     fn assert_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            self.reaped = true;
-            self.join_readers();
+        if let Some(status) = self.proc.exited() {
             panic!(
                 "`ringport echo --backend {}` died with {status}; stderr:\n{}",
                 self.backend,
-                self.stderr()
+                self.proc.stderr()
             );
         }
     }
@@ -287,15 +249,9 @@ impl Server {
     /// Sends SIGTERM and requires exit status 0 within `T`. Returns its stderr.
     fn stop(mut self) -> String {
         self.assert_alive();
-        self.signal(libc::SIGTERM);
-        let status = wait_timeout(&mut self.child, T);
-        if status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        self.reaped = true;
-        self.join_readers();
-        let stderr = self.stderr();
+        self.proc.signal(libc::SIGTERM);
+        let status = self.proc.wait();
+        let stderr = self.proc.stderr();
         match status {
             None => panic!(
                 "`ringport echo --backend {}` did not exit within {T:?} of SIGTERM; \
@@ -309,35 +265,6 @@ impl Server {
             ),
         }
         stderr
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill only sends a signal; the pid is our child, not yet reaped
-        // (so the number cannot have been reused).
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-    }
-
-    /// The reader threads end at EOF, which comes when the child is gone: join
-    /// them so no pipe descriptor outlives the test (descriptor-counting tests
-    /// run right after).
-    fn join_readers(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if !self.reaped {
-            self.signal(libc::SIGTERM);
-            if wait_timeout(&mut self.child, T).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-            self.reaped = true;
-        }
-        self.join_readers();
     }
 }
 

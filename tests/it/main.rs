@@ -12,6 +12,7 @@ mod bench_echo;
 mod burst;
 mod cancel;
 mod chains;
+mod child;
 mod cli_edges;
 mod close;
 mod dgram;

@@ -8,19 +8,19 @@
 //! depends on timing: the short timeouts given to the server only make a test
 //! finish sooner.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ringport::BackendChoice;
 use sha2::{Digest, Sha256};
 
-use crate::common::{wait_timeout, T};
+use crate::child::Spawned;
+use crate::common::T;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_ringport");
 
@@ -89,13 +89,8 @@ pub(crate) fn pattern(n: usize) -> Vec<u8> {
 /// A running `ringport serve`. Dropping it without `stop` (a failed test) sends
 /// SIGTERM, then SIGKILL if it lingers, and reaps it.
 pub(crate) struct Serve {
-    pub(crate) child: Child,
+    pub(crate) proc: Spawned,
     pub(crate) addr: SocketAddr,
-    /// stdout lines after the ready line (the access log).
-    pub(crate) stdout: Arc<Mutex<Vec<String>>>,
-    pub(crate) stderr: Arc<Mutex<String>>,
-    pub(crate) readers: Vec<JoinHandle<()>>,
-    pub(crate) reaped: bool,
 }
 
 impl Serve {
@@ -106,52 +101,14 @@ impl Serve {
             BackendChoice::Epoll => "epoll",
             _ => "uring",
         };
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg(&site.root)
-            .args(["--listen", "127.0.0.1:0", "--backend", backend])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn `ringport serve`");
-        let (tx, ready) = mpsc::channel();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let stdout = thread::spawn(move || {
-            let mut first = true;
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                if first {
-                    first = false;
-                    let _ = tx.send(line);
-                } else {
-                    sink.lock().unwrap().push(line);
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let err = BufReader::new(child.stderr.take().unwrap());
-        let stderr_reader = thread::spawn(move || {
-            for line in err.lines() {
-                let Ok(line) = line else { break };
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let mut srv = Serve {
-            child,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            stdout: lines,
-            stderr,
-            readers: vec![stdout, stderr_reader],
-            reaped: false,
-        };
-        match ready.recv_timeout(T) {
+        let mut proc = Spawned::spawn(
+            Command::new(BIN)
+                .arg("serve")
+                .arg(&site.root)
+                .args(["--listen", "127.0.0.1:0", "--backend", backend])
+                .args(extra),
+        );
+        match proc.first_line() {
             Ok(line) => {
                 // "serving DIR at http://ADDR/ (backend NAME, ...)"
                 let addr = line
@@ -166,14 +123,11 @@ impl Serve {
                     _ => "backend io_uring",
                 };
                 assert!(line.contains(want), "runs another backend: {line:?}");
-                srv.addr = addr;
-                Some(srv)
+                Some(Serve { proc, addr })
             }
             Err(_) => {
-                let status = wait_timeout(&mut srv.child, T);
-                srv.reaped = status.is_some();
-                srv.join_readers();
-                let err = srv.stderr();
+                let status = proc.wait();
+                let err = proc.stderr();
                 if status.is_some_and(|s| !s.success())
                     && err.to_ascii_lowercase().contains("unsupported")
                 {
@@ -185,26 +139,23 @@ impl Serve {
         }
     }
 
-    pub(crate) fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+    /// stdout lines after the ready line (the access log).
+    pub(crate) fn stdout(&self) -> Arc<Mutex<Vec<String>>> {
+        self.proc.stdout.clone()
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.proc.child.id()
     }
 
     pub(crate) fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill only sends a signal; the child is not reaped yet, so its
-        // pid cannot have been reused.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        self.proc.signal(sig)
     }
 
     /// Waits (at most `T`) for the exit a SIGTERM asked for; requires status 0.
     pub(crate) fn wait_exit(mut self) -> String {
-        let status = wait_timeout(&mut self.child, T);
-        if status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        self.reaped = true;
-        self.join_readers();
-        let err = self.stderr();
+        let status = self.proc.wait();
+        let err = self.proc.stderr();
         match status {
             None => panic!("`ringport serve` did not exit within {T:?} of SIGTERM; stderr:\n{err}"),
             Some(s) => assert!(
@@ -223,26 +174,6 @@ impl Serve {
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
-    }
-
-    pub(crate) fn join_readers(&mut self) {
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if !self.reaped {
-            self.signal(libc::SIGTERM);
-            if wait_timeout(&mut self.child, T).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-            self.reaped = true;
-        }
-        self.join_readers();
     }
 }
 

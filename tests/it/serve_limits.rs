@@ -246,7 +246,7 @@ backend_test!(access_log_is_written_when_asked, |choice: BackendChoice| {
     c.send(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
     c.fill().unwrap();
     drop(c); // unread bytes: a reset
-    let stdout = srv.stdout.clone();
+    let stdout = srv.stdout();
     let deadline = Instant::now() + T;
     while !stdout
         .lock()
@@ -291,7 +291,7 @@ backend_test!(access_log_is_written_when_asked, |choice: BackendChoice| {
         return;
     };
     assert_eq!(get(srv.addr, "/hello.txt").status, 200);
-    let stdout = srv.stdout.clone();
+    let stdout = srv.stdout();
     srv.stop();
     assert!(stdout.lock().unwrap().is_empty());
 });

@@ -365,7 +365,7 @@ backend_test!(
             let Some(srv) = Serve::start(choice, &site, mode) else {
                 return;
             };
-            let pid = srv.child.id();
+            let pid = srv.pid();
             let mut conns: Vec<Client> = (0..3).map(|_| Client::connect(srv.addr)).collect();
             for c in &mut conns {
                 assert_eq!(c.get("/hello.txt", "").status, 200, "{mode:?}");

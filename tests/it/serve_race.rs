@@ -164,7 +164,7 @@ backend_test!(
             let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
             line.split_whitespace().nth(1).unwrap().parse().unwrap()
         };
-        let pid = srv.child.id();
+        let pid = srv.pid();
         let mut c = Client::connect(srv.addr);
         for i in 0..2000 {
             assert_eq!(c.get(&name(i), "").status, 200);
