@@ -24,6 +24,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::fmt;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +48,17 @@ pub struct PoolBuilder {
     stall_threshold: Option<Duration>,
     lazy_release: usize,
     name: String,
+    on_tick: Option<MonitorTick>,
+}
+
+/// What the monitor also runs each time it looks (see `on_monitor_tick`).
+#[derive(Clone)]
+struct MonitorTick(Arc<dyn Fn() + Send + Sync>);
+
+impl fmt::Debug for MonitorTick {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MonitorTick")
+    }
 }
 
 impl Default for PoolBuilder {
@@ -56,6 +68,7 @@ impl Default for PoolBuilder {
             stall_threshold: Some(Duration::from_millis(10)),
             lazy_release: 0,
             name: "ringport".into(),
+            on_tick: None,
         }
     }
 }
@@ -96,6 +109,16 @@ impl PoolBuilder {
     /// then did what two would (1 KiB on epoll: 0.87 × the requests/s).
     pub fn lazy_release(mut self, n: usize) -> Self {
         self.lazy_release = n;
+        self
+    }
+
+    /// Runs `f` on the stall detector's monitor each time it looks at the
+    /// port: every half stall threshold or more often while handlers run,
+    /// less often while the pool idles (see `lazy_release`). The runtime
+    /// posts from here a task stuck in a stalled worker's next slot. Nothing
+    /// runs it without the monitor (`stall_threshold` `None`).
+    pub(crate) fn on_monitor_tick(mut self, f: Box<dyn Fn() + Send + Sync>) -> Self {
+        self.on_tick = Some(MonitorTick(Arc::from(f)));
         self
     }
 
@@ -149,6 +172,7 @@ impl PoolBuilder {
             Some(threshold) => {
                 let mport = port.clone();
                 let mshared = shared.clone();
+                let on_tick = self.on_tick.clone();
                 let spawned = thread::Builder::new()
                     .name(format!("{}-stall", self.name))
                     .spawn(move || {
@@ -166,6 +190,9 @@ impl PoolBuilder {
                         while !mshared.stop.load(Ordering::Acquire) && !mport.is_closed() {
                             thread::park_timeout(tick);
                             let watch = mport.stall_scan(threshold, POLL_HANDOFF);
+                            if let Some(f) = &on_tick {
+                                (f.0)();
+                            }
                             let st = mport.sched_stats();
                             tick = if let Some(left) = watch {
                                 left.max(fast)

@@ -745,6 +745,9 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
         // them back when it returns.
         return f();
     }
+    // A task this runtime worker woke into its next slot would wait behind
+    // the blocking call: it goes to the port, for another worker.
+    crate::rt::before_blocking();
     let ports = thread_ports(None);
     HOLDING.with(|h| h.set(false));
     for (port, slot) in &ports {

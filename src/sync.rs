@@ -7,11 +7,11 @@ use std::sync::{Mutex, MutexGuard};
 /// The primitives the scheduler core is model-checked with.
 pub(crate) mod model {
     #[cfg(loom)]
-    pub(crate) use loom::sync::atomic::AtomicU8;
+    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicU8};
     #[cfg(loom)]
     pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
     #[cfg(not(loom))]
-    pub(crate) use std::sync::atomic::AtomicU8;
+    pub(crate) use std::sync::atomic::{AtomicU64, AtomicU8};
     #[cfg(not(loom))]
     pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 

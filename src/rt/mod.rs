@@ -18,7 +18,10 @@
 //! common case: its read finished) does not go through the queue; it waits in
 //! that worker's "next" slot and runs as soon as the handler returns, on the same
 //! thread, with its data still in cache. At most [`NEXT_BUDGET`] tasks run that
-//! way per packet; the rest are posted.
+//! way per packet; the rest are posted. A task there is not trapped behind its
+//! worker: if the handler calls [`blocking`](crate::blocking), stalls past the
+//! pool's stall threshold, or unwinds, the task goes to the port for another
+//! worker (`next.rs`).
 //!
 //! ```
 //! let rt = ringport::Runtime::new()?;
@@ -31,6 +34,7 @@
 //! ```
 
 mod blocking;
+mod next;
 pub(crate) mod op;
 mod prio;
 mod registry;
@@ -161,14 +165,25 @@ impl Builder {
             room_epoch: AtomicU64::new(0),
             blocking: BlockingPool::new(self.blocking_threads),
             shut: AtomicBool::new(false),
+            nexts: next::Slots::default(),
         });
         let s = shared.clone();
-        let pool = Pool::builder()
+        let mut pb = Pool::builder()
             .threads(self.threads)
             .stall_threshold(self.stall_threshold)
             .lazy_release(self.lazy_release)
-            .name("ringport-rt")
-            .spawn(&port, move |_port, c| s.handle_packet(c))?;
+            .name("ringport-rt");
+        if let Some(limit) = self.stall_threshold {
+            // A task woken into a worker's next slot must not wait there
+            // behind a handler that stalls (`next.rs`).
+            let w = Arc::downgrade(&shared);
+            pb = pb.on_monitor_tick(Box::new(move || {
+                if let Some(sh) = w.upgrade() {
+                    sh.nexts.steal_stuck(&sh, limit);
+                }
+            }));
+        }
+        let pool = pb.spawn(&port, move |_port, c| s.handle_packet(c))?;
         Ok(Runtime {
             handle: Handle { shared },
             pool: Mutex::new(Some(pool)),
@@ -193,6 +208,8 @@ pub(crate) struct Shared {
     room_epoch: AtomicU64,
     blocking: BlockingPool,
     shut: AtomicBool,
+    /// Every worker's next slot, for the pool's monitor (`next.rs`).
+    nexts: next::Slots,
 }
 
 impl fmt::Debug for Shared {
@@ -210,8 +227,6 @@ thread_local! {
     static CONTEXT: RefCell<Option<Handle>> = const { RefCell::new(None) };
     /// The runtime this thread is a worker of (its `Shared` address), or 0.
     static WORKER: Cell<usize> = const { Cell::new(0) };
-    /// A task woken by this worker while it handled a packet; runs next.
-    static NEXT: RefCell<Option<TaskRef>> = const { RefCell::new(None) };
 }
 
 impl Shared {
@@ -228,7 +243,18 @@ impl Shared {
                     shared: self.clone(),
                 })
             });
+            next::register(self);
         }
+        // Whatever is left in the next slot when this returns — past the
+        // budget, or because a handler unwound — goes to the port, where any
+        // worker may take it.
+        struct Flush<'a>(&'a Shared);
+        impl Drop for Flush<'_> {
+            fn drop(&mut self) {
+                next::flush(self.0);
+            }
+        }
+        let _flush = Flush(self);
         match c.key {
             TASK_KEY => {
                 if let Some(t) = self.tasks.with(c.user_data, Arc::clone) {
@@ -239,45 +265,39 @@ impl Shared {
             other => tracing::warn!(key = other, "ringport runtime: a packet with a foreign key"),
         }
         for _ in 0..NEXT_BUDGET {
-            match NEXT.with(|n| n.borrow_mut().take()) {
+            match next::take() {
                 Some(t) => {
                     t.run();
                 }
                 None => return,
             }
         }
-        if let Some(t) = NEXT.with(|n| n.borrow_mut().take()) {
-            self.post_task(&t);
-        }
     }
 
     /// Schedules a task that just moved to `SCHEDULED` (it holds no other
     /// schedule). `inline`: a worker of this runtime may keep it in its next slot.
     pub(crate) fn schedule(&self, task: TaskRef, inline: bool) {
-        if inline && WORKER.with(Cell::get) == self.addr() {
-            let task = NEXT.with(|n| {
-                let mut n = n.borrow_mut();
-                if n.is_none() {
-                    *n = Some(task);
-                    None
-                } else {
-                    Some(task)
-                }
-            });
-            match task {
-                None => return,
-                Some(t) => return self.post_task(&t),
+        if inline {
+            match next::put(self, task) {
+                None => {}
+                Some(t) => self.post_task(&t),
             }
+            return;
         }
         self.post_task(&task);
     }
 
     fn post_task(&self, task: &TaskRef) {
-        if self.port.post(TASK_KEY, task.key(), 0).is_err() {
+        self.post_key(task.key());
+    }
+
+    /// Posts the task `key` names (it holds a schedule: see `state.rs`).
+    fn post_key(&self, key: u64) {
+        if self.port.post(TASK_KEY, key, 0).is_err() {
             // Closed: the runtime is shutting down; shutdown drops the task (it
             // is still in the registry, or was never run).
             if self.shut.load(Ordering::Acquire) {
-                if let Some(t) = self.tasks.remove(task.key()) {
+                if let Some(t) = self.tasks.remove(key) {
                     t.cancel_at_shutdown();
                 }
             }
@@ -586,6 +606,12 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What [`blocking`](crate::blocking) does first on a runtime worker: the task
+/// in its next slot goes to the port, where another worker may run it.
+pub(crate) fn before_blocking() {
+    next::flush_current();
 }
 
 /// Spawns a future onto the current runtime's workers.

@@ -290,6 +290,10 @@ struct JoinInner<T> {
     out: Option<Result<T, JoinError>>,
     finished: bool,
     waker: Option<Waker>,
+    /// The `JoinHandle` is gone: nobody will take the output, so `finish`
+    /// drops it at once, where a panic in its drop is caught, rather than
+    /// leaving it to whichever thread lets go of the task last.
+    detached: bool,
 }
 
 impl<T> JoinState<T> {
@@ -299,11 +303,13 @@ impl<T> JoinState<T> {
                 out: None,
                 finished: false,
                 waker: None,
+                detached: false,
             }),
         }
     }
 
-    /// Stores the output (the first call wins) and wakes the joiner.
+    /// Stores the output (the first call wins) and wakes the joiner; with no
+    /// joiner left, drops it.
     pub(crate) fn finish(&self, out: Result<T, JoinError>) {
         let waker = {
             let mut g = lock(&self.inner);
@@ -311,6 +317,16 @@ impl<T> JoinState<T> {
                 return;
             }
             g.finished = true;
+            if g.detached {
+                drop(g);
+                // The output's drop is foreign code, like the waker below.
+                if catch_unwind(AssertUnwindSafe(move || drop(out))).is_err() {
+                    tracing::error!(
+                        "ringport: a detached task's output panicked when dropped; the panic is dropped"
+                    );
+                }
+                return;
+            }
             g.out = Some(out);
             g.waker.take()
         };
@@ -342,6 +358,15 @@ impl<T> JoinState<T> {
 
     pub(crate) fn is_finished(&self) -> bool {
         lock(&self.inner).finished
+    }
+
+    /// The handle is dropped: no one will take the output. Returns an output
+    /// already stored and the joiner's waker, for the caller to drop outside
+    /// the lock.
+    fn detach(&self) -> (Option<Result<T, JoinError>>, Option<Waker>) {
+        let mut g = lock(&self.inner);
+        g.detached = true;
+        (g.out.take(), g.waker.take())
     }
 }
 
@@ -443,6 +468,14 @@ pub enum Cancelled<T> {
     Finished(T),
     /// The task had already panicked.
     Failed(JoinError),
+}
+
+impl<T> Drop for JoinHandle<T> {
+    fn drop(&mut self) {
+        // Dropped here, on the thread that lets go of the handle (inside a
+        // task, that task's poll catches a panic).
+        drop(self.join.detach());
+    }
 }
 
 impl<T> Future for JoinHandle<T> {

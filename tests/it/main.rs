@@ -40,6 +40,7 @@ mod rt_files;
 mod rt_files_edges;
 mod rt_inline;
 mod rt_io;
+mod rt_next;
 mod rt_time;
 mod rt_waiters;
 mod serve;
