@@ -17,6 +17,7 @@ mod cli_edges;
 mod close;
 mod dgram;
 mod echo;
+mod echo_edges;
 mod fallback;
 mod file_workers;
 mod hyper_bridge;

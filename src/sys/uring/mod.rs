@@ -264,8 +264,12 @@ impl Core {
         let entries = cfg.entries.clamp(2, 32768).next_power_of_two();
         // The CQ must hold every operation in flight plus internal CQEs (wakes and
         // cancels), so it can never overflow: size it to twice max_in_flight.
-        let cq = (cfg.max_in_flight.max(1) * 2)
-            .next_power_of_two()
+        let cq = cfg
+            .max_in_flight
+            .max(1)
+            .saturating_mul(2)
+            .checked_next_power_of_two()
+            .unwrap_or(usize::MAX)
             .max(entries as usize * 2);
         let cq = cq.min(65536) as u32;
         let build = |coop: bool| {

@@ -1,0 +1,109 @@
+//! `ringport echo` and `ringport bench echo` at the edges session 17's review
+//! found (notes/s17/review-echo.md; each test names its item there). Servers
+//! run as child processes (`child.rs`), every wait is bounded, and nothing
+//! here measures time.
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use ringport::BackendChoice;
+
+use crate::child::Spawned;
+use crate::echo::{assert_echoes, BIN};
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn backend(choice: BackendChoice) -> &'static str {
+    match choice {
+        BackendChoice::Epoll => "epoll",
+        _ => "uring",
+    }
+}
+
+/// A running `ringport echo` (SIGTERM'd and reaped if a failing test drops it).
+struct Srv {
+    proc: Spawned,
+    addr: SocketAddr,
+}
+
+/// Starts `ringport echo --listen 127.0.0.1:0 args...`, with its descriptor
+/// limit (soft and hard) lowered to `nofile` if given. `None`
+/// (and a `skipped:` line) if its backend cannot run here; a panic if it
+/// exits before it is ready for any other reason.
+fn start(args: &[&str], nofile: Option<u64>) -> Option<Srv> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["echo", "--listen", "127.0.0.1:0"]).args(args);
+    if let Some(n) = nofile {
+        // SAFETY: the closure only calls setrlimit (async-signal-safe) on a
+        // struct of its own, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n as libc::rlim_t,
+                    rlim_max: n as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut proc = Spawned::spawn(&mut cmd);
+    match proc.first_line() {
+        Ok(line) => {
+            let addr = line
+                .strip_prefix("listening on ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("{args:?}: no address in {line:?}"));
+            Some(Srv { proc, addr })
+        }
+        Err(_) => {
+            let status = proc.wait();
+            let err = proc.stderr();
+            if err.to_ascii_lowercase().contains("unsupported") {
+                eprintln!("skipped: {args:?}: {}", err.trim());
+                return None;
+            }
+            panic!("`ringport echo {args:?}` was not ready ({status:?}); stderr:\n{err}");
+        }
+    }
+}
+
+impl Srv {
+    /// SIGTERM; it must exit 0 within `T`. Returns its stderr.
+    fn stop(mut self) -> String {
+        if let Some(st) = self.proc.exited() {
+            panic!("the server died with {st}; stderr:\n{}", self.proc.stderr());
+        }
+        self.proc.signal(libc::SIGTERM);
+        let status = self.proc.wait();
+        let err = self.proc.stderr();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the server exited with {status:?} after SIGTERM; stderr:\n{err}"
+        );
+        err
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `--max-in-flight` past what a ring can hold (review item 5)
+// ---------------------------------------------------------------------------
+
+backend_test!(the_largest_max_in_flight_serves, |choice: BackendChoice| {
+    for extra in [&[][..], &["--async"][..], &["--plain-recv"][..]] {
+        let mut args = vec!["--backend", backend(choice)];
+        args.extend_from_slice(extra);
+        args.extend(["--max-in-flight", "18446744073709551615"]);
+        let Some(srv) = start(&args, None) else {
+            return;
+        };
+        assert_echoes(srv.addr, "with --max-in-flight 2^64-1");
+        srv.stop();
+    }
+});
