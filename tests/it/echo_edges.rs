@@ -3,13 +3,16 @@
 //! run as child processes (`child.rs`), every wait is bounded, and nothing
 //! here measures time.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::time::Duration;
 
 use ringport::BackendChoice;
 
 use crate::child::Spawned;
+use crate::common::T;
 use crate::echo::{assert_echoes, BIN};
 
 // ---------------------------------------------------------------------------
@@ -107,3 +110,58 @@ backend_test!(the_largest_max_in_flight_serves, |choice: BackendChoice| {
         srv.stop();
     }
 });
+
+// ---------------------------------------------------------------------------
+// `--async` under `--max-in-flight` (review item 6)
+// ---------------------------------------------------------------------------
+
+/// Connects, with every read and write bounded by `read`.
+fn connect_with(addr: SocketAddr, read: Duration) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, T).unwrap_or_else(|e| panic!("connect: {e}"));
+    s.set_read_timeout(Some(read)).unwrap();
+    s.set_write_timeout(Some(T)).unwrap();
+    s
+}
+
+/// One echo of `msg` on `s`: true if it came back whole.
+fn echoes(s: &mut TcpStream, msg: &[u8]) -> bool {
+    let mut got = vec![0; msg.len()];
+    s.write_all(msg).is_ok() && s.read_exact(&mut got).is_ok() && got == msg
+}
+
+backend_test!(
+    async_connections_past_the_cap_are_closed_and_the_others_still_served,
+    |choice: BackendChoice| {
+        // 24 operations, 16 of them accepts: 8 connections (a read or a
+        // write in flight each).
+        let args = [
+            "--backend",
+            backend(choice),
+            "--async",
+            "--max-in-flight",
+            "24",
+        ];
+        let Some(srv) = start(&args, None) else {
+            return;
+        };
+        let mut socks: Vec<TcpStream> = (0..12)
+            .map(|_| connect_with(srv.addr, Duration::from_secs(2)))
+            .collect();
+        let served: Vec<usize> = (0..socks.len())
+            .filter(|&i| echoes(&mut socks[i], b"ping"))
+            .collect();
+        assert_eq!(served.len(), 8, "connections served");
+        for &i in &served {
+            assert!(
+                echoes(&mut socks[i], b"again"),
+                "the server froze (connection {i})"
+            );
+        }
+        drop(socks);
+        let err = srv.stop();
+        assert!(
+            err.contains("closing new ones (raise --max-in-flight)"),
+            "no warning for the connections closed past the cap; stderr:\n{err}"
+        );
+    }
+);

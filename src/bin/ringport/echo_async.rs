@@ -11,6 +11,7 @@ use ringport::net::{TcpListener, TcpStream};
 use ringport::Runtime;
 
 use crate::echo::{spin, EchoArgs};
+use crate::echo_multi::ConnCap;
 use crate::signals;
 
 #[derive(Debug, Default)]
@@ -21,8 +22,10 @@ struct Counts {
 
 pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     // Each accept loop keeps an accept in flight: as many as --max-in-flight
-    // would leave no room for the connections' reads.
-    crate::echo::conn_cap(args, 1)?;
+    // would leave no room for the connections' reads. Connections past the
+    // cap are closed at once, as on the raw paths: each keeps a read or a
+    // write in flight, so one past it would wait for room without a word.
+    let live = Arc::new(ConnCap::new(crate::echo::conn_cap(args, 1)?));
     signals::block()?;
     let mut b = Runtime::builder()
         .threads(args.workers())
@@ -43,16 +46,24 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..args.accepts.max(1) {
         let l = listener.clone();
         let counts = counts.clone();
+        let live = live.clone();
         let buf_size = args.buf_size;
         rt.spawn(async move {
             loop {
                 match l.accept().await {
                     Ok((s, _)) => {
+                        if !live.admit() {
+                            drop(s); // past the cap: closed at once
+                            continue;
+                        }
                         counts.accepted.fetch_add(1, Ordering::Relaxed);
                         let counts = counts.clone();
+                        // Counted out when the task ends, or is dropped at shutdown.
+                        let admitted = Admitted(live.clone());
                         ringport::spawn(async move {
                             serve(s, buf_size, spin_for).await;
                             counts.closed.fetch_add(1, Ordering::Relaxed);
+                            drop(admitted);
                         });
                     }
                     Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -82,6 +93,15 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         open
     );
     Ok(())
+}
+
+/// A connection counted in by `ConnCap::admit`; counts it out when dropped.
+struct Admitted(Arc<ConnCap>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
 }
 
 async fn serve(s: TcpStream, buf_size: usize, spin_for: Duration) {
