@@ -13,7 +13,7 @@ use ringport::BackendChoice;
 
 use crate::child::Spawned;
 use crate::common::T;
-use crate::echo::{assert_echoes, BIN};
+use crate::echo::{assert_echoes, run_bin, BIN};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -163,5 +163,74 @@ backend_test!(
             err.contains("closing new ones (raise --max-in-flight)"),
             "no warning for the connections closed past the cap; stderr:\n{err}"
         );
+    }
+);
+
+// ---------------------------------------------------------------------------
+// Flags past what can start (review item 4)
+// ---------------------------------------------------------------------------
+
+backend_test!(
+    more_threads_than_can_start_is_a_clear_error,
+    |choice: BackendChoice| {
+        let be = backend(choice);
+        for extra in [&[][..], &["--async"][..]] {
+            let mut args = vec!["echo", "--listen", "127.0.0.1:0", "--backend", be];
+            args.extend_from_slice(extra);
+            args.extend(["--threads", "100000"]);
+            let out = run_bin(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(err.contains("--threads"), "{args:?}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+        }
+        // Worker threads that cannot start (a stack no address space holds):
+        // the error says which flag asked for them.
+        for extra in [&[][..], &["--async"][..], &["--plain-recv"][..]] {
+            let mut args = vec!["--backend", be, "--threads", "2"];
+            args.extend_from_slice(extra);
+            let mut cmd = Command::new(BIN);
+            cmd.args(["echo", "--listen", "127.0.0.1:0"])
+                .args(&args)
+                .env("RUST_MIN_STACK", (1u64 << 60).to_string());
+            let mut proc = Spawned::spawn(&mut cmd);
+            if let Ok(line) = proc.first_line() {
+                panic!("{args:?}: started with a 2^60-byte stack per thread: {line:?}");
+            }
+            let status = proc.wait();
+            let err = proc.stderr();
+            if err.to_ascii_lowercase().contains("unsupported") {
+                eprintln!("skipped: {args:?}: {}", err.trim());
+                continue;
+            }
+            assert_eq!(status.and_then(|s| s.code()), Some(1), "{args:?}: {err}");
+            assert!(err.contains("--threads"), "{args:?}: {err}");
+        }
+    }
+);
+
+backend_test!(
+    a_receive_pool_too_big_to_allocate_names_its_flags,
+    |choice: BackendChoice| {
+        // 1024 buffers of 256 MiB: the multishot path's shared receive pool
+        // (`--multishot`: emulated where the kernel lacks it, and on epoll).
+        let args = [
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backend(choice),
+            "--multishot",
+            "--buf-size",
+            "268435455",
+        ];
+        let out = run_bin(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.to_ascii_lowercase().contains("unsupported") {
+            eprintln!("skipped: {args:?}: {}", err.trim());
+            return;
+        }
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("--buf-size"), "{args:?}: {err}");
     }
 );

@@ -129,6 +129,14 @@ const RECV: u64 = 2;
 const SEND: u64 = 3;
 const LISTENER_KEY: u64 = u64::MAX;
 
+/// Most worker threads `--threads` may ask for.
+const MAX_THREADS: usize = 1024;
+
+/// A pool of `n` workers could not start: say which flag asked for them.
+pub(crate) fn spawn_error(n: usize, e: std::io::Error) -> String {
+    format!("cannot start {n} worker threads (--threads): {e}")
+}
+
 /// `user_data`: kind (4 bits) | position already sent (28 bits) | descriptor (32 bits).
 fn ud(kind: u64, pos: usize, fd: RawFd) -> u64 {
     (kind << 60) | ((pos as u64 & 0x0fff_ffff) << 32) | (fd as u32 as u64)
@@ -185,6 +193,9 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.buf_size == 0 || args.buf_size > 0x0fff_ffff {
         return Err("--buf-size must be between 1 and 268435455".into());
     }
+    if args.threads > MAX_THREADS {
+        return Err(format!("--threads must be at most {MAX_THREADS}").into());
+    }
     if args.async_mode {
         return crate::echo_async::run(args);
     }
@@ -222,7 +233,8 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         .threads(args.workers())
         .lazy_release(args.lazy_release()?)
         .name("echo")
-        .spawn(&port, move |port, c| s.handle(port, c))?;
+        .spawn(&port, move |port, c| s.handle(port, c))
+        .map_err(|e| spawn_error(args.workers(), e))?;
     for _ in 0..args.accepts.max(1) {
         port.submit(Op::accept(&server.listener), ud(ACCEPT, 0, 0))?;
     }

@@ -139,7 +139,14 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr()?;
     port.associate(&listener, LISTENER_KEY)?;
-    let pool = port.buffer_pool(args.pool_buffers, args.buf_size)?;
+    let pool = port
+        .buffer_pool(args.pool_buffers, args.buf_size)
+        .map_err(|e| {
+            format!(
+                "cannot allocate the receive pool ({} buffers of {} B: --pool-buffers × --buf-size): {e}",
+                args.pool_buffers, args.buf_size
+            )
+        })?;
     // Each connection keeps its multishot receive and at most one send in
     // flight.
     let cap = crate::echo::conn_cap(args, 2)?;
@@ -159,7 +166,8 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
         .threads(args.workers())
         .lazy_release(args.lazy_release()?)
         .name("echo")
-        .spawn(&port, move |port, c| s.handle(port, c))?;
+        .spawn(&port, move |port, c| s.handle(port, c))
+        .map_err(|e| crate::echo::spawn_error(args.workers(), e))?;
     port.submit(Op::accept_multishot(&server.listener), ud(ACCEPT, 0, 0))?;
     let (tx, rx) = mpsc::channel();
     signals::on_shutdown(move |sig| {
