@@ -4,15 +4,16 @@
 //! here measures time.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::thread;
 use std::time::Duration;
 
 use ringport::BackendChoice;
 
 use crate::child::Spawned;
-use crate::common::T;
+use crate::common::{gate, T};
 use crate::echo::{assert_echoes, run_bin, BIN};
 
 // ---------------------------------------------------------------------------
@@ -234,3 +235,81 @@ backend_test!(
         assert!(err.contains("--buf-size"), "{args:?}: {err}");
     }
 );
+
+// ---------------------------------------------------------------------------
+// The bench against a server that corrupts an echo, then closes or stalls
+// (review item 2)
+// ---------------------------------------------------------------------------
+
+/// A one-connection server for `bench echo --size 64`: it echoes three
+/// messages, then sends back the first half of the fourth with its first byte
+/// flipped, and then closes (`stall` false) or waits for the client to go
+/// (`stall` true: the bench's hard stop, 5 s after its duration, ends it).
+fn corrupt_then(stall: bool) -> (SocketAddr, thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut msg = [0u8; 64];
+        for _ in 0..3 {
+            if s.read_exact(&mut msg).is_err() || s.write_all(&msg).is_err() {
+                return;
+            }
+        }
+        if s.read_exact(&mut msg).is_err() {
+            return;
+        }
+        msg[0] ^= 0x01;
+        let _ = s.write_all(&msg[..32]);
+        if stall {
+            // Until the client shuts the connection down.
+            let _ = s.read(&mut msg);
+        }
+    });
+    (addr, h)
+}
+
+fn bench_against_corrupt(stall: bool) {
+    let _gate = gate(false);
+    let (addr, server) = corrupt_then(stall);
+    let target = addr.to_string();
+    let out = run_bin(&[
+        "bench",
+        "echo",
+        "--target",
+        &target,
+        "--conns",
+        "1",
+        "--size",
+        "64",
+        "--duration",
+        "0.5",
+        "--json",
+    ]);
+    let _ = server.join();
+    let json = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let what = if stall { "stalls" } else { "closes" };
+    assert!(
+        json.contains("\"messages\":3,"),
+        "three messages came back whole: {json} {err}"
+    );
+    assert!(
+        json.contains("\"errors\":1,\"mismatches\":1}"),
+        "half an echo with a flipped byte, then the server {what}: not counted as a \
+         mismatch: {json}"
+    );
+    assert_eq!(out.status.code(), Some(1), "exit status; {json} {err}");
+    assert!(err.contains("did not match"), "{err}");
+}
+
+#[test]
+fn bench_counts_a_corrupted_partial_echo_before_a_close() {
+    bench_against_corrupt(false);
+}
+
+#[test]
+fn bench_counts_a_corrupted_partial_echo_before_a_stall() {
+    bench_against_corrupt(true);
+}

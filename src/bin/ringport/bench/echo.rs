@@ -347,15 +347,25 @@ fn client(
                 c.sending = false;
             }
             if c.failed || res <= 0 {
-                // An error, or the server closed the connection mid-message:
+                // An error, or the server closed the connection mid-message
+                // (or stopped answering, and the hard stop shut it down):
                 // counted once; the connection ends when nothing is in flight
                 // (shut down, so the other operation ends at once).
+                if recv && res > 0 {
+                    c.rpos += res as usize; // echoed all the same: checked below
+                }
                 if !c.failed {
                     c.failed = true;
                     tally.errors += 1;
                     let _ = c.sock.shutdown(std::net::Shutdown::Both);
                 }
                 if c.idle() {
+                    // What did come back of the unfinished message must be
+                    // what was sent: a server that corrupts an echo and then
+                    // closes or stalls must not pass for one that only failed.
+                    if c.rbuf[..c.rpos] != c.sbuf[..c.rpos] {
+                        tally.mismatches += 1;
+                    }
                     live -= 1;
                 }
                 continue;
