@@ -13,8 +13,8 @@ use std::time::Duration;
 use ringport::BackendChoice;
 
 use crate::child::Spawned;
-use crate::common::{gate, T};
-use crate::echo::{assert_echoes, run_bin, BIN};
+use crate::common::{gate, wait_until, T};
+use crate::echo::{assert_echoes, raise_nofile, run_bin, BIN};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -313,3 +313,78 @@ fn bench_counts_a_corrupted_partial_echo_before_a_close() {
 fn bench_counts_a_corrupted_partial_echo_before_a_stall() {
     bench_against_corrupt(true);
 }
+
+// ---------------------------------------------------------------------------
+// A burst of connects the server cannot accept yet (review item 3)
+// ---------------------------------------------------------------------------
+
+/// Generates one test per echo path: `uring` and `epoll` (each backend's
+/// default), `uring_plain` (`--plain-recv`) and `epoll_multi` (`--multishot`).
+/// The body gets the path's `ringport echo` flags.
+macro_rules! paths_test {
+    ($name:ident, |$args:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn body($args: &[&'static str]) $body
+
+            #[test]
+            fn uring() {
+                body(&["--backend", "uring"]);
+            }
+
+            #[test]
+            fn epoll() {
+                body(&["--backend", "epoll"]);
+            }
+
+            #[test]
+            fn uring_plain() {
+                body(&["--backend", "uring", "--plain-recv"]);
+            }
+
+            #[test]
+            fn epoll_multi() {
+                body(&["--backend", "epoll", "--multishot"]);
+            }
+        }
+    };
+}
+
+impl Srv {
+    /// Waits (at most `T`) until the server has warned that accepting ran
+    /// out of descriptors.
+    fn wait_for_emfile(&self) {
+        wait_until("the server ran out of descriptors accepting", || {
+            self.proc.stderr().contains("backing off")
+        });
+    }
+}
+
+// While the server cannot accept (out of descriptors), connects wait in its
+// listen queue: 600 of them must all complete their handshake. With std's
+// backlog of 128 the queue overflowed after about 130, and each further
+// connect's SYN was dropped (the client then retries after 1 s, 3 s, ...).
+paths_test!(a_burst_of_connects_waits_in_a_deep_listen_queue, |args| {
+    const CONNECTS: usize = 600;
+    let _gate = gate(true);
+    raise_nofile(4096);
+    let Some(srv) = start(args, Some(64)) else {
+        return;
+    };
+    let mut socks = Vec::with_capacity(CONNECTS);
+    for i in 0..CONNECTS {
+        match TcpStream::connect_timeout(&srv.addr, T) {
+            Ok(s) => socks.push(s),
+            Err(e) => panic!(
+                "{args:?}: connect {i} of {CONNECTS} did not complete ({e}): the listen \
+                 queue is full while the server cannot accept (backlog too small)"
+            ),
+        }
+    }
+    srv.wait_for_emfile();
+    drop(socks);
+    assert_echoes(srv.addr, "after the burst left");
+    srv.stop();
+});

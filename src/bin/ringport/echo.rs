@@ -129,6 +129,19 @@ const RECV: u64 = 2;
 const SEND: u64 = 3;
 const LISTENER_KEY: u64 = u64::MAX;
 
+/// Binds `addr` (with `SO_REUSEADDR`, as std does) and listens with a backlog
+/// of 1024, as `ringport::net::TcpListener` does: std's 128 overflowed on a
+/// burst of connects, and each connect dropped then waited 1 s for its SYN
+/// to be sent again.
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
 /// Most worker threads `--threads` may ask for.
 const MAX_THREADS: usize = 1024;
 
@@ -213,8 +226,8 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         return crate::echo_multi::run(args, port);
     }
     let cap = conn_cap(args, 1)?;
-    let listener = TcpListener::bind(args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener =
+        listen(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr()?;
     port.associate(&listener, LISTENER_KEY)?;
     let server = Arc::new(Server {

@@ -135,7 +135,7 @@ struct Server {
 }
 
 pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = TcpListener::bind(args.listen)
+    let listener = crate::echo::listen(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listener.local_addr()?;
     port.associate(&listener, LISTENER_KEY)?;
