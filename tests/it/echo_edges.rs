@@ -14,7 +14,7 @@ use ringport::BackendChoice;
 
 use crate::child::Spawned;
 use crate::common::{gate, wait_until, T};
-use crate::echo::{assert_echoes, raise_nofile, run_bin, BIN};
+use crate::echo::{assert_echoes, connect, echo_once, raise_nofile, run_bin, BIN};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -388,3 +388,81 @@ paths_test!(a_burst_of_connects_waits_in_a_deep_listen_queue, |args| {
     assert_echoes(srv.addr, "after the burst left");
     srv.stop();
 });
+
+// ---------------------------------------------------------------------------
+// Out of descriptors (review item 1)
+// ---------------------------------------------------------------------------
+
+/// The pool workers (threads `echo-N`) of process `pid` that are in
+/// `nanosleep`/`clock_nanosleep` right now, as "name (syscall)".
+fn sleeping_workers(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        let worker = comm
+            .strip_prefix("echo-")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !worker {
+            continue;
+        }
+        // "NR arg..." in a system call, "running", or "-1 ..." (not in one).
+        let sc = std::fs::read_to_string(dir.join("syscall")).unwrap_or_default();
+        let nr: i64 = match sc.split_whitespace().next().and_then(|n| n.parse().ok()) {
+            Some(nr) => nr,
+            None => continue,
+        };
+        if nr == libc::SYS_nanosleep || nr == libc::SYS_clock_nanosleep {
+            found.push(format!("{comm} (syscall {nr})"));
+        }
+    }
+    found
+}
+
+// The server, limited to 64 descriptors and keeping 64 accepts outstanding,
+// gets 100 more connections than it can hold: accepting fails with EMFILE
+// over and over. No pool worker may sleep meanwhile (each failed accept's
+// handler slept 10 ms in its worker, and every other connection waited behind
+// up to 64 of those naps); a connection it already had still echoes; and once
+// the extra clients leave, a new one is served again.
+paths_test!(
+    out_of_descriptors_no_worker_sleeps_and_the_server_recovers,
+    |args| {
+        let _gate = gate(true);
+        raise_nofile(4096);
+        let mut all = args.to_vec();
+        all.extend(["--accepts", "64"]);
+        let Some(srv) = start(&all, Some(64)) else {
+            return;
+        };
+        let pid = srv.proc.child.id();
+        let mut kept = connect(srv.addr);
+        echo_once(&mut kept, b"before").unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let extra: Vec<TcpStream> = (0..100).map(|_| connect(srv.addr)).collect();
+        srv.wait_for_emfile();
+        // Look at the workers 200 times, between echoes on the kept connection.
+        for round in 0..20 {
+            echo_once(&mut kept, format!("ping {round}").as_bytes()).unwrap_or_else(|e| {
+                panic!("{args:?}: the kept connection, out of descriptors: {e}")
+            });
+            for _ in 0..10 {
+                let asleep = sleeping_workers(pid);
+                assert!(
+                    asleep.is_empty(),
+                    "{args:?}: pool workers asleep in a handler while accepting is out of \
+                 descriptors (every other connection waits behind them): {asleep:?}"
+                );
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        drop(extra);
+        assert_echoes(srv.addr, "after the extra clients left");
+        echo_once(&mut kept, b"after").unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        drop(kept);
+        srv.stop();
+    }
+);

@@ -10,7 +10,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,14 @@ pub struct EchoArgs {
 const ACCEPT: u64 = 1;
 const RECV: u64 = 2;
 const SEND: u64 = 3;
+/// The back-off timer after an accept ran out of descriptors.
+const ACCEPT_RETRY: u64 = 4;
 const LISTENER_KEY: u64 = u64::MAX;
+
+/// How long accepting pauses when the process is out of descriptors.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Most worker threads `--threads` may ask for.
+const MAX_THREADS: usize = 1024;
 
 /// Binds `addr` (with `SO_REUSEADDR`, as std does) and listens with a backlog
 /// of 1024, as `ringport::net::TcpListener` does: std's 128 overflowed on a
@@ -141,9 +148,6 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.listen(1024)?;
     Ok(s.into())
 }
-
-/// Most worker threads `--threads` may ask for.
-const MAX_THREADS: usize = 1024;
 
 /// A pool of `n` workers could not start: say which flag asked for them.
 pub(crate) fn spawn_error(n: usize, e: std::io::Error) -> String {
@@ -179,6 +183,12 @@ struct Server {
     /// that only other handlers can free — and with every worker waiting,
     /// nobody would. Connections past the cap are closed at once.
     live: crate::echo_multi::ConnCap,
+    /// Out of descriptors: the accepts that failed wait for the back-off
+    /// timer (one in flight while this is set) instead of being resubmitted,
+    /// and `idle_accepts` counts them, to resubmit when it fires. No handler
+    /// sleeps: one that did held a worker from every other connection.
+    backing_off: AtomicBool,
+    idle_accepts: AtomicUsize,
 }
 
 /// Connections `ops_per_conn` operations each can be served at once under
@@ -240,6 +250,8 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         accepted: AtomicU64::new(0),
         closed: AtomicU64::new(0),
         live: crate::echo_multi::ConnCap::new(cap),
+        backing_off: AtomicBool::new(false),
+        idle_accepts: AtomicUsize::new(0),
     });
     let s = server.clone();
     let pool = Pool::builder()
@@ -299,6 +311,10 @@ impl Server {
         match kind {
             ACCEPT => {
                 self.on_accept(port, &mut c);
+                None
+            }
+            ACCEPT_RETRY => {
+                self.on_retry(port, &c);
                 None
             }
             RECV => match (&c.result, c.buf.take()) {
@@ -371,14 +387,44 @@ impl Server {
             }
             (None, Err(e)) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 // Out of descriptors: back off instead of spinning on the error.
-                crate::warn_backoff(e, Duration::from_millis(10));
-                ringport::blocking(|| std::thread::sleep(Duration::from_millis(10)));
+                crate::warn_backoff(e, ACCEPT_BACKOFF);
+                return self.back_off(port);
             }
             (None, Err(e)) if e.raw_os_error() == Some(libc::ECANCELED) => return,
             (None, Err(e)) => tracing::debug!("accept: {e}"),
             (None, Ok(_)) => {}
         }
         self.resubmit_accept(port);
+    }
+
+    /// An accept failed for want of descriptors: it waits for the back-off
+    /// timer, which the first such accept starts.
+    fn back_off(&self, port: &CompletionPort) {
+        self.idle_accepts.fetch_add(1, Ordering::AcqRel);
+        if self.backing_off.swap(true, Ordering::AcqRel) || self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        // It takes the room of the accept that just failed.
+        if port
+            .submit(Op::timeout(ACCEPT_BACKOFF), ud(ACCEPT_RETRY, 0, 0))
+            .is_err()
+        {
+            // The port is closing: nothing more is accepted.
+            self.backing_off.store(false, Ordering::Release);
+        }
+    }
+
+    /// The back-off timer fired: the accepts that waited for it go again.
+    fn on_retry(&self, port: &CompletionPort, c: &Completion) {
+        if matches!(&c.result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED)) {
+            return; // the port is closing
+        }
+        // Cleared first: an accept failing from here on starts a new timer
+        // (and is counted in the swap below, or waits for that timer).
+        self.backing_off.store(false, Ordering::Release);
+        for _ in 0..self.idle_accepts.swap(0, Ordering::AcqRel) {
+            self.resubmit_accept(port);
+        }
     }
 
     fn resubmit_accept(&self, port: &CompletionPort) {

@@ -33,6 +33,8 @@ use crate::signals;
 const ACCEPT: u64 = 1;
 const RECV: u64 = 2;
 const SEND: u64 = 3;
+/// The back-off timer after the accept ran out of descriptors.
+const ACCEPT_RETRY: u64 = 4;
 const LISTENER_KEY: u64 = u64::MAX;
 
 /// Bytes queued for sending past which a connection's receive is paused.
@@ -202,6 +204,15 @@ impl Server {
         let (kind, pos, fd) = ud_parts(c.user_data);
         match kind {
             ACCEPT => self.on_accept(port, &mut c),
+            ACCEPT_RETRY => {
+                // The back-off is over: accept again (unless the port is
+                // closing, which cancelled the timer).
+                let cancelled =
+                    matches!(&c.result, Err(e) if e.raw_os_error() == Some(libc::ECANCELED));
+                if !cancelled {
+                    self.accept(port);
+                }
+            }
             RECV => {
                 if let Some(conn) = self.conn(fd) {
                     self.on_recv(port, &conn, c);
@@ -231,13 +242,26 @@ impl Server {
         // The multishot accept ended: say why, and re-arm it.
         match &c.result {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                crate::warn_backoff(e, Duration::from_millis(10));
-                ringport::blocking(|| std::thread::sleep(Duration::from_millis(10)));
+                // Out of descriptors: accept again after a pause, timed by
+                // the port, not slept in this handler (that held a worker
+                // from every connection).
+                let backoff = crate::echo::ACCEPT_BACKOFF;
+                crate::warn_backoff(e, backoff);
+                if !self.stopping.load(Ordering::Acquire) {
+                    // It takes the room of the accept that just ended.
+                    let _ = port.submit(Op::timeout(backoff), ud(ACCEPT_RETRY, 0, 0));
+                }
+                return;
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => return,
             Err(e) => tracing::debug!("accept: {e}"),
             Ok(_) => {}
         }
+        self.accept(port);
+    }
+
+    /// (Re-)arms the multishot accept.
+    fn accept(&self, port: &CompletionPort) {
         if !self.stopping.load(Ordering::Acquire) {
             let _ = port.submit(Op::accept_multishot(&self.listener), ud(ACCEPT, 0, 0));
         }
