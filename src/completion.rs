@@ -145,6 +145,24 @@ impl Completion {
         }
     }
 
+    /// The completion of an operation the port refused (closed, not
+    /// associated, ...): `error`, with the body's buffers handed back. It
+    /// never ran: its id is 0.
+    pub(crate) fn refused(op: crate::op::Op, user_data: u64, error: std::io::Error) -> Self {
+        let kind = op.kind();
+        let mut c = Self::of_body(
+            OpId(0),
+            kind,
+            op.key.unwrap_or(0),
+            user_data,
+            -libc::ECANCELED,
+            op.body,
+            op.prio,
+        );
+        c.result = Err(error);
+        c
+    }
+
     /// A completion for an operation, from the raw kernel result (`res < 0` is
     /// `-errno`), with the per-kind finishing every backend shares: a read's
     /// buffer gets the length read, a fired timer is success, an accepted

@@ -111,10 +111,55 @@ impl OpenOptions {
         let rt = Handle::current()?;
         let opts = self.std.clone();
         let path = path.as_ref().to_path_buf();
-        let f = rt.spawn_blocking(move || opts.open(path)).await??;
+        let f = rt
+            .spawn_blocking(move || open_without_waiting(opts, &path))
+            .await??;
         File::new(rt, f, false, self.append)
     }
 }
+
+/// Opens with `O_NONBLOCK`, then clears it: an open(2) of a FIFO would
+/// otherwise wait for the other end for ever (a `File` refuses FIFOs, but
+/// only once it holds one). For writing with no reader, the kernel says
+/// `ENXIO`: refused like any FIFO.
+fn open_without_waiting(mut opts: std::fs::OpenOptions, path: &Path) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = match opts.custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(match std::fs::metadata(path) {
+                Ok(m) if m.file_type().is_fifo() => not_seekable("ENXIO: a FIFO with no reader"),
+                _ => e,
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    // SAFETY: fcntl on the descriptor `f` owns; no memory is passed.
+    let rc = unsafe {
+        match libc::fcntl(f.as_raw_fd(), libc::F_GETFL) {
+            -1 => -1,
+            now => libc::fcntl(f.as_raw_fd(), libc::F_SETFL, now & !libc::O_NONBLOCK),
+        }
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// The error for a descriptor a `File` cannot take (see the module docs).
+fn not_seekable(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "ringport::fs::File is for seekable files; this is a pipe, FIFO, \
+             socket or terminal ({what})"
+        ),
+    )
+}
+
+impl OpenOptions {}
 
 /// An open file.
 pub struct File {
@@ -175,11 +220,7 @@ impl File {
         if pos < 0 {
             let e = io::Error::last_os_error();
             return Err(if e.raw_os_error() == Some(libc::ESPIPE) {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "ringport::fs::File is for seekable files; this is a pipe, FIFO, \
-                     socket or terminal (ESPIPE)",
-                )
+                not_seekable("ESPIPE")
             } else {
                 e
             });

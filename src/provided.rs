@@ -435,6 +435,15 @@ impl Shared {
         }
     }
 
+    /// A free-list pool has a buffer to take (a ring pool: always true; the
+    /// kernel tells).
+    pub(crate) fn has_free(&self) -> bool {
+        match &self.mode {
+            Mode::List { free } => !lock(free).is_empty(),
+            Mode::Ring { .. } => true,
+        }
+    }
+
     /// Puts buffer `bid` back: on the free list, or at the ring's tail.
     pub(crate) fn give_back(&self, bid: u16) {
         match &self.mode {

@@ -27,12 +27,27 @@ impl fmt::Debug for UnixListener {
     }
 }
 
+/// The address of the socket at `path`. A path with a NUL inside is
+/// refused, as std refuses it (the kernel would read it as ending at the
+/// NUL: another path); one that starts with a NUL is an abstract name.
+fn unix_addr(path: &Path) -> io::Result<SockAddr> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.first() != Some(&0) && bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a Unix socket path may not contain a NUL byte (only an abstract name starts with one)",
+        ));
+    }
+    SockAddr::unix(path)
+}
+
 impl UnixListener {
     /// Binds to `path` (which must not exist) and listens (backlog 1024).
     pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
         let rt = Handle::current()?;
         let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-        s.bind(&SockAddr::unix(path)?)?;
+        s.bind(&unix_addr(path.as_ref())?)?;
         s.listen(1024)?;
         // Non-blocking, so that `accept` can try `accept4` inline (as
         // `TcpListener` does).
@@ -103,7 +118,7 @@ impl UnixStream {
     /// for): retry later.
     pub async fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
         let rt = Handle::current()?;
-        let addr = SockAddr::unix(path)?;
+        let addr = unix_addr(path.as_ref())?;
         let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
         let stream = UnixStream::from_fd(rt, OwnedFd::from(s))?;
         let c = stream.core.run(Op::connect(&stream.core.fd, addr)).await?;

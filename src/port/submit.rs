@@ -170,7 +170,7 @@ impl CompletionPort {
         inline: Option<&mut Option<Completion>>,
     ) -> std::result::Result<OpId, (Error, Option<Op>)> {
         if self.inner.closed.load(Ordering::Acquire) {
-            return Err((Error::Closed, None));
+            return Err((Error::Closed, Some(op)));
         }
         // Pool threads batch: their next `get` submits everything at once.
         // Only to the port they wait on: an operation for another port would

@@ -349,9 +349,15 @@ impl Shared {
                         self.wait_for_room(cx.waker(), room);
                     }
                 }
-                Err((e, _)) => {
+                Err((e, back)) => {
                     self.ops.remove(key);
-                    return Submitted::Failed(e.into());
+                    return match back {
+                        // Refused, buffers and all: they go back to the
+                        // caller with the error (owned buffers come back
+                        // on every path).
+                        Some(op) => Submitted::Done(Completion::refused(op, 0, e.into())),
+                        None => Submitted::Failed(e.into()),
+                    };
                 }
             }
         }

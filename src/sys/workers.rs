@@ -213,6 +213,53 @@ fn work<S: Sink>(pool: &Pool, shared: &S) {
     }
 }
 
+/// `openat` as io_uring's `OPENAT` makes it, so both backends agree: unless
+/// it creates, truncates or makes a temporary file, a first attempt with
+/// `O_NONBLOCK` (then a FIFO opens for reading at once and fails `ENXIO` for
+/// writing with no reader, where a plain open would wait for the other end
+/// for ever), again without it if that says `EAGAIN`; the flag is cleared
+/// on the new descriptor unless the caller asked for it. Returns the
+/// descriptor or `-errno`.
+fn open_like_io_uring(dir: RawFd, path: &std::ffi::CStr, flags: i32, mode: u32) -> i32 {
+    let open = |flags| {
+        // SAFETY: `path` is a NUL-terminated string the job owns; the new
+        // descriptor (the result) is owned by the completion.
+        let fd = unsafe { libc::openat(dir, path.as_ptr(), flags, mode) };
+        match fd {
+            fd if fd >= 0 => fd,
+            _ => -std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        }
+    };
+    let blocking_only = flags & (libc::O_CREAT | libc::O_TRUNC | libc::O_TMPFILE) != 0;
+    if blocking_only || flags & libc::O_NONBLOCK != 0 {
+        return open(flags);
+    }
+    match open(flags | libc::O_NONBLOCK) {
+        fd if fd == -libc::EAGAIN => open(flags),
+        fd if fd >= 0 => {
+            // SAFETY: fcntl on the descriptor just opened, which this job
+            // owns; no memory is passed.
+            let rc = unsafe {
+                match libc::fcntl(fd, libc::F_GETFL) {
+                    -1 => -1,
+                    now => libc::fcntl(fd, libc::F_SETFL, now & !libc::O_NONBLOCK),
+                }
+            };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                // SAFETY: closes the descriptor just opened, which no one
+                // else has seen.
+                unsafe { libc::close(fd) };
+                return -e.raw_os_error().unwrap_or(libc::EIO);
+            }
+            fd
+        }
+        e => e,
+    }
+}
+
 /// The descriptor a worker job acts on, if it names one (`OpenAt` and
 /// `Statx` name a directory, `AT_FDCWD` for none).
 fn job_fd(body: &mut OpBody) -> Option<&mut RawFd> {
@@ -224,7 +271,8 @@ fn job_fd(body: &mut OpBody) -> Option<&mut RawFd> {
         | OpBody::ReadV { fd, .. }
         | OpBody::WriteV { fd, .. }
         | OpBody::Fsync { fd, .. }
-        | OpBody::Fallocate { fd, .. } => Some(fd),
+        | OpBody::Fallocate { fd, .. }
+        | OpBody::SendFile { sock: fd, .. } => Some(fd),
         OpBody::OpenAt { dir, .. } | OpBody::Statx { dir, .. } if *dir != libc::AT_FDCWD => {
             Some(dir)
         }
@@ -366,9 +414,7 @@ fn run(body: &mut OpBody) -> i32 {
                 let Some(path) = path else {
                     return -libc::EINVAL;
                 };
-                // SAFETY: `path` is a NUL-terminated string this job owns; the
-                // new descriptor (the result) is owned by the completion.
-                (unsafe { libc::openat(*dir, path.as_ptr(), *flags, *mode) }) as isize
+                open_like_io_uring(*dir, path, *flags, *mode) as isize
             }
             OpBody::Statx {
                 dir,
@@ -398,6 +444,13 @@ fn run(body: &mut OpBody) -> i32 {
                 // SAFETY: a plain system call on a descriptor; no memory is passed.
                 (unsafe { libc::fallocate(*fd, *mode, offset, len) }) as isize
             }
+            // (epoll: into anything but a registered socket; it may block.)
+            OpBody::SendFile {
+                sock,
+                file,
+                offset,
+                len,
+            } => crate::sys::epoll::send_file_once(*sock, *file, *offset, *len),
             OpBody::Fsync { fd, datasync } => {
                 let sync = if *datasync {
                     libc::fdatasync

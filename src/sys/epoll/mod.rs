@@ -80,7 +80,7 @@ mod register;
 mod sock;
 mod submit;
 mod wait;
-pub(crate) use sock::block_sigpipe_here;
+pub(crate) use sock::{block_sigpipe_here, send_file_once};
 
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeSet, VecDeque};
@@ -549,6 +549,15 @@ impl Driver {
             // (on a registered socket: below, like a receive or a send)
             OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. } if !self.fixed_on_socket(&op) => {
                 self.submit_fixed(op, key, user_data)
+            }
+            // Into a pipe, a FIFO or a terminal (anything but a registered
+            // socket, which is non-blocking): `sendfile` would block the
+            // submitting thread until there is room; a file worker waits
+            // instead, as io_uring's workers do.
+            OpBody::SendFile { sock, .. } if self.shared.queue(*sock).is_none() => {
+                let (id, op) = self.admit(op, key, user_data, || Wait::File)?;
+                self.files.push(id, op.body, op.prio);
+                Ok((id, None))
             }
             OpBody::Read { .. }
             | OpBody::Write { .. }

@@ -4,7 +4,8 @@
 //! the call would block, each result a completion with `more` set. It ends —
 //! leaves the queue, with its final completion — on EOF, an error, an empty
 //! pool (`ENOBUFS`: a buffer is taken from the pool's free list only once
-//! the socket is readable, so a waiting receive holds none), or a cancel.
+//! the socket is readable, so a waiting receive holds none; one submitted
+//! with the pool empty ends at once, as on io_uring), or a cancel.
 //!
 //! While it stays armed, operations queued behind it on the same socket's
 //! read side wait (one receiver per socket, as with io_uring's multishot).
@@ -223,6 +224,16 @@ impl Driver {
             let (e, drained) = run(&p, q.stream(), g.read_closed, &mut parts);
             g.read_blocked |= drained;
             end = e;
+        } else if g.read.is_empty() {
+            // Not tried (the socket is known drained), but a receive with no
+            // buffer to take ends now all the same, as it does when tried and
+            // as io_uring's does (it picks the buffer before it looks for
+            // data).
+            if let OpBody::RecvMulti { pool, .. } = &p.body {
+                if !pool.has_free() {
+                    end = Some(-libc::ENOBUFS);
+                }
+            }
         }
         let body = match end {
             None => {

@@ -214,27 +214,7 @@ pub(super) fn try_op(p: &mut Pending) -> Attempt {
                 file,
                 offset,
                 len,
-            } => {
-                let (sock, file) = (*sock, *file);
-                let Ok(mut off) = libc::off_t::try_from(*offset) else {
-                    return Some(-libc::EINVAL);
-                };
-                // sendfile moves at most this much per call anyway.
-                let count = (*len).min(0x7fff_f000);
-                // SAFETY: sendfile reads from one descriptor and writes to
-                // another; the only memory it touches is `off`, which we own.
-                let r = attempt(without_sigpipe(|| unsafe {
-                    libc::sendfile(sock, file, &mut off, count)
-                }));
-                // A socket as the source: sendfile says `ESPIPE` (no reading
-                // it at an offset), io_uring's splice `EINVAL`; both say
-                // `EINVAL` (a pipe is `ESPIPE` on both).
-                if r == Ok(Some(-libc::ESPIPE)) && crate::sys::socket_type(file).is_some() {
-                    Ok(Some(-libc::EINVAL))
-                } else {
-                    r
-                }
-            }
+            } => attempt(send_file_once(*sock, *file, *offset, *len)),
             body @ (OpBody::ReadFixed { .. } | OpBody::WriteFixed { .. }) => {
                 super::fixed::try_fixed(body)
             }
@@ -285,6 +265,35 @@ pub(crate) fn block_sigpipe_here() {
         libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, std::ptr::null_mut()) == 0
     };
     PIPE_BLOCKED.with(|b| b.set(ok));
+}
+
+/// One `sendfile(2)` of up to `len` bytes of `file` from `offset` into
+/// `sock`, without `SIGPIPE`: the count, or -1 with `errno` set. A socket as
+/// the source says `EINVAL`, as io_uring's splice does (`sendfile` says
+/// `ESPIPE`, which stays for a pipe, as on io_uring). It blocks only if
+/// `sock` does: the socket path hands it non-blocking sockets, the file
+/// workers anything else (`Driver::submit`).
+pub(crate) fn send_file_once(sock: i32, file: i32, offset: u64, len: usize) -> isize {
+    let Ok(mut off) = libc::off_t::try_from(offset) else {
+        // SAFETY: __errno_location returns this thread's errno slot.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return -1;
+    };
+    // sendfile moves at most this much per call anyway.
+    let count = len.min(0x7fff_f000);
+    // SAFETY: sendfile reads from one descriptor and writes to another; the
+    // only memory it touches is `off`, which we own.
+    let rc = without_sigpipe(|| unsafe { libc::sendfile(sock, file, &mut off, count) });
+    if rc < 0 {
+        let mut err = errno();
+        // (The look at the source's type sets `errno` too.)
+        if err == libc::ESPIPE && crate::sys::socket_type(file).is_some() {
+            err = libc::EINVAL;
+        }
+        // SAFETY: __errno_location returns this thread's errno slot.
+        unsafe { *libc::__errno_location() = err };
+    }
+    rc
 }
 
 /// Takes a pending `SIGPIPE` (blocked in this thread) off the pending set.

@@ -16,15 +16,16 @@
 //! costs an array store when the operation is pushed and one when it ends.
 //!
 //! Which operations take a lane: on a stream (or sequenced-packet) socket,
-//! receives (`recv`, a fixed-buffer read) and sends (`send`, `send_zc`,
-//! `send_file`, a fixed-buffer write, and a `shutdown` of the sending side,
-//! which must follow the sends before it). Not datagrams (`recv_from`,
-//! `send_to`, or `recv`/`send` on a UDP socket): they keep no order to
-//! protect, and a UDP socket shared by many tasks must not have its
-//! operations served one reap apart. Not accepts (any waiting accept may
-//! take any connection), not multishot receives (one operation already),
-//! not connects. The socket's type is looked up once per association
-//! (`SO_TYPE`).
+//! receives (`recv`, `recv_from`, a fixed-buffer read, and a multishot
+//! receive, which holds the lane until its final completion, so a receive
+//! submitted after it waits behind it and one submitted before it is served
+//! first, as on epoll) and sends (`send`, `send_to`, `send_zc`, `send_file`,
+//! a fixed-buffer write, and a `shutdown` of the sending side, which must
+//! follow the sends before it). Nothing on a datagram socket: datagrams keep
+//! no order to protect, and a UDP socket shared by many tasks must not have
+//! its operations served one reap apart. Not accepts (any waiting accept
+//! may take any connection), not connects. The socket's type is looked up
+//! once per association (`SO_TYPE`).
 //!
 //! A parked operation reaches the kernel when a thread next reaps
 //! completions (a thread in `get`: the pool's workers always are); with no
@@ -86,13 +87,17 @@ impl Lanes {
     /// stream or sequenced-packet socket. Datagrams keep no order to
     /// protect, and a datagram socket shared by many tasks (one receive or
     /// send each, as UDP servers run) must not have them served one reap
-    /// apart; `recv_from` and `send_to` never take one.
+    /// apart: nothing on one takes a lane.
     pub(super) fn lane_of(&mut self, body: &OpBody) -> Option<Lane> {
         let (fd, dir) = match body {
-            OpBody::Recv { fd, .. } | OpBody::ReadFixed { fd, .. } => (*fd, 0),
-            OpBody::Send { fd, .. } | OpBody::SendZc { fd, .. } | OpBody::WriteFixed { fd, .. } => {
-                (*fd, 1)
-            }
+            OpBody::Recv { fd, .. }
+            | OpBody::RecvFrom { fd, .. }
+            | OpBody::RecvMulti { fd, .. }
+            | OpBody::ReadFixed { fd, .. } => (*fd, 0),
+            OpBody::Send { fd, .. }
+            | OpBody::SendTo { fd, .. }
+            | OpBody::SendZc { fd, .. }
+            | OpBody::WriteFixed { fd, .. } => (*fd, 1),
             OpBody::SendFile { sock, .. } => (*sock, 1),
             // A shutdown of the sending side goes out after the sends before it.
             OpBody::Shutdown { fd, how } if *how != libc::SHUT_RD => (*fd, 1),
@@ -304,7 +309,18 @@ mod tests {
             addr: Box::new(socket2::SockAddr::from(l_tcp.local_addr().unwrap())),
             flags: 0,
         };
-        assert_eq!(l.lane_of(&to), None, "datagram operations take none");
+        assert_eq!(
+            l.lane_of(&to),
+            Some((t, 1)),
+            "send_to on a stream keeps order"
+        );
+        let to_u = OpBody::SendTo {
+            fd: u,
+            buf: Vec::new(),
+            addr: Box::new(socket2::SockAddr::from(l_tcp.local_addr().unwrap())),
+            flags: 0,
+        };
+        assert_eq!(l.lane_of(&to_u), None, "datagram operations take none");
         // The type is remembered per association: a reset looks again.
         drop(tcp);
         let udp2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

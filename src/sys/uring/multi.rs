@@ -90,6 +90,17 @@ impl Multi {
     }
 }
 
+/// A multishot receive that ends without reaching the kernel (it was parked
+/// behind its socket's receive lane, `lanes.rs`): the free-list buffer its
+/// emulated one-shot was given goes back to the pool.
+pub(super) fn end_unpushed(body: &OpBody, aux: &mut Aux) {
+    if let (OpBody::RecvMulti { pool, .. }, Aux::Multi(m)) = (body, aux) {
+        if let Some(bid) = m.bid.take() {
+            drop(PooledBuf::new(pool.clone(), bid, 0));
+        }
+    }
+}
+
 /// The ring pools registered with one driver.
 #[derive(Debug)]
 pub(super) struct Pools {

@@ -174,6 +174,14 @@ impl Inner {
                 self.resume.push(next);
             }
         }
+        // The kernel's poll reports more than `poll(2)` does for the same
+        // ask (`POLLRDHUP` after the peer closed): the bits epoll gives.
+        let res = match rec.kind {
+            OpKind::Writable if res > 0 => {
+                res & i32::from(libc::POLLOUT | libc::POLLERR | libc::POLLHUP | libc::POLLNVAL)
+            }
+            _ => res,
+        };
         // The CQE is in hand: the kernel is done with everything the record
         // holds, so it may be read (a receive's header, a statx result).
         if matches!(rec.aux, Aux::None) {
@@ -224,6 +232,7 @@ impl Inner {
             follow.push(remove_timer(id));
         }
         self.lanes.unpark(lane, id);
+        super::multi::end_unpushed(&rec.body, &mut rec.aux);
         self.complete(id, res)
     }
 }
