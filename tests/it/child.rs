@@ -20,6 +20,9 @@ pub(crate) struct Spawned {
     pub(crate) stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
+    /// With `spawn_held`: stdout is not read past its first line until this
+    /// is dropped (`release_stdout`, or before any wait).
+    hold: Option<mpsc::Sender<()>>,
     /// Set once the child has been waited for: its pid may be reused after that,
     /// so no signal may be sent.
     reaped: bool,
@@ -28,6 +31,21 @@ pub(crate) struct Spawned {
 impl Spawned {
     /// Spawns `cmd` with stdin closed and stdout and stderr read here.
     pub(crate) fn spawn(cmd: &mut Command) -> Spawned {
+        Spawned::start(cmd, false)
+    }
+
+    /// As `spawn`, but nothing reads stdout after its first line (the pipe
+    /// fills and the child's writes to it block) until `release_stdout`.
+    pub(crate) fn spawn_held(cmd: &mut Command) -> Spawned {
+        Spawned::start(cmd, true)
+    }
+
+    /// Lets the reader go on with stdout (after `spawn_held`).
+    pub(crate) fn release_stdout(&mut self) {
+        self.hold = None;
+    }
+
+    fn start(cmd: &mut Command, held: bool) -> Spawned {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -35,6 +53,8 @@ impl Spawned {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let (tx, first) = mpsc::channel();
+        let (hold, held_rx) = mpsc::channel::<()>();
+        let hold = held.then_some(hold);
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let sink = stdout.clone();
         let out = BufReader::new(child.stdout.take().unwrap());
@@ -43,6 +63,8 @@ impl Spawned {
             if let Some(line) = lines.next() {
                 let _ = tx.send(line);
             }
+            // Held: wait until the sender is dropped (never sent on).
+            let _ = held_rx.recv();
             for line in lines {
                 sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
             }
@@ -63,6 +85,7 @@ impl Spawned {
             stdout,
             stderr,
             readers: vec![out_reader, err_reader],
+            hold,
             reaped: false,
         }
     }
@@ -101,6 +124,7 @@ impl Spawned {
     /// Waits at most `T` for the child to exit; kills it if it does not (then
     /// `None`). Either way it is reaped and its output read to the end.
     pub(crate) fn wait(&mut self) -> Option<ExitStatus> {
+        self.release_stdout();
         let status = wait_timeout(&mut self.child, T);
         if status.is_none() {
             let _ = self.child.kill();
@@ -115,6 +139,7 @@ impl Spawned {
     /// them so no pipe descriptor outlives the test (descriptor-counting tests
     /// run right after).
     fn join_readers(&mut self) {
+        self.release_stdout();
         for r in self.readers.drain(..) {
             let _ = r.join();
         }

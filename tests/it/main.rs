@@ -52,6 +52,7 @@ mod serve_http_edges;
 mod serve_limits;
 mod serve_open;
 mod serve_race;
+mod serve_robust;
 mod taskrun;
 mod timeout_after;
 mod writable;

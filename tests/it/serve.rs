@@ -97,17 +97,37 @@ impl Serve {
     /// Starts `ringport serve site.root` on 127.0.0.1:0 and `choice`, or prints
     /// why the backend is skipped.
     pub(crate) fn start(choice: BackendChoice, site: &Site, extra: &[&str]) -> Option<Serve> {
+        Serve::launch(choice, site, extra, false)
+    }
+
+    /// As `start`, but nothing reads its stdout after the ready line until
+    /// `release_stdout` (a reader of the access log that stopped reading).
+    pub(crate) fn start_unread(
+        choice: BackendChoice,
+        site: &Site,
+        extra: &[&str],
+    ) -> Option<Serve> {
+        Serve::launch(choice, site, extra, true)
+    }
+
+    pub(crate) fn release_stdout(&mut self) {
+        self.proc.release_stdout();
+    }
+
+    fn launch(choice: BackendChoice, site: &Site, extra: &[&str], held: bool) -> Option<Serve> {
         let backend = match choice {
             BackendChoice::Epoll => "epoll",
             _ => "uring",
         };
-        let mut proc = Spawned::spawn(
-            Command::new(BIN)
-                .arg("serve")
-                .arg(&site.root)
-                .args(["--listen", "127.0.0.1:0", "--backend", backend])
-                .args(extra),
-        );
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg(&site.root)
+            .args(["--listen", "127.0.0.1:0", "--backend", backend])
+            .args(extra);
+        let mut proc = match held {
+            true => Spawned::spawn_held(&mut cmd),
+            false => Spawned::spawn(&mut cmd),
+        };
         match proc.first_line() {
             Ok(line) => {
                 // "serving DIR at http://ADDR/ (backend NAME, ...)"

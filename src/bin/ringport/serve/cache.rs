@@ -2,9 +2,11 @@
 //!
 //! An entry holds a file's bytes and the identity it had when it was read and
 //! checked to lie inside DIR: device, inode, length and modification time. A hit
-//! is only served after a `stat` of the same path shows that identity again —
-//! so an edited file is re-read, and a path that now leads somewhere else (a
-//! swapped symlink) misses and is resolved and checked afresh. The total size is
+//! is only served after the same path, resolved beneath DIR as a request's
+//! is (`Root::stat_beneath`), shows that identity again — so an edited file is
+//! re-read, and a path that now leads somewhere else (a swapped symlink) or
+//! out of DIR (a directory moved out and linked back) misses and is resolved
+//! and checked afresh. The total size is
 //! bounded; when a new entry does not fit, older ones are dropped.
 //!
 //! Files too large to keep get their response metadata kept instead (type,
@@ -13,8 +15,8 @@
 //! against the identity of the file each request opened — so it is never
 //! stale — and their descriptor kept open ([`OpenFile`], at most
 //! [`MAX_OPEN_FILES`], reserved from the descriptor limit at start), checked
-//! the same way as a kept body: a `stat` of the path must show the identity
-//! the file had when it was opened and checked to lie inside DIR. A hit saves
+//! the same way as a kept body: the path, resolved beneath DIR, must show the
+//! identity the file had when it was opened and checked to lie inside DIR. A hit saves
 //! the `openat2` and the `close` of every response from disk: measured (perf,
 //! 64 KiB files, 32 connections) 13 % of the server's CPU.
 //!
@@ -31,6 +33,7 @@ use std::time::{Instant, SystemTime};
 
 use super::cond::Validators;
 use super::http;
+use super::open::Root;
 
 /// A file's identity: what must be unchanged for a cached copy to be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +61,8 @@ impl FileId {
 #[derive(Debug)]
 pub struct OpenFile {
     /// Its path under DIR (for a directory's URL, its `index.html`): what its
-    /// type is named by.
+    /// type is named by, and what a hit resolves again.
     pub rel: PathBuf,
-    /// DIR joined with `rel`, for the `stat` of a hit.
-    pub path: PathBuf,
     pub id: FileId,
     pub file: Arc<std::fs::File>,
     pub meta: std::fs::Metadata,
@@ -70,15 +71,9 @@ pub struct OpenFile {
 }
 
 impl OpenFile {
-    pub fn new(
-        rel: PathBuf,
-        path: PathBuf,
-        file: Arc<std::fs::File>,
-        meta: std::fs::Metadata,
-    ) -> OpenFile {
+    pub fn new(rel: PathBuf, file: Arc<std::fs::File>, meta: std::fs::Metadata) -> OpenFile {
         OpenFile {
             rel,
-            path,
             id: FileId::of(&meta),
             file,
             meta,
@@ -147,10 +142,11 @@ pub fn content_type(path: &std::path::Path) -> String {
 /// A cached file.
 #[derive(Debug)]
 pub struct Entry {
-    /// DIR joined with the request's names (symlinks not yet followed): what a
-    /// hit `stat`s, following today's symlinks, to revalidate. Only the same
-    /// device and inode (the file that was checked to lie inside DIR) pass.
-    pub file: PathBuf,
+    /// The request's names under DIR (symlinks not yet followed): what a hit
+    /// resolves beneath DIR again, following today's symlinks, to revalidate.
+    /// Only the same device and inode (the file that was checked to lie
+    /// inside DIR), unchanged, pass.
+    pub rel: PathBuf,
     pub id: FileId,
     pub meta: FileMeta,
     pub body: Box<[u8]>,
@@ -188,7 +184,7 @@ const ENTRY_OVERHEAD: usize = 256;
 fn cost(key: &[u8], e: &Entry) -> usize {
     e.body.len()
         + key.len()
-        + e.file.as_os_str().len()
+        + e.rel.as_os_str().len()
         + e.meta.full_headers.len()
         + e.meta.content_type.len()
         + ENTRY_OVERHEAD
@@ -243,15 +239,15 @@ impl Cache {
 
     /// The open file kept for `key`, if its path still leads to the same,
     /// unchanged file (else it is dropped).
-    pub fn open_file(&self, key: &[u8]) -> Option<Arc<OpenFile>> {
+    pub fn open_file(&self, key: &[u8], root: &Root) -> Option<Arc<OpenFile>> {
         let o = self
             .open
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .cloned()?;
-        match std::fs::metadata(&o.path) {
-            Ok(now) if FileId::of(&now) == o.id => {
+        match root.stat_beneath(&o.rel) {
+            Some(now) if FileId::of(&now) == o.id => {
                 o.last_used
                     .store(self.epoch.elapsed().as_secs(), Ordering::Relaxed);
                 Some(o)
@@ -271,7 +267,7 @@ impl Cache {
     /// replaced: without this, a deleted large file stayed open, its disk
     /// space held, until the next large file was kept). The reaper calls it
     /// about once a second; the `stat`s run outside the map's lock.
-    pub fn sweep_open(&self) {
+    pub fn sweep_open(&self, root: &Root) {
         let now = self.epoch.elapsed().as_secs();
         let kept: Vec<(Vec<u8>, Arc<OpenFile>)> = self
             .open
@@ -284,7 +280,9 @@ impl Cache {
             .into_iter()
             .filter(|(_, o)| {
                 now.saturating_sub(o.last_used.load(Ordering::Relaxed)) >= OPEN_IDLE_SECS
-                    || !std::fs::metadata(&o.path).is_ok_and(|m| FileId::of(&m) == o.id)
+                    || !root
+                        .stat_beneath(&o.rel)
+                        .is_some_and(|m| FileId::of(&m) == o.id)
             })
             .collect();
         if stale.is_empty() {
@@ -330,7 +328,7 @@ impl Cache {
     }
 
     /// The entry for `key` if its file still has the identity it was read with.
-    pub fn get(&self, key: &[u8]) -> Option<Arc<Entry>> {
+    pub fn get(&self, key: &[u8], root: &Root) -> Option<Arc<Entry>> {
         if self.max_total == 0 {
             return None;
         }
@@ -341,7 +339,7 @@ impl Cache {
             .entries
             .get(key)
             .cloned()?;
-        let now = std::fs::metadata(&e.file).ok()?;
+        let now = root.stat_beneath(&e.rel)?;
         if FileId::of(&now) == e.id {
             Some(e)
         } else {
@@ -391,7 +389,6 @@ mod tests {
         let meta = file.metadata().unwrap();
         Arc::new(OpenFile::new(
             PathBuf::from(format!("f{i}")),
-            path,
             Arc::new(file),
             meta,
         ))
@@ -413,7 +410,7 @@ mod tests {
             c.insert(
                 key,
                 Arc::new(Entry {
-                    file: path.clone(),
+                    rel: PathBuf::from("empty"),
                     id: FileId::of(&m),
                     meta: FileMeta::of(&path, &m),
                     body: Box::new([]),
@@ -437,6 +434,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ringport-cache-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let c = Cache::new(1 << 20, 1024);
+        let root = Root::open(dir.canonicalize().unwrap(), true).unwrap();
         for i in 0..MAX_OPEN_FILES + 10 {
             c.keep_open(format!("/f{i}").into_bytes(), kept(&dir, i));
         }
@@ -447,16 +445,19 @@ mod tests {
         );
         let last = format!("/f{}", MAX_OPEN_FILES + 9).into_bytes();
         assert!(
-            c.open_file(&last).is_some(),
+            c.open_file(&last, &root).is_some(),
             "the newest is kept and unchanged"
         );
         std::fs::write(dir.join(format!("f{}", MAX_OPEN_FILES + 9)), b"changed!!").unwrap();
-        assert!(c.open_file(&last).is_none(), "a changed file is let go");
+        assert!(
+            c.open_file(&last, &root).is_none(),
+            "a changed file is let go"
+        );
         assert_eq!(c.open_files(), MAX_OPEN_FILES - 1);
         // A deleted one is let go by the sweep, asked for or not.
         let victim = c.open.read().unwrap().keys().next().cloned().unwrap();
         std::fs::remove_file(dir.join(std::str::from_utf8(&victim[1..]).unwrap())).unwrap();
-        c.sweep_open();
+        c.sweep_open(&root);
         assert_eq!(c.open_files(), MAX_OPEN_FILES - 2);
         assert!(!c.open.read().unwrap().contains_key(&victim));
         let off = Cache::new(0, 0);

@@ -10,7 +10,7 @@
 //! wait the send timeout.
 
 use std::fs::Metadata;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -126,7 +126,22 @@ impl Conn {
     async fn next_request(&mut self, first: bool) -> Result<Request, Ended> {
         let header = self.srv.cfg.header_timeout;
         let mut deadline = first.then(|| Instant::now() + header);
+        // Empty lines before a request line are ignored (RFC 9112 §2.2; some
+        // clients send a CRLF after a body): a few of them leave the
+        // connection idle, with the idle timeout, rather than starting the
+        // head's. Only a few, so they cannot keep a connection for ever.
+        let mut blank_left = MAX_BLANK;
         loop {
+            if deadline.is_none() && blank_left > 0 {
+                let n = self
+                    .input
+                    .iter()
+                    .take_while(|&&b| b == b'\r' || b == b'\n')
+                    .count()
+                    .min(blank_left);
+                self.consume(n);
+                blank_left -= n;
+            }
             if !self.input.is_empty() {
                 deadline.get_or_insert_with(|| Instant::now() + header);
                 match http::parse(&self.input) {
@@ -268,11 +283,11 @@ impl Conn {
             Err(Refused::Forbidden) => return self.error(403, keep, head_only, &[]).await,
         };
         let key = url.cache_key();
-        if let Some(e) = self.srv.cache.get(&key) {
+        if let Some(e) = self.srv.cache.get(&key, &self.srv.dir) {
             return self.send_entry(req, keep, &e).await;
         }
         let rel = url.relative();
-        if let Some(o) = self.srv.cache.open_file(&key) {
+        if let Some(o) = self.srv.cache.open_file(&key, &self.srv.dir) {
             // `o.rel`, not `rel`: for a directory's URL it names its index.
             let (file, meta) = (o.file.clone(), o.meta.clone());
             return self.send_file(req, keep, file, meta, &o.rel, key).await;
@@ -325,7 +340,6 @@ impl Conn {
                 key.to_vec(),
                 Arc::new(OpenFile::new(
                     rel.to_path_buf(),
-                    self.srv.dir.path.join(rel),
                     file.clone(),
                     found.meta.clone(),
                 )),
@@ -394,7 +408,7 @@ impl Conn {
             let n = r?;
             if n as u64 == m.len() {
                 let entry = Arc::new(Entry {
-                    file: self.srv.dir.path.join(rel),
+                    rel: rel.to_path_buf(),
                     id,
                     meta: FileMeta::of(rel, &m),
                     body: body.into_boxed_slice(),
@@ -638,20 +652,24 @@ impl Conn {
     }
 
     /// One access-log line: `PEER [DATE] "METHOD WHAT" STATUS BYTES`.
+    /// Handed to the logger thread (`log.rs`): a worker never waits on
+    /// stdout.
     fn log_line(&self, method: &str, what: &str, status: &str, bytes: &str) {
-        if !self.srv.cfg.log {
+        let Some(log) = &self.srv.access_log else {
             return;
-        }
+        };
         let now = httpdate::fmt_http_date(std::time::SystemTime::now());
-        let mut out = io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "{} [{now}] \"{method} {}\" {status} {bytes}",
+        log.line(format!(
+            "{} [{now}] \"{method} {}\" {status} {bytes}\n",
             self.peer,
             what.escape_debug()
-        );
+        ));
     }
 }
+
+/// CR and LF bytes ignored before a request line while the connection
+/// counts as idle (see `next_request`).
+const MAX_BLANK: usize = 8;
 
 /// Allowed methods, for 405.
 const ALLOW: &[(&str, &str)] = &[("Allow", "GET, HEAD")];

@@ -35,6 +35,7 @@ mod cond;
 mod conn;
 mod http;
 mod listing;
+mod log;
 mod open;
 mod path;
 
@@ -145,6 +146,8 @@ pub struct Server {
     room: Mutex<Vec<Waker>>,
     pub requests: AtomicU64,
     accepted: AtomicU64,
+    /// The access log, with `--log`.
+    pub access_log: Option<log::AccessLog>,
 }
 
 /// The resolved settings a connection uses.
@@ -208,7 +211,7 @@ impl Server {
             every.tick().await;
             ticks += 1;
             if ticks % sweep_every == 0 {
-                self.cache.sweep_open();
+                self.cache.sweep_open(&self.dir);
             }
             let now = self.now_ms();
             for slot in lock(&self.watchers).values() {
@@ -419,6 +422,10 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         room: Mutex::new(Vec::new()),
         requests: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
+        access_log: match args.log {
+            true => Some(log::AccessLog::start()?),
+            false => None,
+        },
     });
     let listener = Arc::new(listener);
     let acceptors: Vec<_> = (0..ACCEPTORS)
@@ -463,12 +470,18 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             crate::info::stats_line(&stats, requests, "request")
         );
     }
+    let dropped = srv.access_log.as_ref().map_or(0, |l| l.finish());
     eprintln!(
-        "serve: signal {sig}: stopped; {} connections, {} requests{}",
+        "serve: signal {sig}: stopped; {} connections, {} requests{}{}",
         srv.accepted.load(Ordering::Relaxed),
         srv.requests.load(Ordering::Relaxed),
         if cut > 0 {
             format!(", {cut} still busy after the grace period were cut")
+        } else {
+            String::new()
+        },
+        if dropped > 0 {
+            format!(", {dropped} access-log lines dropped (stdout was not read fast enough)")
         } else {
             String::new()
         }

@@ -102,6 +102,30 @@ impl Root {
         self.open_slow(rel)
     }
 
+    /// The metadata of what `rel` leads to now, resolved beneath DIR as
+    /// `open_beneath` resolves it (`None`: it does not lead to anything
+    /// inside DIR now). What a cached copy of a file is checked against
+    /// before it is served: a plain `stat` of DIR joined with `rel` follows
+    /// symlinks out of DIR, so a directory moved out of DIR and linked back
+    /// kept its files served (a review, session 17). An `O_PATH` open, which
+    /// reads nothing, and a `statx` of it.
+    pub fn stat_beneath(&self, rel: &Path) -> Option<Metadata> {
+        if self.openat2 {
+            match self.openat2(rel, libc::O_PATH | libc::O_CLOEXEC) {
+                Ok(fd) => return File::from(fd).metadata().ok(),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV | libc::EAGAIN | libc::ENOSYS)
+                    ) => {}
+                Err(_) => return None,
+            }
+        }
+        let found = path::resolve(&self.path, rel).ok()?;
+        found.strip_prefix(&self.path).ok()?;
+        std::fs::metadata(found).ok()
+    }
+
     /// The slow path: canonicalize, check the prefix, then open what the
     /// canonical path names one name at a time from DIR's descriptor,
     /// following no symlink (`open_walk`).
