@@ -253,6 +253,10 @@ impl Op {
     /// A successful send says nothing about delivery: UDP to a port where nothing
     /// listens succeeds, and only a connected socket hears of the refusal later
     /// (`ECONNREFUSED` from a following receive or send).
+    ///
+    /// On a connected stream socket it is a send like [`Op::send`] (the address
+    /// is ignored by the kernel), in submission order with the socket's other
+    /// sends; `recv_from` likewise keeps its place among the socket's receives.
     pub fn send_to(socket: &impl AsFd, buf: Vec<u8>, addr: impl Into<SockAddr>) -> Op {
         Op::new(OpBody::SendTo {
             fd: raw(socket),
@@ -334,6 +338,11 @@ impl Op {
     /// directory or a socket fails with `EINVAL`, a pipe with `ESPIPE`, a
     /// descriptor not open for reading with `EBADF`.
     ///
+    /// The destination may also be a pipe (or anything `sendfile(2)` writes
+    /// to); on epoll the transfer then runs on the backend's file threads,
+    /// where it may wait for room without holding up the submitter (and,
+    /// like any file operation there, cannot be interrupted once started).
+    ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use ringport::{CompletionPort, Op};
@@ -371,6 +380,12 @@ impl Op {
     ///
     /// An open runs on no handle: its key is 0, or the one set with
     /// [`Op::key`]; `dir` needs no association.
+    ///
+    /// Unless it creates or truncates, the open is first tried with
+    /// `O_NONBLOCK` (cleared again on the new descriptor unless asked for),
+    /// as io_uring's `OPENAT` does, on both backends: a FIFO with no writer
+    /// opens for reading at once, and one with no reader fails `ENXIO` for
+    /// writing, where a plain `open(2)` waits for the other end.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -445,7 +460,7 @@ impl Op {
     /// for a program that sends with non-blocking calls of its own and waits
     /// here after `EAGAIN`. `Ok(events)` (the `poll(2)` bits, `POLLOUT` set;
     /// `POLLERR`/`POLLHUP` for a socket in error or shut down — the next send
-    /// reports why).
+    /// reports why; no other bit, on either backend).
     ///
     /// A socket: the epoll backend waits only on sockets. Given anything else
     /// (a pipe), it looks once and completes with `EAGAIN` if there is no

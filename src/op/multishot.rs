@@ -50,7 +50,12 @@ impl Op {
     /// [`provided`](crate::provided) for an example.
     ///
     /// `pool` must come from the same port (otherwise the operation fails
-    /// with `EINVAL`).
+    /// with `EINVAL`). Submitted while the pool has no buffer free, it ends
+    /// at once with `ENOBUFS` on both backends.
+    ///
+    /// On a stream socket it keeps its place among the socket's receives,
+    /// on both backends: a `recv` (or `recv_from`) submitted before it is
+    /// served first, and one submitted after it waits until it has ended.
     pub fn recv_multishot(socket: &impl AsFd, pool: &BufferPool) -> Op {
         Op::new(OpBody::RecvMulti {
             fd: raw(socket),
