@@ -127,6 +127,9 @@ fn open_without_waiting(mut opts: std::fs::OpenOptions, path: &Path) -> io::Resu
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let f = match opts.custom_flags(libc::O_NONBLOCK).open(path) {
         Ok(f) => f,
+        // A lease on the file (`EWOULDBLOCK` without waiting for it to be
+        // given up): wait, as a plain open does.
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => opts.custom_flags(0).open(path)?,
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
             return Err(match std::fs::metadata(path) {
                 Ok(m) if m.file_type().is_fifo() => not_seekable("ENXIO: a FIFO with no reader"),

@@ -81,7 +81,10 @@ impl PoolBuilder {
     }
 
     /// How long one handler may run, while completions wait, before the stall
-    /// detector counts its thread as blocked (default 10 ms). `None` turns it off.
+    /// detector counts its thread as blocked (default 10 ms). `None` turns it
+    /// off, and with it the workers' batching of what their handlers submit
+    /// (each submission then reaches the kernel at once), which relies on the
+    /// detector's monitor to flush what a long-running handler holds.
     pub fn stall_threshold(mut self, t: Option<Duration>) -> Self {
         self.stall_threshold = t;
         self
@@ -145,6 +148,12 @@ impl PoolBuilder {
             panics: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
+        // A worker holds back what its handler submits for its own next
+        // `get` (one system call for the lot) only when the monitor runs,
+        // which flushes what a handler that runs on keeps held: without it,
+        // an operation submitted by a handler that then waits (say, for that
+        // operation, on another thread) never reached the kernel.
+        let batch = self.stall_threshold.is_some();
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
             let wport = port.clone();
@@ -158,7 +167,7 @@ impl PoolBuilder {
                     crate::sys::epoll::block_sigpipe_here();
                     // Lives as long as the pool: may submit to io_uring itself.
                     crate::sys::own_thread();
-                    batch_submissions(true);
+                    batch_submissions(batch);
                     worker(&wport, &*handler, &shared);
                     batch_submissions(false);
                 });
@@ -306,8 +315,13 @@ impl Pool {
     fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         self.port.close();
+        // Dropped (or shut down) from one of its own handlers: that worker
+        // cannot join itself; it sees `Closed` at its next `get` and exits.
+        let me = thread::current().id();
         for w in self.workers.drain(..) {
-            let _ = w.join();
+            if w.thread().id() != me {
+                let _ = w.join();
+            }
         }
         if let Some(m) = self.monitor.take() {
             m.thread().unpark();

@@ -493,8 +493,13 @@ impl<T: Prioritized> Sched<T> {
                 st.release(id);
                 st.dispatch()
             }
-            // Inside `blocking`: not counted, and counted again when it ends.
-            Run::Idle | Run::Blocking => false,
+            // Inside `blocking`: not counted; waiting on another port ends the
+            // association, so it is not counted again when `blocking` ends.
+            Run::Blocking => {
+                st.slot_mut(id).run = Run::Idle;
+                false
+            }
+            Run::Idle => false,
         }
     }
 

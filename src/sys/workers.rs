@@ -214,7 +214,8 @@ fn work<S: Sink>(pool: &Pool, shared: &S) {
 }
 
 /// `openat` as io_uring's `OPENAT` makes it, so both backends agree: unless
-/// it creates, truncates or makes a temporary file, a first attempt with
+/// it creates, truncates, makes a temporary file or opens a path only
+/// (`O_PATH`), a first attempt with
 /// `O_NONBLOCK` (then a FIFO opens for reading at once and fails `ENXIO` for
 /// writing with no reader, where a plain open would wait for the other end
 /// for ever), again without it if that says `EAGAIN`; the flag is cleared
@@ -232,7 +233,12 @@ fn open_like_io_uring(dir: RawFd, path: &std::ffi::CStr, flags: i32, mode: u32) 
                 .unwrap_or(libc::EIO),
         }
     };
-    let blocking_only = flags & (libc::O_CREAT | libc::O_TRUNC | libc::O_TMPFILE) != 0;
+    // (`O_TMPFILE` holds `O_DIRECTORY`'s bit: only all of it is a temporary
+    // file. An `O_PATH` descriptor opens nothing that could block, and takes
+    // no `F_SETFL`.)
+    let blocking_only = flags & (libc::O_CREAT | libc::O_TRUNC) != 0
+        || flags & libc::O_TMPFILE == libc::O_TMPFILE
+        || flags & libc::O_PATH != 0;
     if blocking_only || flags & libc::O_NONBLOCK != 0 {
         return open(flags);
     }

@@ -65,6 +65,24 @@ backend_test!(
         for path in ["/pub/small.txt", "/pub/big.bin", "/pub/other.txt"] {
             assert_eq!(c.get(path, "").status, 403, "{path}: leads out of DIR now");
         }
+        // The same for files right in DIR (whose check takes a shorter way):
+        // moved out and linked back, they are the same files, and refused.
+        site.write("top.txt", b"top\n");
+        site.write("top.bin", &pattern(100_000));
+        for name in ["top.txt", "top.bin"] {
+            for _ in 0..2 {
+                assert_eq!(c.get(&format!("/{name}"), "").status, 200);
+            }
+            let out = site.base.join(name);
+            std::fs::rename(site.root.join(name), &out).unwrap();
+            std::os::unix::fs::symlink(&out, site.root.join(name)).unwrap();
+            assert_eq!(c.get(&format!("/{name}"), "").status, 403, "/{name}");
+        }
+        // A link that stays inside DIR is still followed, cached or not.
+        for _ in 0..3 {
+            let r = c.get("/in-link", "");
+            assert_eq!((r.status, r.text()), (200, "hello, world\n".to_string()));
+        }
         srv.stop();
     }
 );

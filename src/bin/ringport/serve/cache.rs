@@ -57,6 +57,53 @@ impl FileId {
     }
 }
 
+impl FileId {
+    fn of_stat(st: &libc::stat) -> FileId {
+        FileId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            len: st.st_size as u64,
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
+        }
+    }
+
+    /// The identity of what `rel` leads to now, resolved beneath DIR
+    /// (`None`: nothing inside DIR). A name right in DIR that is no symlink
+    /// needs one `fstatat` relative to DIR's descriptor, not following it —
+    /// exact, as there is nothing on the way to follow; anything else is
+    /// resolved as a request's path is (`Root::stat_beneath`).
+    fn now(root: &Root, rel: &std::path::Path) -> Option<FileId> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::path::Component;
+        let mut parts = rel.components();
+        if let (Some(Component::Normal(name)), None) = (parts.next(), parts.next()) {
+            if let Ok(name) = std::ffi::CString::new(name.as_bytes()) {
+                // SAFETY: all-zero is a valid `stat` (plain integers).
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: fstatat reads the NUL-terminated name and writes one
+                // `stat` into `st`, both alive for the call; DIR's descriptor
+                // stays open as long as `root`.
+                let rc = unsafe {
+                    libc::fstatat(
+                        root.raw_fd(),
+                        name.as_ptr(),
+                        &mut st,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                if rc != 0 {
+                    return None;
+                }
+                if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+                    return Some(FileId::of_stat(&st));
+                }
+            }
+        }
+        root.stat_beneath(rel).map(|m| FileId::of(&m))
+    }
+}
+
 /// A file too large to keep in memory, kept open.
 #[derive(Debug)]
 pub struct OpenFile {
@@ -246,8 +293,8 @@ impl Cache {
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .cloned()?;
-        match root.stat_beneath(&o.rel) {
-            Some(now) if FileId::of(&now) == o.id => {
+        match FileId::now(root, &o.rel) {
+            Some(now) if now == o.id => {
                 o.last_used
                     .store(self.epoch.elapsed().as_secs(), Ordering::Relaxed);
                 Some(o)
@@ -280,9 +327,7 @@ impl Cache {
             .into_iter()
             .filter(|(_, o)| {
                 now.saturating_sub(o.last_used.load(Ordering::Relaxed)) >= OPEN_IDLE_SECS
-                    || !root
-                        .stat_beneath(&o.rel)
-                        .is_some_and(|m| FileId::of(&m) == o.id)
+                    || FileId::now(root, &o.rel) != Some(o.id)
             })
             .collect();
         if stale.is_empty() {
@@ -339,8 +384,7 @@ impl Cache {
             .entries
             .get(key)
             .cloned()?;
-        let now = root.stat_beneath(&e.rel)?;
-        if FileId::of(&now) == e.id {
+        if FileId::now(root, &e.rel)? == e.id {
             Some(e)
         } else {
             self.remove(key);

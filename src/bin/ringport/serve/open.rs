@@ -80,6 +80,11 @@ impl Root {
         Ok(root)
     }
 
+    /// DIR's descriptor (`O_PATH`), open as long as `self`.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
     /// Whether requests use `openat2` (false: the slow path).
     #[cfg(test)]
     pub fn fast(&self) -> bool {
