@@ -71,11 +71,13 @@ impl Core {
         lock(&self.inner).lanes.reset(fd);
     }
 
-    /// A descriptor is being closed or disassociated: its lanes are
-    /// forgotten, and the operations parked on them are pushed, oldest first
+    /// A descriptor is being closed or disassociated: its emulated multishot
+    /// operations resubmit no more, its lanes are forgotten, and the
+    /// operations parked on them are pushed, oldest first
     /// (after the port closed, they end cancelled instead). Returns whether
     /// it pushed anything.
     pub(super) fn forget_lanes_locked(&self, inner: &mut Inner, fd: RawFd) -> bool {
+        super::multi::end_emulated_on(inner, fd);
         let parked = inner.lanes.forget(fd);
         let any = !parked.is_empty();
         for id in parked {

@@ -315,6 +315,7 @@ impl Core {
                 resume: Vec::new(),
                 done: Vec::new(),
                 timer_ts: std::collections::HashMap::new(),
+                emulated_multi: std::collections::HashMap::new(),
             }),
             max_in_flight,
             support,
@@ -490,7 +491,7 @@ impl Core {
         }
         rec.body = body;
         let lane = rec.lane;
-        let id = inner.ops.insert(rec);
+        let id = inner.insert(rec);
         let (head, tail) = match built {
             Ok(sqes) => sqes,
             // Ended before it started: its completion is queued at once.

@@ -90,6 +90,38 @@ impl Multi {
     }
 }
 
+/// The descriptor of an emulated multishot operation (one-shots the reaper
+/// resubmits): what `Inner::emulated_multi` counts.
+pub(super) fn emulated_fd(body: &OpBody, aux: &Aux) -> Option<std::os::fd::RawFd> {
+    match (body, aux) {
+        (OpBody::RecvMulti { fd, .. } | OpBody::AcceptMulti { fd }, Aux::Multi(m)) if !m.native => {
+            Some(*fd)
+        }
+        _ => None,
+    }
+}
+
+/// The association of `fd` ends (a close or a disassociate): its emulated
+/// multishot operations resubmit no further one-shot. Their cancel, pushed
+/// next, finds nothing when a one-shot's CQE is already posted and not yet
+/// reaped; without the mark, the reaper then sent the next one-shot on the
+/// descriptor number — by then maybe another socket's, whose bytes (or
+/// connections) it took (a review, session 17). The caller holds `inner`.
+pub(super) fn end_emulated_on(inner: &mut Inner, fd: std::os::fd::RawFd) {
+    if !inner.emulated_multi.contains_key(&fd) {
+        return;
+    }
+    for id in inner.ops.ids() {
+        if let Some(rec) = inner.ops.get_mut(id) {
+            if emulated_fd(&rec.body, &rec.aux) == Some(fd) {
+                if let Aux::Multi(m) = &mut rec.aux {
+                    m.cancel();
+                }
+            }
+        }
+    }
+}
+
 /// A multishot receive that ends without reaching the kernel (it was parked
 /// behind its socket's receive lane, `lanes.rs`): the free-list buffer its
 /// emulated one-shot was given goes back to the pool.

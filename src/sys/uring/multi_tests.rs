@@ -176,3 +176,64 @@ fn an_unused_ring_pool_is_unregistered_and_its_group_reused() {
     assert_eq!(group(&d.buffer_pool(4, 64).unwrap()), 2);
     drop(b);
 }
+
+/// An emulated multishot receive whose socket's association ends while a
+/// one-shot's completion waits in the ring, unreaped: its data is delivered,
+/// then it ends cancelled, and it sends no further one-shot on the number —
+/// which another socket has taken by then (it used to read that socket's
+/// bytes, and stay armed there: a review, session 17).
+#[test]
+fn an_emulated_receive_ends_with_its_association() {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    for ring in [true, false] {
+        let d = driver(ring);
+        let pool = BufferPool {
+            shared: d.buffer_pool(4, 64).unwrap(),
+        };
+        let (mut a, b) = tcp_pair();
+        d.associate(b.as_raw_fd());
+        let id = submit(&d, Op::recv_multishot(&b, &pool));
+        a.write_all(b"data").unwrap();
+        // (Setup: the one-shot's completion is posted, and nobody reaps.)
+        std::thread::sleep(Duration::from_millis(100));
+        let n = b.as_raw_fd();
+        d.disassociate(n, true);
+        drop(b);
+        // Another socket gets the number, and has bytes waiting.
+        let (mut x, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        if peer.as_raw_fd() == n {
+            std::mem::swap(&mut x, &mut peer);
+        }
+        let mut other = if x.as_raw_fd() == n {
+            x
+        } else {
+            // SAFETY: dup2 onto `n`, which nothing in this test holds any more.
+            assert_eq!(unsafe { libc::dup2(x.as_raw_fd(), n) }, n);
+            // SAFETY: `n` is now a descriptor this test owns (the duplicate).
+            std::os::unix::net::UnixStream::from(unsafe { OwnedFd::from_raw_fd(n) })
+        };
+        peer.write_all(b"SECRET").unwrap();
+        let mut got = Vec::new();
+        loop {
+            let mut c = next(&d, id);
+            got.extend(c.take_pooled().map(|b| b.to_vec()));
+            if !c.more() {
+                assert!(c.is_cancelled(), "ring {ring}: {c:?}");
+                break;
+            }
+        }
+        assert!(
+            got.iter().all(|g| g.as_slice() == b"data"),
+            "ring {ring}: the ended receive read {got:?}"
+        );
+        other.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            other.read(&mut buf).ok(),
+            Some(6),
+            "ring {ring}: its bytes stay"
+        );
+        assert_eq!(pool.available(), 4, "ring {ring}");
+    }
+}

@@ -61,6 +61,9 @@ pub(super) struct Inner {
     /// TIMEOUT SQE, which may still wait in the SQ (a batching thread, the
     /// submitter thread), so it lives until that CQE (`on_timer`).
     pub(super) timer_ts: std::collections::HashMap<OpId, Box<types::Timespec>>,
+    /// Live emulated multishot operations per descriptor (`multi.rs`): a
+    /// close or disassociate of one looks for them, and only then.
+    pub(super) emulated_multi: std::collections::HashMap<std::os::fd::RawFd, u32>,
 }
 
 impl Inner {
@@ -161,6 +164,9 @@ impl Inner {
     /// Removes the record of `id` and builds its completion.
     pub(super) fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
         let mut rec = self.ops.remove(id)?;
+        if let Some(fd) = super::multi::emulated_fd(&rec.body, &rec.aux) {
+            self.uncount_emulated(fd);
+        }
         if rec.timer {
             // Its timer's CQE is still to come (removed or fired).
             if let Some(ts) = rec.link_ts.take() {
@@ -216,6 +222,23 @@ impl Inner {
 }
 
 impl Inner {
+    /// Inserts a record, counting it if it is an emulated multishot one.
+    pub(super) fn insert(&mut self, rec: Record) -> OpId {
+        if let Some(fd) = super::multi::emulated_fd(&rec.body, &rec.aux) {
+            *self.emulated_multi.entry(fd).or_insert(0) += 1;
+        }
+        self.ops.insert(rec)
+    }
+
+    fn uncount_emulated(&mut self, fd: std::os::fd::RawFd) {
+        if let Some(n) = self.emulated_multi.get_mut(&fd) {
+            *n -= 1;
+            if *n == 0 {
+                self.emulated_multi.remove(&fd);
+            }
+        }
+    }
+
     /// Ends a parked operation `id` with `res` (it never reached the kernel);
     /// `None` if it is not parked. Its emulated timer, if still running,
     /// goes in `follow` to be removed.
