@@ -77,7 +77,8 @@ impl<S: Sink> Workers<S> {
         }
     }
 
-    /// Queues a file operation; starts a worker if none is idle.
+    /// Queues a file operation; starts a worker if the idle ones are too
+    /// few for the jobs waiting.
     ///
     /// The job runs on a duplicate of the operation's descriptor, made here
     /// (`own_fd`): the caller may close its own — `Op::close` does at once on
@@ -102,7 +103,11 @@ impl<S: Sink> Workers<S> {
             return;
         }
         st.jobs.push_back((id, body, prio, orig));
-        if st.idle == 0 && st.threads < self.max {
+        // More jobs waiting than idle workers to take them (an idle worker
+        // that was woken counts as idle until it takes the lock again, so
+        // `idle == 0` alone left a job behind blocked ones while threads
+        // could still start: a review, session 17).
+        if st.jobs.len() > st.idle && st.threads < self.max {
             st.threads += 1;
             let (pool, shared) = (self.pool.clone(), self.shared.clone());
             match thread::Builder::new()
@@ -118,6 +123,16 @@ impl<S: Sink> Workers<S> {
                 Err(e) => {
                     st.threads -= 1;
                     tracing::error!("cannot start a file worker: {e}");
+                    if st.threads == 0 {
+                        // Nobody would ever run it: it fails instead.
+                        if let Some((id, mut body, _, orig)) = st.jobs.pop_back() {
+                            drop(st);
+                            give_back_fd(&mut body, orig);
+                            let errno = e.raw_os_error().unwrap_or(libc::EAGAIN);
+                            self.shared.done(id, -errno, body);
+                            return;
+                        }
+                    }
                 }
             }
         }

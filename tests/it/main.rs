@@ -18,6 +18,7 @@ mod close;
 mod dgram;
 mod echo;
 mod echo_edges;
+mod epoll_edges;
 mod fallback;
 mod file_workers;
 mod hyper_bridge;

@@ -31,6 +31,7 @@ impl Driver {
             },
         };
         drop(inner);
+        let mut next = None;
         let taken = match wait {
             Some(fd) => {
                 let Some(q) = self.shared.queue(fd) else {
@@ -39,8 +40,8 @@ impl Driver {
                 let mut g = lock(&q.q);
                 let g = &mut *g;
                 let mut found = None;
-                let (closed, blocked) = (g.read_closed, g.read_blocked);
-                for queue in [&mut g.read, &mut g.write] {
+                let (closed, blocked, gen) = (g.read_closed, g.read_blocked, g.gen);
+                for (dir, queue) in [(0, &mut g.read), (1, &mut g.write)] {
                     if let Some(i) = queue.iter().position(|p| p.id == id) {
                         let mut p = queue.remove(i).expect("position is in range");
                         if multi::is_multi(&p.body) {
@@ -53,6 +54,9 @@ impl Driver {
                         } else {
                             -libc::ECANCELED
                         };
+                        if i == 0 && !queue.is_empty() {
+                            next = Some((fd, gen, dir));
+                        }
                         found = Some((p.body, res));
                         break;
                     }
@@ -63,7 +67,28 @@ impl Driver {
         };
         // Not found in its queue: it has already been attempted and completed (or is
         // running on a file worker). The cancel lost the race; its completion comes.
-        Ok(taken.and_then(|(b, res)| finish(&mut lock(&self.shared.inner), id, res, b)))
+        let c = taken.and_then(|(b, res)| finish(&mut lock(&self.shared.inner), id, res, b));
+        if let Some((fd, gen, dir)) = next {
+            self.try_new_front(fd, gen, dir);
+        }
+        Ok(c)
+    }
+
+    /// The front of a socket's queue was cancelled: the one behind it is
+    /// tried now, as io_uring pushes the next operation of a lane when its
+    /// busy one ends. A shutdown there never waits for room (it had waited
+    /// for an edge the peer might never give: a review, session 17); a send
+    /// or receive that would block goes back to waiting.
+    fn try_new_front(&self, fd: RawFd, gen: u32, dir: u8) {
+        let Some(q) = self.shared.queue(fd) else {
+            return;
+        };
+        let mut out = Vec::new();
+        self.retry(&q, gen, dir == 0, dir == 1, false, &mut out);
+        if !out.is_empty() {
+            lock(&self.shared.inner).done.append(&mut out);
+            self.notify();
+        }
     }
 
     /// `cancel` of an own operation: found in its socket's queue, or it has
@@ -72,9 +97,11 @@ impl Driver {
         let Some(q) = self.shared.queue(fd) else {
             return Err(Error::NotFound);
         };
-        let mut g = lock(&q.q);
-        let g = &mut *g;
-        for queue in [&mut g.read, &mut g.write] {
+        let mut guard = lock(&q.q);
+        let gen = guard.gen;
+        let mut ended = None;
+        let g = &mut *guard;
+        for (dir, queue) in [(0, &mut g.read), (1, &mut g.write)] {
             if let Some(i) = queue.iter().position(|p| p.id == id) {
                 let mut p = queue.remove(i).expect("position is in range");
                 // First in its queue, it may have finished already: the
@@ -84,15 +111,24 @@ impl Driver {
                 } else {
                     -libc::ECANCELED
                 };
+                let next = (i == 0 && !queue.is_empty()).then_some(dir);
                 let c = if p.needs_inner() {
                     self.end(&mut lock(&self.shared.inner), p, res)
                 } else {
                     let o = p.own.expect("an own operation");
                     Some(self.end_own(p.id, o, res, p.body))
                 };
-                return Ok(c);
+                ended = Some((c, next));
+                break;
             }
         }
-        Err(Error::NotFound)
+        drop(guard);
+        let Some((c, next)) = ended else {
+            return Err(Error::NotFound);
+        };
+        if let Some(dir) = next {
+            self.try_new_front(fd, gen, dir);
+        }
+        Ok(c)
     }
 }

@@ -237,8 +237,9 @@ struct Queues {
     read_blocked: bool,
     write_blocked: bool,
     /// A readiness event said the peer closed its side (or the socket hung up or
-    /// failed). Sticky: from then on a short receive never marks the socket
-    /// drained (the FIN's edge has already been consumed).
+    /// failed, or urgent data came). Sticky: from then on a short receive
+    /// never marks the socket drained (the FIN's edge has already been
+    /// consumed; a receive stops short at the urgent mark).
     read_closed: bool,
     /// This number's registration count (wrapping), in its epoll token's high
     /// half: an edge of an earlier registration is told apart and dropped
@@ -265,7 +266,8 @@ struct FdQueue {
     /// queues come alive (`dead` cleared) once it is. Cleared by
     /// `disassociate`, which leaves them dead. Both run under `Shared::big`.
     registered: AtomicBool,
-    /// A stream socket: a short receive means its receive queue is empty.
+    /// A TCP socket: a short receive means its receive queue is empty
+    /// (unless `read_closed`).
     stream: AtomicBool,
 }
 
@@ -478,7 +480,12 @@ impl Driver {
         if inner.closed {
             return Err(Error::Closed);
         }
-        if inner.live.load(Ordering::Relaxed) >= self.max_in_flight {
+        // Reserved before anything else, by the same fetch-add the socket
+        // path's own records use without this lock: a check here and an add
+        // after the insert let one of theirs land in between, and both were
+        // admitted past the cap (a review, session 17).
+        if inner.live.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+            inner.live.fetch_sub(1, Ordering::Relaxed);
             return Err(Error::QueueFull);
         }
         let deadline = link_timeout.map(|d| Instant::now() + d);
@@ -491,7 +498,6 @@ impl Driver {
             deadline,
             parts: 0,
         });
-        inner.live.fetch_add(1, Ordering::Relaxed);
         if let Wait::Timer(at) = inner.ops.get(id).map(|r| &r.wait).expect("just inserted") {
             let at = *at;
             inner.timers.insert((at, id.0));

@@ -28,7 +28,11 @@ impl Driver {
         if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
             return Err(Error::Io(io::Error::last_os_error()));
         }
-        let stream = crate::sys::socket_type(fd) == Some(libc::SOCK_STREAM);
+        // The drained rule (`sock.rs`, `drained_after`) holds for TCP only: a
+        // Unix stream's receive stops short after a message that carried
+        // descriptors, with more behind it.
+        let stream = crate::sys::socket_type(fd) == Some(libc::SOCK_STREAM)
+            && matches!(socket_domain(fd), Some(libc::AF_INET | libc::AF_INET6));
         let mut big = lock(&self.shared.big);
         let (q, gen) = match FdTable::<FdQueue>::index(fd) {
             Some(i) => {
@@ -75,7 +79,11 @@ impl Driver {
             }
         };
         let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            events: (libc::EPOLLIN
+                | libc::EPOLLPRI
+                | libc::EPOLLOUT
+                | libc::EPOLLRDHUP
+                | libc::EPOLLET) as u32,
             u64: ready::token(fd, gen),
         };
         // SAFETY: both descriptors are open; `ev` is a valid event.
@@ -154,4 +162,21 @@ impl Shared {
             None => lock(&self.big).get(&fd).cloned().map(QueueRef::Big),
         }
     }
+}
+
+/// `SO_DOMAIN` of a socket (`None` for anything else).
+fn socket_domain(fd: RawFd) -> Option<libc::c_int> {
+    let mut d: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `d`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut d as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(d)
 }

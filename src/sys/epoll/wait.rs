@@ -130,10 +130,18 @@ impl Driver {
         let Some(q) = self.shared.queue(token as u32 as RawFd) else {
             return false;
         };
-        let readable =
-            bits & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
+        let readable = bits
+            & (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP)
+                as u32
+            != 0;
         let writable = bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
-        let closed = bits & (libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0;
+        // Urgent data (`EPOLLPRI`) counts as a close for the drained rule: a
+        // receive stops short at TCP's urgent mark with data behind it, so a
+        // short receive no longer means an empty queue (the next receive
+        // waited for an edge that had come already: a review, session 17).
+        let closed = bits
+            & (libc::EPOLLERR | libc::EPOLLHUP | libc::EPOLLRDHUP | libc::EPOLLPRI) as u32
+            != 0;
         self.retry(&q, (token >> 32) as u32, readable, writable, closed, out)
     }
 
