@@ -55,7 +55,7 @@ pub(crate) fn inline_sends_enabled() -> bool {
 /// Waits until no `AsyncWrite` send is in flight on the stream (the rest of
 /// a short one included), so an owned write does not overtake it; its error,
 /// if it failed, is the owned write's.
-async fn behind_write_behind(core: &Arc<Core>) -> io::Result<()> {
+pub(crate) async fn behind_write_behind(core: &Arc<Core>) -> io::Result<()> {
     if core.no_write_behind() {
         return Ok(());
     }
@@ -103,8 +103,25 @@ pub(crate) async fn write(core: &Arc<Core>, buf: Vec<u8>) -> (io::Result<usize>,
     }
 }
 
-pub(crate) fn shutdown(core: &Core, how: Shutdown) -> io::Result<()> {
-    socket2::SockRef::from(&core.fd).shutdown(how)
+/// Shuts down a side. With an `AsyncWrite` send still in flight, the writing
+/// side is shut once that send has gone out, by a task of the stream's
+/// runtime: shut at once, the FIN overtook bytes `poll_write` had reported
+/// written, and they never reached the peer (a review, session 17). A failed
+/// send leaves the side open (the socket is broken anyway); `flush` says why.
+pub(crate) fn shutdown(core: &Arc<Core>, how: Shutdown) -> io::Result<()> {
+    if how == Shutdown::Read || core.no_write_behind() {
+        return socket2::SockRef::from(&core.fd).shutdown(how);
+    }
+    if how == Shutdown::Both {
+        socket2::SockRef::from(&core.fd).shutdown(Shutdown::Read)?;
+    }
+    let c = core.clone();
+    drop(core.rt.spawn(async move {
+        if behind_write_behind(&c).await.is_ok() {
+            let _ = socket2::SockRef::from(&c.fd).shutdown(Shutdown::Write);
+        }
+    }));
+    Ok(())
 }
 
 macro_rules! stream_api {
@@ -132,7 +149,9 @@ macro_rules! stream_api {
                 $crate::net::stream::write_all(&self.core, buf).await
             }
 
-            /// Shuts down the read side, the write side, or both.
+            /// Shuts down the read side, the write side, or both. The write
+            /// side is shut after any send `AsyncWrite::poll_write` left in
+            /// flight has gone out.
             pub fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
                 $crate::net::stream::shutdown(&self.core, how)
             }

@@ -192,6 +192,8 @@ impl TcpStream {
         offset: u64,
         len: usize,
     ) -> io::Result<usize> {
+        // After what `AsyncWrite` left in flight, not ahead of it.
+        crate::net::stream::behind_write_behind(&self.core).await?;
         let op = Op::send_file(&self.core.fd, file, offset, len);
         let hold: crate::rt::op::Hold = Arc::new((self.core.clone(), file.core()));
         let c = crate::rt::op::OpFuture::new(self.core.rt.shared.clone(), op, Some(hold)).await?;

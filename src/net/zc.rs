@@ -19,6 +19,10 @@ impl TcpStream {
     pub async fn send_zc_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let mut pos = 0;
         let mut buf = buf;
+        // After what `AsyncWrite` left in flight, not ahead of it.
+        if let Err(e) = crate::net::stream::behind_write_behind(&self.core).await {
+            return (Err(e), buf);
+        }
         while pos < buf.len() {
             let c = match self
                 .core

@@ -27,6 +27,7 @@ mod inline_submit;
 mod lanes;
 mod lanes_multi;
 mod multishot;
+mod net_edges;
 mod op_priority;
 mod ops;
 mod ops2;

@@ -137,7 +137,7 @@ pub(super) fn plain_send(body: &OpBody) -> Option<squeue::Entry> {
     else {
         return None;
     };
-    let len = (buf.len() - *pos).min(u32::MAX as usize) as u32;
+    let len = (buf.len() - *pos).min(super::ops::MAX_IO) as u32;
     // SAFETY: pos <= buf.len() (clamped when the op was built).
     let ptr = unsafe { buf.as_ptr().add(*pos) };
     Some(opcode::Send::new(Fd(*fd), ptr, len).flags(*flags).build())
@@ -404,7 +404,7 @@ impl Core {
                 if !self.support.send_zc {
                     return plain_send(body).map(|sqe| Ok((sqe, Aux::None)));
                 }
-                let len = (buf.len() - *pos).min(u32::MAX as usize) as u32;
+                let len = (buf.len() - *pos).min(super::ops::MAX_IO) as u32;
                 // SAFETY: pos <= buf.len() (clamped when the op was built).
                 let ptr = unsafe { buf.as_ptr().add(*pos) };
                 let sqe = opcode::SendZc::new(Fd(*fd), ptr, len).flags(*flags).build();
@@ -414,7 +414,7 @@ impl Core {
                 if !buf.belongs_to(self.fixed_owner) {
                     return Some(Err(-libc::EINVAL));
                 }
-                let len = buf.capacity().min(u32::MAX as usize) as u32;
+                let len = buf.capacity().min(super::ops::MAX_IO) as u32;
                 if self.is_socket(*fd) {
                     if *offset != 0 {
                         return Some(Err(-libc::ESPIPE));
@@ -437,7 +437,7 @@ impl Core {
                 if !buf.belongs_to(self.fixed_owner) {
                     return Some(Err(-libc::EINVAL));
                 }
-                let len = (buf.len() - *pos).min(u32::MAX as usize) as u32;
+                let len = (buf.len() - *pos).min(super::ops::MAX_IO) as u32;
                 // SAFETY: pos <= buf.len() <= capacity: inside the buffer.
                 let ptr = unsafe { buf.as_mut_ptr().add(*pos) };
                 if self.is_socket(*fd) {

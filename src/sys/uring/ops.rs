@@ -9,6 +9,10 @@
 use std::os::fd::IntoRawFd;
 use std::ptr::NonNull;
 
+/// The most one read, write, receive or send moves (Linux's `MAX_RW_COUNT`,
+/// `INT_MAX` rounded down to a page): the length an SQE is given at most.
+pub(super) const MAX_IO: usize = 0x7fff_f000;
+
 use io_uring::{opcode, squeue, types};
 use socket2::{socklen_t, SockAddr, SockAddrStorage};
 
@@ -178,13 +182,17 @@ impl std::fmt::Debug for MsgAux {
 /// Reads and writes carry `prio`'s I/O priority in the SQE's `ioprio` field
 /// (`sys/ioprio.rs`); no other opcode does (for socket opcodes that field holds
 /// flags).
+///
+/// Buffer lengths are capped at [`MAX_IO`]: a longer one makes the kernel
+/// refuse a receive or send (`EINVAL`), where `read(2)` and `recv(2)` (and
+/// so the epoll backend) transfer that much and say so.
 pub(super) fn build(body: &mut OpBody, prio: Priority) -> Result<(squeue::Entry, Aux), i32> {
     use types::Fd;
     let ioprio = crate::sys::ioprio::ioprio(prio);
     Ok(match body {
         OpBody::Nop | OpBody::SendFile { .. } => (opcode::Nop::new().build(), Aux::None),
         OpBody::Read { fd, buf, offset } => {
-            let len = buf.capacity().min(u32::MAX as usize) as u32;
+            let len = buf.capacity().min(MAX_IO) as u32;
             let sqe = opcode::Read::new(Fd(*fd), buf.as_mut_ptr(), len)
                 .offset(*offset)
                 .ioprio(ioprio)
@@ -197,7 +205,7 @@ pub(super) fn build(body: &mut OpBody, prio: Priority) -> Result<(squeue::Entry,
             pos,
             offset,
         } => {
-            let len = (buf.len() - *pos).min(u32::MAX as usize) as u32;
+            let len = (buf.len() - *pos).min(MAX_IO) as u32;
             // SAFETY: pos <= buf.len() (clamped when the op was built).
             let ptr = unsafe { buf.as_ptr().add(*pos) };
             let sqe = opcode::Write::new(Fd(*fd), ptr, len)
@@ -207,7 +215,7 @@ pub(super) fn build(body: &mut OpBody, prio: Priority) -> Result<(squeue::Entry,
             (sqe, Aux::None)
         }
         OpBody::Recv { fd, buf, flags } => {
-            let len = buf.capacity().min(u32::MAX as usize) as u32;
+            let len = buf.capacity().min(MAX_IO) as u32;
             let sqe = opcode::Recv::new(Fd(*fd), buf.as_mut_ptr(), len)
                 .flags(*flags)
                 .build();
@@ -219,7 +227,7 @@ pub(super) fn build(body: &mut OpBody, prio: Priority) -> Result<(squeue::Entry,
             pos,
             flags,
         } => {
-            let len = (buf.len() - *pos).min(u32::MAX as usize) as u32;
+            let len = (buf.len() - *pos).min(MAX_IO) as u32;
             // SAFETY: pos <= buf.len() (clamped when the op was built).
             let ptr = unsafe { buf.as_ptr().add(*pos) };
             let sqe = opcode::Send::new(Fd(*fd), ptr, len).flags(*flags).build();
