@@ -472,17 +472,27 @@ impl Backend {
 /// A socket's `SO_TYPE` (`SOCK_STREAM`, `SOCK_DGRAM`, …); `None` if `fd` is
 /// not a socket (or not open).
 pub(crate) fn socket_type(fd: std::os::fd::RawFd) -> Option<libc::c_int> {
-    let mut ty: libc::c_int = 0;
+    socket_int(fd, libc::SO_TYPE)
+}
+
+/// `SO_DOMAIN` of a socket (`None` for anything else).
+pub(crate) fn socket_domain(fd: std::os::fd::RawFd) -> Option<libc::c_int> {
+    socket_int(fd, libc::SO_DOMAIN)
+}
+
+/// An integer `SOL_SOCKET` option of a socket (`None` for anything else).
+fn socket_int(fd: std::os::fd::RawFd, opt: libc::c_int) -> Option<libc::c_int> {
+    let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `ty`, which we own.
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, which we own.
     let rc = unsafe {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
             &mut len,
         )
     };
-    (rc == 0).then_some(ty)
+    (rc == 0).then_some(v)
 }

@@ -241,6 +241,23 @@ fn check_order(got: &[u8], a: u8, first: usize, b: u8, second: usize) {
     }
 }
 
+// The peer of the two tests below: at the first signal it reads 20,000
+// bytes (the stuck write-behind send goes out short), at the second all the
+// rest, slowly, to EOF; it returns everything, in order.
+fn head_then_drain(
+    mut peer: std::net::TcpStream,
+    rx: mpsc::Receiver<()>,
+) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        rx.recv().unwrap();
+        let mut got = vec![0u8; 20_000];
+        peer.read_exact(&mut got).unwrap();
+        rx.recv().unwrap();
+        got.extend(slow_drain(peer));
+        got
+    })
+}
+
 // `send_zc_all` after `poll_write` accepted bytes still in flight: the
 // owned write must come after them (as `write`/`write_all` do).
 backend_test!(
@@ -252,16 +269,7 @@ backend_test!(
             let (peer, server) = tcp_pair();
             small_sndbuf(&server);
             let (tx, rx) = mpsc::channel::<()>();
-            let pt = thread::spawn(move || {
-                let mut peer = peer;
-                rx.recv().unwrap();
-                let mut head = vec![0u8; 20_000];
-                peer.read_exact(&mut head).unwrap();
-                rx.recv().unwrap();
-                let mut got = head;
-                got.extend(slow_drain(peer));
-                got
-            });
+            let pt = head_then_drain(peer, rx);
             let (accepted, zc) = block(&h, async move {
                 let mut s = TcpStream::from_std(server).unwrap();
                 let accepted = fill_write_behind(&mut s, 0x01).await;
@@ -302,16 +310,7 @@ backend_test!(
             let (peer, server) = tcp_pair();
             small_sndbuf(&server);
             let (tx, rx) = mpsc::channel::<()>();
-            let pt = thread::spawn(move || {
-                let mut peer = peer;
-                rx.recv().unwrap();
-                let mut head = vec![0u8; 20_000];
-                peer.read_exact(&mut head).unwrap();
-                rx.recv().unwrap();
-                let mut got = head;
-                got.extend(slow_drain(peer));
-                got
-            });
+            let pt = head_then_drain(peer, rx);
             let n = 300_000usize;
             let mut f = temp_file();
             f.write_all(&vec![0xFFu8; n]).unwrap();

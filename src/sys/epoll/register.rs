@@ -32,7 +32,10 @@ impl Driver {
         // Unix stream's receive stops short after a message that carried
         // descriptors, with more behind it.
         let stream = crate::sys::socket_type(fd) == Some(libc::SOCK_STREAM)
-            && matches!(socket_domain(fd), Some(libc::AF_INET | libc::AF_INET6));
+            && matches!(
+                crate::sys::socket_domain(fd),
+                Some(libc::AF_INET | libc::AF_INET6)
+            );
         let mut big = lock(&self.shared.big);
         let (q, gen) = match FdTable::<FdQueue>::index(fd) {
             Some(i) => {
@@ -162,21 +165,4 @@ impl Shared {
             None => lock(&self.big).get(&fd).cloned().map(QueueRef::Big),
         }
     }
-}
-
-/// `SO_DOMAIN` of a socket (`None` for anything else).
-fn socket_domain(fd: RawFd) -> Option<libc::c_int> {
-    let mut d: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `d`, which we own.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut d as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(d)
 }
