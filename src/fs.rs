@@ -138,16 +138,7 @@ fn open_without_waiting(mut opts: std::fs::OpenOptions, path: &Path) -> io::Resu
         }
         Err(e) => return Err(e),
     };
-    // SAFETY: fcntl on the descriptor `f` owns; no memory is passed.
-    let rc = unsafe {
-        match libc::fcntl(f.as_raw_fd(), libc::F_GETFL) {
-            -1 => -1,
-            now => libc::fcntl(f.as_raw_fd(), libc::F_SETFL, now & !libc::O_NONBLOCK),
-        }
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    crate::sys::set_nonblocking_fd(f.as_raw_fd(), false)?;
     Ok(f)
 }
 

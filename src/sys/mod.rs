@@ -475,6 +475,26 @@ pub(crate) fn socket_type(fd: std::os::fd::RawFd) -> Option<libc::c_int> {
     socket_int(fd, libc::SO_TYPE)
 }
 
+/// Sets or clears `O_NONBLOCK` on a descriptor (its other status flags
+/// stay).
+pub(crate) fn set_nonblocking_fd(fd: std::os::fd::RawFd, on: bool) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller holds open; no memory passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let want = if on {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    if want != flags && unsafe { libc::fcntl(fd, libc::F_SETFL, want) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `SO_DOMAIN` of a socket (`None` for anything else).
 pub(crate) fn socket_domain(fd: std::os::fd::RawFd) -> Option<libc::c_int> {
     socket_int(fd, libc::SO_DOMAIN)

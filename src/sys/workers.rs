@@ -260,16 +260,7 @@ fn open_like_io_uring(dir: RawFd, path: &std::ffi::CStr, flags: i32, mode: u32) 
     match open(flags | libc::O_NONBLOCK) {
         fd if fd == -libc::EAGAIN => open(flags),
         fd if fd >= 0 => {
-            // SAFETY: fcntl on the descriptor just opened, which this job
-            // owns; no memory is passed.
-            let rc = unsafe {
-                match libc::fcntl(fd, libc::F_GETFL) {
-                    -1 => -1,
-                    now => libc::fcntl(fd, libc::F_SETFL, now & !libc::O_NONBLOCK),
-                }
-            };
-            if rc < 0 {
-                let e = std::io::Error::last_os_error();
+            if let Err(e) = crate::sys::set_nonblocking_fd(fd, false) {
                 // SAFETY: closes the descriptor just opened, which no one
                 // else has seen.
                 unsafe { libc::close(fd) };

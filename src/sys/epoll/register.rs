@@ -22,12 +22,7 @@ impl Driver {
         if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
             return Ok(());
         }
-        // SAFETY: fcntl on an open descriptor.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(Error::Io(io::Error::last_os_error()));
-        }
+        crate::sys::set_nonblocking_fd(fd, true).map_err(Error::Io)?;
         // The drained rule (`sock.rs`, `drained_after`) holds for TCP only: a
         // Unix stream's receive stops short after a message that carried
         // descriptors, with more behind it.

@@ -88,12 +88,10 @@ impl AccessLog {
     /// program is exiting). Returns the lines dropped.
     pub fn finish(&self) -> u64 {
         let deadline = std::time::Instant::now() + DRAIN;
-        let mut end = Some(None);
-        while let Some(msg) = end.take() {
-            match self.tx.try_send(msg) {
-                Ok(()) => {}
-                Err(TrySendError::Full(msg)) if std::time::Instant::now() < deadline => {
-                    end = Some(msg);
+        loop {
+            match self.tx.try_send(None) {
+                Ok(()) => break,
+                Err(TrySendError::Full(_)) if std::time::Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(5));
                 }
                 Err(_) => return self.dropped(),

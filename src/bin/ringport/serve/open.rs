@@ -94,17 +94,7 @@ impl Root {
     /// Opens `rel` (plain names from [`path::decode`]) under DIR, following
     /// symlinks that stay inside it.
     pub fn open_beneath(&self, rel: &Path) -> Result<Opened, NotServed> {
-        if self.openat2 {
-            match self.openat2(rel, OPEN_FLAGS) {
-                Ok(fd) => return opened(File::from(fd)),
-                // Something on the way leaves DIR (or an absolute symlink that
-                // may not), or a rename raced: the canonical path decides.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EAGAIN)) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
-                Err(e) => return Err(NotServed::from_io(e)),
-            }
-        }
-        self.open_slow(rel)
+        self.open_beneath_with(rel, OPEN_FLAGS)
     }
 
     /// The metadata of what `rel` leads to now, resolved beneath DIR as
@@ -115,31 +105,35 @@ impl Root {
     /// kept its files served (a review, session 17). An `O_PATH` open, which
     /// reads nothing, and a `statx` of it.
     pub fn stat_beneath(&self, rel: &Path) -> Option<Metadata> {
+        self.open_beneath_with(rel, libc::O_PATH | libc::O_CLOEXEC)
+            .ok()
+            .map(|o| o.meta)
+    }
+
+    /// `open_beneath` with `flags`.
+    fn open_beneath_with(&self, rel: &Path, flags: i32) -> Result<Opened, NotServed> {
         if self.openat2 {
-            match self.openat2(rel, libc::O_PATH | libc::O_CLOEXEC) {
-                Ok(fd) => return File::from(fd).metadata().ok(),
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EXDEV | libc::EAGAIN | libc::ENOSYS)
-                    ) => {}
-                Err(_) => return None,
+            match self.openat2(rel, flags) {
+                Ok(fd) => return opened(File::from(fd)),
+                // Something on the way leaves DIR (or an absolute symlink that
+                // may not), or a rename raced: the canonical path decides.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EAGAIN)) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+                Err(e) => return Err(NotServed::from_io(e)),
             }
         }
-        let found = path::resolve(&self.path, rel).ok()?;
-        found.strip_prefix(&self.path).ok()?;
-        std::fs::metadata(found).ok()
+        self.open_slow(rel, flags)
     }
 
     /// The slow path: canonicalize, check the prefix, then open what the
     /// canonical path names one name at a time from DIR's descriptor,
     /// following no symlink (`open_walk`).
-    fn open_slow(&self, rel: &Path) -> Result<Opened, NotServed> {
+    fn open_slow(&self, rel: &Path, flags: i32) -> Result<Opened, NotServed> {
         let found = path::resolve(&self.path, rel)?;
         let inner = found
             .strip_prefix(&self.path)
             .map_err(|_| NotServed::Forbidden)?;
-        opened(self.open_walk(inner).map_err(NotServed::from_io)?)
+        opened(self.open_walk(inner, flags).map_err(NotServed::from_io)?)
     }
 
     /// Opens `inner` — a canonical path's names below DIR, so no `..` and no
@@ -149,7 +143,7 @@ impl Root {
     /// opening the checked path by name followed it (only its last name was
     /// `O_NOFOLLOW`), and a request racing a rename in DIR was served a file
     /// from outside it.
-    fn open_walk(&self, inner: &Path) -> io::Result<File> {
+    fn open_walk(&self, inner: &Path, last_flags: i32) -> io::Result<File> {
         use std::path::Component;
         let names: Vec<&std::ffi::OsStr> = inner
             .components()
@@ -163,7 +157,7 @@ impl Root {
         for i in 0..names.len().max(1) {
             let name = names.get(i).map_or(&b"."[..], |n| n.as_bytes());
             let flags = if i == last {
-                OPEN_FLAGS | libc::O_NOFOLLOW
+                last_flags | libc::O_NOFOLLOW
             } else {
                 libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
             };
@@ -301,7 +295,7 @@ mod tests {
         // before: here a name on it became a symlink since (a rename race).
         let t = Tree::new();
         let r = Root::open(t.root.clone(), false).unwrap();
-        let refused = |rel: &str| r.open_walk(Path::new(rel)).is_err();
+        let refused = |rel: &str| r.open_walk(Path::new(rel), OPEN_FLAGS).is_err();
         assert!(refused("sub/up/in.txt"), "a directory turned symlink");
         assert!(
             refused("dir-link/deeper/deep.txt"),
@@ -309,8 +303,10 @@ mod tests {
         );
         assert!(refused("link-out"), "the last name turned symlink");
         assert!(refused("link-in"), "even one leading inside");
-        assert!(r.open_walk(Path::new("sub/deeper/deep.txt")).is_ok());
-        assert!(r.open_walk(Path::new("")).is_ok(), "DIR itself");
+        assert!(r
+            .open_walk(Path::new("sub/deeper/deep.txt"), OPEN_FLAGS)
+            .is_ok());
+        assert!(r.open_walk(Path::new(""), OPEN_FLAGS).is_ok(), "DIR itself");
     }
 
     #[test]
