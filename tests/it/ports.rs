@@ -73,8 +73,11 @@ backend_test!(
     }
 );
 
+// Exclusive: between the close and the associate no other test may open a
+// descriptor (one took the number back once, and the associate rightly
+// succeeded).
 backend_test!(
-    a_descriptor_that_is_not_open_is_not_associated,
+    exclusive a_descriptor_that_is_not_open_is_not_associated,
     |choice: BackendChoice| {
         let port = port(choice);
         let f = temp_file();
@@ -86,8 +89,9 @@ backend_test!(
             Err(Error::Io(e)) => assert_eq!(e.raw_os_error(), Some(libc::EBADF)),
             other => panic!("associating closed descriptor {n}: {other:?}"),
         }
-        // The number, once open again (if this thread gets it back: other
-        // tests open descriptors too), associates: the refusal left nothing.
+        // The number, once open again (if this thread gets it back: the
+        // port's own threads may open descriptors), associates: the refusal
+        // left nothing.
         let f = temp_file();
         if f.as_raw_fd() == n {
             port.associate(&f, 3)
