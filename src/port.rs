@@ -73,8 +73,10 @@ impl Builder {
         self
     }
 
-    /// Submission ring entries (default 256; rounded up to a power of two). More
-    /// operations than this may be in flight: the ring is refilled as it drains.
+    /// Submission ring entries (default 256; rounded up to a power of two, and
+    /// at least 4 on io_uring, which pushes up to three linked SQEs at once).
+    /// More operations than this may be in flight: the ring is refilled as it
+    /// drains.
     pub fn ring_entries(mut self, n: u32) -> Self {
         self.entries = n.max(2);
         self

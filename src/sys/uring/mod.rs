@@ -149,6 +149,10 @@ const LEG_BIT: u64 = 1 << 63;
 /// the driver cancels the operation.
 const TIMER_BIT: u64 = 1 << 62;
 
+/// The most SQEs pushed in one step (`Core::submit`: a `send_file`'s head
+/// and tail, and the `TIMEOUT` of its deadline). The SQ is never smaller.
+const MAX_CHAIN: u32 = 3;
+
 /// The io_uring driver: its [`Core`], shared with the submitter thread.
 pub(crate) struct Driver {
     core: Arc<Core>,
@@ -261,7 +265,13 @@ impl Core {
         adjust: impl FnOnce(&mut Support),
         multi: Option<multi::MultiSupport>,
     ) -> io::Result<Arc<Core>> {
-        let entries = cfg.entries.clamp(2, 32768).next_power_of_two();
+        // The SQ must hold the longest chain pushed in one step (`submit`: a
+        // transfer's two splices and the TIMEOUT of its deadline), or that
+        // push never fits and is retried for ever (`push_all_locked`).
+        let entries = cfg
+            .entries
+            .clamp(MAX_CHAIN.next_power_of_two(), 32768)
+            .next_power_of_two();
         // The CQ must hold every operation in flight plus internal CQEs (wakes and
         // cancels), so it can never overflow: size it to twice max_in_flight.
         let cq = cfg

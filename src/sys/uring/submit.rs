@@ -123,6 +123,8 @@ impl Core {
     /// reach the kernel in the order they were pushed (a cancel never overtakes
     /// the request it cancels).
     pub(super) fn push_all_locked(&self, sqes: &[squeue::Entry]) {
+        // (A longer chain could never fit: the SQ holds `MAX_CHAIN` at least.)
+        debug_assert!(sqes.len() <= super::MAX_CHAIN as usize);
         loop {
             if self.backlogged.load(Ordering::Relaxed) == 0 {
                 // SAFETY: the `inner` mutex is held by our caller, and every
