@@ -39,6 +39,7 @@ mod pool_edges;
 mod ports;
 mod priority;
 mod queue;
+mod review_uring;
 mod rt;
 mod rt_edges;
 mod rt_fair;
