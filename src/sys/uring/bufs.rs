@@ -242,8 +242,9 @@ struct RsrcUpdate2 {
 
 const IORING_REGISTER_BUFFERS_UPDATE: libc::c_uint = 16;
 
-/// Which descriptors are sockets, as far as fixed-buffer operations care.
-pub(super) type SocketCache = HashMap<RawFd, bool>;
+/// The file type (`st_mode & S_IFMT`) of descriptors: which are sockets (for
+/// fixed-buffer operations and cancels) or pipes (for positional writes).
+pub(super) type SocketCache = HashMap<RawFd, libc::mode_t>;
 
 impl Core {
     /// Replaces slots `base..base + bufs.len()` with `bufs` (null iovecs clear
@@ -371,19 +372,32 @@ impl Core {
     }
 
     pub(super) fn is_socket(&self, fd: RawFd) -> bool {
-        if let Some(&s) = lock(&self.sockets).get(&fd) {
-            return s;
+        self.file_type(fd) == Some(libc::S_IFSOCK)
+    }
+
+    /// Whether `fd` is a socket or a pipe (FIFO): a file a positional write
+    /// does not fit, and whose write raises `SIGPIPE` once the reader has gone
+    /// (`Core::submit` refuses it `ESPIPE`, as epoll's `pwrite` does).
+    pub(super) fn is_socket_or_pipe(&self, fd: RawFd) -> bool {
+        matches!(self.file_type(fd), Some(libc::S_IFSOCK | libc::S_IFIFO))
+    }
+
+    /// `fd`'s file type (`st_mode & S_IFMT`), remembered until the
+    /// descriptor is associated, disassociated or closed again; `None` (not
+    /// remembered) if `fstat` fails: the operation itself reports the error.
+    fn file_type(&self, fd: RawFd) -> Option<libc::mode_t> {
+        if let Some(&t) = lock(&self.sockets).get(&fd) {
+            return Some(t);
         }
         // SAFETY: fstat writes into a stat struct we own; a bad fd gives EBADF.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         if unsafe { libc::fstat(fd, &mut st) } < 0 {
-            // Not remembered: the operation itself reports the error.
-            return false;
+            return None;
         }
-        let s = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
-        lock(&self.sockets).insert(fd, s);
-        s
+        let t = st.st_mode & libc::S_IFMT;
+        lock(&self.sockets).insert(fd, t);
+        Some(t)
     }
 
     /// Builds the zero-copy and fixed-buffer operations; `None` for every
@@ -448,6 +462,11 @@ impl Core {
                         .flags(libc::MSG_NOSIGNAL)
                         .build();
                     return Some(Ok((sqe, Aux::None)));
+                }
+                if self.is_socket_or_pipe(*fd) {
+                    // A pipe: `WRITE_FIXED` would raise `SIGPIPE` once its
+                    // reader has gone (see `Core::submit`).
+                    return Some(Err(-libc::ESPIPE));
                 }
                 let slot = buf.slot()?;
                 let sqe = opcode::WriteFixed::new(Fd(*fd), ptr, len, slot)

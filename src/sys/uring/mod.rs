@@ -464,6 +464,14 @@ impl Core {
                 rec.aux = aux;
                 (None, sqe)
             })
+        } else if positional_write(&body).is_some_and(|fd| self.is_socket_or_pipe(fd)) {
+            // A positional write is for files (`Op::write_at`), and epoll's
+            // `pwrite` refuses a socket or a pipe. io_uring would write to
+            // it, and its `WRITE` has no `MSG_NOSIGNAL`: to a reader that
+            // has gone, the kernel raises `SIGPIPE` in the thread that
+            // issued it — a pool worker, the submitter thread — which
+            // kills a process whose `SIGPIPE` is the default.
+            Err(-libc::ESPIPE)
         } else if self.path(kind) == OpPath::Worker {
             return self.submit_to_worker(inner, rec, body, link, flush);
         } else if let (OpBody::Shutdown { fd, how }, false) = (&body, self.support.shutdown) {
@@ -712,6 +720,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         d.notify();
         assert_eq!(t.join().unwrap(), 0, "woken with nothing to hand out");
+    }
+}
+
+/// The descriptor of a positional write (`write_at`, `writev_at`).
+fn positional_write(body: &OpBody) -> Option<RawFd> {
+    match body {
+        OpBody::Write { fd, .. } | OpBody::WriteV { fd, .. } => Some(*fd),
+        _ => None,
     }
 }
 
