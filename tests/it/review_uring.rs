@@ -402,3 +402,78 @@ backend_test!(
         assert_eq!(port.stats().in_flight, 0);
     }
 );
+
+// `write_at` (and `writev_at`) is for files, and epoll's `pwrite` refuses a
+// socket (`ESPIPE`). io_uring's WRITE on a socket goes through
+// `sock_write_iter`, which has no `MSG_NOSIGNAL`: to a peer that has gone,
+// the kernel raises `SIGPIPE` in the thread that issued it (the submitter
+// thread, a pool worker) — the same hazard `bufs.rs` already avoids for
+// `write_fixed` on a socket. A program whose `SIGPIPE` is the default (a C
+// host, or any program that restores it) dies. Run in a child process with
+// `SIGPIPE` set to its default: the write must end with an error on both
+// backends, and the process must live.
+backend_test!(
+    a_write_at_on_a_socket_whose_peer_left_raises_no_sigpipe,
+    |choice: BackendChoice| {
+        if std::env::var_os("RINGPORT_REVIEW_SIGPIPE_CHILD").is_none() {
+            return; // only in the child (it changes a process-wide disposition)
+        }
+        // SAFETY: restores the default disposition of SIGPIPE in this child
+        // process, which runs this one test only.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let port = port(choice);
+        let (client, server) = tcp_pair();
+        port.associate(&server, 1).unwrap();
+        drop(client);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut errors = Vec::new();
+        for i in 0..4 {
+            // The first write may still be taken (the RST comes back), the
+            // next ones find the connection gone.
+            port.submit(Op::write_at(&server, vec![b'x'; 1000], 0), i)
+                .unwrap();
+            let c = get(&port);
+            if let Err(e) = c.result {
+                errors.push(e.raw_os_error());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!errors.is_empty(), "every write to a gone peer succeeded");
+        eprintln!("{choice:?}: socket errors {errors:?}");
+        // A pipe whose reader has gone raises SIGPIPE the same way.
+        let (r, w) = pipe();
+        port.associate(&w, 2).unwrap();
+        drop(r);
+        port.submit(Op::write_at(&w, vec![b'y'; 10], 0), 9).unwrap();
+        let c = get(&port);
+        eprintln!("{choice:?}: pipe result {:?}", c.result);
+        assert!(
+            c.result.is_err(),
+            "a write to a pipe with no reader succeeded"
+        );
+    }
+);
+
+#[test]
+fn a_write_at_on_a_socket_whose_peer_left_raises_no_sigpipe_in_child() {
+    for backend in ["uring", "epoll"] {
+        let name = format!(
+            "review_uring::a_write_at_on_a_socket_whose_peer_left_raises_no_sigpipe::{backend}"
+        );
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([&name, "--exact", "--nocapture"])
+            .env("RINGPORT_REVIEW_SIGPIPE_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        assert_ne!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{backend}: the process was killed by SIGPIPE: {text}"
+        );
+        assert!(out.status.success(), "{backend}: {text}");
+        assert!(text.contains("1 passed"), "{backend}: {text}");
+    }
+}
