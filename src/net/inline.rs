@@ -65,7 +65,25 @@ impl InlineReads {
     /// Tries to receive into `dst` without waiting. `Some`: the read's result
     /// (bytes, 0 at end-of-stream, or its error); `None`: submit a receive.
     pub(crate) fn try_recv(&self, fd: BorrowedFd<'_>, dst: &mut [u8]) -> Option<io::Result<usize>> {
-        if !self.on || dst.is_empty() || !crate::sys::inline_read::enabled() {
+        // SAFETY: `dst` is borrowed mutably for the call: valid for writes of
+        // its length.
+        unsafe { self.try_recv_raw(fd, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// `try_recv` into `len` bytes at `dst`, which may be uninitialised (no
+    /// `&mut [u8]` is made over them: that would assert they are initialised).
+    ///
+    /// # Safety
+    ///
+    /// `dst` must be valid for writes of `len` bytes for the whole call, and
+    /// nothing else may access them meanwhile.
+    unsafe fn try_recv_raw(
+        &self,
+        fd: BorrowedFd<'_>,
+        dst: *mut u8,
+        len: usize,
+    ) -> Option<io::Result<usize>> {
+        if !self.on || len == 0 || !crate::sys::inline_read::enabled() {
             return None;
         }
         let misses = self.misses.load(Ordering::Relaxed);
@@ -78,15 +96,11 @@ impl InlineReads {
             self.run.store(0, Ordering::Relaxed);
             return None;
         }
-        // SAFETY: recv writes at most `dst.len()` bytes into `dst`, which we
-        // borrow mutably for the call; the descriptor is borrowed, so open.
+        // SAFETY: recv writes at most `len` bytes at `dst`, valid for writes
+        // for the call (this function's contract); the descriptor is
+        // borrowed, so open.
         let n = unsafe {
-            crate::sys::rawcall::recv(
-                fd.as_raw_fd(),
-                dst.as_mut_ptr().cast(),
-                dst.len(),
-                libc::MSG_DONTWAIT,
-            )
+            crate::sys::rawcall::recv(fd.as_raw_fd(), dst.cast(), len, libc::MSG_DONTWAIT)
         };
         if n >= 0 {
             self.misses.store(0, Ordering::Relaxed);
@@ -118,14 +132,15 @@ impl InlineReads {
         buf: &mut Vec<u8>,
     ) -> Option<io::Result<usize>> {
         buf.clear();
-        let cap = buf.capacity();
-        // SAFETY: the first `cap` bytes are the Vec's own allocation; recv only
-        // writes them (no reads of uninitialised bytes), and the length is set
-        // to what it wrote.
-        let dst = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr(), cap) };
-        let r = self.try_recv(fd, dst);
+        // The spare capacity is uninitialised: it is handed to `recv` as a raw
+        // pointer, never as a `&mut [u8]`.
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is the Vec's own allocation past its length, valid
+        // for writes of `spare.len()` bytes and borrowed mutably for the call.
+        let r = unsafe { self.try_recv_raw(fd, spare.as_mut_ptr().cast(), spare.len()) };
         if let Some(Ok(n)) = r {
-            // SAFETY: recv initialised the first `n <= cap` bytes.
+            // SAFETY: recv initialised the first `n` bytes, at most the spare
+            // capacity it was given.
             unsafe { buf.set_len(n) };
         }
         r
