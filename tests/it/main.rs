@@ -40,6 +40,7 @@ mod ports;
 mod priority;
 mod queue;
 mod review_uring;
+mod review_unsafe;
 mod rt;
 mod rt_edges;
 mod rt_fair;
