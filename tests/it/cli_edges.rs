@@ -12,15 +12,8 @@ use std::time::Duration;
 
 use ringport::BackendChoice;
 
-use crate::common::T;
+use crate::common::{backend_flag, T};
 use crate::echo::{run_bin, BIN};
-
-fn backend(choice: BackendChoice) -> &'static str {
-    match choice {
-        BackendChoice::Epoll => "epoll",
-        _ => "uring",
-    }
-}
 
 /// A running `ringport echo`: killed and reaped if a failing test drops it
 /// without `stop`, so no test leaves a server behind.
@@ -43,7 +36,7 @@ fn echo_command(choice: BackendChoice) -> Command {
         "--listen",
         "127.0.0.1:0",
         "--backend",
-        backend(choice),
+        backend_flag(choice),
     ])
     .stdout(Stdio::piped());
     c
@@ -193,13 +186,42 @@ backend_test!(
 
 #[test]
 fn the_bench_refuses_durations_it_cannot_run() {
-    for d in ["nan", "inf", "1e300"] {
-        let out = run_bin(&["bench", "echo", "--target", "127.0.0.1:9", "--duration", d]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "--duration {d}: {err}");
-        assert!(err.contains("--duration"), "--duration {d}: {err}");
-        assert!(!err.contains("panicked"), "--duration {d}: {err}");
+    // Each bench command's time flag: `nan`, `inf`, `1e300` and the like
+    // once panicked in `Duration::from_secs_f64` (nop, file) or ran forever.
+    let commands: [(&[&str], &str); 4] = [
+        (&["bench", "echo", "--target", "127.0.0.1:9"], "--duration"),
+        (&["bench", "nop", "--rounds", "1"], "--duration"),
+        (
+            &["bench", "file", "--path", "/etc/passwd", "--bs", "1"],
+            "--duration",
+        ),
+        (&["bench", "idle", "--conns", "0"], "--hold"),
+    ];
+    for (command, flag) in commands {
+        for d in ["nan", "inf", "-inf", "1e300", "-1", "86401", "five"] {
+            let flag_value = format!("{flag}={d}");
+            let mut args = command.to_vec();
+            args.push(&flag_value);
+            let out = run_bin(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(flag), "{args:?}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+        }
     }
+    let out = run_bin(&[
+        "bench",
+        "echo",
+        "--target",
+        "127.0.0.1:9",
+        "--duration",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "--duration 0");
+    let out = run_bin(&["bench", "nop", "--depth", "100000000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--depth"), "{err}");
     let out = run_bin(&[
         "bench",
         "echo",

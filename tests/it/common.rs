@@ -83,6 +83,14 @@ macro_rules! backend_test {
     };
 }
 
+/// The `--backend` value of the `ringport` command for `choice`.
+pub fn backend_flag(choice: BackendChoice) -> &'static str {
+    match choice {
+        BackendChoice::Epoll => "epoll",
+        _ => "uring",
+    }
+}
+
 /// Runs `body` on `choice`, or prints why the backend is skipped.
 pub fn run(choice: BackendChoice, test: &str, exclusive: bool, body: fn(BackendChoice)) {
     let _gate = gate(exclusive);

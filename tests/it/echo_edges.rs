@@ -13,19 +13,12 @@ use std::time::Duration;
 use ringport::BackendChoice;
 
 use crate::child::Spawned;
-use crate::common::{gate, wait_until, T};
+use crate::common::{backend_flag, gate, wait_until, T};
 use crate::echo::{assert_echoes, connect, echo_once, raise_nofile, run_bin, BIN};
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn backend(choice: BackendChoice) -> &'static str {
-    match choice {
-        BackendChoice::Epoll => "epoll",
-        _ => "uring",
-    }
-}
 
 /// A running `ringport echo` (SIGTERM'd and reaped if a failing test drops it).
 struct Srv {
@@ -101,7 +94,7 @@ impl Srv {
 
 backend_test!(the_largest_max_in_flight_serves, |choice: BackendChoice| {
     for extra in [&[][..], &["--async"][..], &["--plain-recv"][..]] {
-        let mut args = vec!["--backend", backend(choice)];
+        let mut args = vec!["--backend", backend_flag(choice)];
         args.extend_from_slice(extra);
         args.extend(["--max-in-flight", "18446744073709551615"]);
         let Some(srv) = start(&args, None) else {
@@ -137,7 +130,7 @@ backend_test!(
         // write in flight each).
         let args = [
             "--backend",
-            backend(choice),
+            backend_flag(choice),
             "--async",
             "--max-in-flight",
             "24",
@@ -174,7 +167,7 @@ backend_test!(
 backend_test!(
     more_threads_than_can_start_is_a_clear_error,
     |choice: BackendChoice| {
-        let be = backend(choice);
+        let be = backend_flag(choice);
         for extra in [&[][..], &["--async"][..]] {
             let mut args = vec!["echo", "--listen", "127.0.0.1:0", "--backend", be];
             args.extend_from_slice(extra);
@@ -220,7 +213,7 @@ backend_test!(
             "--listen",
             "127.0.0.1:0",
             "--backend",
-            backend(choice),
+            backend_flag(choice),
             "--multishot",
             "--buf-size",
             "268435455",

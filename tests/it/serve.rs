@@ -20,7 +20,7 @@ use ringport::BackendChoice;
 use sha2::{Digest, Sha256};
 
 use crate::child::Spawned;
-use crate::common::T;
+use crate::common::{backend_flag, T};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_ringport");
 
@@ -115,10 +115,7 @@ impl Serve {
     }
 
     fn launch(choice: BackendChoice, site: &Site, extra: &[&str], held: bool) -> Option<Serve> {
-        let backend = match choice {
-            BackendChoice::Epoll => "epoll",
-            _ => "uring",
-        };
+        let backend = backend_flag(choice);
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg(&site.root)

@@ -123,3 +123,64 @@ backend_test!(
         srv.stop();
     }
 );
+
+// Flags and folders `serve` cannot run with: each ends at once with exit
+// code 1 and an error that names what was wrong. `--threads 100000` used to
+// start threads until the process ran out of memory and aborted in a
+// thread's start-up (a panic that could not unwind); a pool whose threads
+// cannot start said only "Resource temporarily unavailable".
+backend_test!(
+    flags_and_folders_it_cannot_serve_are_clear_errors,
+    |choice: BackendChoice| {
+        let be = backend_flag(choice);
+        let site = Site::new();
+        let dir = site.root.to_str().unwrap().to_string();
+        let file = format!("{dir}/hello.txt");
+        let cases: [(&[&str], &str); 5] = [
+            (&[dir.as_str(), "--listen=127.0.0.1:99999"], "--listen"),
+            (&[dir.as_str(), "--threads", "100000"], "--threads"),
+            (&[dir.as_str(), "--max-conns", "0"], "--max-conns"),
+            (&["/nonexistent-ringport-dir"], "/nonexistent-ringport-dir"),
+            (&[file.as_str()], "not a directory"),
+        ];
+        for (args, says) in cases {
+            let mut all = vec!["serve", "--backend", be];
+            all.extend_from_slice(args);
+            if !args.iter().any(|a| a.starts_with("--listen")) {
+                all.extend(["--listen", "127.0.0.1:0"]);
+            }
+            let out = crate::echo::run_bin(&all);
+            let err = String::from_utf8_lossy(&out.stderr);
+            // 2: clap's usage error, for a value it parses itself.
+            let code = if says == "--listen" { 2 } else { 1 };
+            assert_eq!(out.status.code(), Some(code), "{all:?}: {err}");
+            assert!(err.contains(says), "{all:?}: {err}");
+            assert!(!err.contains("panicked"), "{all:?}: {err}");
+        }
+        // Worker threads that cannot start (a stack no address space holds).
+        let mut cmd = std::process::Command::new(crate::echo::BIN);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            be,
+            "--threads",
+            "2",
+        ])
+        .arg(&dir)
+        .env("RUST_MIN_STACK", (1u64 << 60).to_string());
+        let mut proc = crate::child::Spawned::spawn(&mut cmd);
+        if let Ok(line) = proc.first_line() {
+            panic!("started with a 2^60-byte stack per thread: {line:?}");
+        }
+        let status = proc.wait();
+        let err = proc.stderr();
+        if err.to_ascii_lowercase().contains("unsupported") {
+            eprintln!("skipped: {}", err.trim());
+            return;
+        }
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
+        assert!(err.contains("--threads"), "{err}");
+    }
+);

@@ -134,7 +134,7 @@ const LISTENER_KEY: u64 = u64::MAX;
 /// How long accepting pauses when the process is out of descriptors.
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// Most worker threads `--threads` may ask for.
-const MAX_THREADS: usize = 1024;
+pub(crate) const MAX_THREADS: usize = 1024;
 
 /// Binds `addr` (with `SO_REUSEADDR`, as std does) and listens with a backlog
 /// of 1024, as `ringport::net::TcpListener` does: std's 128 overflowed on a
@@ -152,6 +152,18 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// A pool of `n` workers could not start: say which flag asked for them.
 pub(crate) fn spawn_error(n: usize, e: std::io::Error) -> String {
     format!("cannot start {n} worker threads (--threads): {e}")
+}
+
+/// A `Runtime` of `n` workers could not be built: if a worker thread could
+/// not start, say which flag asked for them.
+pub(crate) fn runtime_error(n: usize, e: std::io::Error) -> String {
+    match e.raw_os_error() {
+        // What a worker thread that cannot start gives.
+        Some(libc::EAGAIN | libc::ENOMEM) => {
+            format!("cannot start the runtime ({n} worker threads, see --threads): {e}")
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// `user_data`: kind (4 bits) | position already sent (28 bits) | descriptor (32 bits).

@@ -35,14 +35,9 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(backend) = args.backend {
         b = b.backend(backend);
     }
-    let rt = b.build().map_err(|e| match e.raw_os_error() {
-        // What a worker thread that cannot start gives.
-        Some(libc::EAGAIN | libc::ENOMEM) => format!(
-            "cannot start the runtime ({} worker threads, see --threads): {e}",
-            args.workers()
-        ),
-        _ => e.to_string(),
-    })?;
+    let rt = b
+        .build()
+        .map_err(|e| crate::echo::runtime_error(args.workers(), e))?;
     let listener = rt
         .block_on(async { TcpListener::bind(args.listen) })
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

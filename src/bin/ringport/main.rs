@@ -109,6 +109,30 @@ pub(crate) fn warn_backoff(e: &std::io::Error, backoff: std::time::Duration) {
     }
 }
 
+/// The longest time a `--duration` or `--hold` flag may ask for (a day).
+pub(crate) const MAX_SECONDS: f64 = 86_400.0;
+
+/// A `--duration`-style flag: a positive number of seconds, at most a day
+/// (`nan`, `inf` and `1e300` are refused here, where `Duration` would panic).
+pub(crate) fn seconds(s: &str) -> Result<f64, String> {
+    match seconds_or_zero(s)? {
+        0.0 => Err(format!("{s:?} must be more than 0 seconds")),
+        v => Ok(v),
+    }
+}
+
+/// A `--hold`-style flag: 0 or more seconds, at most a day.
+pub(crate) fn seconds_or_zero(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (e.g. 5 or 0.5)"))?;
+    if !(0.0..=MAX_SECONDS).contains(&v) {
+        return Err(format!("{s:?} must be between 0 and {MAX_SECONDS} seconds"));
+    }
+    Ok(v)
+}
+
 /// A socket address from the command line: `IP:PORT`, or `HOST:PORT`
 /// resolved (the first address it names, e.g. `localhost:7000`).
 pub(crate) fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {

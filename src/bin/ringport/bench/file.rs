@@ -36,7 +36,7 @@ pub struct FileBenchArgs {
     #[arg(long)]
     direct: bool,
     /// Seconds to measure.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = crate::seconds)]
     duration: f64,
     /// Read the whole file once before measuring (warms the page cache).
     #[arg(long)]
@@ -72,9 +72,6 @@ pub fn run(args: &FileBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.bs == 0 || (args.direct && args.bs % 4096 != 0) {
         return Err("--bs must be positive, and a multiple of 4096 with --direct".into());
-    }
-    if args.duration <= 0.0 || !args.duration.is_finite() {
-        return Err("--duration must be a positive number of seconds".into());
     }
     let mut open = OpenOptions::new();
     open.read(true);

@@ -23,7 +23,7 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 10_000)]
     conns: usize,
     /// Seconds to hold them once all are open.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::seconds_or_zero)]
     hold: f64,
     /// After the hold, check that every connection echoes one byte.
     #[arg(long)]
@@ -31,9 +31,6 @@ pub struct IdleArgs {
 }
 
 pub fn run(args: &IdleArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if !(args.hold.is_finite() && args.hold >= 0.0) {
-        return Err("--hold must be a number of seconds, 0 or more".into());
-    }
     raise_nofile(args.conns as u64 + 64)?;
     let t0 = Instant::now();
     let mut conns = Vec::with_capacity(args.conns);

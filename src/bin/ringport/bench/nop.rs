@@ -13,11 +13,15 @@ use ringport::{BackendChoice, CompletionPort, Op, Pool};
 
 use super::{designs, median, usage};
 
+/// The most operations `--depth` may keep in flight (each variant holds
+/// that many in its queue or ring at once).
+const MAX_DEPTH: usize = 65_536;
+
 /// Flags of `ringport bench nop`.
 #[derive(Debug, Args)]
 pub struct NopArgs {
     /// Seconds per measurement.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::seconds)]
     duration: f64,
     /// Operations kept in flight.
     #[arg(long, default_value_t = 32)]
@@ -54,8 +58,11 @@ type Variant = (
 );
 
 pub fn run(args: &NopArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if args.duration <= 0.0 || args.depth == 0 || args.rounds == 0 {
-        return Err("--duration, --depth and --rounds must be positive".into());
+    if args.depth == 0 || args.rounds == 0 {
+        return Err("--depth and --rounds must be positive".into());
+    }
+    if args.depth > MAX_DEPTH {
+        return Err(format!("--depth must be at most {MAX_DEPTH}").into());
     }
     let mut variants: Vec<Variant> = vec![
         ("raw io_uring loop, 1 thread", Box::new(raw_loop)),

@@ -371,6 +371,10 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.max_conns == Some(0) {
         return Err("--max-conns must be at least 1".into());
     }
+    if args.threads > crate::echo::MAX_THREADS {
+        let most = crate::echo::MAX_THREADS;
+        return Err(format!("--threads must be at most {most}").into());
+    }
     // Each connection may hold its socket and one open file; the cache keeps
     // up to MAX_OPEN_FILES more open.
     let nofile = raise_nofile();
@@ -387,8 +391,9 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => fd_room.min(10_000),
     };
     signals::block()?;
+    let workers = crate::echo::workers_or_one_per_cpu(args.threads);
     let mut b = Runtime::builder()
-        .threads(crate::echo::workers_or_one_per_cpu(args.threads))
+        .threads(workers)
         .concurrency(args.concurrency)
         .lazy_release(crate::echo::lazy_release_or(args.lazy_release, 0)?)
         // Each connection waits on a receive and a timer; leave room for them all.
@@ -396,7 +401,9 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(backend) = args.backend {
         b = b.backend(backend);
     }
-    let rt = b.build()?;
+    let rt = b
+        .build()
+        .map_err(|e| crate::echo::runtime_error(workers, e))?;
     let listener = rt
         .block_on(async { TcpListener::bind(args.listen) })
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -412,7 +419,10 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             log: args.log,
             copy_bodies: args.copy_bodies,
         },
-        cache: cache::Cache::new(args.cache_mib << 20, args.cache_file_kib << 10),
+        cache: cache::Cache::new(
+            args.cache_mib.saturating_mul(1 << 20),
+            args.cache_file_kib.saturating_mul(1 << 10),
+        ),
         stopping: AtomicBool::new(false),
         watchers: Mutex::new(HashMap::new()),
         epoch: Instant::now(),
