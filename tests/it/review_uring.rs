@@ -104,11 +104,12 @@ fn in_child_with_ops_off(name: &str, off: &str) {
 
 // A send that must wait for room, then a shutdown of the sending side: the
 // shutdown takes the send lane, so it goes out after the send (design.md,
-// "Socket lanes"). Where the kernel lacks `IORING_OP_SHUTDOWN` (or
-// `RINGPORT_URING_OPS_OFF=SHUTDOWN`), the driver calls `shutdown(2)` on the
-// submitting thread at once (`Core::submit`), ahead of the send still
-// waiting in the kernel: the send then fails `EPIPE` and its bytes never
-// reach the peer.
+// "Socket lanes"). Where the kernel lacked `IORING_OP_SHUTDOWN` (or
+// `RINGPORT_URING_OPS_OFF=SHUTDOWN` said so), the driver called
+// `shutdown(2)` on the submitting thread at once, ahead of the send still
+// waiting in the kernel: the send failed `EPIPE` and its bytes never
+// reached the peer. `SHUTDOWN` is now required (every kernel the driver
+// accepts has it), so the knob no longer takes that path.
 backend_test!(
     a_shutdown_after_a_waiting_send_goes_out_after_it,
     |choice: BackendChoice| {

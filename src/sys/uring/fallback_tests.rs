@@ -27,7 +27,6 @@ fn driver() -> Driver {
                 openat: false,
                 statx: false,
                 fallocate: false,
-                shutdown: false,
                 send_zc: false,
                 fixed: false,
             }
@@ -100,7 +99,7 @@ fn the_paths_say_where_each_op_goes() {
         assert_eq!(p.get(k), Some(OpPath::Worker), "{k:?}");
     }
     assert_eq!(p.get(OpKind::SendFile), Some(OpPath::Emulated));
-    assert_eq!(p.get(OpKind::Shutdown), Some(OpPath::Emulated));
+    assert_eq!(p.get(OpKind::Shutdown), Some(OpPath::Uring), "required");
     assert_eq!(p.get(OpKind::Recv), Some(OpPath::Uring));
     assert_eq!(p.get(OpKind::SendZc), Some(OpPath::Emulated));
     assert_eq!(p.get(OpKind::ReadFixed), Some(OpPath::Worker));
@@ -201,19 +200,6 @@ fn file_ops_run_on_workers() {
     assert_eq!(c.result.unwrap_err().raw_os_error(), Some(libc::ENOENT));
     std::fs::remove_file(&path).unwrap();
     assert_quiet(&d);
-}
-
-#[test]
-fn shutdown_is_made_inline() {
-    let d = driver();
-    let (mut client, server) = tcp_pair();
-    let c = run(&d, Op::shutdown(&server, std::net::Shutdown::Write));
-    assert_eq!(
-        (c.kind(), c.result.as_ref().ok()),
-        (OpKind::Shutdown, Some(&0))
-    );
-    client.set_read_timeout(Some(T)).unwrap();
-    assert_eq!(client.read(&mut [0; 8]).unwrap(), 0, "the peer sees EOF");
 }
 
 #[test]

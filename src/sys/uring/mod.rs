@@ -59,8 +59,8 @@
 //! The driver needs the opcodes of Linux 5.11 (`probe.rs` lists them); the
 //! others it uses are probed once, at start, and an operation whose opcode is
 //! missing takes another path instead of failing: `READV`/`WRITEV`/`OPENAT`/
-//! `STATX`/`FALLOCATE` run on worker threads (`fallback.rs`), `SHUTDOWN` is
-//! called on the submitting thread, `send_file` without `SPLICE` reads and sends
+//! `STATX`/`FALLOCATE` run on worker threads (`fallback.rs`), `send_file`
+//! without `SPLICE` reads and sends
 //! through a buffer (`transfer.rs`), a linked timeout without
 //! `LINK_TIMEOUT` is a timer that cancels the operation, and `send_zc` and
 //! fixed buffers have their own fallbacks (`bufs.rs`). `PortStats::op_paths`
@@ -474,17 +474,6 @@ impl Core {
             Err(-libc::ESPIPE)
         } else if self.path(kind) == OpPath::Worker {
             return self.submit_to_worker(inner, rec, body, link, flush);
-        } else if let (OpBody::Shutdown { fd, how }, false) = (&body, self.support.shutdown) {
-            // No SHUTDOWN opcode: the call never blocks, so make it here.
-            // SAFETY: a plain system call on a descriptor; no memory is passed.
-            let rc = unsafe { libc::shutdown(*fd, *how) };
-            Err(if rc < 0 {
-                -io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO)
-            } else {
-                0
-            })
         } else {
             if let OpBody::Close { fd } = &body {
                 let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
@@ -627,7 +616,6 @@ impl Core {
         let native = |has: bool, or: OpPath| if has { OpPath::Uring } else { or };
         match kind {
             OpKind::SendFile => native(s.splice, OpPath::Emulated),
-            OpKind::Shutdown => native(s.shutdown, OpPath::Emulated),
             OpKind::ReadV => native(s.readv, OpPath::Worker),
             OpKind::WriteV => native(s.writev, OpPath::Worker),
             OpKind::OpenAt => native(s.openat, OpPath::Worker),

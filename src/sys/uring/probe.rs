@@ -81,7 +81,7 @@ pub(crate) fn probe() -> io::Result<Probe> {
 }
 
 /// The optional opcodes, by name, that a driver can do without.
-const OPTIONAL: [(&str, u8); 11] = [
+const OPTIONAL: [(&str, u8); 10] = [
     ("SPLICE", opcode::Splice::CODE),
     ("LINK_TIMEOUT", opcode::LinkTimeout::CODE),
     ("READV", opcode::Readv::CODE),
@@ -89,7 +89,6 @@ const OPTIONAL: [(&str, u8); 11] = [
     ("OPENAT", opcode::OpenAt::CODE),
     ("STATX", opcode::Statx::CODE),
     ("FALLOCATE", opcode::Fallocate::CODE),
-    ("SHUTDOWN", opcode::Shutdown::CODE),
     ("SEND_ZC", opcode::SendZc::CODE),
     ("READ_FIXED", opcode::ReadFixed::CODE),
     ("WRITE_FIXED", opcode::WriteFixed::CODE),
@@ -102,13 +101,12 @@ pub(super) struct Support {
     pub(super) splice: bool,
     /// `LINK_TIMEOUT`; else a `TIMEOUT` that cancels the op.
     pub(super) link_timeout: bool,
-    /// The rest: else a worker thread (`shutdown`: the submitting thread).
+    /// The rest: else a worker thread.
     pub(super) readv: bool,
     pub(super) writev: bool,
     pub(super) openat: bool,
     pub(super) statx: bool,
     pub(super) fallocate: bool,
-    pub(super) shutdown: bool,
     /// `send_zc` as `SEND_ZC`; else a plain `SEND`.
     pub(super) send_zc: bool,
     /// Registered buffers (`READ_FIXED`, `WRITE_FIXED` and a sparse buffer
@@ -120,10 +118,13 @@ pub(super) struct Support {
 /// otherwise says which optional ones it may use, minus those
 /// `RINGPORT_URING_OPS_OFF` turns off.
 ///
-/// The required ones (Linux 5.1–5.6) are required rather than probed per
+/// The required ones (Linux 5.1–5.11) are required rather than probed per
 /// operation: every kernel with `IORING_FEAT_EXT_ARG` (5.11), which the driver
 /// already requires, has them, so the check can only fail on a kernel built or
-/// filtered to lack them — and then epoll serves everything.
+/// filtered to lack them — and then epoll serves everything. (`SHUTDOWN`
+/// had a fallback, `shutdown(2)` on the submitting thread; it overtook the
+/// sends queued before it on the socket, and no kernel the driver accepts
+/// could take it, so it went.)
 pub(super) fn check_ops(ring: &IoUring) -> io::Result<Support> {
     let mut probe = KernelProbe::new();
     ring.submitter().register_probe(&mut probe)?;
@@ -142,6 +143,8 @@ pub(super) fn check_ops(ring: &IoUring) -> io::Result<Support> {
         ("TIMEOUT", opcode::Timeout::CODE),
         ("TIMEOUT_REMOVE", opcode::TimeoutRemove::CODE),
         ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+        // Ordered behind a socket's sends by its lane (5.11).
+        ("SHUTDOWN", opcode::Shutdown::CODE),
         // The worker threads' wake-up, and a transfer's wait for room.
         ("POLL_ADD", opcode::PollAdd::CODE),
     ];
@@ -174,7 +177,6 @@ pub(super) fn check_ops(ring: &IoUring) -> io::Result<Support> {
         openat: has("OPENAT"),
         statx: has("STATX"),
         fallocate: has("FALLOCATE"),
-        shutdown: has("SHUTDOWN"),
         send_zc: has("SEND_ZC"),
         fixed: has("READ_FIXED") && has("WRITE_FIXED"),
     })
