@@ -195,10 +195,14 @@ impl Completion {
             OpKind::Read | OpKind::Recv | OpKind::RecvFrom if res >= 0 => {
                 if let Some(b) = buf.as_mut() {
                     debug_assert!(res as usize <= b.capacity());
+                    // Clamped all the same: a count past the capacity (no
+                    // request ringport makes can return one) must not
+                    // expose memory past the allocation.
+                    let n = (res as usize).min(b.capacity());
                     // SAFETY: the kernel wrote `res` bytes at the start of the
                     // buffer, and `res <= capacity` because the capacity was the
-                    // length the backend gave it.
-                    unsafe { b.set_len(res as usize) };
+                    // length the backend gave it; `n <= res`.
+                    unsafe { b.set_len(n) };
                 }
             }
             OpKind::ReadV if res >= 0 => {
@@ -269,9 +273,10 @@ impl Completion {
         let res = interrupted_is_cancelled(res);
         if res >= 0 && matches!(kind, OpKind::Read | OpKind::Recv) {
             debug_assert!(res as usize <= buf.capacity());
+            let n = (res as usize).min(buf.capacity());
             // SAFETY: as in `from_raw`: the kernel wrote `res` bytes at the start
-            // of the buffer, and `res <= capacity`.
-            unsafe { buf.set_len(res as usize) };
+            // of the buffer, `res <= capacity`, and `n <= res`.
+            unsafe { buf.set_len(n) };
         }
         Self::base(
             Some(op),

@@ -153,11 +153,15 @@ backend_test!(
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: mkfifo with a NUL-terminated path we own.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        // A writer, so that the open for reading does not wait forever.
-        let w = std::thread::spawn({
-            let fifo = fifo.clone();
-            move || std::fs::OpenOptions::new().write(true).open(fifo).map(drop)
-        });
+        // A writer, so that an open for reading could not wait forever
+        // (opened read-write: on Linux that never waits for a peer, where a
+        // write-only open waited for one and hung the test when it came
+        // after `File::open`'s probe had closed its end).
+        let _w = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
         block(&h, async move {
             let e = File::open(&fifo)
                 .await
@@ -168,7 +172,6 @@ backend_test!(
             let e = File::from_std(r).expect_err("a pipe taken over as a File");
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
         });
-        w.join().unwrap().unwrap();
         wait_idle(&h);
     }
 );
