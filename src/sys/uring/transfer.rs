@@ -173,7 +173,10 @@ impl Transfer {
             }
             None => {
                 let want = len.min(BUF_CHUNK);
-                (Stage::Buf(Vec::with_capacity(want)), want as u32)
+                // Zeroed: the linked SEND would send whatever the buffer holds
+                // if the kernel ran it after a short READ (it fails the link
+                // instead; this makes sure no heap bytes could go out).
+                (Stage::Buf(vec![0; want]), want as u32)
             }
         };
         let mut t = Transfer {
