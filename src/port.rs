@@ -325,7 +325,8 @@ impl CompletionPort {
 
     /// Dequeues up to `max` completions into `out` (IOCP's
     /// `GetQueuedCompletionStatusEx`): returns as soon as at least one is available.
-    /// Each entry carries its own result; the count is returned.
+    /// Each entry carries its own result; the count is returned. They are
+    /// appended: what `out` held stays. A `max` of 0 is taken as 1.
     pub fn get_many(
         &self,
         out: &mut Vec<Completion>,

@@ -34,6 +34,10 @@ use crate::rt::{current_or_panic, Handle};
 
 /// Waits until `after` has passed.
 ///
+/// Once its runtime has shut down, a sleep cannot be armed: it ends at once
+/// (so a [`timeout`] then reports [`Elapsed`] at once, and an [`interval`]
+/// ticks without waiting).
+///
 /// # Panics
 ///
 /// Outside a runtime.
@@ -149,7 +153,9 @@ impl From<Elapsed> for std::io::Error {
 }
 
 /// Runs `fut` for at most `limit`: its output, or `Err(Elapsed)` — in which case
-/// `fut` is dropped, which cancels the operation it was waiting on.
+/// `fut` is dropped, which cancels the operation it was waiting on. After the
+/// runtime has shut down its timer cannot be armed: unless `fut` is ready at
+/// its first poll, the answer is `Err(Elapsed)` at once (see [`sleep`]).
 ///
 /// # Panics
 ///
@@ -193,7 +199,10 @@ impl<F: Future> Future for Timeout<F> {
 /// Ticks every `period`, the first tick at once.
 ///
 /// A tick that comes late (the task was busy) does not cause a burst of catch-up
-/// ticks: the next one is scheduled a whole period after the late one.
+/// ticks: the next one is scheduled a whole period after the late one. After
+/// the runtime has shut down, [`tick`](Interval::tick) returns at once (see
+/// [`sleep`]): a loop on it outside the runtime (in `Handle::block_on`) must
+/// check for itself that there is still work to do.
 ///
 /// # Panics
 ///

@@ -82,7 +82,9 @@ impl Op {
     ///
     /// For regular files and block devices: on epoll it is a `pread(2)` on a
     /// worker thread, which a pipe, FIFO or socket refuses (`ESPIPE`) —
-    /// use [`Op::recv`] or a `read` of your own there. An offset past
+    /// use [`Op::recv`] or a `read` of your own there. (io_uring instead
+    /// reads a pipe as `read(2)` would, ignoring the offset and waiting for
+    /// data: the backends differ, so do not rely on either.) An offset past
     /// `i64::MAX` fails with `EINVAL` on both backends.
     pub fn read_at(file: &impl AsFd, buf: Vec<u8>, offset: u64) -> Op {
         Op::new(OpBody::Read {
@@ -222,17 +224,19 @@ impl Op {
     /// the largest datagram expected (65,507 bytes for UDP over IPv4). `Ok(0)` is
     /// an empty datagram, not end of stream.
     ///
-    /// ```no_run
+    /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use ringport::{CompletionPort, Op};
     /// let port = CompletionPort::new()?;
     /// let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
     /// port.associate(&socket, 1)?;
     /// port.submit(Op::recv_from(&socket, Vec::with_capacity(1500)), 0)?;
-    /// let mut c = port.get(None)?;
+    /// let peer = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    /// peer.send_to(b"hello", socket.local_addr()?)?;
+    /// let mut c = port.get(Some(std::time::Duration::from_secs(10)))?;
     /// let from = c.take_addr().and_then(|a| a.as_socket());
     /// let n = c.result?;
-    /// println!("{n} bytes from {from:?}");
+    /// assert_eq!((n, from), (5, Some(peer.local_addr()?)));
     /// # Ok(())
     /// # }
     /// ```
@@ -342,6 +346,8 @@ impl Op {
     /// to); on epoll the transfer then runs on the backend's file threads,
     /// where it may wait for room without holding up the submitter (and,
     /// like any file operation there, cannot be interrupted once started).
+    ///
+    /// Not run as a test: it needs a server listening on 127.0.0.1:8080.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

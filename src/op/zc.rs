@@ -41,6 +41,8 @@ impl Op {
     /// say which path `SendZc` takes. Over loopback the kernel copies anyway
     /// (at delivery), so 127.0.0.1 shows the mechanism, not the saving.
     ///
+    /// Not run as a test: it needs a peer on 127.0.0.1:9000 that reads 8 MiB.
+    ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use ringport::{CompletionPort, Op};

@@ -126,7 +126,9 @@ impl CompletionPort {
     ///
     /// A refused [`Op::close`] still closes its descriptor (the operation owns
     /// it and is dropped), after cancelling what is in flight on it, as the
-    /// close would have.
+    /// close would have. (On epoll that cancel comes first, before the cap is
+    /// looked at: a close of a socket whose own operations fill the cap frees
+    /// their slots and is taken, where io_uring says `QueueFull`.)
     pub fn try_submit(&self, op: Op, user_data: u64) -> Result<OpId> {
         let key = self.key_for(&op)?;
         self.submit_inner(op, key, user_data, None)
