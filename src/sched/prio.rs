@@ -107,11 +107,17 @@ impl<T: Prioritized> PrioQueue<T> {
             1
         } else {
             let now = self.taken;
-            // The oldest front that has waited through AGE_LIMIT dequeues, if any.
+            // The oldest front that has waited through AGE_LIMIT dequeues, if
+            // any. The clock moves only on dequeues, so fronts queued between
+            // the same two dequeues tie: the lowest lane goes first, the one
+            // aging exists for (with the highest first, a `Low` front was
+            // passed over by every `High` queued in the same batch as it,
+            // however many: session 18's docs review).
             let aged = (0..3)
+                .rev()
                 .filter_map(|l| self.lanes[l].front().map(|(at, _)| (*at, l)))
                 .filter(|(at, _)| now - at >= AGE_LIMIT)
-                .min();
+                .min_by_key(|(at, _)| *at);
             match aged {
                 Some((_, l)) => l,
                 None => (0..3).find(|&l| !self.lanes[l].is_empty())?,
@@ -182,6 +188,20 @@ mod tests {
             1000,
             "every Low item is delivered once"
         );
+    }
+
+    #[test]
+    fn low_queued_with_a_burst_of_high_waits_at_most_age_limit() {
+        let mut q = PrioQueue::new();
+        q.push(-1, Priority::Low);
+        for i in 0..(AGE_LIMIT as i32 + 10) {
+            q.push(i, Priority::High);
+        }
+        let at = (0..)
+            .map_while(|_| q.pop_front())
+            .position(|x| x == -1)
+            .expect("the Low item comes out");
+        assert_eq!(at as u64, AGE_LIMIT, "taken as soon as it has aged");
     }
 
     #[test]

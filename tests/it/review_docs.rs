@@ -1150,3 +1150,114 @@ backend_test!(dropped_read_and_detached_task, |choice: BackendChoice| {
     });
     r.unwrap();
 });
+
+// port.rs `post_with_priority` / sched `AGE_LIMIT`: "a `Low` one waits at most
+// `AGE_LIMIT` dequeues once it is first in its lane".
+backend_test!(low_waits_at_most_age_limit, |choice: BackendChoice| {
+    let port = port(choice);
+    port.post_with_priority(0, 0, 0, ringport::Priority::Low)
+        .unwrap();
+    let n = ringport::AGE_LIMIT as usize + 10;
+    for i in 1..=n as u64 {
+        port.post_with_priority(0, i, 0, ringport::Priority::High)
+            .unwrap();
+    }
+    let mut at = None;
+    for k in 0..=n {
+        if get(&port).user_data == 0 {
+            at = Some(k);
+            break;
+        }
+    }
+    let at = at.expect("the Low packet came");
+    assert!(
+        at <= ringport::AGE_LIMIT as usize,
+        "the Low packet waited through {at} dequeues"
+    );
+});
+
+// submit.rs `submit_inline`: "A multishot operation is always `Pending`"; on
+// epoll "a receive with data waiting is `Done`"; "a `Done` operation holds no
+// slot once it is returned".
+backend_test!(submit_inline_contract, |choice: BackendChoice| {
+    let port = build(builder(choice).max_in_flight(1));
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    port.associate(&l, 1).unwrap();
+    let id = match port.submit_inline(Op::accept_multishot(&l), 1).unwrap() {
+        ringport::Submitted::Pending(id) => id,
+        ringport::Submitted::Done(c) => panic!("a multishot accept was Done: {:?}", c.result),
+    };
+    port.cancel(id).unwrap();
+    loop {
+        if !get(&port).more() {
+            break;
+        }
+    }
+    let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+    port.associate(&a, 2).unwrap();
+    use std::io::Write;
+    for round in 0..3u8 {
+        b.write_all(&[round]).unwrap();
+        let c = match port
+            .submit_inline(Op::recv(&a, Vec::with_capacity(4)), 2)
+            .unwrap()
+        {
+            ringport::Submitted::Done(c) => {
+                assert_eq!(choice, BackendChoice::Epoll, "Done on io_uring");
+                c
+            }
+            ringport::Submitted::Pending(_) => get(&port),
+        };
+        assert_eq!(c.buf.as_deref(), Some(&[round][..]));
+    }
+    assert_eq!(port.stats().in_flight, 0);
+});
+
+// SPEC §1: "op failed → the real errno"; completion.rs `take_addr`: "`None`
+// ... for a failed or cancelled one"; port.rs `PortStats::task_run`: "`"none"`
+// on epoll".
+backend_test!(
+    connect_refused_cancelled_recv_from_and_task_run,
+    |choice: BackendChoice| {
+        let port = port(choice);
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        port.associate(&s, 1).unwrap();
+        port.submit(Op::connect(&s, closed_addr()), 1).unwrap();
+        assert_errno(&get(&port).result, libc::ECONNREFUSED);
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        port.associate(&u, 2).unwrap();
+        let id = port
+            .submit(Op::recv_from(&u, Vec::with_capacity(8)), 2)
+            .unwrap();
+        assert!(matches!(
+            port.get(Some(Duration::from_millis(20))),
+            Err(Error::Timeout)
+        ));
+        port.cancel(id).unwrap();
+        let mut c = get(&port);
+        assert!(c.is_cancelled());
+        assert!(c.take_addr().is_none());
+        let tr = port.stats().task_run;
+        match choice {
+            BackendChoice::Epoll => assert_eq!(tr, "none"),
+            _ => assert!(tr == "coop" || tr == "default", "{tr}"),
+        }
+    }
+);
+
+// rt/mod.rs `Runtime`: "Dropping it ... drops every task that has not
+// finished"; `yield_now` lets other tasks run.
+backend_test!(runtime_drop_drops_tasks, |choice: BackendChoice| {
+    let rt = runtime(choice);
+    let h = rt.handle().clone();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let guard = crate::rt::SetOnDrop(dropped.clone());
+    drop(h.spawn(async move {
+        let _g = guard;
+        std::future::pending::<()>().await;
+    }));
+    wait_until("the task is alive", || h.live_tasks() == 1);
+    drop(rt);
+    assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(h.live_tasks(), 0);
+});
