@@ -65,7 +65,7 @@ impl Builder {
         self
     }
 
-    /// Caps the operations outstanding at once (default 4096). `try_submit` past it
+    /// Caps the operations outstanding at once (default 4096; 0 is taken as 1). `try_submit` past it
     /// returns [`Error::QueueFull`]; `submit` waits for room. The backend may lower
     /// the cap to what its completion queue can hold without overflowing.
     pub fn max_in_flight(mut self, n: usize) -> Self {

@@ -120,7 +120,7 @@ impl Builder {
     }
 
     /// Caps operations in flight (default 32,768, enough for that many idle
-    /// connections each waiting to receive). Past it, a new operation waits (its
+    /// connections each waiting to receive; 0 is taken as 1). Past it, a new operation waits (its
     /// future stays pending) until one completes. Timers are operations too:
     /// at the cap, a `sleep` or `timeout` starts (and so fires) only once
     /// room comes.
@@ -141,7 +141,8 @@ impl Builder {
         self
     }
 
-    /// Most threads [`spawn_blocking`] may use at once (default 512).
+    /// Most threads [`spawn_blocking`] may use at once (default 512; 0 is
+    /// taken as 1).
     pub fn blocking_threads(mut self, n: usize) -> Self {
         self.blocking_threads = n.max(1);
         self
