@@ -1261,3 +1261,72 @@ backend_test!(runtime_drop_drops_tasks, |choice: BackendChoice| {
     assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
     assert_eq!(h.live_tasks(), 0);
 });
+
+// op/prio.rs `Op::priority`: "Whatever way the operation ends, its completion
+// keeps the lane: ... cancelled, or stopped by its `timeout_after`"; "The
+// default is `Normal`".
+backend_test!(
+    priority_survives_cancel_and_timeout_after,
+    |choice: BackendChoice| {
+        use ringport::Priority;
+        let port = port(choice);
+        assert_eq!(Op::nop().get_priority(), Priority::Normal);
+        let id = port
+            .submit(
+                Op::timeout(Duration::from_secs(3600)).priority(Priority::High),
+                1,
+            )
+            .unwrap();
+        port.cancel(id).unwrap();
+        let c = get(&port);
+        assert!(c.is_cancelled());
+        assert_eq!(c.priority(), Priority::High);
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        port.associate(&a, 1).unwrap();
+        port.submit(
+            Op::recv(&a, Vec::with_capacity(8))
+                .priority(Priority::Low)
+                .timeout_after(Duration::from_millis(5)),
+            2,
+        )
+        .unwrap();
+        let c = get(&port);
+        assert!(c.is_cancelled(), "{:?}", c.result);
+        assert_eq!(c.priority(), Priority::Low);
+    }
+);
+
+// port.rs `blocking`: "its concurrency slot is released for the duration ...
+// When `f` returns the thread counts as running again"; nested calls.
+backend_test!(blocking_releases_the_slot, |choice: BackendChoice| {
+    let port = port(choice);
+    port.post(0, 1, 0).unwrap();
+    let _ = get(&port);
+    assert_eq!(port.stats().sched.running, 1);
+    ringport::blocking(|| {
+        assert_eq!(port.stats().sched.running, 0);
+        ringport::blocking(|| assert_eq!(port.stats().sched.running, 0));
+        assert_eq!(
+            port.stats().sched.running,
+            0,
+            "an inner blocking gave it back"
+        );
+    });
+    assert_eq!(port.stats().sched.running, 1);
+    assert!(matches!(
+        port.get(Some(Duration::ZERO)),
+        Err(Error::Timeout)
+    ));
+    assert_eq!(port.stats().sched.running, 0);
+});
+
+// port.rs `Builder::max_in_flight`: "0 is taken as 1" (documented by this
+// review); "The backend may lower the cap", never raise it.
+backend_test!(max_in_flight_bounds, |choice: BackendChoice| {
+    let port = build(builder(choice).max_in_flight(0));
+    assert_eq!(port.max_in_flight(), 1);
+    port.submit(Op::nop(), 1).unwrap();
+    assert_eq!(get(&port).user_data, 1);
+    let port = build(builder(choice).max_in_flight(1 << 20));
+    assert!(port.max_in_flight() <= 1 << 20 && port.max_in_flight() > 0);
+});
