@@ -39,6 +39,7 @@ mod pool_edges;
 mod ports;
 mod priority;
 mod queue;
+mod review_dgram;
 mod review_docs;
 mod review_unsafe;
 mod review_uring;
