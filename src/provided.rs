@@ -37,7 +37,7 @@
 //!
 //! | final result | meaning | what to do |
 //! |---|---|---|
-//! | `Ok(0)` (receive) | the peer closed its side (EOF) | close |
+//! | `Ok(0)` (receive) | the peer closed its side (EOF); on a datagram socket, an empty datagram | close; on a datagram socket, submit again |
 //! | `Err(ECANCELED)` | [`cancel`](crate::CompletionPort::cancel) or port close won | nothing more comes |
 //! | `Err(ENOBUFS)` (receive) | the [`BufferPool`] was empty when data came; the data is still in the socket | drop leases, submit again |
 //! | `Err(e)` | the error (`ECONNRESET`, `EMFILE` for an accept, …) | as for a one-shot op |

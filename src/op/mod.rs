@@ -165,7 +165,10 @@ impl Op {
     }
 
     /// Receives from a connected socket into `buf`'s whole capacity; the completion's
-    /// buffer holds exactly the bytes received. `Ok(0)` means the peer closed its side.
+    /// buffer holds exactly the bytes received. On a stream socket `Ok(0)`
+    /// means the peer closed its side; on a datagram socket (UDP, Unix
+    /// datagram) it is an empty datagram, and a datagram longer than the
+    /// capacity is cut to it, the rest lost (as by [`Op::recv_from`]).
     ///
     /// # Several in flight on one socket
     ///

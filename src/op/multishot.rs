@@ -49,6 +49,13 @@ impl Op {
     /// are back). See the [module docs](crate::provided#multishot-operations) and
     /// [`provided`](crate::provided) for an example.
     ///
+    /// On a datagram socket (UDP) each completion is one datagram, cut to
+    /// the pool's buffer size if longer (the rest is lost). An empty
+    /// datagram *ends* the receive with `Ok(0)`, as end of stream does, on
+    /// both backends (io_uring's multishot receive stops at a zero-length
+    /// result): it is not an end there, so submit the receive again; the
+    /// datagrams behind it wait in the socket.
+    ///
     /// `pool` must come from the same port (otherwise the operation fails
     /// with `EINVAL`). Submitted while the pool has no buffer free, it ends
     /// at once with `ENOBUFS` on both backends.
