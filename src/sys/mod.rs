@@ -501,7 +501,7 @@ pub(crate) fn socket_domain(fd: std::os::fd::RawFd) -> Option<libc::c_int> {
 }
 
 /// An integer `SOL_SOCKET` option of a socket (`None` for anything else).
-fn socket_int(fd: std::os::fd::RawFd, opt: libc::c_int) -> Option<libc::c_int> {
+pub(crate) fn socket_int(fd: std::os::fd::RawFd, opt: libc::c_int) -> Option<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `v`, which we own.

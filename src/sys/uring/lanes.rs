@@ -81,6 +81,9 @@ const UNKNOWN: u8 = 0;
 const ORDERED: u8 = 1;
 /// Anything else (a datagram socket, a file): no lanes.
 const UNORDERED: u8 = 2;
+/// A Unix datagram socket: no lanes, and its sends never wait in the
+/// kernel ([`Lanes::unix_datagram`]).
+const UNIX_DGRAM: u8 = 3;
 
 impl Lanes {
     /// The lane of an operation, if it takes one: a receive or send on a
@@ -109,22 +112,37 @@ impl Lanes {
     /// Whether `fd` is a stream or sequenced-packet socket (cached per
     /// descriptor below [`DIRECT`] until `reset`).
     fn ordered(&mut self, fd: RawFd) -> bool {
+        self.kind(fd) == ORDERED
+    }
+
+    /// Whether `fd` is a Unix datagram socket, whose sends the driver makes
+    /// with `MSG_DONTWAIT` (cached as [`ordered`](Self::ordered) is).
+    ///
+    /// A Unix datagram send copies the datagram out of the caller's
+    /// buffer before it finds the receiver's queue full and says `EAGAIN`;
+    /// io_uring then waits and tries again with the copy's iterator used
+    /// up: it sent an *empty* datagram and completed with `Ok(0)`, the
+    /// data lost. With `MSG_DONTWAIT` the kernel does not try again: the
+    /// send completes with `EAGAIN` and nothing is sent, as it already did
+    /// for a non-blocking socket (whose poll says writable while the
+    /// receiver is full, so there is nothing to wait for).
+    pub(super) fn unix_datagram(&mut self, fd: RawFd) -> bool {
+        self.kind(fd) == UNIX_DGRAM
+    }
+
+    fn kind(&mut self, fd: RawFd) -> u8 {
         let i = match usize::try_from(fd) {
             Ok(i) if i < DIRECT => i,
-            _ => return socket_type_ordered(fd),
+            _ => return socket_kind(fd),
         };
         if i >= self.kinds.len() {
             self.kinds
                 .resize((i + 1).next_power_of_two().max(64), UNKNOWN);
         }
         if self.kinds[i] == UNKNOWN {
-            self.kinds[i] = if socket_type_ordered(fd) {
-                ORDERED
-            } else {
-                UNORDERED
-            };
+            self.kinds[i] = socket_kind(fd);
         }
-        self.kinds[i] == ORDERED
+        self.kinds[i]
     }
 
     /// Forgets what `fd` was (it is being associated: maybe a new socket).
@@ -135,13 +153,19 @@ impl Lanes {
     }
 }
 
-/// `SO_TYPE` says stream or sequenced-packet (`false` for anything else,
-/// and for a descriptor that is not a socket).
-fn socket_type_ordered(fd: RawFd) -> bool {
-    matches!(
-        crate::sys::socket_type(fd),
-        Some(libc::SOCK_STREAM | libc::SOCK_SEQPACKET)
-    )
+/// `SO_TYPE` says stream or sequenced-packet: [`ORDERED`]; a Unix datagram
+/// socket (`SO_DOMAIN` too): [`UNIX_DGRAM`]; anything else, and a
+/// descriptor that is not a socket: [`UNORDERED`].
+fn socket_kind(fd: RawFd) -> u8 {
+    match crate::sys::socket_type(fd) {
+        Some(libc::SOCK_STREAM | libc::SOCK_SEQPACKET) => ORDERED,
+        Some(libc::SOCK_DGRAM)
+            if crate::sys::socket_int(fd, libc::SO_DOMAIN) == Some(libc::AF_UNIX) =>
+        {
+            UNIX_DGRAM
+        }
+        _ => UNORDERED,
+    }
 }
 
 impl Lanes {

@@ -488,6 +488,15 @@ impl Core {
                 }
                 self.forget_fd(raw);
             }
+            if let OpBody::Send { fd, flags, .. }
+            | OpBody::SendTo { fd, flags, .. }
+            | OpBody::SendZc { fd, flags, .. } = &mut body
+            {
+                if inner.lanes.unix_datagram(*fd) {
+                    // The kernel must not try it again (`Lanes::unix_datagram`).
+                    *flags |= libc::MSG_DONTWAIT;
+                }
+            }
             ops::build(&mut body, prio).map(|(sqe, aux)| {
                 rec.aux = aux;
                 (None, sqe)
