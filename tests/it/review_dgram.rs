@@ -60,7 +60,17 @@ fn fill_unix_receiver(path: &std::path::Path) -> (usize, Vec<UnixDatagram>) {
 /// as it already did from a non-blocking socket. Either way: never a result
 /// other than the datagram's length or `WouldBlock`, and nothing on the wire
 /// but the datagram itself.
-fn send_to_a_full_unix_receiver(choice: BackendChoice, connected: bool, nonblocking: bool) {
+/// How the datagram is sent in [`send_to_a_full_unix_receiver`].
+#[derive(Clone, Copy, PartialEq)]
+enum How {
+    SendTo,
+    Send,
+    SendZc,
+    WriteFixed,
+}
+
+fn send_to_a_full_unix_receiver(choice: BackendChoice, how: How, nonblocking: bool) {
+    let connected = how != How::SendTo;
     let port = port(choice);
     let dir = TempDir::new("rev-dgram-full");
     let path = dir.path("rx");
@@ -74,10 +84,16 @@ fn send_to_a_full_unix_receiver(choice: BackendChoice, connected: bool, nonblock
     let (filled, _fillers) = fill_unix_receiver(&path);
     assert!(filled > 0);
     port.associate(&tx, 5).unwrap();
-    let op = if connected {
-        Op::send(&tx, b"late".to_vec())
-    } else {
-        Op::send_to(&tx, b"late".to_vec(), SockAddr::unix(&path).unwrap())
+    let bufs = port.register_buffers(1, 64).unwrap();
+    let op = match how {
+        How::SendTo => Op::send_to(&tx, b"late".to_vec(), SockAddr::unix(&path).unwrap()),
+        How::Send => Op::send(&tx, b"late".to_vec()),
+        How::SendZc => Op::send_zc(&tx, b"late".to_vec()),
+        How::WriteFixed => {
+            let mut b = bufs.lease().unwrap();
+            b.extend_from_slice(b"late");
+            Op::write_fixed(&tx, b, 0)
+        }
     };
     port.submit(op, 1).unwrap();
     let early = match port.get(Some(std::time::Duration::from_millis(50))) {
@@ -121,7 +137,10 @@ fn send_to_a_full_unix_receiver(choice: BackendChoice, connected: bool, nonblock
                 "{:?}",
                 c.result
             );
-            assert_eq!(c.buf.take().unwrap(), b"late");
+            match c.take_fixed() {
+                Some(b) => assert_eq!(&b[..], b"late"),
+                None => assert_eq!(c.buf.take().unwrap(), b"late"),
+            }
             assert!(rx.recv(&mut buf).is_err(), "something was sent");
         }
     }
@@ -130,21 +149,35 @@ fn send_to_a_full_unix_receiver(choice: BackendChoice, connected: bool, nonblock
 backend_test!(
     unix_send_to_a_full_unconnected_receiver_completes_once_it_drains,
     |choice: BackendChoice| {
-        send_to_a_full_unix_receiver(choice, false, false);
+        send_to_a_full_unix_receiver(choice, How::SendTo, false);
     }
 );
 
 backend_test!(
     unix_send_to_a_full_receiver_from_a_non_blocking_socket,
     |choice: BackendChoice| {
-        send_to_a_full_unix_receiver(choice, false, true);
+        send_to_a_full_unix_receiver(choice, How::SendTo, true);
     }
 );
 
 backend_test!(
     unix_send_to_a_full_connected_receiver_completes_once_it_drains,
     |choice: BackendChoice| {
-        send_to_a_full_unix_receiver(choice, true, false);
+        send_to_a_full_unix_receiver(choice, How::Send, false);
+    }
+);
+
+backend_test!(
+    unix_send_zc_to_a_full_connected_receiver,
+    |choice: BackendChoice| {
+        send_to_a_full_unix_receiver(choice, How::SendZc, false);
+    }
+);
+
+backend_test!(
+    unix_write_fixed_to_a_full_connected_receiver,
+    |choice: BackendChoice| {
+        send_to_a_full_unix_receiver(choice, How::WriteFixed, false);
     }
 );
 

@@ -403,10 +403,13 @@ impl Core {
     /// Builds the zero-copy and fixed-buffer operations; `None` for every
     /// other operation, and for a fixed one on a file when the kernel cannot
     /// register buffers (it goes to a worker thread). `Err(res)`: it ended
-    /// before it started.
+    /// before it started. `dontwait`: a fixed-buffer write to a socket is
+    /// sent with `MSG_DONTWAIT` (a Unix datagram socket,
+    /// `Lanes::unix_datagram`).
     pub(super) fn build_bufs(
         &self,
         body: &mut OpBody,
+        dontwait: bool,
     ) -> Option<Result<(squeue::Entry, Aux), i32>> {
         match body {
             OpBody::SendZc {
@@ -458,8 +461,9 @@ impl Core {
                     if *offset != 0 {
                         return Some(Err(-libc::ESPIPE));
                     }
+                    let dontwait = if dontwait { libc::MSG_DONTWAIT } else { 0 };
                     let sqe = opcode::Send::new(Fd(*fd), ptr, len)
-                        .flags(libc::MSG_NOSIGNAL)
+                        .flags(libc::MSG_NOSIGNAL | dontwait)
                         .build();
                     return Some(Ok((sqe, Aux::None)));
                 }

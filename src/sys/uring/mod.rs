@@ -442,6 +442,23 @@ impl Core {
             lane: None,
             parked: None,
         };
+        // A send on a Unix datagram socket: the kernel must not try it
+        // again (`Lanes::unix_datagram`).
+        let dontwait = match &body {
+            OpBody::Send { fd, .. }
+            | OpBody::SendTo { fd, .. }
+            | OpBody::SendZc { fd, .. }
+            | OpBody::WriteFixed { fd, .. } => inner.lanes.unix_datagram(*fd),
+            _ => false,
+        };
+        if dontwait {
+            if let OpBody::Send { flags, .. }
+            | OpBody::SendTo { flags, .. }
+            | OpBody::SendZc { flags, .. } = &mut body
+            {
+                *flags |= libc::MSG_DONTWAIT;
+            }
+        }
         let built = if let OpBody::SendFile {
             sock,
             file,
@@ -459,7 +476,7 @@ impl Core {
                 rec.aux = aux;
                 (None, sqe)
             })
-        } else if let Some(built) = self.build_bufs(&mut body) {
+        } else if let Some(built) = self.build_bufs(&mut body, dontwait) {
             built.map(|(sqe, aux)| {
                 rec.aux = aux;
                 (None, sqe)
@@ -487,15 +504,6 @@ impl Core {
                     self.push_locked(&cancel_all_on(raw));
                 }
                 self.forget_fd(raw);
-            }
-            if let OpBody::Send { fd, flags, .. }
-            | OpBody::SendTo { fd, flags, .. }
-            | OpBody::SendZc { fd, flags, .. } = &mut body
-            {
-                if inner.lanes.unix_datagram(*fd) {
-                    // The kernel must not try it again (`Lanes::unix_datagram`).
-                    *flags |= libc::MSG_DONTWAIT;
-                }
             }
             ops::build(&mut body, prio).map(|(sqe, aux)| {
                 rec.aux = aux;
