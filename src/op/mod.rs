@@ -264,9 +264,10 @@ impl Op {
     /// A Unix datagram socket whose receiver's queue is full: epoll waits
     /// for room; io_uring fails the send at once with `EAGAIN`
     /// (`WouldBlock`), nothing sent — try again later (the same for
-    /// [`Op::send`] on one). The kernel gives io_uring nothing to wait for
-    /// there: a non-blocking socket always failed so, and a blocking one,
-    /// tried again by the kernel, sent an empty datagram.
+    /// [`Op::send`], [`Op::send_zc`] and [`Op::write_fixed`] on one). The
+    /// kernel gives io_uring nothing to wait for there: a non-blocking
+    /// socket always failed so, and a blocking one, tried again by the
+    /// kernel, sent an empty datagram.
     ///
     /// On a connected stream socket it is a send like [`Op::send`] (the address
     /// is ignored by the kernel), in submission order with the socket's other
