@@ -155,3 +155,23 @@ impl Drop for Spawned {
         self.join_readers();
     }
 }
+
+/// Runs `cmd` with a stack no address space holds for each thread
+/// (`RUST_MIN_STACK` = 2^60), so its worker threads cannot start, and checks
+/// it ends with exit code 1 and an error naming `--threads` (what asked for
+/// them). Prints a skip if the backend is unsupported here.
+pub(crate) fn assert_workers_that_cannot_start_name_threads(cmd: &mut Command, what: &str) {
+    cmd.env("RUST_MIN_STACK", (1u64 << 60).to_string());
+    let mut proc = Spawned::spawn(cmd);
+    if let Ok(line) = proc.first_line() {
+        panic!("{what}: started with a 2^60-byte stack per thread: {line:?}");
+    }
+    let status = proc.wait();
+    let err = proc.stderr();
+    if err.to_ascii_lowercase().contains("unsupported") {
+        eprintln!("skipped: {what}: {}", err.trim());
+        return;
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{what}: {err}");
+    assert!(err.contains("--threads"), "{what}: {err}");
+}

@@ -184,21 +184,11 @@ backend_test!(
             let mut args = vec!["--backend", be, "--threads", "2"];
             args.extend_from_slice(extra);
             let mut cmd = Command::new(BIN);
-            cmd.args(["echo", "--listen", "127.0.0.1:0"])
-                .args(&args)
-                .env("RUST_MIN_STACK", (1u64 << 60).to_string());
-            let mut proc = Spawned::spawn(&mut cmd);
-            if let Ok(line) = proc.first_line() {
-                panic!("{args:?}: started with a 2^60-byte stack per thread: {line:?}");
-            }
-            let status = proc.wait();
-            let err = proc.stderr();
-            if err.to_ascii_lowercase().contains("unsupported") {
-                eprintln!("skipped: {args:?}: {}", err.trim());
-                continue;
-            }
-            assert_eq!(status.and_then(|s| s.code()), Some(1), "{args:?}: {err}");
-            assert!(err.contains("--threads"), "{args:?}: {err}");
+            cmd.args(["echo", "--listen", "127.0.0.1:0"]).args(&args);
+            crate::child::assert_workers_that_cannot_start_name_threads(
+                &mut cmd,
+                &format!("{args:?}"),
+            );
         }
     }
 );

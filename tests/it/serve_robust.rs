@@ -168,19 +168,7 @@ backend_test!(
             "--threads",
             "2",
         ])
-        .arg(&dir)
-        .env("RUST_MIN_STACK", (1u64 << 60).to_string());
-        let mut proc = crate::child::Spawned::spawn(&mut cmd);
-        if let Ok(line) = proc.first_line() {
-            panic!("started with a 2^60-byte stack per thread: {line:?}");
-        }
-        let status = proc.wait();
-        let err = proc.stderr();
-        if err.to_ascii_lowercase().contains("unsupported") {
-            eprintln!("skipped: {}", err.trim());
-            return;
-        }
-        assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
-        assert!(err.contains("--threads"), "{err}");
+        .arg(&dir);
+        crate::child::assert_workers_that_cannot_start_name_threads(&mut cmd, "serve");
     }
 );
