@@ -467,7 +467,7 @@ impl Core {
                         .build();
                     return Some(Ok((sqe, Aux::None)));
                 }
-                if self.is_socket_or_pipe(*fd) {
+                if self.file_type(*fd) == Some(libc::S_IFIFO) {
                     // A pipe: `WRITE_FIXED` would raise `SIGPIPE` once its
                     // reader has gone (see `Core::submit`).
                     return Some(Err(-libc::ESPIPE));

@@ -444,21 +444,21 @@ impl Core {
         };
         // A send on a Unix datagram socket: the kernel must not try it
         // again (`Lanes::unix_datagram`).
-        let dontwait = match &body {
-            OpBody::Send { fd, .. }
-            | OpBody::SendTo { fd, .. }
-            | OpBody::SendZc { fd, .. }
-            | OpBody::WriteFixed { fd, .. } => inner.lanes.unix_datagram(*fd),
+        // (A fixed-buffer write to a socket is built as a `SEND` by
+        // `build_bufs`, which adds the flag.)
+        let dontwait = match &mut body {
+            OpBody::Send { fd, flags, .. }
+            | OpBody::SendTo { fd, flags, .. }
+            | OpBody::SendZc { fd, flags, .. } => {
+                let dontwait = inner.lanes.unix_datagram(*fd);
+                if dontwait {
+                    *flags |= libc::MSG_DONTWAIT;
+                }
+                dontwait
+            }
+            OpBody::WriteFixed { fd, .. } => inner.lanes.unix_datagram(*fd),
             _ => false,
         };
-        if dontwait {
-            if let OpBody::Send { flags, .. }
-            | OpBody::SendTo { flags, .. }
-            | OpBody::SendZc { flags, .. } = &mut body
-            {
-                *flags |= libc::MSG_DONTWAIT;
-            }
-        }
         let built = if let OpBody::SendFile {
             sock,
             file,
