@@ -142,19 +142,8 @@ impl Core {
             let left = fb.workers.shutdown();
             let mut inner = lock(&self.inner);
             for id in left {
-                let Some(mut rec) = inner.ops.remove(id) else {
-                    continue;
-                };
-                // Its emulated linked timeout's TIMEOUT SQE points at the
-                // record's `timespec` and may still wait in the SQ (pushed by
-                // a batching thread, not yet entered): the kernel reads it
-                // when it takes the SQE, so it is kept, as `complete` keeps
-                // it, until that timer's CQE (`on_timer`) or the driver goes.
-                if rec.timer {
-                    if let Some(ts) = rec.link_ts.take() {
-                        inner.timer_ts.insert(id, ts);
-                    }
-                }
+                // (Its linked timeout's `timespec` stays alive: `remove_record`.)
+                inner.remove_record(id);
             }
         }
         let mut sink = Vec::new();

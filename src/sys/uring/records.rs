@@ -161,8 +161,12 @@ impl Inner {
         res == -libc::ETIME
     }
 
-    /// Removes the record of `id` and builds its completion.
-    pub(super) fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
+    /// Removes the record of `id`. Its emulated linked timeout's
+    /// `timespec`, which a `TIMEOUT` SQE points at, is kept until that
+    /// timer's CQE (`on_timer`) or the driver goes: the SQE may still wait
+    /// in the SQ (pushed by a batching thread, not yet entered), and the
+    /// kernel reads it when it takes the SQE.
+    pub(super) fn remove_record(&mut self, id: OpId) -> Option<Record> {
         let mut rec = self.ops.remove(id)?;
         if let Some(fd) = super::multi::emulated_fd(&rec.body, &rec.aux) {
             self.uncount_emulated(fd);
@@ -173,6 +177,12 @@ impl Inner {
                 self.timer_ts.insert(id, ts);
             }
         }
+        Some(rec)
+    }
+
+    /// Removes the record of `id` and builds its completion.
+    pub(super) fn complete(&mut self, id: OpId, res: i32) -> Option<Completion> {
+        let rec = self.remove_record(id)?;
         if let Some(lane) = rec.lane {
             // Its lane passes to the next one parked behind it, if it was
             // the busy one (a parked one ending releases nothing).
