@@ -209,7 +209,7 @@ impl Core {
             read_dirty: AtomicBool::new(false),
             read: Mutex::new(ReadState::default()),
             inline: InlineReads::new(epoll),
-            send_inline: super::stream::inline_sends_enabled(),
+            send_inline: crate::sys::inline_sends_enabled(),
             write: Mutex::new(WriteState::default()),
         }))
     }

@@ -45,13 +45,6 @@ pub(crate) fn try_send_now(core: &Core, buf: &[u8], owned: bool) -> Option<io::R
     }
 }
 
-/// Whether `RINGPORT_INLINE_SENDS` leaves inline sends on (it is for
-/// measurements: `off` sends every byte through the port).
-pub(crate) fn inline_sends_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| !crate::sys::switched_off("RINGPORT_INLINE_SENDS"))
-}
-
 /// Waits until no `AsyncWrite` send is in flight on the stream (the rest of
 /// a short one included), so an owned write does not overtake it; its error,
 /// if it failed, is the owned write's.

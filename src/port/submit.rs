@@ -57,9 +57,14 @@ impl CompletionPort {
     /// On the epoll backend a socket operation is attempted at once, so a send
     /// with room or a receive with data waiting is `Done` without touching the
     /// port's queue (its lock, its wake-ups, a `get`). On io_uring an
-    /// operation is handed to the kernel and is `Pending` — except, on both
-    /// backends, a small buffered read the page cache holds, which is read on
-    /// the spot (`RINGPORT_INLINE_READS`). A multishot operation is always
+    /// operation is handed to the kernel and is `Pending`, except a send on a
+    /// stream socket whose earlier sends have all completed, made at once
+    /// when no batch would carry it (the calling thread holds no batched
+    /// submissions and no completion is queued; `RINGPORT_INLINE_SENDS`);
+    /// and, on both backends, a small buffered read the page cache holds,
+    /// which is read on the spot (`RINGPORT_INLINE_READS`). A send made at
+    /// once may be short, as one through the kernel may: its count says what
+    /// went. A multishot operation is always
     /// `Pending`: its completions come through the port.
     /// Like `submit`, it waits for room while `max_in_flight` operations are
     /// out, even for one that would finish at once (the cap means the same on
@@ -160,6 +165,23 @@ impl CompletionPort {
         self.submit_inner(op, key, user_data, inline)
     }
 
+    /// Whether `submit_inline` should have io_uring make this send at once
+    /// (`Backend::submit`'s `now`): only when this thread holds no batched
+    /// submissions and no completion is queued. Otherwise a trip into the
+    /// kernel is coming anyway — this thread's next `get` hands over what it
+    /// holds, the queued completions' handlers submit more — and the send
+    /// rides in it with the others for a fraction of a system call; made at
+    /// once, it costs one of its own. Measured (echo, paired, 5 rounds): made
+    /// at once every time, server CPU per message was 0.93 × the ring's at
+    /// one connection, but 1.23 × at 64 and 1.19 × at 1000 (BENCHMARKS.md,
+    /// session 19). epoll tries every socket operation at once regardless.
+    fn send_now_pays(&self, op: &Op) -> bool {
+        matches!(op.body, OpBody::Send { .. })
+            && self.inner.backend.defers_submission()
+            && !HOLDING.with(Cell::get)
+            && self.inner.sched.nothing_queued()
+    }
+
     /// Hands `op` to the backend. An operation that finished at once is
     /// queued, or with `inline` (and unless more completions of it follow)
     /// put there instead. (An out-parameter: returning the completion would
@@ -179,11 +201,12 @@ impl CompletionPort {
         // wait for a `get` that never comes to it (its own waiter sleeps in
         // the kernel with the SQE unsubmitted: session 16's review).
         let batching = DEFER_SUBMIT.with(Cell::get) && HOME.with(Cell::get) == self.inner.id;
+        let now = inline.is_some() && self.send_now_pays(&op);
         let high = self.count_high(&op);
         let (id, done) = self
             .inner
             .backend
-            .submit(op, key, user_data, !batching)
+            .submit(op, key, user_data, !batching, now)
             .inspect_err(|_| self.uncount_high(high))?;
         if batching && done.is_none() && self.inner.backend.defers_submission() {
             HOLDING.with(|h| h.set(true));

@@ -645,6 +645,11 @@ impl<T: Prioritized> Sched<T> {
         lock(&self.state).max
     }
 
+    /// Whether no completion is queued (none waits for a thread).
+    pub(crate) fn nothing_queued(&self) -> bool {
+        lock(&self.state).queue.is_empty()
+    }
+
     /// Whether a completion not yet queued could be taken before what is:
     /// something is queued, none of it `High`, and the port is open.
     pub(crate) fn could_be_overtaken(&self) -> bool {

@@ -5,7 +5,7 @@
 //!
 //! # The contract
 //!
-//! * **`submit(op, key, user_data, flush)`** starts an operation and never blocks.
+//! * **`submit(op, key, user_data, flush, now)`** starts an operation and never blocks.
 //!   The backend takes ownership of the op's buffer and auxiliary data (socket
 //!   address, timeout) and keeps them alive, at a stable address, until the kernel
 //!   has finished with them: until the operation's final completion has been reaped,
@@ -41,6 +41,11 @@
 //!   tries it on the calling thread if the page cache may hold it
 //!   (`inline_read.rs`); a hit is recorded and completed at once
 //!   (`complete_inline`), a miss goes to the backend as usual.
+//! * **Sends made at once.** With `now` (`submit_inline`, when no batch
+//!   would carry the send: `port/submit.rs`), io_uring makes a send on a
+//!   stream socket at once when nothing is in the socket's send lane
+//!   (`Driver::send_now`); epoll's submit tries every socket operation at
+//!   once anyway.
 //! * **`notify()`** makes a thread blocked in `poll` return soon, even with nothing.
 //! * **`cancel(id)`** asks for the operation to stop. The operation's completion
 //!   always arrives: with `ECANCELED` if the cancel won, or its real result if it
@@ -71,6 +76,15 @@ mod thread;
 pub(crate) use thread::{own_thread, thread_owned, OwnedScope};
 pub(crate) mod uring;
 mod workers;
+
+/// Whether `RINGPORT_INLINE_SENDS` leaves sends made at once on (the async
+/// face's streams, `net/stream.rs`; io_uring's `submit_inline`,
+/// `Driver::send_now`). It is for measurements: `off` sends every byte
+/// through the port (epoll's submit still tries each send at once).
+pub(crate) fn inline_sends_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| !switched_off("RINGPORT_INLINE_SENDS"))
+}
 
 /// Whether the environment switches a measurement knob off: `var` is `off`,
 /// `0` or `no` (`RINGPORT_INLINE_READS`, `RINGPORT_INLINE_SENDS`).
@@ -244,10 +258,28 @@ impl Backend {
         }
     }
 
-    pub(crate) fn submit(&self, op: Op, key: u64, user_data: u64, flush: bool) -> SubmitResult {
+    /// `now`: io_uring makes a send at once if it can (`Driver::send_now`;
+    /// the port asks for it in `submit_inline` when that pays,
+    /// `send_now_pays`); epoll tries every socket operation at once anyway.
+    pub(crate) fn submit(
+        &self,
+        op: Op,
+        key: u64,
+        user_data: u64,
+        flush: bool,
+        now: bool,
+    ) -> SubmitResult {
         use crate::op::OpBody;
         match &op.body {
             OpBody::Close { fd } => inline_read::forget(std::os::fd::AsRawFd::as_raw_fd(fd)),
+            OpBody::Send { .. } if now && inline_sends_enabled() => {
+                if let Backend::Uring(d) = self {
+                    return match d.send_now(op, key, user_data) {
+                        Ok(r) => r,
+                        Err(op) => d.submit(op, key, user_data, flush),
+                    };
+                }
+            }
             // A buffered read served by the page cache ends here (`inline_read.rs`).
             OpBody::Read { .. } | OpBody::ReadV { .. } => {
                 let mut op = op;

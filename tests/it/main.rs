@@ -54,6 +54,7 @@ mod rt_next;
 mod rt_refusals;
 mod rt_time;
 mod rt_waiters;
+mod send_now;
 mod serve;
 mod serve_conditions;
 mod serve_http_edges;

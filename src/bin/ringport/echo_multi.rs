@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use ringport::{BufferPool, Completion, CompletionPort, Op, OpId, Pool};
+use ringport::{BufferPool, Completion, CompletionPort, Op, OpId, Pool, Submitted};
 
 use crate::echo::{report_stop, spin, EchoArgs};
 use crate::signals;
@@ -411,14 +411,27 @@ impl Server {
 
     fn on_send(&self, port: &CompletionPort, conn: &Arc<Conn>, c: &mut Completion, pos: usize) {
         let mut st = conn.st.lock().unwrap();
+        let from = self.sent(port, &mut st, c, pos);
+        self.resume(port, conn, &mut st);
+        self.pump_from(port, conn, &mut st, from);
+    }
+
+    /// A send ended (its completion came, or it was made at once): the
+    /// front chunk is out, or the position its rest goes from (returned).
+    fn sent(
+        &self,
+        port: &CompletionPort,
+        st: &mut ConnState,
+        c: &mut Completion,
+        pos: usize,
+    ) -> usize {
         st.sending = false;
         match (&c.result, c.buf.take()) {
             (Ok(n), Some(buf)) => {
                 let sent = pos + n;
                 if sent < buf.len() {
                     st.out[0] = buf;
-                    self.send(port, conn, &mut st, sent);
-                    return;
+                    return sent;
                 }
                 st.out.pop_front();
                 st.queued = st.queued.saturating_sub(buf.len());
@@ -433,28 +446,59 @@ impl Server {
                 }
             }
         }
-        self.resume(port, conn, &mut st);
-        self.pump(port, conn, &mut st);
+        0
     }
 
     /// Starts the next send, or closes a finished connection.
     fn pump(&self, port: &CompletionPort, conn: &Arc<Conn>, st: &mut ConnState) {
-        if !st.sending && !st.out.is_empty() && !st.broken {
-            return self.send(port, conn, st, 0);
+        self.pump_from(port, conn, st, 0);
+    }
+
+    /// `pump`, the front chunk sent from `from`. A send made at once
+    /// (`submit_inline`: io_uring when the socket's send lane is idle, epoll
+    /// when the socket has room) is handled here, and the next one started,
+    /// until one must wait or the queue is empty; the queue only shrinks
+    /// meanwhile (receives wait for the connection's lock), so this ends.
+    fn pump_from(
+        &self,
+        port: &CompletionPort,
+        conn: &Arc<Conn>,
+        st: &mut ConnState,
+        mut from: usize,
+    ) {
+        while !st.sending && !st.out.is_empty() && !st.broken {
+            let Some(mut c) = self.send(port, conn, st, from) else {
+                break;
+            };
+            from = self.sent(port, st, &mut c, from);
+            self.resume(port, conn, st);
         }
         if st.done && !st.sending && st.recv.is_none() && (st.out.is_empty() || st.broken) {
             self.close(port, conn);
         }
     }
 
-    fn send(&self, port: &CompletionPort, conn: &Arc<Conn>, st: &mut ConnState, from: usize) {
+    /// Sends the front chunk from `from`: its completion if it was made at
+    /// once, else `None` (in flight, or the connection broke).
+    fn send(
+        &self,
+        port: &CompletionPort,
+        conn: &Arc<Conn>,
+        st: &mut ConnState,
+        from: usize,
+    ) -> Option<Completion> {
         let raw = conn.fd.as_raw_fd();
         let buf = std::mem::take(&mut st.out[0]);
-        match port.submit(Op::send_from(&conn.fd, buf, from), ud(SEND, from, raw)) {
-            Ok(_) => st.sending = true,
+        match port.submit_inline(Op::send_from(&conn.fd, buf, from), ud(SEND, from, raw)) {
+            Ok(Submitted::Done(c)) => Some(c),
+            Ok(Submitted::Pending(_)) => {
+                st.sending = true;
+                None
+            }
             Err(_) => {
                 st.broken = true;
                 st.done = true;
+                None
             }
         }
     }

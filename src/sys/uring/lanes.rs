@@ -145,6 +145,14 @@ impl Lanes {
         self.kinds[i]
     }
 
+    /// Whether a send on `fd` may be made at once, outside the ring: `fd`
+    /// is a stream (or sequenced-packet) socket and nothing is in its send
+    /// lane (no send, `send_file` or shutdown in the kernel or parked), so
+    /// the send overtakes nothing submitted before it (`Driver::send_now`).
+    pub(super) fn send_idle(&mut self, fd: RawFd) -> bool {
+        self.ordered(fd) && self.slot((fd, 1), false).is_none_or(|busy| *busy == 0)
+    }
+
     /// Forgets what `fd` was (it is being associated: maybe a new socket).
     pub(super) fn reset(&mut self, fd: RawFd) {
         if let Some(k) = usize::try_from(fd).ok().and_then(|i| self.kinds.get_mut(i)) {
