@@ -115,6 +115,7 @@ impl Builder {
                 closed: AtomicBool::new(false),
                 in_backend: AtomicUsize::new(0),
                 high_in_flight: AtomicUsize::new(0),
+                last_reap: AtomicUsize::new(0),
             }),
         })
     }
@@ -150,6 +151,10 @@ pub(crate) struct PortInner {
     /// `High` operations submitted whose completions have not been dequeued
     /// yet (see `port/prio.rs`).
     high_in_flight: AtomicUsize,
+    /// Completions the last look at the backend gathered (`poll`, by any
+    /// thread): a hint of load, read by `send_now_pays` (`port/submit.rs`).
+    /// Relaxed: a stale value only moves a guess.
+    last_reap: AtomicUsize,
 }
 
 /// Statistics of a port, for tests and `ringport info`.
@@ -391,6 +396,7 @@ impl CompletionPort {
                     {
                         tracing::error!("backend flush failed: {e}");
                     }
+                    inner.last_reap.store(batch.len(), Ordering::Relaxed);
                     let offered = inner.sched.offer(slot, false, batch.drain(..), out, limit);
                     give_back(&BATCH, batch, BATCH_KEEP);
                     if let Some(r) = self.after_offer(offered) {
@@ -461,6 +467,7 @@ impl CompletionPort {
                     if others > 0 && inner.closed.load(Ordering::SeqCst) {
                         inner.backend.notify();
                     }
+                    inner.last_reap.store(batch.len(), Ordering::Relaxed);
                     let offered = inner.sched.poll_done(slot, batch.drain(..), out, limit);
                     give_back(&BATCH, batch, BATCH_KEEP);
                     if let Some(r) = self.after_offer(offered) {

@@ -166,18 +166,23 @@ impl CompletionPort {
     }
 
     /// Whether `submit_inline` should have io_uring make this send at once
-    /// (`Backend::submit`'s `now`): only when this thread holds no batched
-    /// submissions and no completion is queued. Otherwise a trip into the
-    /// kernel is coming anyway — this thread's next `get` hands over what it
-    /// holds, the queued completions' handlers submit more — and the send
-    /// rides in it with the others for a fraction of a system call; made at
-    /// once, it costs one of its own. Measured (echo, paired, 5 rounds): made
+    /// (`Backend::submit`'s `now`): only when the port is lightly loaded —
+    /// the last look at the backend gathered at most one completion, no
+    /// completion is queued, and this thread holds no batched submissions.
+    /// Otherwise a trip into the kernel that gathers several completions is
+    /// coming anyway, and the send rides in it with the others for a
+    /// fraction of a system call (its own completion joins that batch);
+    /// made at once, it costs a system call of its own. Under light load
+    /// that trip would gather only this send's completion, and a second trip
+    /// would wait for the next receive: made at once, one trip is saved.
+    /// Measured (echo, paired, 5 rounds; BENCHMARKS.md, session 19): made
     /// at once every time, server CPU per message was 0.93 × the ring's at
-    /// one connection, but 1.23 × at 64 and 1.19 × at 1000 (BENCHMARKS.md,
-    /// session 19). epoll tries every socket operation at once regardless.
+    /// one connection, but 1.23 × at 64 and 1.19 × at 1000. epoll tries
+    /// every socket operation at once regardless.
     fn send_now_pays(&self, op: &Op) -> bool {
         matches!(op.body, OpBody::Send { .. })
             && self.inner.backend.defers_submission()
+            && self.inner.last_reap.load(Ordering::Relaxed) <= 1
             && !HOLDING.with(Cell::get)
             && self.inner.sched.nothing_queued()
     }
