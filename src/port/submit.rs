@@ -58,9 +58,11 @@ impl CompletionPort {
     /// with room or a receive with data waiting is `Done` without touching the
     /// port's queue (its lock, its wake-ups, a `get`). On io_uring an
     /// operation is handed to the kernel and is `Pending`, except a send on a
-    /// stream socket whose earlier sends have all completed, made at once
-    /// when no batch would carry it (the calling thread holds no batched
-    /// submissions and no completion is queued; `RINGPORT_INLINE_SENDS`);
+    /// stream (or sequenced-packet) socket whose earlier sends' completions
+    /// have all been reaped, made at once when the port is lightly loaded so
+    /// no batch would carry it (the last look at the kernel gathered at most
+    /// one completion, none is queued, and the calling thread holds no
+    /// batched submissions; `RINGPORT_INLINE_SENDS`);
     /// and, on both backends, a small buffered read the page cache holds,
     /// which is read on the spot (`RINGPORT_INLINE_READS`). A send made at
     /// once may be short, as one through the kernel may: its count says what
@@ -175,7 +177,8 @@ impl CompletionPort {
     /// made at once, it costs a system call of its own. Under light load
     /// that trip would gather only this send's completion, and a second trip
     /// would wait for the next receive: made at once, one trip is saved.
-    /// Measured (echo, paired, 5 rounds; BENCHMARKS.md, session 19): made
+    /// Measured (echo, paired, 5 rounds; docs/design.md, "Sends now on
+    /// io_uring"): made
     /// at once every time, server CPU per message was 0.93 × the ring's at
     /// one connection, but 1.23 × at 64 and 1.19 × at 1000. epoll tries
     /// every socket operation at once regardless.

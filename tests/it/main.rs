@@ -55,6 +55,7 @@ mod rt_refusals;
 mod rt_time;
 mod rt_waiters;
 mod send_now;
+mod send_now_review;
 mod serve;
 mod serve_conditions;
 mod serve_http_edges;

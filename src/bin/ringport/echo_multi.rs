@@ -455,8 +455,8 @@ impl Server {
     }
 
     /// `pump`, the front chunk sent from `from`. A send made at once
-    /// (`submit_inline`: io_uring when the socket's send lane is idle, epoll
-    /// when the socket has room) is handled here, and the next one started,
+    /// (`submit_inline`: io_uring when the socket's send lane is idle and the
+    /// port lightly loaded, epoll when the socket has room) is handled here, and the next one started,
     /// until one must wait or the queue is empty; the queue only shrinks
     /// meanwhile (receives wait for the connection's lock), so this ends.
     fn pump_from(
