@@ -349,3 +349,35 @@ pub fn pipe() -> (File, File) {
         (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
     }
 }
+
+/// Fills a stream socket's send buffer and its peer's receive window with
+/// `byte`s, without waiting (`MSG_DONTWAIT` per call: the socket keeps its
+/// mode, blocking or not); twice, 20 ms apart, so window updates that came
+/// in between are filled too. Returns the bytes written.
+pub fn fill_send_buffer(s: &impl std::os::fd::AsRawFd, byte: u8) -> usize {
+    let chunk = vec![byte; 64 << 10];
+    let mut sent = 0;
+    for pass in 0..2 {
+        if pass > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        loop {
+            // SAFETY: send reads `chunk.len()` bytes of a live buffer.
+            let n = unsafe {
+                libc::send(
+                    s.as_raw_fd(),
+                    chunk.as_ptr().cast(),
+                    chunk.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "filling: {e}");
+                break;
+            }
+            sent += n as usize;
+        }
+    }
+    sent
+}

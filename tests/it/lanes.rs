@@ -459,7 +459,7 @@ backend_test!(
             .unwrap();
         port.associate(&server, 1).unwrap();
         let fa = file_of(&vec![b'B'; 100 << 10]);
-        let prefill = fill(&server);
+        let prefill = fill_send_buffer(&server, b'z');
         port.submit(Op::send(&server, vec![b'A'; 64 << 10]), 0)
             .unwrap();
         port.submit(
@@ -646,24 +646,6 @@ backend_test!(
         }
     }
 );
-
-/// Fills `s`'s send buffer and the peer's window; returns the bytes written (b'z').
-fn fill(s: &std::net::TcpStream) -> usize {
-    s.set_nonblocking(true).unwrap();
-    let mut n = 0;
-    let chunk = vec![b'z'; 64 << 10];
-    while let Ok(k) = (&*s).write(&chunk) {
-        n += k;
-    }
-    s.set_nonblocking(false).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    s.set_nonblocking(true).unwrap();
-    while let Ok(k) = (&*s).write(&chunk) {
-        n += k;
-    }
-    s.set_nonblocking(false).unwrap();
-    n
-}
 
 // Submit a receive, disassociate at once and close the socket (the documented
 // order): the receive must end, and the peer must see the connection closed.

@@ -67,22 +67,6 @@ backend_test!(
     }
 );
 
-/// Fills `s`'s send buffer and the peer's receive window; returns the bytes
-/// written.
-fn fill(s: &std::net::TcpStream) -> usize {
-    let chunk = vec![b'z'; 64 << 10];
-    let mut n = 0;
-    for _ in 0..2 {
-        s.set_nonblocking(true).unwrap();
-        while let Ok(k) = (&*s).write(&chunk) {
-            n += k;
-        }
-        s.set_nonblocking(false).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    n
-}
-
 /// Runs test `name` (a `backend_test!` in this file, its io_uring half) in a
 /// child process with `RINGPORT_URING_OPS_OFF=off`: the driver then takes
 /// the fallback it takes on a kernel without those opcodes.
@@ -115,7 +99,7 @@ backend_test!(
     |choice: BackendChoice| {
         let port = port(choice);
         let (mut client, server) = tcp_pair();
-        let filled = fill(&server);
+        let filled = fill_send_buffer(&server, b'z');
         port.associate(&server, 1).unwrap();
         port.submit(Op::send(&server, b"tail".to_vec()), 0).unwrap();
         port.submit(Op::shutdown(&server, std::net::Shutdown::Write), 1)

@@ -21,44 +21,26 @@ fn finish(port: &CompletionPort, s: Submitted) -> Completion {
     }
 }
 
-/// Sets a socket's send or receive buffer (the kernel doubles it, and
-/// rounds it up to its minimum).
-fn set_buf(fd: &impl std::os::fd::AsRawFd, opt: libc::c_int, bytes: libc::c_int) {
-    // SAFETY: setsockopt reads one int from a live local.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "setsockopt");
-}
-
-/// Sends on `sock` without waiting (`MSG_DONTWAIT` per call: the socket
-/// stays blocking, as the port's sockets are) until it is full; what went.
-fn fill(sock: &impl std::os::fd::AsRawFd) -> Vec<u8> {
-    let chunk = pattern(0, 4096);
-    let mut went = Vec::new();
-    loop {
-        // SAFETY: send reads `chunk.len()` bytes from a live buffer.
-        let n = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                chunk.as_ptr().cast(),
-                chunk.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+/// A connected TCP pair with 16 KiB buffers (doubled by the kernel), the
+/// sending side associated with `port` (key 1).
+fn small_buffered_pair(port: &CompletionPort) -> (std::net::TcpStream, std::net::TcpStream) {
+    let (a, b) = tcp_pair();
+    for (s, opt) in [(&a, libc::SO_SNDBUF), (&b, libc::SO_RCVBUF)] {
+        let bytes: libc::c_int = 16 << 10;
+        // SAFETY: setsockopt reads one int from a live local.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(s),
+                libc::SOL_SOCKET,
+                opt,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "filling: {e}");
-            return went;
-        }
-        went.extend_from_slice(&chunk[..n as usize]);
+        assert_eq!(rc, 0, "setsockopt");
     }
+    port.associate(&a, 1).unwrap();
+    (a, b)
 }
 
 /// A byte pattern that shows order: byte `i` of a buffer tagged `tag`.
@@ -107,13 +89,10 @@ backend_test!(
     a_send_behind_a_waiting_send_waits_its_turn,
     |choice: BackendChoice| {
         let port = port(choice);
-        let (a, mut b) = tcp_pair();
-        set_buf(&a, libc::SO_SNDBUF, 16 << 10);
-        set_buf(&b, libc::SO_RCVBUF, 16 << 10);
-        port.associate(&a, 1).unwrap();
+        let (a, mut b) = small_buffered_pair(&port);
         // The socket and its peer full first, so the first send must wait
         // (epoll would otherwise send part of it at once).
-        let prefix = fill(&a);
+        let prefix = vec![b'z'; fill_send_buffer(&a, b'z')];
         let big = pattern(1, 1 << 20);
         let first = port.submit(Op::send(&a, big.clone()), 1).unwrap();
         // Room again; the first send has not been resumed (nobody is in the
@@ -163,10 +142,7 @@ backend_test!(
     a_short_send_made_at_once_says_what_went,
     |choice: BackendChoice| {
         let port = port(choice);
-        let (a, mut b) = tcp_pair();
-        set_buf(&a, libc::SO_SNDBUF, 16 << 10);
-        set_buf(&b, libc::SO_RCVBUF, 16 << 10);
-        port.associate(&a, 1).unwrap();
+        let (a, mut b) = small_buffered_pair(&port);
         let data = pattern(3, 2 << 20);
         let reader = std::thread::spawn(move || {
             // Start reading only after the first send has found the socket

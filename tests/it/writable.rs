@@ -11,6 +11,7 @@ use futures::FutureExt;
 use ringport::net::{TcpListener, TcpStream};
 use ringport::BackendChoice;
 
+use crate::common::fill_send_buffer;
 use crate::rt::{block, runtime, wait_idle};
 
 /// A connected pair: ours (non-blocking, on the runtime) and the peer's
@@ -26,30 +27,6 @@ async fn pair() -> (TcpStream, std::net::TcpStream) {
     let rc = unsafe { libc::ioctl(ours.as_raw_fd(), libc::FIONBIO, &mut on) };
     assert_eq!(rc, 0);
     (ours, peer)
-}
-
-/// Sends with `MSG_DONTWAIT` until the socket's buffer is full; returns the
-/// count sent.
-fn fill(s: &TcpStream) -> usize {
-    let chunk = vec![7u8; 64 * 1024];
-    let mut sent = 0;
-    loop {
-        // SAFETY: send reads `chunk.len()` bytes of a live buffer.
-        let n = unsafe {
-            libc::send(
-                s.as_raw_fd(),
-                chunk.as_ptr().cast(),
-                chunk.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
-            return sent;
-        }
-        sent += n as usize;
-    }
 }
 
 backend_test!(
@@ -72,7 +49,7 @@ backend_test!(
         let h = rt.handle();
         block(h, async {
             let (ours, mut peer) = pair().await;
-            let sent = fill(&ours);
+            let sent = fill_send_buffer(&ours, 7);
             assert!(sent > 0);
             let mut wait = pin!(ours.writable());
             // Full: the wait does not end by itself (one poll submits it).
@@ -89,7 +66,7 @@ backend_test!(
             });
             wait.await.expect("room after the peer read");
             // Room again: an inline send goes through.
-            assert!(fill(&ours) > 0);
+            assert!(fill_send_buffer(&ours, 7) > 0);
             drop(reader.join().expect("reader"));
         });
         wait_idle(h);
@@ -103,7 +80,7 @@ backend_test!(
         let h = rt.handle();
         block(h, async {
             let (ours, peer) = pair().await;
-            fill(&ours);
+            fill_send_buffer(&ours, 7);
             {
                 let mut wait = pin!(ours.writable());
                 assert!(wait.as_mut().now_or_never().is_none());
