@@ -287,6 +287,53 @@ fn bench_against_corrupt(stall: bool) {
     assert!(err.contains("did not match"), "{err}");
 }
 
+/// A server that echoes `n` 64-byte messages on its one connection, then
+/// closes it.
+fn echo_then_close(n: usize) -> (SocketAddr, thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut msg = [0u8; 64];
+        for _ in 0..n {
+            if s.read_exact(&mut msg).is_err() || s.write_all(&msg).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, h)
+}
+
+#[test]
+fn bench_fails_when_a_connection_is_lost_before_the_run_ends() {
+    let _gate = gate(false);
+    let (addr, server) = echo_then_close(5);
+    let target = addr.to_string();
+    let out = run_bin(&[
+        "bench",
+        "echo",
+        "--target",
+        &target,
+        "--conns",
+        "1",
+        "--size",
+        "64",
+        "--duration",
+        "2",
+        "--json",
+    ]);
+    let _ = server.join();
+    let json = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        json.contains("\"messages\":5,") && json.contains("\"errors\":1,\"mismatches\":0}"),
+        "five echoes, then the connection lost: still reported: {json} {err}"
+    );
+    assert_eq!(out.status.code(), Some(1), "exit status; {json} {err}");
+    assert!(err.contains("1 of 1 connections failed"), "{err}");
+}
+
 #[test]
 fn bench_counts_a_corrupted_partial_echo_before_a_close() {
     bench_against_corrupt(false);

@@ -591,8 +591,9 @@ fn run_client(tools: &Tools, spec: &Spec, port: u16) -> Result<ClientOut, String
         .find(|l| l.trim_start().starts_with('{'))
         .map(ClientOut::parse);
     match parsed {
-        // A run with mismatches still reports: the caller flags it.
-        Some(Ok(c)) if out.status.success() || c.mismatches > 0 => Ok(c),
+        // A run with mismatches or lost connections still reports: the
+        // caller flags it.
+        Some(Ok(c)) if out.status.success() || c.mismatches > 0 || c.errors > 0 => Ok(c),
         Some(Ok(_)) | None => Err(format!(
             "client {}: {}",
             describe(out.status),

@@ -175,6 +175,17 @@ pub fn run(args: &EchoBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     if total.messages == 0 {
         return Err("no message completed a round trip".into());
     }
+    // A connection the server closed, reset or stopped answering before the
+    // run ended: the figures cover less load than asked for, so the run is
+    // not a measurement to keep (the table and `--json` still say what it saw).
+    if total.errors > 0 {
+        return Err(format!(
+            "{} of {} connections failed before the run ended \
+             (closed, reset or left unanswered by the server)",
+            total.errors, args.conns
+        )
+        .into());
+    }
     Ok(())
 }
 

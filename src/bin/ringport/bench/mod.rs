@@ -15,7 +15,9 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// NOP round trips through the port (1 and 2 threads) beside a raw io_uring loop.
     Nop(nop::NopArgs),
-    /// Closed-loop ping-pong load against an echo server.
+    /// Closed-loop ping-pong load against an echo server. Exits 1 if an
+    /// echo did not match what was sent, no connection could be made, or a
+    /// connection failed before the run ended (after printing what it saw).
     Echo(echo::EchoBenchArgs),
     /// Opens N connections to a server and holds them idle (see bench/idle-memory.sh).
     Idle(idle::IdleArgs),
