@@ -185,6 +185,7 @@ impl CompletionPort {
     fn send_now_pays(&self, op: &Op) -> bool {
         matches!(op.body, OpBody::Send { .. })
             && self.inner.backend.defers_submission()
+            && crate::sys::inline_sends_enabled()
             && self.inner.last_reap.load(Ordering::Relaxed) <= 1
             && !HOLDING.with(Cell::get)
             && self.inner.sched.nothing_queued()

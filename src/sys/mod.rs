@@ -272,7 +272,7 @@ impl Backend {
         use crate::op::OpBody;
         match &op.body {
             OpBody::Close { fd } => inline_read::forget(std::os::fd::AsRawFd::as_raw_fd(fd)),
-            OpBody::Send { .. } if now && inline_sends_enabled() => {
+            OpBody::Send { .. } if now => {
                 if let Backend::Uring(d) = self {
                     return match d.send_now(op, key, user_data) {
                         Ok(r) => r,
