@@ -117,7 +117,8 @@ impl CompletionPort {
         let key = self.key_for(&op)?;
         let mut op = op;
         loop {
-            match self.submit_inner(op, key, user_data, inline.as_deref_mut()) {
+            let send_now = inline.is_some();
+            match self.submit_inner(op, key, user_data, inline.as_deref_mut(), send_now) {
                 Err((Error::QueueFull, Some(back))) => {
                     op = back;
                     self.reap_for_room();
@@ -138,7 +139,7 @@ impl CompletionPort {
     /// their slots and is taken, where io_uring says `QueueFull`.)
     pub fn try_submit(&self, op: Op, user_data: u64) -> Result<OpId> {
         let key = self.key_for(&op)?;
-        self.submit_inner(op, key, user_data, None)
+        self.submit_inner(op, key, user_data, None, false)
             .map_err(|(e, back)| {
                 if let Some(OpBody::Close { fd }) = back.as_ref().map(|op| &op.body) {
                     // (The association already ended in `key_for`, without a
@@ -153,7 +154,9 @@ impl CompletionPort {
     /// Like `try_submit`, but hands the operation back on `QueueFull` (and on any
     /// refusal that leaves it intact), so the caller can retry it later; with
     /// `inline`, `submit_inline`'s rule: an operation that finished during the
-    /// call is put there, not queued.
+    /// call is put there, not queued. (Not its sends made at once on io_uring:
+    /// its caller, the async face, tries a stream's send itself first, so a
+    /// send that reaches here found the socket full, or was not to be tried.)
     pub(crate) fn try_submit_keep_inline(
         &self,
         op: Op,
@@ -164,7 +167,7 @@ impl CompletionPort {
             Ok(k) => k,
             Err(e) => return Err((e, Some(op))),
         };
-        self.submit_inner(op, key, user_data, inline)
+        self.submit_inner(op, key, user_data, inline, false)
     }
 
     /// Whether `submit_inline` should have io_uring make this send at once
@@ -194,13 +197,15 @@ impl CompletionPort {
     /// Hands `op` to the backend. An operation that finished at once is
     /// queued, or with `inline` (and unless more completions of it follow)
     /// put there instead. (An out-parameter: returning the completion would
-    /// copy its 128 bytes through every caller, `submit`'s too.)
+    /// copy its 128 bytes through every caller, `submit`'s too.) `send_now`:
+    /// io_uring may make a send at once (`submit_inline`, `send_now_pays`).
     fn submit_inner(
         &self,
         op: Op,
         key: u64,
         user_data: u64,
         inline: Option<&mut Option<Completion>>,
+        send_now: bool,
     ) -> std::result::Result<OpId, (Error, Option<Op>)> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err((Error::Closed, Some(op)));
@@ -210,7 +215,7 @@ impl CompletionPort {
         // wait for a `get` that never comes to it (its own waiter sleeps in
         // the kernel with the SQE unsubmitted: session 16's review).
         let batching = DEFER_SUBMIT.with(Cell::get) && HOME.with(Cell::get) == self.inner.id;
-        let now = inline.is_some() && self.send_now_pays(&op);
+        let now = send_now && inline.is_some() && self.send_now_pays(&op);
         let high = self.count_high(&op);
         let (id, done) = self
             .inner

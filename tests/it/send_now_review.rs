@@ -42,7 +42,9 @@ backend_test!(
         // not reaped yet, so its lane is still taken.
         port.submit(Op::shutdown(&a, Shutdown::Write), 1).unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        let s = port.submit_inline(Op::send(&a, b"late".to_vec()), 2).unwrap();
+        let s = port
+            .submit_inline(Op::send(&a, b"late".to_vec()), 2)
+            .unwrap();
         let mut send = None;
         if let Submitted::Done(c) = s {
             send = Some(c);
@@ -77,11 +79,12 @@ backend_test!(
             .spawn(&port, move |port, c| {
                 if c.user_data == 100 {
                     // Batched: this SQE waits for the thread's next `get`.
-                    port.submit(Op::send(&*sock, b"first-".to_vec()), 1).unwrap();
+                    port.submit(Op::send(&*sock, b"first-".to_vec()), 1)
+                        .unwrap();
                     held_tx.send(()).unwrap();
                     go_rx.lock().unwrap().recv().unwrap();
                 } else {
-                    let r = c.result.map(|n| n);
+                    let r = c.result;
                     done_tx.lock().unwrap().send((c.user_data, r)).unwrap();
                 }
             })
@@ -139,14 +142,21 @@ backend_test!(
         let mut fds = [0; 2];
         // SAFETY: socketpair writes two descriptors into `fds`.
         let rc = unsafe {
-            libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
         };
         assert_eq!(rc, 0);
         // SAFETY: both are fresh descriptors we own.
         let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         port.associate(&a, 1).unwrap();
         for i in 0..20u8 {
-            let s = port.submit_inline(Op::send(&a, vec![i; 10 + i as usize]), 1).unwrap();
+            let s = port
+                .submit_inline(Op::send(&a, vec![i; 10 + i as usize]), 1)
+                .unwrap();
             let c = finish(&port, s);
             assert_eq!(c.result.as_ref().ok().copied(), Some(10 + i as usize));
         }
@@ -214,8 +224,10 @@ backend_test!(
         port.associate(&a, 1).unwrap();
         // Two completions ready in the kernel; one `get_many` reaps both and
         // hands both back: nothing is left queued.
-        port.submit(Op::timeout(Duration::from_millis(1)), 1).unwrap();
-        port.submit(Op::timeout(Duration::from_millis(1)), 2).unwrap();
+        port.submit(Op::timeout(Duration::from_millis(1)), 1)
+            .unwrap();
+        port.submit(Op::timeout(Duration::from_millis(1)), 2)
+            .unwrap();
         std::thread::sleep(Duration::from_millis(20));
         let mut out = Vec::new();
         while out.len() < 2 {
