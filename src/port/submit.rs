@@ -70,7 +70,9 @@ impl CompletionPort {
     /// `Pending`: its completions come through the port.
     /// Like `submit`, it waits for room while `max_in_flight` operations are
     /// out, even for one that would finish at once (the cap means the same on
-    /// both backends); a `Done` operation holds no slot once it is returned.
+    /// both backends; room is looked at when the call starts, so operations
+    /// other threads start meanwhile may fill it); a `Done` operation holds
+    /// no slot once it is returned.
     ///
     /// A handler that chains operations this way should bound the chain (say,
     /// 16 in a row, then a plain `submit`), as a thread that keeps finding work
