@@ -25,24 +25,7 @@ pub(crate) fn try_send_now(core: &Core, buf: &[u8], owned: bool) -> Option<io::R
     {
         return None;
     }
-    // SAFETY: `buf` is borrowed for the call and valid for reads of its
-    // length; the descriptor is the core's own, open while the core lives.
-    let n = unsafe {
-        crate::sys::rawcall::send(
-            std::os::fd::AsRawFd::as_raw_fd(&core.fd),
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n >= 0 {
-        return Some(Ok(n as usize));
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN | libc::EINTR) => None,
-        _ => Some(Err(e)),
-    }
+    crate::sys::rawcall::send_now(std::os::fd::AsRawFd::as_raw_fd(&core.fd), buf, 0)
 }
 
 /// Waits until no `AsyncWrite` send is in flight on the stream (the rest of

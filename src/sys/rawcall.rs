@@ -33,6 +33,31 @@ pub(crate) unsafe fn send(fd: RawFd, buf: *const libc::c_void, len: usize, flags
     unsafe { without_address(libc::SYS_sendto, fd, buf.cast_mut(), len, flags) }
 }
 
+/// One send of `buf` that never waits (`MSG_DONTWAIT | MSG_NOSIGNAL`, and
+/// `flags`): `Some(Ok(n))`, `n` bytes went (possibly fewer than asked);
+/// `Some(Err)`, the send's error; `None`, the socket's buffer is full (or a
+/// signal came first): go through the port. (The async face's streams,
+/// `net/stream.rs`, and io_uring's sends made at once, `Driver::send_now`.)
+pub(crate) fn send_now(fd: RawFd, buf: &[u8], flags: i32) -> Option<std::io::Result<usize>> {
+    // SAFETY: `buf` is borrowed for the call: valid for reads of its length.
+    let n = unsafe {
+        send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n >= 0 {
+        return Some(Ok(n as usize));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EINTR) => None,
+        _ => Some(Err(e)),
+    }
+}
+
 /// `recvfrom` or `sendto` (`nr`) with a null address and address length.
 ///
 /// # Safety

@@ -224,72 +224,13 @@ backend_test!(
 // (review item 2)
 // ---------------------------------------------------------------------------
 
-/// A one-connection server for `bench echo --size 64`: it echoes three
-/// messages, then sends back the first half of the fourth with its first byte
-/// flipped, and then closes (`stall` false) or waits for the client to go
-/// (`stall` true: the bench's hard stop, 5 s after its duration, ends it).
-fn corrupt_then(stall: bool) -> (SocketAddr, thread::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let h = thread::spawn(move || {
-        let Ok((mut s, _)) = l.accept() else { return };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-        let mut msg = [0u8; 64];
-        for _ in 0..3 {
-            if s.read_exact(&mut msg).is_err() || s.write_all(&msg).is_err() {
-                return;
-            }
-        }
-        if s.read_exact(&mut msg).is_err() {
-            return;
-        }
-        msg[0] ^= 0x01;
-        let _ = s.write_all(&msg[..32]);
-        if stall {
-            // Until the client shuts the connection down.
-            let _ = s.read(&mut msg);
-        }
-    });
-    (addr, h)
-}
-
-fn bench_against_corrupt(stall: bool) {
-    let _gate = gate(false);
-    let (addr, server) = corrupt_then(stall);
-    let target = addr.to_string();
-    let out = run_bin(&[
-        "bench",
-        "echo",
-        "--target",
-        &target,
-        "--conns",
-        "1",
-        "--size",
-        "64",
-        "--duration",
-        "0.5",
-        "--json",
-    ]);
-    let _ = server.join();
-    let json = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    let what = if stall { "stalls" } else { "closes" };
-    assert!(
-        json.contains("\"messages\":3,"),
-        "three messages came back whole: {json} {err}"
-    );
-    assert!(
-        json.contains("\"errors\":1,\"mismatches\":1}"),
-        "half an echo with a flipped byte, then the server {what}: not counted as a \
-         mismatch: {json}"
-    );
-    assert_eq!(out.status.code(), Some(1), "exit status; {json} {err}");
-    assert!(err.contains("did not match"), "{err}");
-}
-
-/// A server that echoes `n` 64-byte messages on its one connection, then
-/// closes it.
-fn echo_then_close(n: usize) -> (SocketAddr, thread::JoinHandle<()>) {
+/// A one-connection server for `bench echo --size 64`: it echoes `n`
+/// messages whole, then hands the connection to `then` (dropped after it:
+/// closed).
+fn echo_then(
+    n: usize,
+    then: impl FnOnce(&mut std::net::TcpStream) + Send + 'static,
+) -> (SocketAddr, thread::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let h = thread::spawn(move || {
@@ -301,14 +242,36 @@ fn echo_then_close(n: usize) -> (SocketAddr, thread::JoinHandle<()>) {
                 return;
             }
         }
+        then(&mut s);
     });
     (addr, h)
 }
 
-#[test]
-fn bench_fails_when_a_connection_is_lost_before_the_run_ends() {
-    let _gate = gate(false);
-    let (addr, server) = echo_then_close(5);
+/// It echoes three messages, then sends back the first half of the fourth
+/// with its first byte flipped, and then closes (`stall` false) or waits for
+/// the client to go (`stall` true: the bench's hard stop, 5 s after its
+/// duration, ends it).
+fn corrupt_then(stall: bool) -> (SocketAddr, thread::JoinHandle<()>) {
+    echo_then(3, move |s| {
+        let mut msg = [0u8; 64];
+        if s.read_exact(&mut msg).is_err() {
+            return;
+        }
+        msg[0] ^= 0x01;
+        let _ = s.write_all(&msg[..32]);
+        if stall {
+            // Until the client shuts the connection down.
+            let _ = s.read(&mut msg);
+        }
+    })
+}
+
+/// `bench echo --json` of one 64-byte connection for `duration` seconds
+/// against `server`, which it then joins: stdout, stderr, exit status.
+fn bench_one(
+    (addr, server): (SocketAddr, thread::JoinHandle<()>),
+    duration: &str,
+) -> (String, String, Option<i32>) {
     let target = addr.to_string();
     let out = run_bin(&[
         "bench",
@@ -320,17 +283,43 @@ fn bench_fails_when_a_connection_is_lost_before_the_run_ends() {
         "--size",
         "64",
         "--duration",
-        "2",
+        duration,
         "--json",
     ]);
     let _ = server.join();
-    let json = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+fn bench_against_corrupt(stall: bool) {
+    let _gate = gate(false);
+    let (json, err, code) = bench_one(corrupt_then(stall), "0.5");
+    let what = if stall { "stalls" } else { "closes" };
+    assert!(
+        json.contains("\"messages\":3,"),
+        "three messages came back whole: {json} {err}"
+    );
+    assert!(
+        json.contains("\"errors\":1,\"mismatches\":1}"),
+        "half an echo with a flipped byte, then the server {what}: not counted as a \
+         mismatch: {json}"
+    );
+    assert_eq!(code, Some(1), "exit status; {json} {err}");
+    assert!(err.contains("did not match"), "{err}");
+}
+
+#[test]
+fn bench_fails_when_a_connection_is_lost_before_the_run_ends() {
+    let _gate = gate(false);
+    let (json, err, code) = bench_one(echo_then(5, |_| {}), "2");
     assert!(
         json.contains("\"messages\":5,") && json.contains("\"errors\":1,\"mismatches\":0}"),
         "five echoes, then the connection lost: still reported: {json} {err}"
     );
-    assert_eq!(out.status.code(), Some(1), "exit status; {json} {err}");
+    assert_eq!(code, Some(1), "exit status; {json} {err}");
     assert!(err.contains("1 of 1 connections failed"), "{err}");
 }
 

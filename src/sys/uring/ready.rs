@@ -58,26 +58,11 @@ impl Driver {
             }
         }
         let rest = &buf[pos.min(buf.len())..];
-        let len = rest.len().min(MAX_IO);
-        // SAFETY: `rest` is borrowed from the op's buffer, which we own, for
-        // the call: valid for reads of `len <= rest.len()` bytes.
-        let n = unsafe {
-            crate::sys::rawcall::send(
-                fd,
-                rest.as_ptr().cast(),
-                len,
-                flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        let res = if n >= 0 {
-            // (At most `len`, which fits.)
-            n as i32
-        } else {
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EAGAIN | libc::EINTR) => return Err(op),
-                Some(e) => -e,
-                None => -libc::EIO,
-            }
+        let res = match crate::sys::rawcall::send_now(fd, &rest[..rest.len().min(MAX_IO)], flags) {
+            // (At most `MAX_IO`, which fits.)
+            Some(Ok(n)) => n as i32,
+            Some(Err(e)) => -e.raw_os_error().unwrap_or(libc::EIO),
+            None => return Err(op),
         };
         Ok(Ok(finish_inline(
             &mut lock(&self.inner),
