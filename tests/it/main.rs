@@ -12,6 +12,7 @@ mod bench_echo;
 mod burst;
 mod cancel;
 mod chains;
+mod chat;
 mod child;
 mod cli_edges;
 mod close;

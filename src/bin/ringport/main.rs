@@ -1,6 +1,7 @@
 //! The `ringport` program: raw flags → resolved config → one module per command.
 
 mod bench;
+mod chat;
 mod echo;
 mod echo_async;
 mod echo_multi;
@@ -28,6 +29,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// A TCP echo server on the port and its pool.
     Echo(echo::EchoArgs),
+    /// A chat server: nicknames, rooms, broadcast, private messages (a line protocol; try `nc`).
+    Chat(chat::ChatArgs),
     /// Load generators and micro-benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Echo(args) => echo::run(&args),
+        Command::Chat(args) => chat::run(&args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     match result {
