@@ -11,7 +11,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -275,17 +275,14 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..args.accepts.max(1) {
         port.submit(Op::accept(&server.listener), ud(ACCEPT, 0, 0))?;
     }
-    let (tx, rx) = mpsc::channel();
-    signals::on_shutdown(move |sig| {
-        let _ = tx.send(sig);
-    })?;
+    let signal = signals::waiter()?;
     crate::say(format_args!(
         "listening on {local} (backend {}, {} threads, concurrency {})",
         port.backend(),
         pool.threads(),
         port.concurrency()
     ));
-    let sig = rx.recv()?;
+    let sig = signal.recv()?;
     server.stopping.store(true, Ordering::Release);
     pool.shutdown();
     let open = server

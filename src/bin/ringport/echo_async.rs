@@ -4,7 +4,7 @@
 //! raw completions (`echo.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ringport::net::{TcpListener, TcpStream};
@@ -51,41 +51,30 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
         let live = live.clone();
         let buf_size = args.buf_size;
         rt.spawn(async move {
-            loop {
-                match l.accept().await {
-                    Ok((s, _)) => {
-                        if !live.admit() {
-                            drop(s); // past the cap: closed at once
-                            continue;
-                        }
-                        counts.accepted.fetch_add(1, Ordering::Relaxed);
-                        let counts = counts.clone();
-                        // Counted out when the task ends, or is dropped at shutdown.
-                        let admitted = Admitted(live.clone());
-                        ringport::spawn(async move {
-                            serve(s, buf_size, spin_for).await;
-                            counts.closed.fetch_add(1, Ordering::Relaxed);
-                            drop(admitted);
-                        });
-                    }
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                        crate::warn_backoff(&e, Duration::from_millis(10));
-                        ringport::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Err(e) => tracing::debug!("accept: {e}"),
+            crate::accept::accept_each(&l, |s| {
+                if !live.admit() {
+                    drop(s); // past the cap: closed at once
+                    return;
                 }
-            }
+                counts.accepted.fetch_add(1, Ordering::Relaxed);
+                let counts = counts.clone();
+                // Counted out when the task ends, or is dropped at shutdown.
+                let admitted = Admitted(live.clone());
+                ringport::spawn(async move {
+                    serve(s, buf_size, spin_for).await;
+                    counts.closed.fetch_add(1, Ordering::Relaxed);
+                    drop(admitted);
+                });
+            })
+            .await;
         });
     }
-    let (tx, rx) = mpsc::channel();
-    signals::on_shutdown(move |sig| {
-        let _ = tx.send(sig);
-    })?;
+    let signal = signals::waiter()?;
     crate::say(format_args!(
         "listening on {local} (async, backend {})",
         rt.handle().backend()
     ));
-    let sig = rx.recv()?;
+    let sig = signal.recv()?;
     let open = rt.handle().live_tasks();
     rt.shutdown();
     eprintln!(

@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringport::{BufferPool, Completion, CompletionPort, Op, OpId, Pool, Submitted};
@@ -171,10 +171,7 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
         .spawn(&port, move |port, c| s.handle(port, c))
         .map_err(|e| crate::echo::spawn_error(args.workers(), e))?;
     port.submit(Op::accept_multishot(&server.listener), ud(ACCEPT, 0, 0))?;
-    let (tx, rx) = mpsc::channel();
-    signals::on_shutdown(move |sig| {
-        let _ = tx.send(sig);
-    })?;
+    let signal = signals::waiter()?;
     let paths = port.stats().op_paths;
     crate::say(format_args!(
         "listening on {local} (backend {}, {} threads, concurrency {}, multishot recv: {}, pool {} × {} B)",
@@ -185,7 +182,7 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
         server.pool.count(),
         server.pool.buffer_size(),
     ));
-    let sig = rx.recv()?;
+    let sig = signal.recv()?;
     server.stopping.store(true, Ordering::Release);
     workers.shutdown();
     let open = server

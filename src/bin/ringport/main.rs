@@ -1,5 +1,6 @@
 //! The `ringport` program: raw flags → resolved config → one module per command.
 
+mod accept;
 mod bench;
 mod chat;
 mod echo;

@@ -42,3 +42,13 @@ pub fn on_shutdown(on_signal: impl FnOnce(i32) + Send + 'static) -> io::Result<(
         })?;
     Ok(())
 }
+
+/// A receiver that gets the number of the first SIGINT or SIGTERM
+/// (`on_shutdown` sending it on).
+pub fn waiter() -> io::Result<std::sync::mpsc::Receiver<i32>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    on_shutdown(move |sig| {
+        let _ = tx.send(sig);
+    })?;
+    Ok(rx)
+}

@@ -23,7 +23,7 @@ mod proto;
 
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -110,38 +110,27 @@ pub fn run(args: &ChatArgs) -> Result<(), Box<dyn std::error::Error>> {
         let hub = hub.clone();
         let counts = counts.clone();
         rt.spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((s, _)) => {
-                        counts.accepted.fetch_add(1, Ordering::Relaxed);
-                        let hub = hub.clone();
-                        let counts = counts.clone();
-                        ringport::spawn(async move {
-                            if !serve(&hub, s, limits).await {
-                                counts.refused.fetch_add(1, Ordering::Relaxed);
-                            }
-                        });
+            crate::accept::accept_each(&listener, |s| {
+                counts.accepted.fetch_add(1, Ordering::Relaxed);
+                let hub = hub.clone();
+                let counts = counts.clone();
+                ringport::spawn(async move {
+                    if !serve(&hub, s, limits).await {
+                        counts.refused.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                        crate::warn_backoff(&e, Duration::from_millis(10));
-                        ringport::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    Err(e) => tracing::debug!("accept: {e}"),
-                }
-            }
+                });
+            })
+            .await;
         });
     }
-    let (tx, rx) = mpsc::channel();
-    signals::on_shutdown(move |sig| {
-        let _ = tx.send(sig);
-    })?;
+    let signal = signals::waiter()?;
     crate::say(format_args!(
         "chat on {local} (backend {}); try: nc {} {}",
         rt.handle().backend(),
         local.ip(),
         local.port()
     ));
-    let sig = rx.recv()?;
+    let sig = signal.recv()?;
     hub.stop();
     // The writers flush their BYE and close; give them a second.
     let deadline = Instant::now() + Duration::from_secs(1);

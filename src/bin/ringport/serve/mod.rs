@@ -45,7 +45,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -452,16 +452,13 @@ pub fn run(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     .unwrap_or(Duration::from_secs(1));
     let tick = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
     rt.spawn(srv.clone().reap(tick));
-    let (tx, rx) = mpsc::channel();
-    signals::on_shutdown(move |sig| {
-        let _ = tx.send(sig);
-    })?;
+    let signal = signals::waiter()?;
     crate::say(format_args!(
         "serving {} at http://{local}/ (backend {}, max {max_conns} connections)",
         root.display(),
         rt.handle().backend()
     ));
-    let sig = rx.recv()?;
+    let sig = signal.recv()?;
     srv.stop();
     let deadline = Instant::now() + Duration::from_millis(args.grace_ms);
     while (srv.open.load(Ordering::Acquire) > 0 || acceptors.iter().any(|a| !a.is_finished()))
