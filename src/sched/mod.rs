@@ -289,6 +289,10 @@ impl<T: Prioritized> Sched<T> {
                     return (Next::PollFirst, wake);
                 }
                 let n = st.take(id, out, limit);
+                if limit > 1 {
+                    // A batch held to its share leaves the rest to idle threads.
+                    wake |= st.dispatch();
+                }
                 return (Next::Got(n), wake);
             }
             if st.queue.is_empty() && (st.poller.is_none() || !may_sleep) {
@@ -330,7 +334,8 @@ impl<T: Prioritized> Sched<T> {
                     Handoff::Item(t) => {
                         // The giver counted us as running already.
                         out.push(t);
-                        let more = st.drain_more(out, limit.saturating_sub(1));
+                        let rest = st.share(limit.saturating_sub(1), 1);
+                        let more = st.drain_more(out, rest);
                         st.slot_mut(id).run = Run::Running(Instant::now());
                         return (Next::Got(1 + more), wake);
                     }
@@ -685,6 +690,7 @@ impl<T: Prioritized> State<T> {
 
     /// Takes up to `limit` queued items for `id`, which becomes running.
     fn take(&mut self, id: SlotId, out: &mut Vec<T>, limit: usize) -> usize {
+        let limit = self.share(limit, 0);
         let n = self.drain_more(out, limit.max(1));
         self.running += 1;
         self.stats.peak_running = self.stats.peak_running.max(self.running);
@@ -701,6 +707,20 @@ impl<T: Prioritized> State<T> {
         } else if self.held_since.is_none() {
             self.held_since = Some(Instant::now());
         }
+    }
+
+    /// A batch's fair share: of `limit` items asked for, no more than the
+    /// queue split evenly between the taker and the idle threads that free
+    /// slots would let run them now (`counted`: 1 if the taker is counted in
+    /// `running` already, else 0). Taking more would leave those threads
+    /// idle while the taker works through a batch alone.
+    fn share(&self, limit: usize, counted: usize) -> usize {
+        if limit <= 1 {
+            return limit;
+        }
+        let free = (self.max + counted).saturating_sub(self.running + 1);
+        let helpers = free.min(self.waiters.len());
+        limit.min(self.queue.len().div_ceil(helpers + 1))
     }
 
     fn drain_more(&mut self, out: &mut Vec<T>, limit: usize) -> usize {

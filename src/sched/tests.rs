@@ -399,3 +399,37 @@ fn a_hold_begun_by_a_take_is_stamped_and_a_fruitless_release_keeps_it() {
     assert!(lock(&s.state).held_since.is_none());
     assert_eq!(out, [0, 1, 2]);
 }
+
+#[test]
+fn a_batch_leaves_an_idle_thread_its_share() {
+    let s: Arc<Sched<u32>> = Arc::new(Sched::new(2));
+    let a = s.register();
+    let b = s.register();
+    let mut out = Vec::new();
+    // a polls the backend; b waits, idle.
+    assert_eq!(s.dequeue(a, &mut out, 8, None, true).0, Next::Poll);
+    let s2 = s.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let next = s2.dequeue(b, &mut got, 8, None, true).0;
+        (next, got)
+    });
+    while !lock(&s.state).waiters.contains(&b) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // a comes back with 8 completions and asks for 8: it takes half, and b
+    // (a free slot, idle) is handed the other half.
+    let (next, _) = s.offer(a, true, 0..8, &mut out, 8);
+    assert_eq!(next, Some(Next::Got(4)));
+    assert_eq!(out, [0, 1, 2, 3]);
+    let (next, got) = waiter.join().unwrap();
+    assert_eq!(next, Next::Got(4));
+    assert_eq!(got, [4, 5, 6, 7]);
+    // Alone (b running, no one idle), a batch takes up to its limit.
+    s.push(8);
+    s.push(9);
+    s.push(10);
+    out.clear();
+    assert_eq!(s.dequeue(a, &mut out, 8, None, true).0, Next::Got(3));
+    assert_eq!(out, [8, 9, 10]);
+}

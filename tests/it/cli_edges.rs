@@ -261,3 +261,14 @@ backend_test!(addresses_may_name_a_host, |choice: BackendChoice| {
     assert!(!out.status.success() && err.contains("HOST:PORT"), "{err}");
     stop(child);
 });
+
+#[test]
+fn echo_refuses_a_batch_it_cannot_take() {
+    for b in ["0", "1025", "-1", "eight"] {
+        let flag = format!("--batch={b}");
+        let out = run_bin(&["echo", "--listen", "127.0.0.1:0", &flag]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--batch {b}: {err}");
+        assert!(err.contains("--batch"), "--batch {b}: {err}");
+    }
+}

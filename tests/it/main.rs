@@ -36,6 +36,7 @@ mod order;
 mod outcomes;
 mod parity;
 mod pool;
+mod pool_batch;
 mod pool_edges;
 mod ports;
 mod priority;

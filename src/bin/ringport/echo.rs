@@ -25,6 +25,18 @@ impl EchoArgs {
         workers_or_one_per_cpu(self.threads)
     }
 
+    /// `--batch`, or its default for the port's backend: 8 on io_uring,
+    /// 1 (IOCP's one completion per dequeue) on epoll.
+    pub(crate) fn batch(&self, backend: ringport::BackendKind) -> usize {
+        self.batch.map_or(
+            match backend {
+                ringport::BackendKind::Uring => 8,
+                _ => 1,
+            },
+            |n| n as usize,
+        )
+    }
+
     /// `--lazy-release`, or its default.
     pub(crate) fn lazy_release(&self) -> Result<usize, String> {
         lazy_release_or(self.lazy_release, 4)
@@ -84,6 +96,12 @@ pub struct EchoArgs {
     /// session 11).
     #[arg(long)]
     pub(crate) lazy_release: Option<usize>,
+    /// Completions a worker takes per dequeue (`PoolBuilder::batch`; at least 1).
+    /// Default: 8 on io_uring, where it cut the CPU per message to 0.90–0.93 ×
+    /// at 64 and 1000 connections; 1 on epoll, where it cost more
+    /// (BENCHMARKS.md, session 20).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) batch: Option<u32>,
     /// Burn this many microseconds of CPU before echoing a message whose first byte is '!'.
     #[arg(long, default_value_t = 0)]
     pub(crate) spin_us: u64,
@@ -269,6 +287,7 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let pool = Pool::builder()
         .threads(args.workers())
         .lazy_release(args.lazy_release()?)
+        .batch(args.batch(port.backend()))
         .name("echo")
         .spawn(&port, move |port, c| s.handle(port, c))
         .map_err(|e| spawn_error(args.workers(), e))?;
@@ -277,10 +296,11 @@ pub fn run(args: &EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let signal = signals::waiter()?;
     crate::say(format_args!(
-        "listening on {local} (backend {}, {} threads, concurrency {})",
+        "listening on {local} (backend {}, {} threads, concurrency {}, batch {})",
         port.backend(),
         pool.threads(),
-        port.concurrency()
+        port.concurrency(),
+        args.batch(port.backend())
     ));
     let sig = signal.recv()?;
     server.stopping.store(true, Ordering::Release);

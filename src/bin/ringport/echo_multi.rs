@@ -167,6 +167,7 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
     let workers = Pool::builder()
         .threads(args.workers())
         .lazy_release(args.lazy_release()?)
+        .batch(args.batch(port.backend()))
         .name("echo")
         .spawn(&port, move |port, c| s.handle(port, c))
         .map_err(|e| crate::echo::spawn_error(args.workers(), e))?;
@@ -174,10 +175,11 @@ pub fn run(args: &EchoArgs, port: CompletionPort) -> Result<(), Box<dyn std::err
     let signal = signals::waiter()?;
     let paths = port.stats().op_paths;
     crate::say(format_args!(
-        "listening on {local} (backend {}, {} threads, concurrency {}, multishot recv: {}, pool {} × {} B)",
+        "listening on {local} (backend {}, {} threads, concurrency {}, batch {}, multishot recv: {}, pool {} × {} B)",
         port.backend(),
         workers.threads(),
         port.concurrency(),
+        args.batch(port.backend()),
         paths.get(ringport::OpKind::RecvMulti).expect("an op kind"),
         server.pool.count(),
         server.pool.buffer_size(),
