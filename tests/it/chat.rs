@@ -527,3 +527,38 @@ fn bad_flags_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--max-outbox 4096 is too small"), "{err}");
 }
+
+chat_test!(
+    a_member_gone_but_not_yet_flushed_still_counts_against_the_cap,
+    ["--max-conns", "2", "--max-outbox", "16777216"],
+    |chat| {
+        let (mut o, _) = chat.join();
+        // A member asks for ~11 MB of replies (more than the kernel buffers
+        // for a peer that does not read), never reads, and half-closes: it
+        // leaves the hub, but its connection stays open while its writer
+        // flushes what it queued.
+        let (mut a, anick) = chat.join();
+        assert_eq!(o.line(), format!("* {anick} joined lobby"));
+        a.send_bytes("/help\n".repeat(120_000).as_bytes());
+        a.w.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(o.line(), format!("* {anick} left lobby"));
+        // Two connections are open: a third is refused, else a client could
+        // pile up connections (and their outboxes) past --max-conns.
+        let mut c = Client::connect(chat.addr);
+        assert_eq!(c.line(), "ERR server full");
+        assert_eq!(c.rest(), Vec::<String>::new());
+        // Once a has read everything, its connection ends and frees its place.
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match a.r.get_mut().read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        wait_until("room for one more", || {
+            let mut d = Client::connect(chat.addr);
+            d.line().starts_with("HELLO ")
+        });
+    }
+);

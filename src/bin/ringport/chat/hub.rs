@@ -53,6 +53,11 @@ struct State {
     rooms: BTreeMap<String, Vec<u64>>,
     next_id: u64,
     next_guest: u64,
+    /// Connections let in and not yet ended (`release`): members, and those
+    /// that left but whose writer still flushes. `--max-conns` caps this, not
+    /// the members: a connection out of the hub still holds its socket and
+    /// its outbox until its peer has read it.
+    open: usize,
     stopping: bool,
 }
 
@@ -158,7 +163,7 @@ impl Hub {
             if st.stopping {
                 return Err(Refusal::Stopping);
             }
-            if st.members.len() >= self.max_members {
+            if st.open >= self.max_members {
                 return Err(Refusal::Full);
             }
             let nick = loop {
@@ -170,6 +175,7 @@ impl Hub {
             };
             let id = st.next_id;
             st.next_id += 1;
+            st.open += 1;
             st.nicks.insert(nick.clone(), id);
             st.members.insert(
                 id,
@@ -197,6 +203,13 @@ impl Hub {
         self.with(|st, d| {
             remove(st, d, id, "");
         });
+    }
+
+    /// A connection let in by `connect` has ended (after `disconnect` and its
+    /// writer's last send): its place under the cap is free.
+    pub(crate) fn release(&self) {
+        let mut st = self.lock();
+        st.open = st.open.saturating_sub(1);
     }
 
     /// The server is stopping: every member is told `BYE` and let go; no one
@@ -467,5 +480,21 @@ mod tests {
             hub.connect(out, Box::new(|| {})).unwrap_err(),
             Refusal::Stopping
         );
+    }
+
+    #[test]
+    fn a_connection_counts_until_released_not_until_it_leaves() {
+        let hub = Hub::new(1);
+        let (a, _oa, _) = member(&hub, 1024);
+        hub.disconnect(a);
+        assert_eq!(hub.members(), 0);
+        let out = Arc::new(Outbox::new(1024));
+        // Its writer may still flush: the place is not free yet.
+        assert_eq!(
+            hub.connect(out.clone(), Box::new(|| {})).unwrap_err(),
+            Refusal::Full
+        );
+        hub.release();
+        assert!(hub.connect(out, Box::new(|| {})).is_ok());
     }
 }

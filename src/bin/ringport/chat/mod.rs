@@ -190,6 +190,8 @@ async fn serve(hub: &Hub, s: TcpStream, limits: Limits) -> bool {
     }
     // The writer sends what is queued (a BYE), then shuts the socket.
     let _ = writer.await;
+    // Only now is the connection's memory (its outbox) and socket let go.
+    hub.release();
     true
 }
 
