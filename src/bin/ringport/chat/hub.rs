@@ -215,19 +215,19 @@ impl Hub {
     /// The server is stopping: every member is told `BYE` and let go; no one
     /// new is let in.
     pub(crate) fn stop(&self) {
-        let outs: Vec<Arc<Outbox>> = self.with(|st, d| {
+        self.with(|st, d| {
             st.stopping = true;
             let ids: Vec<u64> = st.members.keys().copied().collect();
             for &id in &ids {
                 d.to(st, id, "BYE server stopping");
             }
-            st.members.values().map(|m| m.out.clone()).collect()
-        });
-        for out in outs {
-            if let Some(w) = out.close() {
-                w.wake();
+            // Closed under the lock, with the BYEs: a line delivered after
+            // it (say, `* x left` as another member's connection ends) would
+            // otherwise follow the BYE.
+            for m in st.members.values() {
+                d.wakers.extend(m.out.close());
             }
-        }
+        });
     }
 
     /// Members connected now.
