@@ -497,4 +497,42 @@ mod tests {
         hub.release();
         assert!(hub.connect(out, Box::new(|| {})).is_ok());
     }
+
+    #[test]
+    fn concurrent_speakers_are_heard_in_one_order_by_all() {
+        // Threads talk at once, straight into the hub (no sockets to slow
+        // them): delivering outside the lock shows up here as members that
+        // disagree on the order.
+        const SPEAKERS: usize = 4;
+        const EACH: usize = 2000;
+        let hub = Arc::new(Hub::new(16));
+        let members: Vec<_> = (0..SPEAKERS + 2).map(|_| member(&hub, 1 << 24)).collect();
+        let threads: Vec<_> = members[..SPEAKERS]
+            .iter()
+            .map(|&(id, _, _)| {
+                let hub = hub.clone();
+                std::thread::spawn(move || {
+                    for k in 0..EACH {
+                        hub.act(id, Command::Say(&format!("{k}")));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let heard: Vec<Vec<String>> = members
+            .iter()
+            .map(|(_, out, _)| {
+                drain(out)
+                    .into_iter()
+                    .filter(|l| l.starts_with("[lobby]"))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(heard[0].len(), SPEAKERS * EACH);
+        for (i, h) in heard.iter().enumerate() {
+            assert!(h == &heard[0], "member {i} heard another order");
+        }
+    }
 }
