@@ -242,6 +242,9 @@ impl Hub {
                 return Flow::Quit; // kicked meanwhile
             };
             let (nick, room) = (me.nick.clone(), me.room.clone());
+            // A listing (ROOMS, WHO) fits half the asker's outbox: a full one
+            // could pass it, and the asker be dropped as too slow.
+            let me_limit = me.out.limit() / 2;
             match cmd {
                 Command::Empty => {}
                 Command::Say(text) => {
@@ -286,10 +289,11 @@ impl Hub {
                     None => d.to(st, id, &format!("ERR no one is called {to}")),
                 },
                 Command::Rooms => {
-                    let mut line = String::from("ROOMS");
-                    for (name, ids) in &st.rooms {
-                        line.push_str(&format!(" {name}({})", ids.len()));
-                    }
+                    let rooms = st
+                        .rooms
+                        .iter()
+                        .map(|(name, ids)| format!("{name}({})", ids.len()));
+                    let line = listing(String::from("ROOMS"), rooms, me_limit);
                     d.to(st, id, &line);
                 }
                 Command::Who => {
@@ -301,7 +305,9 @@ impl Hub {
                         .filter_map(|i| st.members.get(i).map(|m| m.nick.as_str()))
                         .collect();
                     nicks.sort_unstable();
-                    d.to(st, id, &format!("WHO {room}: {}", nicks.join(" ")));
+                    let head = format!("WHO {room}:");
+                    let line = listing(head, nicks.into_iter().map(String::from), me_limit);
+                    d.to(st, id, &line);
                 }
                 Command::Help => d.to(st, id, HELP),
                 Command::Quit => {
@@ -317,6 +323,23 @@ impl Hub {
             Flow::Go
         })
     }
+}
+
+/// `head` and the `items`, each after a space, in at most `max` bytes: the
+/// items that would pass it are left out and counted (` +N more`).
+fn listing(mut head: String, items: impl ExactSizeIterator<Item = String>, max: usize) -> String {
+    // Room for the longest " +N more".
+    let max = max.saturating_sub(24);
+    let total = items.len();
+    for (i, item) in items.enumerate() {
+        if head.len() + 1 + item.len() > max {
+            head.push_str(&format!(" +{} more", total - i));
+            break;
+        }
+        head.push(' ');
+        head.push_str(&item);
+    }
+    head
 }
 
 /// Takes `id` out of `room`'s list, and the room out when it empties.
@@ -534,5 +557,32 @@ mod tests {
         for (i, h) in heard.iter().enumerate() {
             assert!(h == &heard[0], "member {i} heard another order");
         }
+    }
+
+    #[test]
+    fn a_long_listing_is_cut_short_rather_than_overflow_the_asker() {
+        // 150 rooms of 32-character names: a full ROOMS line (~6 KB), or a
+        // WHO of 150 members, would not fit a 4096-byte outbox, and the
+        // member who asked would be dropped as too slow.
+        let hub = Hub::new(400);
+        for i in 0..150 {
+            let (id, _, _) = member(&hub, 1 << 16);
+            let room = format!("r{i:031}");
+            hub.act(id, Command::Join(&room));
+        }
+        for i in 0..150 {
+            let (id, _, _) = member(&hub, 1 << 16);
+            hub.act(id, Command::Nick(&format!("n{i:031}")));
+        }
+        // The asker comes last: it hears no notices, only its replies.
+        let (a, oa, kicked) = member(&hub, 4096);
+        hub.act(a, Command::Rooms);
+        hub.act(a, Command::Who);
+        assert_eq!(kicked.load(Ordering::Relaxed), 0, "the asker was dropped");
+        let lines = drain(&oa);
+        let rooms = lines.iter().find(|l| l.starts_with("ROOMS ")).unwrap();
+        let who = lines.iter().find(|l| l.starts_with("WHO ")).unwrap();
+        assert!(rooms.len() <= 2048 && rooms.ends_with(" more"), "{rooms}");
+        assert!(who.len() <= 2048 && who.ends_with(" more"), "{who}");
     }
 }

@@ -47,6 +47,11 @@ impl Outbox {
         }
     }
 
+    /// The most bytes it queues.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock leaves plain bytes behind: go on.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
