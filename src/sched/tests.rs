@@ -433,3 +433,39 @@ fn a_batch_leaves_an_idle_thread_its_share() {
     assert_eq!(s.dequeue(a, &mut out, 8, None, true).0, Next::Got(3));
     assert_eq!(out, [8, 9, 10]);
 }
+
+#[test]
+fn a_batch_taken_from_a_queue_filled_without_dispatch_hands_the_rest_on() {
+    // A running thread queued completions without waking anyone
+    // (`push_with(.., false)`); when it dequeues a batch it takes its share
+    // and the idle waiter must be handed the rest, not left asleep.
+    let s: Arc<Sched<u32>> = Arc::new(Sched::new(4));
+    let a = s.register();
+    let b = s.register();
+    let c = s.register();
+    let mut out = Vec::new();
+    assert_eq!(s.dequeue(a, &mut out, 8, None, true).0, Next::Poll);
+    assert_eq!(s.poll_done(a, [0], &mut out, 8).0, Some(Next::Got(1)));
+    // b takes the poll role; c waits, idle.
+    assert_eq!(s.dequeue(b, &mut Vec::new(), 8, None, true).0, Next::Poll);
+    let s2 = s.clone();
+    let waiter = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        // A deadline: left asleep, it times out instead of hanging the test.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let next = s2.dequeue(c, &mut got, 8, Some(deadline), true).0;
+        (next, got)
+    });
+    while !lock(&s.state).waiters.contains(&c) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for i in 1..=6 {
+        assert!(!s.push_with(i, false));
+    }
+    out.clear();
+    assert_eq!(s.dequeue(a, &mut out, 8, None, true).0, Next::Got(3));
+    assert_eq!(out, [1, 2, 3]);
+    let (next, got) = waiter.join().unwrap();
+    assert_eq!(next, Next::Got(3));
+    assert_eq!(got, [4, 5, 6]);
+}
