@@ -562,3 +562,57 @@ chat_test!(
         });
     }
 );
+chat_test!(bench_chat_measures_it_and_checks_every_line, [], |chat| {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "chat",
+            "--json",
+            "--clients",
+            "12",
+            "--rooms",
+            "3",
+            "--duration",
+            "0.5",
+        ])
+        .args(["--target", &chat.addr.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let field = |k: &str| -> f64 {
+        let at = stdout
+            .find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} in {stdout}"));
+        let rest = &stdout[at + k.len() + 3..];
+        rest[..rest.find([',', '}']).unwrap()].parse().unwrap()
+    };
+    assert!(field("lines") > 0.0, "{stdout}");
+    // Each line said reaches the 4 members of its room.
+    let per_line = field("deliveries_per_s") / field("lines_per_s");
+    assert!(
+        (per_line - 4.0).abs() < 0.2,
+        "{per_line} deliveries per line: {stdout}"
+    );
+    assert_eq!(field("gaps"), 0.0, "{stdout}");
+    assert_eq!(field("errors"), 0.0, "{stdout}");
+});
+
+#[test]
+fn bench_chat_without_a_server_fails_clearly() {
+    let addr = crate::common::closed_addr();
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "chat",
+            "--duration",
+            "0.2",
+            "--target",
+            &addr.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect"), "{err}");
+}

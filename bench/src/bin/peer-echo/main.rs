@@ -15,6 +15,7 @@
 
 mod epoll_tpc;
 mod sig;
+mod tokio_chat;
 mod tokio_srv;
 mod uring_tpc;
 
@@ -35,6 +36,9 @@ enum Server {
     /// Raw io_uring, one thread per CPU, each with its own SO_REUSEPORT listener and
     /// ring (DEFER_TASKRUN, multishot accept, multishot recv with a provided-buffer ring).
     UringTpc,
+    /// A chat server on tokio's multi-thread runtime (2 workers): the peer of
+    /// `ringport chat` for `ringport bench chat`.
+    TokioChat,
 }
 
 #[derive(Debug, Parser)]
@@ -82,6 +86,7 @@ fn main() {
         Server::TokioMt => tokio_srv::run(cli.listen, Some(2), spin_for),
         Server::TokioCt => tokio_srv::run(cli.listen, None, spin_for),
         Server::EpollTpc => epoll_tpc::run(cli.listen, spin_for),
+        Server::TokioChat => tokio_chat::run(cli.listen),
         Server::UringTpc => uring_tpc::run(
             cli.listen,
             spin_for,

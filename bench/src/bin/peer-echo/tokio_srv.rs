@@ -13,9 +13,19 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 
 use crate::{sig, spin, BUF};
 
-/// Runs the server on a multi-thread runtime with `workers` worker threads, or on
+/// Runs the echo server on a multi-thread runtime with `workers` worker threads, or on
 /// a current-thread runtime when `workers` is `None`, until SIGINT/SIGTERM.
 pub fn run(listen: SocketAddr, workers: Option<usize>, spin_for: Duration) -> io::Result<()> {
+    run_with(listen, workers, move |s| serve(s, spin_for))
+}
+
+/// Runs a server whose connections `conn` serves, a task each, on a runtime
+/// as [`run`] says, until SIGINT/SIGTERM.
+pub fn run_with<F, Fut>(listen: SocketAddr, workers: Option<usize>, conn: F) -> io::Result<()>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let rt = match workers {
         Some(n) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
@@ -48,7 +58,7 @@ pub fn run(listen: SocketAddr, workers: Option<usize>, spin_for: Duration) -> io
                 r = listener.accept() => match r {
                     Ok((s, _)) => {
                         acc.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(serve(s, spin_for));
+                        tokio::spawn(conn(s));
                     }
                     Err(e) => {
                         eprintln!("peer-echo: accept: {e}");

@@ -1,6 +1,7 @@
 //! `ringport bench …`: measurements.
 
 mod aligned;
+mod chat;
 mod designs;
 mod echo;
 mod file;
@@ -19,6 +20,11 @@ pub enum BenchCommand {
     /// echo did not match what was sent, no connection could be made, or a
     /// connection failed before the run ended (after printing what it saw).
     Echo(echo::EchoBenchArgs),
+    /// Closed-loop load against a chat server (`ringport chat`): members in
+    /// rooms each say a line, wait for it to come back, and say the next,
+    /// checking that every line reaches every member of its room in order.
+    /// Exits 1 if a line was lost or reordered, or a member failed.
+    Chat(chat::ChatBenchArgs),
     /// Opens N connections to a server and holds them idle (see bench/idle-memory.sh).
     Idle(idle::IdleArgs),
     /// File → 127.0.0.1 socket throughput and sender CPU: send_file vs read + send vs read + send_zc.
@@ -34,6 +40,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), Box<dyn std::error::Error>> {
     match cmd {
         BenchCommand::Nop(args) => nop::run(&args),
         BenchCommand::Echo(args) => echo::run(&args),
+        BenchCommand::Chat(args) => chat::run(&args),
         BenchCommand::Idle(args) => idle::run(&args),
         BenchCommand::Transfer(args) => transfer::run(&args),
         BenchCommand::TransferSink(args) => transfer::sink(&args),
