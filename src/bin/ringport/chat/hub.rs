@@ -20,10 +20,12 @@
 //! disconnected: removed at once, its room told `* nick left room (too
 //! slow)`, and its socket shut down (`kick`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
+
+use rustc_hash::FxHashMap;
 
 use super::outbox::{Outbox, Pushed};
 use super::proto::{Command, HELP};
@@ -44,13 +46,14 @@ struct Member {
 #[derive(Default)]
 struct State {
     /// Every connected member, by id.
-    members: HashMap<u64, Member>,
+    members: FxHashMap<u64, Member>,
     /// Invariant: `nicks[m.nick] == id` for every member `m` with that id,
     /// and nothing else is in it.
-    nicks: HashMap<String, u64>,
+    nicks: FxHashMap<String, u64>,
     /// Invariant: a room is here exactly while it has members; its list holds
-    /// the ids of the members whose `room` it is, in joining order.
-    rooms: BTreeMap<String, Vec<u64>>,
+    /// the ids (and outboxes) of the members whose `room` it is, in joining
+    /// order. (The outbox is kept here so a broadcast looks nothing up.)
+    rooms: BTreeMap<String, Vec<(u64, Arc<Outbox>)>>,
     next_id: u64,
     next_guest: u64,
     /// Connections let in and not yet ended (`release`): members, and those
@@ -93,22 +96,24 @@ struct Deliveries {
 impl Deliveries {
     fn to(&mut self, st: &State, id: u64, line: &str) {
         if let Some(m) = st.members.get(&id) {
-            match m.out.push(line) {
-                (Pushed::Overflow, w) => {
-                    self.overflowed.push(id);
-                    self.wakers.extend(w);
-                }
-                (_, w) => self.wakers.extend(w),
-            }
+            self.push(id, &m.out, line);
         }
+    }
+
+    fn push(&mut self, id: u64, out: &Outbox, line: &str) {
+        let (pushed, w) = out.push(line);
+        if pushed == Pushed::Overflow {
+            self.overflowed.push(id);
+        }
+        self.wakers.extend(w);
     }
 
     /// To every member of `room` but `except`; returns how many.
     fn room(&mut self, st: &State, room: &str, except: Option<u64>, line: &str) -> u64 {
         let mut n = 0;
-        if let Some(ids) = st.rooms.get(room) {
-            for &id in ids.iter().filter(|&&id| Some(id) != except) {
-                self.to(st, id, line);
+        if let Some(list) = st.rooms.get(room) {
+            for (id, out) in list.iter().filter(|(id, _)| Some(*id) != except) {
+                self.push(*id, out, line);
                 n += 1;
             }
         }
@@ -182,13 +187,13 @@ impl Hub {
                 Member {
                     nick: nick.clone(),
                     room: LOBBY.to_string(),
-                    out,
+                    out: out.clone(),
                     kick,
                 },
             );
             d.to(st, id, &format!("HELLO {nick} {LOBBY}"));
             d.room(st, LOBBY, None, &format!("* {nick} joined {LOBBY}"));
-            st.rooms.entry(LOBBY.to_string()).or_default().push(id);
+            st.rooms.entry(LOBBY.to_string()).or_default().push((id, out));
             Ok((id, nick))
         })
     }
@@ -273,12 +278,14 @@ impl Hub {
                     leave_room(st, id, &room);
                     d.room(st, &room, None, &format!("* {nick} left {room}"));
                     d.room(st, to, None, &format!("* {nick} joined {to}"));
+                    let Some(m) = st.members.get_mut(&id) else {
+                        return Flow::Quit;
+                    };
+                    m.room = to.to_string();
+                    let out = m.out.clone();
                     let list = st.rooms.entry(to.to_string()).or_default();
-                    list.push(id);
+                    list.push((id, out));
                     let n = list.len();
-                    if let Some(m) = st.members.get_mut(&id) {
-                        m.room = to.to_string();
-                    }
                     d.to(st, id, &format!("OK joined {to} ({n} members)"));
                 }
                 Command::Msg { to, text } => match st.nicks.get(to).copied() {
@@ -302,7 +309,7 @@ impl Hub {
                         .get(&room)
                         .into_iter()
                         .flatten()
-                        .filter_map(|i| st.members.get(i).map(|m| m.nick.as_str()))
+                        .filter_map(|(i, _)| st.members.get(i).map(|m| m.nick.as_str()))
                         .collect();
                     nicks.sort_unstable();
                     let head = format!("WHO {room}:");
@@ -345,7 +352,7 @@ fn listing(mut head: String, items: impl ExactSizeIterator<Item = String>, max: 
 /// Takes `id` out of `room`'s list, and the room out when it empties.
 fn leave_room(st: &mut State, id: u64, room: &str) {
     if let Some(list) = st.rooms.get_mut(room) {
-        list.retain(|&i| i != id);
+        list.retain(|(i, _)| *i != id);
         if list.is_empty() {
             st.rooms.remove(room);
         }
