@@ -193,7 +193,10 @@ impl Hub {
             );
             d.to(st, id, &format!("HELLO {nick} {LOBBY}"));
             d.room(st, LOBBY, None, &format!("* {nick} joined {LOBBY}"));
-            st.rooms.entry(LOBBY.to_string()).or_default().push((id, out));
+            st.rooms
+                .entry(LOBBY.to_string())
+                .or_default()
+                .push((id, out));
             Ok((id, nick))
         })
     }
