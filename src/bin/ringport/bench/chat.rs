@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 
 /// Flags of `ringport bench chat`.
 #[derive(Debug, Args)]
@@ -125,16 +124,7 @@ pub fn run(args: &ChatBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
             dead: false,
         });
     }
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new((args.duration * 10.0) as u64);
-        b.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>3} [{bar:30}] {msg}")
-                .expect("template"),
-        );
-        b
-    };
+    let bar = super::progress(args.json, args.duration);
     let mut t = Totals::default();
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 use io_uring::{opcode, types, IoUring};
 
 /// Flags of `ringport bench echo`.
@@ -117,16 +116,7 @@ pub fn run(args: &EchoBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let threads = args.threads.min(args.conns);
     let progress = Arc::new(AtomicU64::new(0));
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new((args.duration * 10.0) as u64);
-        b.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>3} [{bar:30}] {msg}")
-                .expect("template"),
-        );
-        b
-    };
+    let bar = super::progress(args.json, args.duration);
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(args.duration);
     let mut handles = Vec::new();

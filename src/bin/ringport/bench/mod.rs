@@ -76,3 +76,17 @@ pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
+
+/// The progress bar of a timed load run (`duration` seconds, in tenths); hidden
+/// with `--json`, whose output is one object.
+pub fn progress(json: bool, duration: f64) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new((duration * 10.0) as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed:>3} [{bar:30}] {msg}")
+            .expect("template"),
+    );
+    b
+}
