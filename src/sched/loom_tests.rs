@@ -221,8 +221,10 @@ fn poll_post_close(backup: bool) {
 /// Two workers taking batches of up to 2 (N = 2) drain two kernel
 /// completions and one posted packet: each item is taken exactly once and
 /// none is left behind (every one is taken before the close), the running
-/// count never exceeds N, and nobody deadlocks — the fair share (a batch
-/// leaves an idle thread its part) hands items on rather than stranding them.
+/// count never exceeds N, and nobody deadlocks. (The fair share itself is
+/// the unit test `a_batch_leaves_an_idle_thread_its_share`'s: with N = 2 and
+/// two workers no interleaving leaves items queued beside an idle thread
+/// with a free slot, so removing the share's dispatch passes here too.)
 #[test]
 fn loom_batches_take_every_item_once() {
     loom::model(|| {
