@@ -241,6 +241,9 @@ chat_test!(private_messages_and_nicknames, [], |chat| {
     assert_eq!(a.line(), format!("* {bnick} joined lobby"));
     b.send("/nick alice");
     assert_eq!(b.reply(), "ERR nick alice is taken");
+    // Not in another case either: no one can pose as alice.
+    b.send("/nick ALICE");
+    assert_eq!(b.reply(), "ERR nick ALICE is taken");
     b.send("/nick bob");
     assert_eq!(b.reply(), "OK nick bob");
     assert_eq!(a.line(), format!("* {bnick} is now bob"));
@@ -288,7 +291,12 @@ chat_test!(
             (b"\xff\xfe bytes\n", "ERR line is not UTF-8"),
             (
                 b"clear \x1b[2J screen\n",
-                "ERR line has a control character",
+                "ERR line has a control or invisible formatting character",
+            ),
+            (
+                // U+202E, a right-to-left override.
+                b"innocent \xe2\x80\xaetxt.exe\n",
+                "ERR line has a control or invisible formatting character",
             ),
         ];
         for (line, want) in cases {

@@ -47,7 +47,9 @@ struct Member {
 struct State {
     /// Every connected member, by id.
     members: FxHashMap<u64, Member>,
-    /// Invariant: `nicks[m.nick] == id` for every member `m` with that id,
+    /// Nicknames are unique without regard to ASCII case (`Alice` cannot
+    /// pose as `alice`): keyed by [`key`].
+    /// Invariant: `nicks[key(m.nick)] == id` for every member `m` with that id,
     /// and nothing else is in it.
     nicks: FxHashMap<String, u64>,
     /// Invariant: a room is here exactly while it has members; its list holds
@@ -174,14 +176,14 @@ impl Hub {
             let nick = loop {
                 st.next_guest += 1;
                 let n = format!("guest{}", st.next_guest);
-                if !st.nicks.contains_key(&n) {
+                if !st.nicks.contains_key(&key(&n)) {
                     break n;
                 }
             };
             let id = st.next_id;
             st.next_id += 1;
             st.open += 1;
-            st.nicks.insert(nick.clone(), id);
+            st.nicks.insert(key(&nick), id);
             st.members.insert(
                 id,
                 Member {
@@ -261,11 +263,11 @@ impl Hub {
                 }
                 Command::Nick(new) if new == nick => d.to(st, id, &format!("OK nick {new}")),
                 Command::Nick(new) => {
-                    if st.nicks.contains_key(new) {
+                    if st.nicks.get(&key(new)).is_some_and(|&other| other != id) {
                         d.to(st, id, &format!("ERR nick {new} is taken"));
                     } else {
-                        st.nicks.remove(&nick);
-                        st.nicks.insert(new.to_string(), id);
+                        st.nicks.remove(&key(&nick));
+                        st.nicks.insert(key(new), id);
                         if let Some(m) = st.members.get_mut(&id) {
                             m.nick = new.to_string();
                         }
@@ -291,7 +293,7 @@ impl Hub {
                     let n = list.len();
                     d.to(st, id, &format!("OK joined {to} ({n} members)"));
                 }
-                Command::Msg { to, text } => match st.nicks.get(to).copied() {
+                Command::Msg { to, text } => match st.nicks.get(&key(to)).copied() {
                     Some(to_id) => {
                         d.to(st, to_id, &format!("[pm] {nick}: {text}"));
                         d.to(st, id, &format!("OK msg {to}"));
@@ -352,6 +354,11 @@ fn listing(mut head: String, items: impl ExactSizeIterator<Item = String>, max: 
     head
 }
 
+/// A nickname's key in `State::nicks`: its ASCII lower case.
+fn key(nick: &str) -> String {
+    nick.to_ascii_lowercase()
+}
+
 /// Takes `id` out of `room`'s list, and the room out when it empties.
 fn leave_room(st: &mut State, id: u64, room: &str) {
     if let Some(list) = st.rooms.get_mut(room) {
@@ -365,7 +372,7 @@ fn leave_room(st: &mut State, id: u64, room: &str) {
 /// Removes a member (if still there) and tells its room, `why` after the notice.
 fn remove(st: &mut State, d: &mut Deliveries, id: u64, why: &str) -> Option<Member> {
     let m = st.members.remove(&id)?;
-    st.nicks.remove(&m.nick);
+    st.nicks.remove(&key(&m.nick));
     leave_room(st, id, &m.room);
     d.room(
         st,

@@ -16,7 +16,9 @@
 //!
 //! Names (nicknames and rooms) are 1 to [`MAX_NAME`] ASCII letters, digits,
 //! `_` and `-`. A line with a control character (other than a tab) is
-//! refused: relayed, it could drive other users' terminals.
+//! refused (and so is an invisible formatting character: a bidirectional
+//! override or a zero-width one): relayed, it could drive other users'
+//! terminals or disguise what they read.
 
 /// Longest nickname or room name, in bytes.
 pub(crate) const MAX_NAME: usize = 32;
@@ -55,7 +57,9 @@ impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refused::NotUtf8 => write!(f, "line is not UTF-8"),
-            Refused::ControlChar => write!(f, "line has a control character"),
+            Refused::ControlChar => {
+                write!(f, "line has a control or invisible formatting character")
+            }
             Refused::UnknownCommand(c) => write!(f, "unknown command /{c} (try /help)"),
             Refused::Usage(u) => write!(f, "usage: {u}"),
             Refused::BadName(n) => write!(
@@ -69,6 +73,13 @@ impl std::fmt::Display for Refused {
 /// The reply to `/help`.
 pub(crate) const HELP: &str =
     "HELP text | //text | /nick NAME | /join ROOM | /msg NICK TEXT | /rooms | /who | /help | /quit";
+
+/// Invisible formatting characters a relayed line could use to disguise
+/// itself (bidirectional overrides and isolates, zero-width characters, the
+/// byte-order mark), refused like control characters.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
 
 /// Whether `s` is a valid nickname or room name.
 pub(crate) fn valid_name(s: &str) -> bool {
@@ -97,7 +108,10 @@ fn truncated(s: &str) -> String {
 /// Parses one line (its `\n` and any `\r` before it already cut off).
 pub(crate) fn parse(line: &[u8]) -> Result<Command<'_>, Refused> {
     let line = std::str::from_utf8(line).map_err(|_| Refused::NotUtf8)?;
-    if line.chars().any(|c| c.is_control() && c != '\t') {
+    if line
+        .chars()
+        .any(|c| (c.is_control() && c != '\t') || invisible(c))
+    {
         return Err(Refused::ControlChar);
     }
     if line.trim().is_empty() {
@@ -136,7 +150,8 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command<'_>, Refused> {
             }
             Ok(Command::Msg {
                 to: name(to, "/msg NICK TEXT")?,
-                text,
+                // The separator may be several spaces: none reaches the addressee.
+                text: text.trim_start(),
             })
         }
         "rooms" => bare(Command::Rooms),
@@ -262,6 +277,25 @@ mod tests {
         assert_eq!(parse(b"\xff\xfe"), Err(Refused::NotUtf8));
         assert_eq!(parse(b"a\x1b[2Jb"), Err(Refused::ControlChar));
         assert_eq!(parse(b"a\rb"), Err(Refused::ControlChar));
+        assert_eq!(
+            parse("abc\u{202E}fdp.exe".as_bytes()),
+            Err(Refused::ControlChar)
+        );
+        assert_eq!(
+            parse("zero\u{200B}width".as_bytes()),
+            Err(Refused::ControlChar)
+        );
+        assert_eq!(
+            parse("caf\u{e9} \u{1F600}".as_bytes()),
+            Ok(Command::Say("caf\u{e9} \u{1F600}"))
+        );
+        assert_eq!(
+            parse(b"/msg bob    hi  there"),
+            Ok(Command::Msg {
+                to: "bob",
+                text: "hi  there"
+            })
+        );
         assert!(matches!(parse(b"/frob x"), Err(Refused::UnknownCommand(c)) if c == "frob"));
         assert_eq!(parse(b"/nick"), Err(Refused::Usage("/nick NAME")));
         assert!(matches!(parse(b"/nick a b"), Err(Refused::BadName(_))));
