@@ -157,9 +157,7 @@ impl Hub {
         }
         for m in kicks {
             (m.kick)();
-            if let Some(w) = m.out.close() {
-                w.wake();
-            }
+            m.out.close_and_wake();
         }
         r
     }
@@ -325,9 +323,7 @@ impl Hub {
                 Command::Quit => {
                     d.to(st, id, "BYE");
                     if let Some(m) = remove(st, d, id, "") {
-                        if let Some(w) = m.out.close() {
-                            d.wakers.push(w);
-                        }
+                        d.wakers.extend(m.out.close());
                     }
                     return Flow::Quit;
                 }

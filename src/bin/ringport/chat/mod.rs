@@ -185,9 +185,7 @@ async fn serve(hub: &Hub, s: TcpStream, limits: Limits) -> bool {
     let writer = ringport::spawn(write_loop(stream.clone(), out.clone()));
     read_loop(hub, id, &stream, limits.max_line).await;
     hub.disconnect(id);
-    if let Some(w) = out.close() {
-        w.wake();
-    }
+    out.close_and_wake();
     // The writer sends what is queued (a BYE), then shuts the socket.
     let _ = writer.await;
     // Only now is the connection's memory (its outbox) and socket let go.
@@ -244,9 +242,7 @@ async fn write_loop(stream: Arc<TcpStream>, out: Arc<Outbox>) {
         let (r, b) = stream.write_all(bytes).await;
         if let Err(e) = r {
             tracing::debug!("chat: write: {e}");
-            if let Some(w) = out.close() {
-                w.wake();
-            }
+            out.close_and_wake();
             break;
         }
         spare = b;

@@ -73,11 +73,19 @@ impl Outbox {
         (Pushed::Queued, st.waker.take())
     }
 
-    /// No more appends; the writer sends what is queued and ends.
+    /// No more appends; the writer sends what is queued and ends. Its waker,
+    /// if it waits, is returned for the caller to wake after its own locks.
     pub(crate) fn close(&self) -> Option<Waker> {
         let mut st = self.lock();
         st.closed = true;
         st.waker.take()
+    }
+
+    /// `close`, and wakes the writer at once (for a caller holding no lock).
+    pub(crate) fn close_and_wake(&self) {
+        if let Some(w) = self.close() {
+            w.wake();
+        }
     }
 
     /// Waits for queued bytes and takes them all, leaving `spare` (emptied) in
